@@ -1,0 +1,33 @@
+# The two commands of the README:
+#   make demo   set up a virtualenv on a fresh machine and run the offline demo
+#   make test   set up the same virtualenv and run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# CPU build of torch: a bare `torch` requirement would pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "$(TORCH_SPEC)"
+	$(PIP) install --quiet -e ".[test]"
+	$(PIP) install --quiet --no-deps torchdistill || echo "torchdistill not installed: parity tests will skip"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/darkknowledge demo
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(VENV)/bin/darkknowledge bench --quick
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

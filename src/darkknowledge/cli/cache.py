@@ -1,0 +1,54 @@
+"""``darkknowledge cache build|info``: build a teacher-output cache ahead of time."""
+
+from __future__ import annotations
+
+import json
+
+from darkknowledge.cli.main import command
+
+
+def _add_cache(p):
+    p.add_argument("action", choices=["build", "info"], help="build a cache, or print a cache's key and size")
+    p.add_argument("path", help="cache directory")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="teacher.checkpoint=..., data.* (must match the distillation run)")
+    p.add_argument("--config", "-c", help="the distillation run's YAML config / preset (its data and teacher sections are used)")
+    p.add_argument("--views", type=int, default=None, help="augmentation views per sample (default teacher.cache_views)")
+    p.add_argument("--storage", choices=["full", "topk"], default="full", help="all logits, or top-k + log-partition")
+    p.add_argument("--topk", type=int, default=20, help="classes kept per view with --storage topk")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing cache (the old one stays until the new one is complete)")
+
+
+@command(
+    "cache",
+    "build (or inspect) a teacher-output cache of K augmentation views per training sample",
+    "darkknowledge cache build runs/cache-w256 teacher.checkpoint=runs/demo/teacher-cnn_w256/last.pt data.name=digits --views 8\n"
+    "  darkknowledge distill teacher.cache=runs/cache-w256 teacher.checkpoint=runs/demo/teacher-cnn_w256/last.pt model.name=cnn_w4",
+    add_args=_add_cache,
+)
+def cmd_cache(args) -> int:
+    from darkknowledge.config import load_config
+    from darkknowledge.engine.cache import CachedTeacher, build_cache
+    from darkknowledge.engine.checkpoint import load_model
+    from darkknowledge.engine.trainer import check_teacher_fits, load_datasets
+    from darkknowledge.errors import UserError
+
+    if args.action == "info":
+        cache = CachedTeacher(args.path)
+        print(json.dumps(cache.meta, indent=2))
+        return 0
+    cfg = load_config(args.config, args.overrides)
+    if not cfg.teacher.checkpoint:
+        raise UserError("cache build needs teacher.checkpoint=PATH")
+    train_set, _ = load_datasets(cfg)
+    model, ckpt = load_model(cfg.teacher.checkpoint, cfg.engine.device)
+    check_teacher_fits(ckpt, train_set.spec, cfg.teacher.checkpoint)
+    path = build_cache(
+        model, train_set, args.path,
+        num_views=args.views or cfg.teacher.cache_views, view_seed=cfg.teacher.cache_view_seed,
+        storage=args.storage, topk=args.topk, dtype=args.dtype, precision=cfg.engine.precision,
+        batch_size=cfg.data.eval_batch_size, device=cfg.engine.device, channels_last=cfg.engine.channels_last,
+        overwrite=args.overwrite, progress=cfg.engine.progress,
+    )
+    print(json.dumps(CachedTeacher(path, verify=False).meta, indent=2))
+    return 0

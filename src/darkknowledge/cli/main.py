@@ -1,0 +1,241 @@
+"""The ``darkknowledge`` command line.
+
+Every sub-command is a thin wrapper over the library; a :class:`UserError` anywhere
+prints ``error: <one line>`` and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+from darkknowledge.errors import UserError
+
+Handler = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
+
+
+def command(name: str, help: str, example: str, add_args: Callable[[argparse.ArgumentParser], None] | None = None):
+    """Register the decorated handler as sub-command ``name``; ``add_args(parser)`` adds its options."""
+
+    def deco(handler: Handler) -> Handler:
+        COMMANDS[name] = (help, example, add_args or (lambda p: None), handler)
+        return handler
+
+    return deco
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. optim.lr=0.1 method.temperature=2")
+    p.add_argument("--config", "-c", help="YAML config file or bundled preset name (see `darkknowledge configs`)")
+    p.add_argument("--resume", action="store_true", help="continue the run in its run directory from last.pt")
+
+
+# ---------------------------------------------------------------------------- train / distill
+def _run_training(args: argparse.Namespace, base: dict) -> int:
+    from darkknowledge.config import load_config
+    from darkknowledge.engine.trainer import train
+
+    cfg = load_config(args.config, args.overrides, base=base)
+    summary = train(cfg, resume=args.resume)
+    print(json.dumps({"run_dir": summary["run_dir"], "final": summary["final"], "best": summary["best"]}, indent=2))
+    return 0
+
+
+def _add_train(p):
+    _config_args(p)
+
+
+@command(
+    "train",
+    "train a model with plain cross-entropy (teachers, student baselines) or any method",
+    "darkknowledge train model.name=cnn_w64 optim.epochs=30 name=teacher-w64\n"
+    "  darkknowledge train --config cifar100_teacher model.name=resnet56 data.root=/data/cifar",
+    add_args=_add_train)
+def cmd_train(args) -> int:
+    return _run_training(args, base={"method": {"name": "ce"}})
+
+
+def _add_distill(p):
+    _config_args(p)
+
+
+@command(
+    "distill",
+    "distil a student from a teacher checkpoint (or cache) with a method (default: kd)",
+    "darkknowledge distill teacher.checkpoint=runs/teacher-w64/best.pt model.name=cnn_w8 method.name=kd method.temperature=4\n"
+    "  darkknowledge distill --config cifar100_kd teacher.checkpoint=runs/r32x4/best.pt method.name=dkd method.nckd_weight=8",
+    add_args=_add_distill)
+def cmd_distill(args) -> int:
+    return _run_training(args, base={"method": {"name": "kd"}})
+
+
+# ---------------------------------------------------------------------------- evaluate
+def _add_evaluate(p):
+    p.add_argument("checkpoint", help="a best.pt / last.pt written by darkknowledge")
+    p.add_argument("overrides", nargs="*", metavar="data.key=value", help="data overrides (default: the checkpoint's dataset)")
+    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--device", default="cpu")
+
+
+@command(
+    "evaluate",
+    "evaluate a checkpoint on a dataset split (top-1, top-5, NLL, ECE)",
+    "darkknowledge evaluate runs/teacher-w64/best.pt\n  darkknowledge evaluate runs/r56/best.pt data.name=cifar100 data.root=/data/cifar --split train",
+    add_args=_add_evaluate)
+def cmd_evaluate(args) -> int:
+    import yaml
+
+    from darkknowledge.config import apply_overrides, validate_config
+    from darkknowledge.data import build_dataset
+    from darkknowledge.data.loader import eval_batches
+    from darkknowledge.engine.checkpoint import load_model
+    from darkknowledge.engine.metrics import evaluate
+    from darkknowledge.engine.trainer import check_teacher_fits
+
+    model, ckpt = load_model(args.checkpoint, args.device)
+    saved = yaml.safe_load(ckpt.get("config") or "{}") or {}
+    bad = [o for o in args.overrides if not o.startswith("data.")]
+    if bad:
+        raise UserError(f"evaluate only takes data.* overrides, got {bad[0]!r}")
+    cfg = validate_config(apply_overrides({"data": saved.get("data", {})}, args.overrides), source="evaluate")
+    d = cfg.data
+    per_class = d.train_per_class if args.split == "train" else d.test_per_class
+    ds = build_dataset(d.name, root=d.root, train=args.split == "train", download=d.download, classes=d.classes,
+                       train_per_class=per_class, image_size=d.image_size, seed=d.subset_seed)
+    check_teacher_fits(ckpt, ds.spec, args.checkpoint)
+    metrics = evaluate(model, eval_batches(ds, d.eval_batch_size, args.device), args.precision)
+    print(json.dumps({"checkpoint": args.checkpoint, "model": ckpt["model_name"], "dataset": d.name, "split": args.split, **metrics}, indent=2))
+    return 0
+
+
+# ---------------------------------------------------------------------------- listings
+def _add_methods(p):
+    p.add_argument("name", nargs="?", help="show one method only")
+
+
+@command("methods", "list distillation methods with their parameters and defaults", "darkknowledge methods\n  darkknowledge methods isats", add_args=_add_methods)
+def cmd_methods(args) -> int:
+    from darkknowledge.methods import METHODS, describe_params
+
+    names = [args.name] if args.name else METHODS.names()
+    for name in names:
+        cls = METHODS.get(name)
+        print(f"{name}: {cls.summary}" + ("" if cls.needs_teacher else "  [no teacher]"))
+        for pname, ptype, default, desc in describe_params(cls):
+            print(f"    method.{pname}: {ptype} = {default!r}  -- {desc}")
+    return 0
+
+
+def _add_models(p):
+    p.add_argument("--num-classes", type=int, default=100)
+    p.add_argument("--in-channels", type=int, default=3)
+
+
+@command("models", "list the model zoo with parameter counts", "darkknowledge models --num-classes 100", add_args=_add_models)
+def cmd_models(args) -> int:
+    from darkknowledge.models import build_model, count_parameters, model_names
+
+    for name in model_names():
+        m = build_model(name, num_classes=args.num_classes, in_channels=args.in_channels)
+        print(f"{name:16s} {count_parameters(m) / 1e6:8.3f}M")
+    return 0
+
+
+def _add_datasets(p):
+    pass
+
+
+@command("datasets", "list the dataset readers", "darkknowledge datasets", add_args=_add_datasets)
+def cmd_datasets(args) -> int:
+    from darkknowledge.data import DATASETS
+
+    for name in DATASETS.names():
+        doc = (DATASETS.get(name).__doc__ or "").strip().splitlines()
+        print(f"{name:16s} {doc[0] if doc else ''}")
+    return 0
+
+
+def _add_configs(p):
+    pass
+
+
+@command("configs", "list the bundled config presets", "darkknowledge configs", add_args=_add_configs)
+def cmd_configs(args) -> int:
+    from darkknowledge.config import bundled_configs
+
+    for name in bundled_configs():
+        print(name)
+    return 0
+
+
+# ---------------------------------------------------------------------------- demo
+def _add_demo(p):
+    p.add_argument("--out", default="runs/demo", help="output directory (must not hold a previous demo unless --overwrite)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo's setting)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing demo directory")
+
+
+@command("demo", "offline demo: a teacher ladder, KD students and a CE baseline on sklearn digits (~minutes)", "darkknowledge demo\n  darkknowledge demo --out runs/demo2 --epochs 20", add_args=_add_demo)
+def cmd_demo(args) -> int:
+    from darkknowledge.demo import run_demo
+
+    run_demo(out_dir=args.out, epochs=args.epochs, overwrite=args.overwrite)
+    return 0
+
+
+# ---------------------------------------------------------------------------- entry point
+def build_parser() -> argparse.ArgumentParser:
+    from darkknowledge import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="darkknowledge",
+        description="Knowledge distillation under teacher-student capacity mismatch.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  darkknowledge demo\n  darkknowledge distill --help",
+    )
+    parser.add_argument("--version", action="version", version=f"darkknowledge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    for name, (help_text, example, add_args, _) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_args(p)
+    return parser
+
+
+def _load_plugins() -> None:
+    """Sub-commands that live next to their feature (diagnose, bench, cache)."""
+    import importlib
+
+    for mod in ("darkknowledge.cli.diagnose", "darkknowledge.cli.bench", "darkknowledge.cli.cache"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    _load_plugins()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    handler = COMMANDS[args.command][3]
+    try:
+        return handler(args) or 0
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Typed, validated run configuration (pydantic), YAML files and ``key.sub=value`` overrides.
+
+Every field carries a description; ``darkknowledge <cmd> --help`` and
+``docs/config.md`` list them. Unknown keys and wrong types are errors that name the
+key (``optim.lrr: unknown key``). Method hyperparameters live flat under ``method``
+(``method.temperature=2``) and are validated by the method's own ``Params`` model.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from darkknowledge.errors import UserError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    name: str = Field("digits", description="Dataset name (see `darkknowledge datasets`). `digits` is offline and bundled.")
+    root: str | None = Field(None, description="Directory holding the dataset files; default ./data/<name>.")
+    download: bool = Field(False, description="Download the official archive (with checksum) if files are missing.")
+    classes: list[int] | None = Field(None, description="Keep only these class ids (relabelled 0..k-1 in this order).")
+    train_per_class: int | None = Field(None, ge=1, description="Deterministic seeded subset: at most this many training images per class.")
+    test_per_class: int | None = Field(None, ge=1, description="Deterministic seeded subset of the evaluation split per class.")
+    image_size: int | None = Field(None, ge=4, description="Resize images to this square size (e.g. 16 for fast CPU runs).")
+    subset_seed: int = Field(0, description="Seed of the per-class subsets (independent of the training seed).")
+    batch_size: int = Field(64, ge=1, description="Training batch size (per process).")
+    eval_batch_size: int = Field(512, ge=1, description="Evaluation batch size.")
+    augment: bool = Field(True, description="Random crop with padding + flip (dataset defaults) on the training device.")
+
+
+class ModelConfig(_Strict):
+    name: str = Field("resnet8", description="Architecture of the model being trained (see `darkknowledge models`).")
+
+
+class TeacherConfig(_Strict):
+    checkpoint: str | None = Field(None, description="Path to the teacher's checkpoint (a `best.pt`/`last.pt` of a darkknowledge run).")
+    cache: str | None = Field(None, description="Path to a teacher-output cache (`darkknowledge cache build`); replaces the live teacher.")
+    cache_views: int = Field(8, ge=1, description="Augmentation views per sample stored when the cache is built on the fly.")
+    cache_view_seed: int = Field(0, description="Seed of the cached augmentation views (shared by all student seeds, so one cache serves them all).")
+
+
+class MethodConfig(BaseModel):
+    """``name`` plus the method's own hyperparameters, flat (validated by the method)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field("ce", description="Distillation method (see `darkknowledge methods`); `ce` trains without a teacher.")
+    _params: Any = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _validate_params(self) -> "MethodConfig":
+        from darkknowledge.methods import validate_params
+
+        params = validate_params(self.name, dict(self.__pydantic_extra__ or {}))
+        self._params = params
+        self.__pydantic_extra__ = params.model_dump()
+        return self
+
+    @property
+    def params(self):
+        """The validated ``Params`` object of the method."""
+        return self._params
+
+
+class OptimConfig(_Strict):
+    epochs: int = Field(240, ge=1, description="Number of training epochs.")
+    lr: float = Field(0.05, gt=0, description="Base learning rate of SGD.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    nesterov: bool = Field(False, description="Use Nesterov momentum.")
+    weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay.")
+    schedule: Literal["multistep", "cosine", "constant"] = Field("multistep", description="Learning-rate schedule after warm-up.")
+    milestones: list[int] = Field([150, 180, 210], description="multistep: epochs (0-indexed starts) at which lr is multiplied by `gamma`.")
+    gamma: float = Field(0.1, gt=0, description="multistep: decay factor.")
+    min_lr: float = Field(0.0, ge=0, description="cosine: final learning rate.")
+    warmup_epochs: float = Field(0.0, ge=0, description="Linear warm-up from 0 to `lr` over this many epochs (per step).")
+
+
+class EngineConfig(_Strict):
+    device: str = Field("cpu", description="Torch device, e.g. `cpu`, `cuda`, `cuda:1`.")
+    precision: Literal["bf16", "fp32"] = Field("bf16", description="Autocast precision of forward passes (weights and optimiser stay fp32).")
+    channels_last: bool = Field(True, description="Use channels_last memory format for images and conv weights.")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's choice.")
+    deterministic: bool = Field(False, description="torch.use_deterministic_algorithms (slower, bit-reproducible where supported).")
+    progress: bool = Field(True, description="Show a progress bar.")
+    eval_every: int = Field(1, ge=1, description="Evaluate every N epochs (and always after the last).")
+    save_every: int = Field(1, ge=1, description="Write last.pt every N epochs (and always after the last).")
+
+
+class RunConfig(_Strict):
+    name: str | None = Field(None, description="Run name; the run directory is <output_dir>/<name> (default: <model>-<method>-s<seed>).")
+    output_dir: str = Field("runs", description="Parent directory of run directories.")
+    seed: int = Field(0, description="Seed of initialisation, data order and augmentation.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Dataset and batching.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Model being trained.")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Teacher signal (live checkpoint or cache).")
+    method: MethodConfig = Field(default_factory=MethodConfig, description="Loss / distillation method and its hyperparameters.")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimiser and schedule.")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="Device, precision and logging.")
+
+    def run_name(self) -> str:
+        return self.name or f"{self.model.name}-{self.method.name}-s{self.seed}"
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.run_name()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------
+# loading
+
+
+def bundled_configs() -> list[str]:
+    """Names of the YAML presets shipped in the package (``darkknowledge/configs``)."""
+    return sorted(p.name[:-5] for p in resources.files("darkknowledge.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def read_yaml(path_or_name: str) -> dict[str, Any]:
+    """A YAML file path, or the name of a bundled preset."""
+    path = Path(path_or_name)
+    if not path.exists():
+        bundled = resources.files("darkknowledge.configs") / f"{path_or_name.removesuffix('.yaml')}.yaml"
+        if not bundled.is_file():
+            raise UserError(
+                f"config {path_or_name!r} not found: not a file and not a bundled preset "
+                f"(presets: {', '.join(bundled_configs())})"
+            )
+        text = bundled.read_text()
+    else:
+        text = path.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config {path_or_name}: invalid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config {path_or_name}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=0.1"`` -> (["optim", "lr"], 0.1); values are parsed as YAML scalars/lists."""
+    if "=" not in text:
+        raise UserError(f"override {text!r} is not of the form key.sub=value (e.g. optim.lr=0.1)")
+    key, _, raw = text.partition("=")
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise UserError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return keys, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            child = node.get(k)
+            if child is None:
+                child = node[k] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"override {text!r}: {k!r} is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a plain dict into a :class:`RunConfig`; errors name the key."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise UserError(f"{source}: {loc}: {msg}") from None
+
+
+def load_config(config: str | None = None, overrides: list[str] | None = None, base: dict[str, Any] | None = None) -> RunConfig:
+    """``base`` dict <- YAML file/preset <- ``key=value`` overrides, validated."""
+    data: dict[str, Any] = copy.deepcopy(base or {})
+    if config:
+        data = _deep_merge(data, read_yaml(config))
+    data = apply_overrides(data, overrides or [])
+    return validate_config(data, source=config or "config")
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out

@@ -1,0 +1,307 @@
+"""Per-teacher output statistics as a function of the softmax temperature (streaming).
+
+For every temperature tau, with p = softmax(z / tau) and the label y (C classes,
+n = C - 1 non-target classes), per sample:
+
+* ``target_prob``      p_y
+* ``confidence``       max_c p_c, and ``ece``: expected calibration error, 15 equal-width
+                       confidence bins, sum_b (n_b / N) |acc_b - conf_b|
+* ``nt_mean``          mean_{c != y} p_c = (1 - p_y) / n          (ATS's "derived average")
+* ``nt_var``/``nt_std`` population variance / std (ddof 0) of {p_c : c != y} (ATS's
+                       "derived variance"; the authors' code takes numpy's ``.std()``)
+* ``nt_var_renorm``/``nt_std_renorm``  the same for the renormalised non-target
+                       distribution w_c = p_c / (1 - p_y) (mean is always 1/n); this
+                       isolates distinctness from the target confidence:
+                       nt_var = nt_var_renorm * (1 - p_y)^2
+* ``nt_entropy_renorm`` entropy of w (nats); ``nt_entropy_renorm_norm`` = that / log n
+
+each averaged over samples (``nt_std`` is the mean of per-sample stds, as ATS plots it,
+not the square root of ``nt_var``). Temperature-free: top-1/top-5 accuracy, mean
+per-sample logit std (ddof 0), and the distribution of ISATS's per-instance optimal
+temperature tau*(x) (:func:`~darkknowledge.diagnostics.isats_search.optimal_nontarget_temperature`).
+
+Numerics: the non-target logits are shifted so their max is 0, so exp never
+overflows; log(1 - p_y) = log sum_{c != y} e^{x_c} - logsumexp(x) is exact even when
+p_y rounds to 1; per-row sums run in ``dtype`` (float64 by default) and the running
+totals in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from darkknowledge.diagnostics._common import check_logits_targets, jsonable, to_tensor
+from darkknowledge.diagnostics.isats_search import optimal_nontarget_temperature, split_nontarget
+
+__all__ = ["DEFAULT_TEMPERATURES", "TeacherStats", "TeacherStatsAccumulator", "teacher_stats"]
+
+DEFAULT_TEMPERATURES: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+_PER_T_KEYS = (
+    "target_prob",
+    "confidence",
+    "ece",
+    "nt_mean",
+    "nt_var",
+    "nt_std",
+    "nt_var_renorm",
+    "nt_std_renorm",
+    "nt_entropy_renorm",
+    "nt_entropy_renorm_norm",
+)
+_SUM_KEYS = ("target_prob", "confidence", "nt_mean", "nt_var", "nt_std", "nt_var_renorm", "nt_std_renorm", "nt_entropy_renorm")
+_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+@dataclass
+class TeacherStats:
+    """Result of :class:`TeacherStatsAccumulator` (all averages over samples)."""
+
+    name: str
+    num_params: int | None
+    num_samples: int
+    num_classes: int
+    top1: float
+    top5: float
+    logit_std: float
+    temperatures: list[float]
+    per_temperature: list[dict[str, float]]
+    tau_star: dict[str, Any] | None = None
+    tau_star_values: np.ndarray | None = field(default=None, repr=False)
+
+    def at(self, temperature: float, key: str) -> float:
+        """``key`` at the listed temperature closest (in log scale) to ``temperature``."""
+        row = self.row(temperature)
+        return float(row[key])
+
+    def row(self, temperature: float) -> dict[str, float]:
+        i = int(np.argmin([abs(math.log(t) - math.log(temperature)) for t in self.temperatures]))
+        return self.per_temperature[i]
+
+    def curve(self, key: str) -> list[float]:
+        """``key`` at every temperature, in order."""
+        return [float(r[key]) for r in self.per_temperature]
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable(
+            {
+                "name": self.name,
+                "num_params": self.num_params,
+                "num_samples": self.num_samples,
+                "num_classes": self.num_classes,
+                "top1": self.top1,
+                "top5": self.top5,
+                "logit_std": self.logit_std,
+                "temperatures": self.temperatures,
+                "per_temperature": self.per_temperature,
+                "tau_star": self.tau_star,
+            }
+        )
+
+
+class TeacherStatsAccumulator:
+    """Streaming per-teacher statistics: call :meth:`update` per chunk, then :meth:`result`.
+
+    Memory: O(chunk * C) temporaries plus 4 bytes per sample for the tau* values (kept
+    for exact quantiles).
+    """
+
+    def __init__(
+        self,
+        temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
+        *,
+        name: str = "teacher",
+        num_params: int | None = None,
+        ece_bins: int = 15,
+        tau_star: bool = True,
+        tau_min: float = 0.5,
+        tau_max: float = 20.0,
+        tau_grid_points: int = 16,
+        tau_iterations: int = 14,
+        tau_hist_bins: int = 30,
+        dtype: torch.dtype = torch.float64,
+    ):
+        temps = [float(t) for t in temperatures]
+        if not temps or any(not (t > 0 and math.isfinite(t)) for t in temps):
+            raise ValueError(f"temperatures must be positive finite numbers, got {list(temperatures)}")
+        self.temperatures = temps
+        self.name = name
+        self.num_params = num_params
+        self.ece_bins = int(ece_bins)
+        self.tau_star = tau_star
+        self.tau_min, self.tau_max = float(tau_min), float(tau_max)
+        self.tau_grid_points, self.tau_iterations = tau_grid_points, tau_iterations
+        self.tau_hist_bins = tau_hist_bins
+        self.dtype = dtype
+        self.num_classes: int | None = None
+        self.n = 0
+        self._correct1 = 0
+        self._correct5 = 0
+        self._logit_std = 0.0
+        k = len(temps)
+        self._sums = {key: torch.zeros(k, dtype=torch.float64) for key in _SUM_KEYS}
+        self._bin_count = torch.zeros(k, self.ece_bins, dtype=torch.float64)
+        self._bin_conf = torch.zeros(k, self.ece_bins, dtype=torch.float64)
+        self._bin_correct = torch.zeros(k, self.ece_bins, dtype=torch.float64)
+        self._taus: list[np.ndarray] = []
+
+    @torch.no_grad()
+    def update(self, logits: Any, targets: Any) -> None:
+        z = to_tensor(logits)
+        y = to_tensor(targets).long().reshape(-1).to(z.device)
+        check_logits_targets(z, y, f"logits of {self.name!r}")
+        b, c = z.shape
+        if self.num_classes is None:
+            self.num_classes = c
+        elif c != self.num_classes:
+            raise ValueError(f"{self.name}: chunk has {c} classes, earlier chunks had {self.num_classes}")
+        if b == 0:
+            return
+        z = z.to(self.dtype)
+        self.n += b
+        pred = z.argmax(1)
+        correct = pred == y
+        self._correct1 += int(correct.sum())
+        top = z.topk(min(5, c), dim=1).indices
+        self._correct5 += int((top == y.unsqueeze(1)).any(1).sum())
+        self._logit_std += float(z.std(1, correction=0).sum(dtype=torch.float64))
+
+        z_nt, z_y = split_nontarget(z, y)
+        m = z_nt.amax(1)
+        s_nt = z_nt - m.unsqueeze(1)
+        s_y = z_y - m
+        n_nt = c - 1
+        correct_f = correct.to(torch.float64).cpu()
+        for i, tau in enumerate(self.temperatures):
+            inv = 1.0 / tau
+            x = s_nt * inv
+            e = torch.exp(x)
+            tot = e.sum(1)  # >= 1 (the shifted max contributes exp(0))
+            log_nt = torch.log(tot)
+            xy = s_y * inv
+            lse = torch.logaddexp(xy, log_nt)
+            p_y = torch.exp(xy - lse)
+            one_minus = torch.exp(log_nt - lse)
+            var_r = torch.var(e, dim=1, correction=0) / (tot * tot)
+            std_r = var_r.sqrt()
+            ent = log_nt - torch.linalg.vecdot(e, x) / tot
+            conf = torch.exp(torch.clamp(xy, min=0.0) - lse)
+            vals = {
+                "target_prob": p_y,
+                "confidence": conf,
+                "nt_mean": one_minus / n_nt,
+                "nt_var": var_r * one_minus * one_minus,
+                "nt_std": std_r * one_minus,
+                "nt_var_renorm": var_r,
+                "nt_std_renorm": std_r,
+                "nt_entropy_renorm": ent,
+            }
+            for key, v in vals.items():
+                self._sums[key][i] += float(v.sum(dtype=torch.float64))
+            conf64 = conf.to(torch.float64).cpu()
+            idx = (torch.ceil(conf64 * self.ece_bins).long() - 1).clamp(0, self.ece_bins - 1)
+            self._bin_count[i] += torch.bincount(idx, minlength=self.ece_bins).to(torch.float64)
+            self._bin_conf[i] += torch.bincount(idx, weights=conf64, minlength=self.ece_bins)
+            self._bin_correct[i] += torch.bincount(idx, weights=correct_f, minlength=self.ece_bins)
+        if self.tau_star:
+            taus = optimal_nontarget_temperature(
+                z,
+                y,
+                self.tau_min,
+                self.tau_max,
+                grid_points=self.tau_grid_points,
+                iterations=self.tau_iterations,
+            )
+            self._taus.append(taus.float().cpu().numpy())
+
+    def result(self) -> TeacherStats:
+        if self.n == 0 or self.num_classes is None:
+            raise ValueError(f"{self.name}: no samples were given to the statistics accumulator")
+        n, c = self.n, self.num_classes
+        rows = []
+        for i, tau in enumerate(self.temperatures):
+            row: dict[str, float] = {"temperature": tau}
+            for key in _SUM_KEYS:
+                row[key] = float(self._sums[key][i]) / n
+            gap = (self._bin_correct[i] - self._bin_conf[i]).abs()  # = n_b * |acc_b - conf_b|
+            row["ece"] = float(gap.sum()) / n
+            row["nt_entropy_renorm_norm"] = row["nt_entropy_renorm"] / math.log(c - 1) if c > 2 else float("nan")
+            rows.append({k: row[k] for k in ("temperature", *_PER_T_KEYS)})
+        tau_info = None
+        values = None
+        if self.tau_star:
+            values = np.concatenate(self._taus) if self._taus else np.empty(0, np.float32)
+            tau_info = summarize_tau_star(values, self.tau_min, self.tau_max, self.tau_hist_bins)
+        return TeacherStats(
+            name=self.name,
+            num_params=self.num_params,
+            num_samples=n,
+            num_classes=c,
+            top1=self._correct1 / n,
+            top5=self._correct5 / n,
+            logit_std=self._logit_std / n,
+            temperatures=list(self.temperatures),
+            per_temperature=rows,
+            tau_star=tau_info,
+            tau_star_values=values,
+        )
+
+
+def summarize_tau_star(values: np.ndarray, tau_min: float, tau_max: float, bins: int = 30) -> dict[str, Any]:
+    """Mean/std/quantiles, share at the range bounds and a log-spaced histogram of tau*
+    (NaN entries, i.e. samples without an optimum, are counted, not summarised)."""
+    v = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(v)
+    d = v[ok]
+    edges = np.geomspace(tau_min, tau_max, bins + 1)
+    counts, _ = np.histogram(np.clip(d, tau_min, tau_max), bins=edges)
+    info: dict[str, Any] = {
+        "tau_min": tau_min,
+        "tau_max": tau_max,
+        "num_defined": int(ok.sum()),
+        "num_undefined": int((~ok).sum()),
+        "hist_edges": edges.tolist(),
+        "hist_counts": counts.tolist(),
+    }
+    if d.size:
+        qs = np.quantile(d, _QUANTILES)
+        info.update(
+            mean=float(d.mean()),
+            std=float(d.std()),
+            geo_mean=float(np.exp(np.log(d).mean())),
+            min=float(d.min()),
+            max=float(d.max()),
+            frac_at_min=float(np.mean(d <= tau_min * 1.001)),
+            frac_at_max=float(np.mean(d >= tau_max / 1.001)),
+        )
+        for q, val in zip(_QUANTILES, qs):
+            info[f"q{int(round(q * 100)):02d}"] = float(val)
+        info["median"] = info["q50"]
+    else:
+        for key in ("mean", "std", "geo_mean", "min", "max", "frac_at_min", "frac_at_max", "median"):
+            info[key] = float("nan")
+        for q in _QUANTILES:
+            info[f"q{int(round(q * 100)):02d}"] = float("nan")
+    return info
+
+
+def teacher_stats(
+    logits: Any,
+    targets: Any,
+    temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
+    *,
+    chunk_size: int = 4096,
+    **kwargs: Any,
+) -> TeacherStats:
+    """One-shot convenience: run :class:`TeacherStatsAccumulator` over ``logits`` in chunks."""
+    acc = TeacherStatsAccumulator(temperatures, **kwargs)
+    n = len(logits)
+    for start in range(0, n, chunk_size):
+        acc.update(logits[start : start + chunk_size], targets[start : start + chunk_size])
+    return acc.result()

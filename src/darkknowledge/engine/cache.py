@@ -1,0 +1,314 @@
+"""Teacher-output cache that stays correct under random augmentation.
+
+Teacher logits are precomputed for ``K`` fixed augmentation *views* of every training
+sample. The view parameters ``(dy, dx, flip)`` are stored with the logits; during
+distillation the loader replays exactly those views (each epoch picks one of the K
+views per sample from its seeded generator), so the cached logit always belongs to the
+image the student sees — the failure mode of augmentation-unaware caches.
+
+On disk, a cache is a directory written atomically (a temporary directory renamed into
+place)::
+
+    meta.json    key (teacher weight digest, dataset fingerprint, views, view seed,
+                 augmentation), shapes, dtype, storage mode, sha256 of each array
+    views.npy    int16 (N, K, 3)  view parameters
+    logits.npy   float16|float32 (N, K, C)          storage "full"
+      or
+    topk_values.npy (N, K, k), topk_indices.npy int16/int32 (N, K, k),
+    lse.npy (N, K)                                    storage "topk"
+
+Arrays are memory-mapped on load. A cache is only used when its key matches the run
+(same teacher weights, same dataset rows, same augmentation); otherwise opening it is
+an error — never a silent reuse. A truncated or edited file fails the size or checksum
+check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from darkknowledge.data.augment import Normalizer, apply_augment, identity_params, sample_augment_params
+from darkknowledge.data.base import ArrayDataset
+from darkknowledge.data.loader import Batch, epoch_generator
+from darkknowledge.engine.checkpoint import state_digest
+from darkknowledge.engine.metrics import autocast
+from darkknowledge.engine.teacher import TeacherSignal
+from darkknowledge.errors import UserError
+
+CACHE_FORMAT = "darkknowledge-teacher-cache"
+CACHE_VERSION = 1
+
+
+def dataset_fingerprint(ds: ArrayDataset) -> str:
+    """sha256 over the dataset's pixels, labels and normalisation: any change of rows,
+    subset, resize or order gives a different fingerprint."""
+    h = hashlib.sha256()
+    h.update(ds.spec.name.encode())
+    h.update(json.dumps([list(ds.spec.mean), list(ds.spec.std), list(ds.spec.image_size)]).encode())
+    h.update(ds.images.contiguous().numpy().tobytes())
+    h.update(ds.targets.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def make_view_table(ds: ArrayDataset, num_views: int, view_seed: int, include_identity: bool = True) -> Tensor:
+    """(N, K, 3) int64 view parameters drawn from ``view_seed`` (view 0 = un-augmented if asked)."""
+    n = len(ds)
+    gen = epoch_generator(view_seed, 0, stream=17)
+    table = sample_augment_params(n * num_views, ds.spec.augment, gen).view(n, num_views, 3)
+    if include_identity:
+        table[:, 0] = identity_params(n, ds.spec.augment)
+    return table
+
+
+def cache_key(teacher_digest: str, ds: ArrayDataset, num_views: int, view_seed: int) -> dict[str, Any]:
+    return {
+        "teacher_digest": teacher_digest,
+        "dataset": ds.spec.name,
+        "dataset_fingerprint": dataset_fingerprint(ds),
+        "num_samples": len(ds),
+        "num_views": num_views,
+        "view_seed": view_seed,
+        "augment": asdict(ds.spec.augment),
+    }
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def build_cache(
+    teacher: nn.Module,
+    dataset: ArrayDataset,
+    path: str | Path,
+    *,
+    num_views: int = 8,
+    view_seed: int = 0,
+    storage: str = "full",
+    topk: int = 20,
+    dtype: str = "float16",
+    precision: str = "bf16",
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+    channels_last: bool = True,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Run ``teacher`` on ``num_views`` views of every sample and write a cache directory."""
+    path = Path(path)
+    if storage not in ("full", "topk"):
+        raise UserError(f"cache storage must be 'full' or 'topk', got {storage!r}")
+    if dtype not in ("float16", "float32"):
+        raise UserError(f"cache dtype must be 'float16' or 'float32', got {dtype!r}")
+    if path.exists() and not overwrite:
+        raise UserError(f"cache {path} already exists; remove it or pass --overwrite")
+    device = torch.device(device)
+    teacher = teacher.to(device).eval()
+    if channels_last:
+        teacher.to(memory_format=torch.channels_last)
+    n, k = len(dataset), num_views
+    num_classes = int(teacher.classifier.out_features)
+    if num_classes != dataset.spec.num_classes:
+        raise UserError(f"teacher predicts {num_classes} classes, dataset {dataset.spec.name!r} has {dataset.spec.num_classes}")
+    if storage == "topk" and not 1 <= topk < num_classes:
+        raise UserError(f"cache topk must be in [1, {num_classes - 1}], got {topk}")
+    key = cache_key(state_digest(teacher.state_dict()), dataset, k, view_seed)
+    table = make_view_table(dataset, k, view_seed)
+    normalize = Normalizer(dataset.spec.mean, dataset.spec.std, device, channels_last)
+    images = dataset.images.to(device)
+    np_dtype = np.float16 if dtype == "float16" else np.float32
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        np.save(tmp / "views.npy", table.numpy().astype(np.int16))
+        if storage == "full":
+            out = np.lib.format.open_memmap(tmp / "logits.npy", mode="w+", dtype=np_dtype, shape=(n, k, num_classes))
+        else:
+            idx_dtype = np.int16 if num_classes < 2**15 else np.int32
+            out_v = np.lib.format.open_memmap(tmp / "topk_values.npy", mode="w+", dtype=np_dtype, shape=(n, k, topk))
+            out_i = np.lib.format.open_memmap(tmp / "topk_indices.npy", mode="w+", dtype=idx_dtype, shape=(n, k, topk))
+            out_l = np.lib.format.open_memmap(tmp / "lse.npy", mode="w+", dtype=np.float32, shape=(n, k))
+        flat = table.view(n * k, 3)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n * k, desc="teacher cache", unit="img")
+        for start in range(0, n * k, batch_size):
+            rows = torch.arange(start, min(start + batch_size, n * k))
+            sample = rows // k
+            x = normalize(apply_augment(images[sample.to(device)], flat[rows], dataset.spec.augment.pad))
+            with torch.inference_mode(), autocast(device, precision):
+                logits = teacher(x).float().cpu()
+            si, vi = sample.numpy(), (rows % k).numpy()
+            if storage == "full":
+                out[si, vi] = logits.numpy().astype(np_dtype)
+            else:
+                vals, idx = logits.topk(topk, dim=1)
+                out_v[si, vi] = vals.numpy().astype(np_dtype)
+                out_i[si, vi] = idx.numpy().astype(out_i.dtype)
+                out_l[si, vi] = torch.logsumexp(logits, dim=1).numpy()
+            if bar is not None:
+                bar.update(len(rows))
+        if bar is not None:
+            bar.close()
+        arrays = ["views.npy"] + (["logits.npy"] if storage == "full" else ["topk_values.npy", "topk_indices.npy", "lse.npy"])
+        if storage == "full":
+            out.flush()
+            del out
+        else:
+            for a in (out_v, out_i, out_l):
+                a.flush()
+            del out_v, out_i, out_l
+        meta = {
+            "format": CACHE_FORMAT,
+            "version": CACHE_VERSION,
+            "key": key,
+            "num_classes": num_classes,
+            "storage": storage,
+            "topk": topk if storage == "topk" else None,
+            "dtype": dtype,
+            "precision": precision,
+            "files": {a: {"bytes": (tmp / a).stat().st_size, "sha256": _sha256_file(tmp / a)} for a in arrays},
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if path.exists():  # overwrite: swap in the complete new cache only now
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def read_cache_meta(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        raise UserError(f"teacher cache {path} not found (no meta.json); build it with `darkknowledge cache build`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"teacher cache {path}: meta.json is corrupted; rebuild the cache") from None
+    if meta.get("format") != CACHE_FORMAT:
+        raise UserError(f"{path} is not a darkknowledge teacher cache")
+    return meta
+
+
+class CachedTeacher(TeacherSignal):
+    """Replays cached teacher logits for ``batch.indices`` at ``batch.views``."""
+
+    def __init__(self, path: str | Path, *, verify: bool = True, device: str | torch.device = "cpu"):
+        self.path = Path(path)
+        self.meta = meta = read_cache_meta(self.path)
+        self.device = torch.device(device)
+        for name, info in meta["files"].items():
+            f = self.path / name
+            if not f.is_file():
+                raise UserError(f"teacher cache {self.path}: {name} is missing; rebuild the cache")
+            if f.stat().st_size != info["bytes"]:
+                raise UserError(f"teacher cache {self.path}: {name} has {f.stat().st_size} bytes, expected {info['bytes']} (truncated?); rebuild the cache")
+            if verify and _sha256_file(f) != info["sha256"]:
+                raise UserError(f"teacher cache {self.path}: {name} fails its checksum (corrupted); rebuild the cache")
+        self.num_classes = int(meta["num_classes"])
+        self.storage = meta["storage"]
+        self.view_table = torch.from_numpy(np.load(self.path / "views.npy").astype(np.int64))
+        if self.storage == "full":
+            self._logits = np.load(self.path / "logits.npy", mmap_mode="r")
+        else:
+            self._values = np.load(self.path / "topk_values.npy", mmap_mode="r")
+            self._indices = np.load(self.path / "topk_indices.npy", mmap_mode="r")
+            self._lse = np.load(self.path / "lse.npy", mmap_mode="r")
+
+    @property
+    def key(self) -> dict[str, Any]:
+        return self.meta["key"]
+
+    def check_matches(self, dataset: ArrayDataset, teacher_digest: str | None = None) -> None:
+        """Error (never silently reuse) unless the cache was built for these rows/weights."""
+        key = self.key
+        if key["num_samples"] != len(dataset) or key["dataset_fingerprint"] != dataset_fingerprint(dataset):
+            raise UserError(
+                f"teacher cache {self.path} was built for other data ({key['dataset']}, {key['num_samples']} samples) "
+                f"than this run ({dataset.spec.name}, {len(dataset)} samples, or different subset/resize); rebuild it"
+            )
+        if key["augment"] != asdict(dataset.spec.augment):
+            raise UserError(f"teacher cache {self.path} was built with augmentation {key['augment']}; rebuild it")
+        if teacher_digest is not None and teacher_digest != key["teacher_digest"]:
+            raise UserError(f"teacher cache {self.path} was built from other teacher weights than teacher.checkpoint; rebuild it")
+
+    def logits(self, indices: Tensor, views: Tensor) -> Tensor:
+        i = indices.cpu().numpy()
+        v = views.cpu().numpy()
+        if self.storage == "full":
+            out = torch.from_numpy(np.ascontiguousarray(self._logits[i, v])).float()
+        else:
+            vals = torch.from_numpy(np.ascontiguousarray(self._values[i, v])).float()
+            idx = torch.from_numpy(np.ascontiguousarray(self._indices[i, v]).astype(np.int64))
+            lse = torch.from_numpy(np.ascontiguousarray(self._lse[i, v])).float()
+            out = expand_topk(vals, idx, lse, self.num_classes)
+        return out.to(self.device)
+
+    def __call__(self, batch: Batch) -> Tensor:
+        if batch.views is None:
+            raise RuntimeError("CachedTeacher needs batches from a loader replaying the cache's view table")
+        return self.logits(batch.indices, batch.views)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "cache", "path": str(self.path), "storage": self.storage, "views": self.key["num_views"]}
+
+
+def expand_topk(values: Tensor, indices: Tensor, lse: Tensor, num_classes: int) -> Tensor:
+    """Full logits from top-k logits + the log-partition: the tail's probability mass
+    (1 - sum of top-k probabilities) is spread uniformly over the other classes, so the
+    T=1 distribution is exact on the top-k classes and preserves total mass."""
+    b, k = values.shape
+    log_p_top = values - lse[:, None]
+    tail_mass = (-torch.expm1(torch.logsumexp(log_p_top, dim=1))).clamp_min(1e-12)
+    tail_logit = torch.log(tail_mass / max(num_classes - k, 1)) + lse
+    out = tail_logit[:, None].expand(b, num_classes).clone()
+    out.scatter_(1, indices, values)
+    return out
+
+
+def open_cache_for_run(cfg, train_set: ArrayDataset, device: torch.device) -> CachedTeacher:
+    """``teacher.cache`` of a run: open it (building it first from ``teacher.checkpoint``
+    if it does not exist yet) and check that it belongs to this run's teacher and data."""
+    from darkknowledge.engine.checkpoint import load_model
+    from darkknowledge.engine.trainer import check_teacher_fits
+
+    path = Path(cfg.teacher.cache)
+    digest = None
+    if cfg.teacher.checkpoint:
+        model, ckpt = load_model(cfg.teacher.checkpoint, device)
+        check_teacher_fits(ckpt, train_set.spec, cfg.teacher.checkpoint)
+        digest = state_digest(model.state_dict())
+        if not (path / "meta.json").exists():
+            build_cache(model, train_set, path, num_views=cfg.teacher.cache_views, view_seed=cfg.teacher.cache_view_seed,
+                        precision=cfg.engine.precision, device=device, channels_last=cfg.engine.channels_last,
+                        progress=cfg.engine.progress)
+    cache = CachedTeacher(path, device=device)
+    cache.check_matches(train_set, digest)
+    if cache.num_classes != train_set.spec.num_classes:
+        raise UserError(f"teacher cache {path} has {cache.num_classes} classes, dataset has {train_set.spec.num_classes}")
+    return cache
+
+
+__all__ = ["CachedTeacher", "build_cache", "dataset_fingerprint", "expand_topk", "make_view_table", "open_cache_for_run", "read_cache_meta"]

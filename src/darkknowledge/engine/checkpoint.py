@@ -1,0 +1,133 @@
+"""Checkpoints and run files, written atomically and read with ``weights_only=True``.
+
+A checkpoint is a plain dict of tensors and primitives::
+
+    {"format": "darkknowledge-checkpoint", "version": 1,
+     "model_name", "num_classes", "in_channels", "data": {spec fields},
+     "model": state_dict, "optimizer": ..., "method": state_dict,
+     "epoch": completed epochs, "metrics": {...}, "best_top1": float,
+     "config": resolved YAML text, "rng": {...}}
+
+Every write goes to a temporary file in the target directory and is renamed into
+place, so a killed process never leaves a half-written ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from darkknowledge.data.base import AugmentSpec, DataSpec
+from darkknowledge.errors import UserError
+
+FORMAT = "darkknowledge-checkpoint"
+VERSION = 1
+
+
+def _atomic_write(path: Path, writer) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            writer(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic_write(Path(path), lambda fh: fh.write(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    _atomic_write(Path(path), lambda fh: torch.save(obj, fh))
+
+
+def spec_to_dict(spec: DataSpec) -> dict[str, Any]:
+    d = asdict(spec)
+    d["image_size"] = list(spec.image_size)
+    d["mean"], d["std"] = list(spec.mean), list(spec.std)
+    d["class_names"] = list(spec.class_names)
+    return d
+
+
+def spec_from_dict(d: dict[str, Any]) -> DataSpec:
+    d = dict(d)
+    d["augment"] = AugmentSpec(**d.get("augment", {}))
+    d["image_size"] = tuple(d["image_size"])
+    d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+    d["class_names"] = tuple(d.get("class_names", ()))
+    return DataSpec(**d)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a darkknowledge checkpoint safely; every failure is a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist (expected a best.pt/last.pt written by `darkknowledge train`)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise UserError(f"checkpoint {path} is corrupted or not a torch checkpoint ({reason}); re-create it or point to another file") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise UserError(f"checkpoint {path} is not a darkknowledge checkpoint (no 'format' tag); train it with `darkknowledge train`")
+    if ckpt.get("version", 0) > VERSION:
+        raise UserError(f"checkpoint {path} has format version {ckpt['version']}, newer than this darkknowledge ({VERSION}); upgrade")
+    return ckpt
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Build the checkpoint's model, load its weights, put it in eval mode."""
+    from darkknowledge.models import build_model
+
+    ckpt = load_checkpoint(path)
+    model = build_model(ckpt["model_name"], num_classes=int(ckpt["num_classes"]), in_channels=int(ckpt["in_channels"]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise UserError(f"checkpoint {path}: weights do not fit model {ckpt['model_name']!r} ({str(exc).splitlines()[0][:120]})") from None
+    return model.to(device).eval(), ckpt
+
+
+def file_digest(path: str | Path, algo: str = "sha256", chunk: int = 1 << 20) -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """Content hash of a model's weights (independent of file layout)."""
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        t = state_dict[k].detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

@@ -1,0 +1,387 @@
+"""One training loop for teachers (``method.name=ce``) and students (any method).
+
+Per step::
+
+    batch  = loader (in-memory uint8 -> batched crop/flip/normalise on device)
+    z_s    = student(batch.images)                 # autocast bf16 | fp32
+    z_t    = teacher_signal(batch)                 # live (inference_mode) or cached
+    terms  = method(z_s, z_t, batch.targets, ctx)  # named, weighted loss terms
+    sum(terms).backward(); SGD step
+
+The trainer never looks at the method's name. Run directory::
+
+    config.yaml  resolved configuration
+    metrics.jsonl one line per epoch: lr, every loss term, method stats, eval metrics
+    summary.json  final/best metrics, timings
+    last.pt best.pt  checkpoints (atomic writes, weights_only-safe)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from darkknowledge.config import RunConfig
+from darkknowledge.data.base import ArrayDataset
+from darkknowledge.data.loader import BatchLoader, eval_batches
+from darkknowledge.engine.checkpoint import (
+    FORMAT,
+    VERSION,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+    load_model,
+    spec_to_dict,
+)
+from darkknowledge.engine.metrics import ClassificationMeter, autocast, collect_logits
+from darkknowledge.engine.schedule import learning_rate
+from darkknowledge.engine.teacher import LiveTeacher, TeacherSignal
+from darkknowledge.errors import UserError
+from darkknowledge.methods import SetupContext, StepContext, build_method
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+def rng_state() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "python": repr(random.getstate()),
+        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    # python/numpy states are only used by user code; torch's drives training
+
+
+def load_datasets(cfg: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
+    """The configured training and evaluation splits."""
+    from darkknowledge.data import build_dataset
+
+    d = cfg.data
+    common = dict(root=d.root, download=d.download, classes=d.classes, image_size=d.image_size, seed=d.subset_seed)
+    train = build_dataset(d.name, train=True, train_per_class=d.train_per_class, **common)
+    test = build_dataset(d.name, train=False, train_per_class=d.test_per_class, **common)
+    return train, test
+
+
+def build_teacher_signal(cfg: RunConfig, train_set: ArrayDataset, device: torch.device) -> TeacherSignal:
+    """Live teacher from ``teacher.checkpoint`` or a cache from ``teacher.cache``."""
+    spec = train_set.spec
+    if cfg.teacher.cache:
+        from darkknowledge.engine.cache import open_cache_for_run
+
+        return open_cache_for_run(cfg, train_set, device)
+    if not cfg.teacher.checkpoint:
+        raise UserError(
+            f"method {cfg.method.name!r} needs a teacher: set teacher.checkpoint=PATH "
+            "(a best.pt of `darkknowledge train`) or teacher.cache=PATH"
+        )
+    model, ckpt = load_model(cfg.teacher.checkpoint, device)
+    check_teacher_fits(ckpt, spec, cfg.teacher.checkpoint)
+    return LiveTeacher(model, precision=cfg.engine.precision, channels_last=cfg.engine.channels_last, name=ckpt["model_name"])
+
+
+def check_teacher_fits(ckpt: dict[str, Any], spec, where: str) -> None:
+    if int(ckpt["num_classes"]) != spec.num_classes:
+        raise UserError(
+            f"teacher {where} predicts {ckpt['num_classes']} classes but dataset {spec.name!r} has "
+            f"{spec.num_classes}; use a teacher trained on the same data/classes"
+        )
+    if int(ckpt["in_channels"]) != spec.in_channels:
+        raise UserError(f"teacher {where} takes {ckpt['in_channels']}-channel images but dataset {spec.name!r} has {spec.in_channels}")
+
+
+class Trainer:
+    """Train ``cfg.model`` with ``cfg.method`` (optionally against a teacher signal)."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        train_set: ArrayDataset | None = None,
+        test_set: ArrayDataset | None = None,
+        teacher: TeacherSignal | None = None,
+        run_dir: str | Path | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        from darkknowledge.models import build_model, count_parameters
+
+        self.cfg = cfg
+        self.rank, self.world_size = rank, world_size
+        self.run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir()
+        self.device = torch.device(cfg.engine.device)
+        if cfg.engine.threads:
+            torch.set_num_threads(cfg.engine.threads)
+        seed_everything(cfg.seed, cfg.engine.deterministic)
+
+        if train_set is None or test_set is None:
+            loaded = load_datasets(cfg)
+            train_set = train_set or loaded[0]
+            test_set = test_set or loaded[1]
+        self.train_set, self.test_set = train_set, test_set
+        spec = train_set.spec
+        self.spec = spec
+
+        self.method = build_method(cfg.method.name, cfg.method.model_extra, num_classes=spec.num_classes).to(self.device)
+        self.teacher = teacher
+        if self.method.needs_teacher and self.teacher is None:
+            self.teacher = build_teacher_signal(cfg, train_set, self.device)
+
+        self.model = build_model(cfg.model.name, num_classes=spec.num_classes, in_channels=spec.in_channels).to(self.device)
+        if cfg.engine.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.num_params = count_parameters(self.model)
+
+        view_table = getattr(self.teacher, "view_table", None) if self.method.needs_teacher else None
+        self.loader = BatchLoader(
+            train_set,
+            cfg.data.batch_size,
+            train=True,
+            augment=cfg.data.augment,
+            seed=cfg.seed,
+            device=self.device,
+            channels_last=cfg.engine.channels_last,
+            view_table=view_table,
+            rank=rank,
+            world_size=world_size,
+        )
+        if len(self.loader) == 0:
+            raise UserError(
+                f"data.batch_size={cfg.data.batch_size} is larger than the training set ({len(train_set)} samples); lower it"
+            )
+        params = [p for p in self.model.parameters() if p.requires_grad] + [p for p in self.method.parameters() if p.requires_grad]
+        o = cfg.optim
+        self.optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
+        self.start_epoch = 0
+        self.best_top1 = -1.0
+        self.history: list[dict[str, Any]] = []
+        self._teacher_eval: tuple[Tensor, Tensor] | None = None
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint(self, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "model_name": self.cfg.model.name,
+            "num_classes": self.spec.num_classes,
+            "in_channels": self.spec.in_channels,
+            "num_params": self.num_params,
+            "data": spec_to_dict(self.spec),
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "method": {k: v.detach().cpu() for k, v in self.method.state_dict().items()},
+            "epoch": epoch,
+            "metrics": metrics,
+            "best_top1": self.best_top1,
+            "config": self.cfg.to_yaml(),
+            "rng": rng_state(),
+        }
+
+    def _prepare_run_dir(self, resume: bool) -> None:
+        last = self.run_dir / "last.pt"
+        if resume:
+            if not last.is_file():
+                raise UserError(f"--resume: no checkpoint {last}; start the run without --resume")
+            ckpt = load_checkpoint(last, map_location=self.device)
+            saved = (self.run_dir / "config.yaml").read_text() if (self.run_dir / "config.yaml").is_file() else ckpt["config"]
+            if _without_epochs(saved) != _without_epochs(self.cfg.to_yaml()):
+                raise UserError(f"--resume: the configuration differs from the one saved in {self.run_dir}/config.yaml (only optim.epochs may change)")
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.method.load_state_dict(ckpt["method"])
+            set_rng_state(ckpt["rng"])
+            self.start_epoch = int(ckpt["epoch"])
+            self.best_top1 = float(ckpt["best_top1"])
+            mpath = self.run_dir / "metrics.jsonl"
+            if mpath.is_file():
+                lines = [json.loads(l) for l in mpath.read_text().splitlines() if l.strip()]
+                self.history = [l for l in lines if l["epoch"] < self.start_epoch]
+            self._write_metrics()
+        else:
+            if last.exists() or (self.run_dir / "best.pt").exists():
+                raise UserError(f"run directory {self.run_dir} already holds a run; pass --resume to continue it or choose another name=")
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
+
+    def _write_metrics(self) -> None:
+        if self.rank == 0:
+            atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
+
+    # ------------------------------------------------------------------ training
+    def _setup_method(self) -> None:
+        teacher = self.teacher
+
+        def train_batches():
+            return eval_batches(self.train_set, self.cfg.data.eval_batch_size, self.device, self.cfg.engine.channels_last)
+
+        self.method.setup(
+            SetupContext(
+                num_classes=self.spec.num_classes,
+                teacher_logits_fn=teacher,
+                train_batches=train_batches,
+                device=self.device,
+            )
+        )
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg = self.cfg
+        self.model.train()
+        self.method.train()
+        steps = len(self.loader)
+        totals: dict[str, Tensor] = {}
+        seen = 0
+        bar = None
+        if cfg.engine.progress and self.rank == 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False, dynamic_ncols=True)
+        t0 = time.perf_counter()
+        for i, batch in enumerate(self.loader.epoch(epoch)):
+            lr = learning_rate(cfg.optim, epoch, i / steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            ctx = StepContext(epoch=epoch, num_epochs=cfg.optim.epochs, step_in_epoch=i, steps_per_epoch=steps)
+            teacher_logits = self.teacher(batch) if self.method.needs_teacher else None
+            with autocast(self.device, cfg.engine.precision):
+                student_logits = self.model(batch.images)
+            terms = self.method(student_logits, teacher_logits, batch.targets, ctx)
+            loss = sum(terms.values())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            n = len(batch)
+            seen += n
+            for k, v in terms.items():
+                v = v.detach() * n
+                totals[k] = totals[k] + v if k in totals else v
+            if bar is not None:
+                bar.update(1)
+                if i % 20 == 0 or i == steps - 1:
+                    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
+        elapsed = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        out = {f"loss/{k}": (v / seen).item() for k, v in totals.items()}
+        out["loss/total"] = sum(out.values())
+        out["lr"] = learning_rate(cfg.optim, epoch, 0.0)
+        out["train_time_s"] = elapsed
+        out["train_images_per_s"] = seen / max(elapsed, 1e-9)
+        out.update({f"method/{k}": v for k, v in self.method.epoch_stats().items()})
+        return out
+
+    def evaluate(self) -> dict[str, float]:
+        batches = eval_batches(self.test_set, self.cfg.data.eval_batch_size, self.device, self.cfg.engine.channels_last)
+        logits, targets = collect_logits(self.model, batches, self.cfg.engine.precision)
+        meter = ClassificationMeter()
+        meter.update(logits, targets)
+        out = {f"test/{k}": v for k, v in meter.compute().items()}
+        teacher_logits = self._teacher_eval_logits()
+        if teacher_logits is not None:
+            out["test/teacher_agreement"] = 100.0 * logits.argmax(1).eq(teacher_logits.argmax(1)).float().mean().item()
+            try:
+                from darkknowledge.diagnostics.ranks import rank_fidelity
+            except ImportError:  # diagnostics not installed in a trimmed build
+                rank_fidelity = None
+            if rank_fidelity is not None and logits.shape[1] > 2:
+                out["test/rank_fidelity"] = float(rank_fidelity(logits, teacher_logits, targets))
+        return out
+
+    def _teacher_eval_logits(self) -> Tensor | None:
+        """The live teacher's test-set logits (computed once) for agreement / rank fidelity."""
+        if not isinstance(self.teacher, LiveTeacher):
+            return None
+        if self._teacher_eval is None:
+            batches = eval_batches(self.test_set, self.cfg.data.eval_batch_size, self.device, self.cfg.engine.channels_last)
+            self._teacher_eval = torch.cat([self.teacher(b) for b in batches])
+        return self._teacher_eval
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        cfg = self.cfg
+        self._prepare_run_dir(resume)
+        if self.method.needs_teacher:
+            self._setup_method()
+        t_start = time.perf_counter()
+        last_metrics: dict[str, Any] = self.history[-1] if self.history else {}
+        for epoch in range(self.start_epoch, cfg.optim.epochs):
+            record: dict[str, Any] = {"epoch": epoch}
+            record.update(self.train_epoch(epoch))
+            final = epoch == cfg.optim.epochs - 1
+            if (epoch + 1) % cfg.engine.eval_every == 0 or final:
+                record.update(self.evaluate())
+            self.history.append(record)
+            last_metrics = record
+            if self.rank == 0:
+                with open(self.run_dir / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                improved = record.get("test/top1", -1.0) > self.best_top1
+                if improved:
+                    self.best_top1 = record["test/top1"]
+                if (epoch + 1) % cfg.engine.save_every == 0 or final or improved:
+                    ckpt = self._checkpoint(epoch + 1, record)
+                    if improved:
+                        atomic_torch_save(ckpt, self.run_dir / "best.pt")
+                    if (epoch + 1) % cfg.engine.save_every == 0 or final:
+                        atomic_torch_save(ckpt, self.run_dir / "last.pt")
+                if cfg.engine.progress:
+                    _print_epoch(record, cfg.optim.epochs)
+        summary = self.summary(last_metrics, time.perf_counter() - t_start)
+        if self.rank == 0:
+            atomic_write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+    def summary(self, last: dict[str, Any], wall_s: float) -> dict[str, Any]:
+        best = max((h for h in self.history if "test/top1" in h), key=lambda h: h["test/top1"], default={})
+        return {
+            "run_dir": str(self.run_dir),
+            "model": self.cfg.model.name,
+            "num_params": self.num_params,
+            "method": self.cfg.method.name,
+            "dataset": self.spec.name,
+            "seed": self.cfg.seed,
+            "epochs": self.cfg.optim.epochs,
+            "teacher": self.teacher.describe() if self.teacher is not None else None,
+            "final": {k: v for k, v in last.items() if k.startswith("test/")},
+            "best": {k: v for k, v in best.items() if k.startswith("test/")} | ({"epoch": best["epoch"]} if best else {}),
+            "wall_time_s": wall_s,
+        }
+
+
+def _without_epochs(config_yaml: str) -> str:
+    import yaml
+
+    d = yaml.safe_load(config_yaml)
+    d.get("optim", {}).pop("epochs", None)
+    d.get("engine", {}).pop("progress", None)
+    return json.dumps(d, sort_keys=True)
+
+
+def _print_epoch(record: dict[str, Any], epochs: int) -> None:
+    parts = [f"epoch {record['epoch'] + 1}/{epochs}", f"loss {record['loss/total']:.4f}"]
+    for k in ("test/top1", "test/top5", "test/nll", "test/ece"):
+        if k in record:
+            parts.append(f"{k[5:]} {record[k]:.3f}")
+    parts.append(f"{record['train_images_per_s']:.0f} img/s")
+    print("  ".join(parts), flush=True)
+
+
+def train(cfg: RunConfig, resume: bool = False, **kwargs) -> dict[str, Any]:
+    """Library entry point: ``darkknowledge.train(load_config(...))``."""
+    return Trainer(cfg, **kwargs).fit(resume=resume)

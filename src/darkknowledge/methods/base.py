@@ -1,0 +1,156 @@
+"""The seam between the trainer and a distillation method.
+
+A method is an ``nn.Module`` the trainer calls once per step with
+
+    terms = method(student_logits, teacher_logits, targets, ctx)
+
+and that returns a ``dict`` of *already weighted* loss terms (``{"ce": ..., "kd": ...}``).
+The trainer sums the values, back-propagates, and logs every term by name. It never
+branches on a method's name; what differs between methods lives in their own file:
+
+* ``Params``: a pydantic model with a description on every field (the CLI's
+  ``method.<field>=value`` overrides are validated against it; ``darkknowledge methods``
+  prints it).
+* ``needs_teacher``: ``False`` for plain supervised training (teachers, student baselines).
+* learnable parameters (e.g. CTKD's temperature) are ordinary ``nn.Parameter`` s of
+  the module; the trainer adds ``method.parameters()`` to the optimiser.
+* ``setup(ctx)``: an optional hook run once before training, given access to the
+  teacher signal and the training data (e.g. FGCR's global class relations).
+* ``record(name, values)``: per-step statistics (e.g. ISATS's per-instance temperature)
+  accumulated on device without host syncs and summarised once per epoch by
+  :meth:`epoch_stats` (mean and quantiles).
+
+Loss *functions* live next to their module as plain functions importable without the
+trainer (``from darkknowledge.methods.kd import kd_loss``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import Tensor, nn
+
+from darkknowledge.errors import UserError
+from darkknowledge.registry import Registry
+
+
+class MethodParams(BaseModel):
+    """Base class of every method's hyperparameters: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+@dataclass
+class StepContext:
+    """What a method may know about where training is (all 0-indexed)."""
+
+    epoch: int = 0
+    num_epochs: int = 1
+    step_in_epoch: int = 0
+    steps_per_epoch: int = 1
+
+    @property
+    def global_step(self) -> int:
+        return self.epoch * self.steps_per_epoch + self.step_in_epoch
+
+
+@dataclass
+class SetupContext:
+    """Given to :meth:`DistillMethod.setup` once before training.
+
+    ``teacher_logits_fn(batch) -> Tensor`` returns the teacher signal for a batch
+    (live or cached, the method cannot tell); ``train_batches()`` iterates the training
+    set once (un-augmented, in order).
+    """
+
+    num_classes: int
+    teacher_logits_fn: Any = None
+    train_batches: Any = None
+    device: torch.device | str = "cpu"
+
+
+class DistillMethod(nn.Module):
+    """Base class: see the module docstring for the contract."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    needs_teacher: ClassVar[bool] = True
+    summary: ClassVar[str] = ""
+
+    def __init__(self, params: MethodParams | None = None, num_classes: int | None = None):
+        super().__init__()
+        self.params = params if params is not None else self.Params()
+        self.num_classes = num_classes
+        self._stats: dict[str, list[Tensor]] = {}
+
+    # -- hooks ---------------------------------------------------------------------------
+    def setup(self, ctx: SetupContext) -> None:  # pragma: no cover - default is a no-op
+        """Run once before training; default: nothing to prepare."""
+
+    def forward(
+        self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, ctx: StepContext
+    ) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    # -- per-epoch statistics ------------------------------------------------------------
+    def record(self, name: str, values: Tensor) -> None:
+        """Keep detached values (any shape) for this epoch's summary; no host sync."""
+        self._stats.setdefault(name, []).append(values.detach().float().reshape(-1))
+
+    def epoch_stats(self, reset: bool = True) -> dict[str, float]:
+        """Mean, std and quantiles (5/25/50/75/95 %) of everything recorded this epoch."""
+        out: dict[str, float] = {}
+        for name, chunks in self._stats.items():
+            v = torch.cat(chunks)
+            if v.numel() == 0:
+                continue
+            q = torch.quantile(v[: 1_000_000], torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], device=v.device))
+            out[f"{name}/mean"] = v.mean().item()
+            out[f"{name}/std"] = v.std(unbiased=False).item()
+            for tag, value in zip(("q05", "q25", "q50", "q75", "q95"), q.tolist()):
+                out[f"{name}/{tag}"] = value
+        if reset:
+            self._stats = {}
+        return out
+
+
+METHODS: Registry[type[DistillMethod]] = Registry("method")
+
+
+def register_method(cls: type[DistillMethod]) -> type[DistillMethod]:
+    """Class decorator: register a method under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    return METHODS.register(cls.name)(cls)
+
+
+def validate_params(name: str, params: dict[str, Any] | None) -> MethodParams:
+    """Validate ``params`` against method ``name``'s ``Params``; errors name the key."""
+    cls = METHODS.get(name)
+    try:
+        return cls.Params.model_validate(dict(params or {}))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise UserError(
+            f"method {name!r}: bad parameter method.{loc}: {err['msg']} "
+            f"(valid parameters: {', '.join(cls.Params.model_fields)})"
+        ) from None
+
+
+def build_method(name: str, params: dict[str, Any] | None = None, num_classes: int | None = None) -> DistillMethod:
+    """Construct a registered method with validated parameters."""
+    cls = METHODS.get(name)
+    return cls(validate_params(name, params), num_classes=num_classes)
+
+
+def describe_params(cls: type[DistillMethod]) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, description) for each parameter of a method."""
+    rows = []
+    for fname, field in cls.Params.model_fields.items():
+        ann = getattr(field.annotation, "__name__", str(field.annotation))
+        rows.append((fname, ann, field.default, field.description or ""))
+    return rows

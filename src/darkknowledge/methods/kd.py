@@ -1,0 +1,64 @@
+"""Hinton KD (Hinton, Vinyals & Dean 2015).
+
+    L = ce_weight * CE(z_s, y) + kd_weight * T^2 * KL(softmax(z_t/T) || softmax(z_s/T))
+
+KL summed over classes, averaged over the batch. CIFAR-100 defaults (CRD/mdistiller):
+T = 4, ce_weight = 0.1, kd_weight = 0.9. With ``logit_standardization`` both logit
+vectors are z-scored first (LS-KD, Sun et al. CVPR 2024; use T = 2, kd_weight = 9).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor
+
+from darkknowledge.methods.base import DistillMethod, MethodParams, StepContext, register_method
+from darkknowledge.methods.functional import as_float, check_logits, standardize_logits, tempered_kl
+
+
+class KDParams(MethodParams):
+    ce_weight: float = Field(0.1, ge=0, description="Weight of the cross-entropy term on ground-truth labels.")
+    kd_weight: float = Field(0.9, ge=0, description="Weight of the T^2-scaled KL distillation term.")
+    temperature: float = Field(4.0, gt=0, description="Softmax temperature T applied to teacher and student logits.")
+    logit_standardization: bool = Field(
+        False, description="Z-score teacher and student logits before the temperature softmax (LS-KD)."
+    )
+
+
+def kd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    targets: Tensor,
+    *,
+    ce_weight: float = 0.1,
+    kd_weight: float = 0.9,
+    temperature: float = 4.0,
+    logit_standardization: bool = False,
+) -> dict[str, Tensor]:
+    """Hinton KD as named, weighted terms ``{"ce", "kd"}``."""
+    check_logits(student_logits, teacher_logits, targets)
+    ce = F.cross_entropy(as_float(student_logits), targets)
+    if logit_standardization:
+        student_logits, teacher_logits = standardize_logits(student_logits), standardize_logits(teacher_logits)
+    kl = tempered_kl(student_logits, teacher_logits, temperature).mean()
+    return {"ce": ce_weight * ce, "kd": kd_weight * temperature**2 * kl}
+
+
+@register_method
+class KD(DistillMethod):
+    name = "kd"
+    summary = "Hinton KD: CE + T^2 * KL(teacher || student) at temperature T."
+    Params = KDParams
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, ctx: StepContext) -> dict[str, Tensor]:
+        p = self.params
+        return kd_loss(
+            student_logits,
+            teacher_logits,
+            targets,
+            ce_weight=p.ce_weight,
+            kd_weight=p.kd_weight,
+            temperature=p.temperature,
+            logit_standardization=p.logit_standardization,
+        )

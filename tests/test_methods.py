@@ -1,0 +1,645 @@
+"""Tests of the method zoo (src/darkknowledge/methods/*).
+
+Golden values were computed once with an independent float64 NumPy implementation
+written from the papers' formulas (explicit probabilities, ``np.corrcoef`` for DIST, the
+literal pairwise relative-confidence vectors for RCKD, the power transform p_t^gamma for
+TTM/WTTM, mdistiller-style renormalised probabilities for DKD), not with this package.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from darkknowledge.errors import UserError
+from darkknowledge.methods import METHODS, SetupContext, StepContext, build_method
+from darkknowledge.methods.ats import ats_loss
+from darkknowledge.methods.ctkd import ctkd_lambda, ctkd_temperature, grad_reverse
+from darkknowledge.methods.dist import dist_loss
+from darkknowledge.methods.dkd import dkd_components, dkd_loss, dkd_warmup
+from darkknowledge.methods.fgcr import class_relation_matrix, fgcr_loss, fgcr_teacher_log_probs
+from darkknowledge.methods.functional import tempered_kl
+from darkknowledge.methods.isats import isats_loss, isats_search, isats_temperatures
+from darkknowledge.methods.kd import kd_loss
+from darkknowledge.methods.lskd import lskd_loss
+from darkknowledge.methods.rckd import rckd_loss
+from darkknowledge.methods.ttm import ttm_loss
+from darkknowledge.methods.wttm import wttm_loss, wttm_weights
+
+# ---------------------------------------------------------------------------------------
+# fixtures and helpers
+# ---------------------------------------------------------------------------------------
+
+# torch.manual_seed(0); randn(4, 5) * 2 (student), randn(4, 5) * 3 (teacher), rounded.
+GOLD_S = [
+    [-2.252, -2.305, -0.501, -0.868, 1.198],
+    [-3.11, -0.683, 3.706, 0.936, -0.315],
+    [2.887, 0.532, 2.779, 3.173, 1.893],
+    [-1.687, 1.864, 2.518, 4.01, 0.107],
+]
+GOLD_T = [
+    [1.319, 0.337, 1.922, 1.323, 0.617],
+    [-1.351, -1.719, -1.666, 1.783, 4.626],
+    [1.522, -1.773, -3.976, 0.566, -0.207],
+    [-1.485, -4.488, -0.582, 1.337, 3.976],
+]
+GOLD_Y = [2, 4, 0, 1]
+# A fixed row-stochastic relation matrix for the FGCR golden value.
+GOLD_M = [[0, 4, 3, 2, 1], [1, 0, 1, 1, 1], [2, 2, 0, 1, 1], [5, 1, 1, 0, 3], [1, 2, 3, 4, 0]]
+
+# Default parameters of every method; values from the independent NumPy computation.
+GOLDEN = {
+    "kd": (kd_loss, {"ce": 0.2472465828, "kd": 3.272103221}),
+    "ats": (ats_loss, {"ce": 1.236232914, "kd": 1.397739161}),
+    "dkd": (dkd_loss, {"ce": 2.472465828, "tckd": 1.565834866, "nckd": 22.09892473}),
+    "dist": (dist_loss, {"ce": 2.472465828, "inter": 31.64712292, "intra": 36.42305224}),
+    "rckd": (rckd_loss, {"ce": 2.472465828, "kd": 74.46473821}),
+    "ttm": (ttm_loss, {"ce": 2.472465828, "kd": 9.499114394}),
+    "wttm": (wttm_loss, {"ce": 2.472465828, "kd": 8.523600624}),
+    "lskd": (lskd_loss, {"ce": 0.2472465828, "kd": 6.43222104}),
+}
+GOLDEN_FGCR = {"ce": 0.2472465828, "kd": 2.827742665}
+
+
+def gold_inputs(dtype=torch.float32):
+    return torch.tensor(GOLD_S, dtype=dtype), torch.tensor(GOLD_T, dtype=dtype), torch.tensor(GOLD_Y)
+
+
+def fake_setup_ctx(num_classes: int, teacher: torch.Tensor, targets: torch.Tensor, batch_size: int = 3) -> SetupContext:
+    """A SetupContext whose 'images' are the teacher logits themselves."""
+
+    def batches():
+        for i in range(0, len(targets), batch_size):
+            yield SimpleNamespace(images=teacher[i : i + batch_size], targets=targets[i : i + batch_size])
+
+    return SetupContext(num_classes=num_classes, teacher_logits_fn=lambda b: b.images, train_batches=batches)
+
+
+def ready_method(name: str, num_classes: int, params: dict | None = None, seed: int = 0):
+    """Build a registered method and run its setup on a small random 'training set'."""
+    method = build_method(name, params or {}, num_classes=num_classes)
+    g = torch.Generator().manual_seed(seed)
+    n = 4 * num_classes
+    teacher = torch.randn(n, num_classes, generator=g) * 3
+    targets = torch.arange(n) % num_classes
+    method.setup(fake_setup_ctx(num_classes, teacher, targets))
+    return method
+
+
+def distill_terms(terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    return sum(v for k, v in terms.items() if k != "ce")
+
+
+def random_batch(batch=8, classes=10, scale=3.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(batch, classes, generator=g) * scale
+    t = torch.randn(batch, classes, generator=g) * scale
+    y = torch.randint(0, classes, (batch,), generator=g)
+    return s, t, y
+
+
+ALL = METHODS.names()
+DISTILLERS = [n for n in ALL if METHODS.get(n).needs_teacher]
+
+# ---------------------------------------------------------------------------------------
+# registry round-trip
+# ---------------------------------------------------------------------------------------
+
+
+def test_expected_methods_registered():
+    for name in ["ce", "kd", "ats", "isats", "fgcr", "rckd", "dkd", "dist", "ctkd", "lskd", "ttm", "wttm"]:
+        assert name in METHODS
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_registry_roundtrip(name):
+    method = ready_method(name, 10)
+    cls = METHODS.get(name)
+    assert cls.summary and cls.name == name
+    for fname, field in cls.Params.model_fields.items():
+        assert field.description, f"{name}.{fname} has no description"
+    s, t, y = random_batch(classes=10)
+    s.requires_grad_(True)
+    terms = method(s, t, y, StepContext(epoch=30, num_epochs=240, step_in_epoch=3, steps_per_epoch=10))
+    assert isinstance(terms, dict) and terms
+    for key, value in terms.items():
+        assert value.dim() == 0 and torch.isfinite(value), (name, key)
+    sum(terms.values()).backward()
+    assert torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+    method.epoch_stats()  # summarises whatever was recorded
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_bad_params_name_the_key(name):
+    with pytest.raises(UserError, match="no_such_param"):
+        build_method(name, {"no_such_param": 1.0}, num_classes=10)
+    fields = METHODS.get(name).Params.model_fields
+    for key in ("ce_weight", "temperature", "kd_weight"):
+        if key in fields:
+            with pytest.raises(UserError, match=key):
+                build_method(name, {key: -1.0}, num_classes=10)
+
+
+def test_isats_param_cross_checks():
+    with pytest.raises(UserError, match="tau_max"):
+        build_method("isats", {"tau_min": 5.0, "tau_max": 2.0})
+    with pytest.raises(UserError, match="target_temperature"):
+        build_method("isats", {"search_rule": "C", "tau_min": 1.0, "target_temperature": 0.5})
+    with pytest.raises(UserError, match="search_rule"):
+        build_method("isats", {"search_rule": "D"})
+
+
+# ---------------------------------------------------------------------------------------
+# robustness: C = 2, huge logits, bf16, for every method
+# ---------------------------------------------------------------------------------------
+
+
+def _extreme_cases():
+    g = torch.Generator().manual_seed(1)
+    yield "c2", torch.randn(6, 2, generator=g) * 3, torch.randn(6, 2, generator=g) * 3, torch.randint(0, 2, (6,), generator=g)
+    sign_s = torch.randint(0, 2, (6, 7), generator=g).float() * 2 - 1
+    sign_t = torch.randint(0, 2, (6, 7), generator=g).float() * 2 - 1
+    yield "huge", sign_s * 1e4, sign_t * 1e4, torch.randint(0, 7, (6,), generator=g)
+    yield "huge_c2", torch.tensor([[1e4, -1e4], [-1e4, 1e4]]), torch.tensor([[-1e4, 1e4], [-1e4, 1e4]]), torch.tensor([0, 1])
+    s, t, y = random_batch(batch=5, classes=9, seed=2)
+    yield "bf16", s.bfloat16(), t.bfloat16(), y
+    yield "constant_rows", torch.zeros(3, 4), torch.ones(3, 4), torch.tensor([0, 1, 2])
+
+
+@pytest.mark.parametrize("case", [c[0] for c in _extreme_cases()])
+@pytest.mark.parametrize("name", ALL)
+def test_finite_on_extreme_inputs(name, case):
+    _, s, t, y = next(c for c in _extreme_cases() if c[0] == case)
+    method = ready_method(name, s.shape[1])
+    s = s.clone().requires_grad_(True)
+    terms = method(s, t, y, StepContext(epoch=100, steps_per_epoch=10))
+    for key, value in terms.items():
+        assert value.dtype == torch.float32, (name, key)
+        assert torch.isfinite(value), (name, case, key, value)
+    sum(terms.values()).backward()
+    assert s.grad.dtype == s.dtype
+    assert torch.isfinite(s.grad.float()).all(), (name, case)
+    for param in method.parameters():
+        assert param.grad is None or torch.isfinite(param.grad).all()
+
+
+# ---------------------------------------------------------------------------------------
+# golden values
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_golden_values(name):
+    fn, expected = GOLDEN[name]
+    terms = fn(*gold_inputs())
+    assert set(terms) == set(expected)
+    for key, value in expected.items():
+        assert terms[key].item() == pytest.approx(value, rel=2e-5), (name, key)
+    # the registered module gives the same numbers with its defaults
+    module_terms = build_method(name, {}, num_classes=5)(*gold_inputs(), StepContext(epoch=1000))
+    for key, value in expected.items():
+        assert module_terms[key].item() == pytest.approx(value, rel=2e-5), (name, key)
+
+
+def test_golden_fgcr():
+    relation = torch.tensor(GOLD_M, dtype=torch.float32)
+    relation = relation / relation.sum(1, keepdim=True)
+    terms = fgcr_loss(*gold_inputs(), relation=relation)
+    for key, value in GOLDEN_FGCR.items():
+        assert terms[key].item() == pytest.approx(value, rel=2e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# student == teacher
+# ---------------------------------------------------------------------------------------
+
+
+def _zero_check(fn, student_of_teacher=lambda t: t.clone(), atol=1e-5, **kw):
+    s, t, y = random_batch(batch=16, classes=10, seed=3)
+    s = student_of_teacher(t).requires_grad_(True)
+    terms = fn(s, t, y, **kw)
+    loss = distill_terms(terms)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=atol)
+    assert s.grad.abs().max().item() < atol
+    return terms
+
+
+@pytest.mark.parametrize(
+    "fn, kw",
+    [
+        (kd_loss, {}),
+        (kd_loss, {"logit_standardization": True}),
+        (lskd_loss, {}),
+        (dkd_loss, {}),
+        (dkd_loss, {"logit_standardization": True}),
+        (dist_loss, {}),
+        (rckd_loss, {}),
+    ],
+)
+def test_zero_loss_and_gradient_when_student_equals_teacher(fn, kw):
+    _zero_check(fn, **kw)
+
+
+def test_zero_loss_under_affine_maps_where_invariant():
+    # LS-KD and RCKD only see standardised / correlated logits: a positive affine map is free.
+    _zero_check(lskd_loss, student_of_teacher=lambda t: 3.0 * t - 2.0)
+    _zero_check(rckd_loss, student_of_teacher=lambda t: 0.5 * t + 7.0)
+
+
+def test_ttm_zero_only_against_tempered_teacher():
+    T = 1 / 0.3
+    _zero_check(ttm_loss, student_of_teacher=lambda t: t / T + 1.0)
+    _zero_check(wttm_loss, student_of_teacher=lambda t: t / T)
+    s, t, y = random_batch(seed=3)
+    assert distill_terms(ttm_loss(t.clone(), t, y)).item() > 1e-3  # the untempered copy is not a minimiser
+
+
+def test_ats_symmetric_equals_kd_up_to_entropy():
+    # tau1 = tau2 = tau_s: soft CE = KL + H(q); zero gradient at student == teacher.
+    s, t, y = random_batch(batch=16, classes=10, seed=4)
+    T = 3.0
+    kw = dict(target_temperature=T, nontarget_temperature=T, student_temperature=T, ce_weight=0.0, kd_weight=1.0)
+    ats = ats_loss(s, t, y, **kw)["kd"]
+    q = F.softmax(t / T, -1)
+    entropy = -(q * q.log()).sum(-1).mean()
+    kl = tempered_kl(s, t, T).mean()
+    assert ats.item() == pytest.approx((T**2 * (kl + entropy)).item(), rel=1e-5)
+    s_eq = t.clone().requires_grad_(True)
+    ats_loss(s_eq, t, y, **kw)["kd"].backward()
+    assert s_eq.grad.abs().max().item() < 1e-6
+
+
+def test_ctkd_zero_when_student_equals_teacher():
+    method = build_method("ctkd", {}, num_classes=10)
+    s, t, y = random_batch(seed=5)
+    s = t.clone().requires_grad_(True)
+    terms = method(s, t, y, StepContext(epoch=20))
+    terms["kd"].backward()
+    assert terms["kd"].item() == pytest.approx(0.0, abs=1e-5)
+    assert s.grad.abs().max() < 1e-5 and method.theta.grad.abs() < 1e-5
+
+
+# ---------------------------------------------------------------------------------------
+# ATS
+# ---------------------------------------------------------------------------------------
+
+
+def test_ats_teacher_label_and_shift_dependence():
+    from darkknowledge.methods.ats import ats_teacher_log_probs
+
+    z = torch.tensor([[15.0, 0.5, -1.0, 2.0]])
+    y = torch.tensor([0])
+    q = ats_teacher_log_probs(z, y, target_temperature=4.0, nontarget_temperature=2.0).exp()
+    expected = torch.softmax(torch.tensor([15 / 4, 0.5 / 2, -1 / 2, 2 / 2]), -1)
+    assert torch.allclose(q, expected.unsqueeze(0), atol=1e-6)
+    # raw logits: a constant shift changes q; centring removes the dependence
+    shifted = ats_teacher_log_probs(z + 5, y, target_temperature=4.0, nontarget_temperature=2.0).exp()
+    assert (shifted[0, 0] - q[0, 0]).abs() > 0.01
+    c1 = ats_teacher_log_probs(z, y, target_temperature=4.0, nontarget_temperature=2.0, center_logits=True)
+    c2 = ats_teacher_log_probs(z + 5, y, target_temperature=4.0, nontarget_temperature=2.0, center_logits=True)
+    assert torch.allclose(c1, c2, atol=1e-5)
+
+
+def test_ats_target_is_ground_truth_not_argmax():
+    from darkknowledge.methods.ats import ats_teacher_log_probs
+
+    z = torch.tensor([[5.0, 1.0, 0.0]])
+    q_gt1 = ats_teacher_log_probs(z, torch.tensor([1]), target_temperature=4.0, nontarget_temperature=1.0).exp()
+    expected = torch.softmax(torch.tensor([5.0, 1 / 4, 0.0]), -1)
+    assert torch.allclose(q_gt1[0], expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# ISATS
+# ---------------------------------------------------------------------------------------
+
+
+def _brute_force_tau(z: np.ndarray, y: int, rule: str, lo=0.5, hi=20.0, k=2.0, tau1=4.0, n=20_000) -> float:
+    """Dense float64 grid argmax of the ddof-0 variance of the non-target full-softmax entries."""
+    if rule == "C":
+        hi = min(hi, tau1)
+    taus = np.exp(np.linspace(np.log(lo), np.log(hi), n))
+    scaled = z[None, :] / taus[:, None]
+    if rule == "B":
+        scaled[:, y] = z[y] / (k * taus)
+    if rule == "C":
+        scaled[:, y] = z[y] / tau1
+    scaled -= scaled.max(1, keepdims=True)
+    p = np.exp(scaled)
+    p /= p.sum(1, keepdims=True)
+    var = np.delete(p, y, axis=1).var(axis=1)
+    return float(taus[var.argmax()])
+
+
+def _confidence_ladder(batch=48, classes=100, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    spread = torch.linspace(0.3, 4.0, batch).unsqueeze(1)
+    z = torch.randn(batch, classes, generator=g) * spread
+    y = torch.randint(0, classes, (batch,), generator=g)
+    z[torch.arange(batch), y] += torch.linspace(0.0, 30.0, batch)  # from unsure to very confident
+    return z, y
+
+
+@pytest.mark.parametrize("rule", ["A", "B"])
+def test_isats_search_matches_dense_brute_force(rule):
+    z, y = _confidence_ladder()
+    tau = isats_search(z, y, search_rule=rule, tau_min=0.5, tau_max=20.0, target_ratio=2.0)
+    reference = np.array([_brute_force_tau(z[i].double().numpy(), int(y[i]), rule) for i in range(len(y))])
+    rel = np.abs(tau.numpy() / reference - 1)
+    assert rel.max() < 0.01, rel.max()
+    assert (tau >= 0.5 - 1e-6).all() and (tau <= 20.0 + 1e-4).all()
+
+
+def test_isats_rule_a_interior_optimum_grows_with_confidence():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(1, 100, generator=g) * 2
+    z = base.repeat(4, 1)
+    y = torch.zeros(4, dtype=torch.long)
+    z[:, 0] = torch.tensor([9.0, 12.0, 18.0, 30.0])
+    tau = isats_search(z, y, search_rule="A")
+    assert (tau[1:] > tau[:-1]).all()  # more confident teacher -> higher optimal temperature
+    assert (tau > 0.5).all() and (tau < 20).all()
+
+
+def test_isats_rule_c_stays_in_bounds_and_matches_brute_force():
+    z, y = _confidence_ladder(seed=1)
+    tau = isats_search(z, y, search_rule="C", tau_min=0.5, tau_max=20.0, target_temperature=3.0)
+    assert (tau >= 0.5 - 1e-6).all() and (tau <= 3.0 + 1e-5).all()
+    reference = np.array([_brute_force_tau(z[i].double().numpy(), int(y[i]), "C", tau1=3.0) for i in range(len(y))])
+    assert np.abs(tau.numpy() / reference - 1).max() < 0.01
+
+
+def test_isats_temperature_rules():
+    z, y = _confidence_ladder(batch=16)
+    tau1, tau2 = isats_temperatures(z, y, search_rule="A", target_rule="ratio", target_ratio=1.5)
+    assert torch.allclose(tau1, 1.5 * tau2)
+    tau1, tau2 = isats_temperatures(z, y, search_rule="A", target_rule="fixed", target_temperature=4.0)
+    assert torch.allclose(tau1, tau2.clamp(min=4.0)) and (tau1 >= tau2).all()
+    tau1, tau2 = isats_temperatures(z, y, search_rule="B", target_ratio=3.0)
+    assert torch.allclose(tau1, 3.0 * tau2)
+    tau1, tau2 = isats_temperatures(z, y, search_rule="C", target_temperature=2.5)
+    assert (tau1 == 2.5).all() and (tau2 <= 2.5 + 1e-5).all()
+    # the rules are genuinely different searches
+    a = isats_search(z, y, search_rule="A")
+    b = isats_search(z, y, search_rule="B", target_ratio=2.0)
+    assert not torch.allclose(a, b)
+
+
+def test_isats_loss_equals_ats_at_searched_temperatures_and_records():
+    s, t, y = random_batch(batch=12, classes=20, seed=6)
+    tau1, tau2 = isats_temperatures(t, y)
+    expected = ats_loss(s, t, y, target_temperature=tau1, nontarget_temperature=tau2)
+    got = isats_loss(s, t, y)
+    for key in expected:
+        assert torch.allclose(got[key], expected[key])
+    method = build_method("isats", {}, num_classes=20)
+    for step in range(3):
+        method(s, t, y, StepContext(step_in_epoch=step, steps_per_epoch=3))
+    stats = method.epoch_stats()
+    assert stats["isats_tau/mean"] == pytest.approx(tau2.mean().item(), rel=1e-5)
+    assert {"isats_tau/q05", "isats_tau/q50", "isats_tau/q95"} <= set(stats)
+
+
+def test_isats_search_has_no_gradient_path_and_degenerate_c2():
+    s, t, y = random_batch(batch=4, classes=2, seed=7)
+    t.requires_grad_(True)
+    tau = isats_search(t, y)
+    assert not tau.requires_grad
+    assert torch.allclose(tau, torch.full_like(tau, 0.5))  # flat objective -> tau_min
+
+
+# ---------------------------------------------------------------------------------------
+# RCKD
+# ---------------------------------------------------------------------------------------
+
+
+def _rckd_literal(student, teacher, temperature):
+    """The O(C^2) definition: cosine of strict-upper-triangle pairwise log-prob differences."""
+    ls = F.log_softmax(student / temperature, -1)
+    lt = F.log_softmax(teacher / temperature, -1)
+    j, k = torch.triu_indices(student.shape[1], student.shape[1], offset=1)
+    rs, rt = ls[:, j] - ls[:, k], lt[:, j] - lt[:, k]
+    cos = (rs * rt).sum(-1) / (rs.norm(dim=-1) * rt.norm(dim=-1))
+    return temperature**2 * (1 - cos.mean())
+
+
+@pytest.mark.parametrize("classes", [2, 3, 7, 16])
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_rckd_pearson_equals_pairwise_cosine(classes, temperature):
+    s, t, y = random_batch(batch=6, classes=classes, seed=classes)
+    s, t = s.double(), t.double()
+    fast = rckd_loss(s, t, y, ce_weight=0.0, kd_weight=1.0, temperature=temperature)["kd"]
+    assert fast.item() == pytest.approx(_rckd_literal(s, t, temperature).item(), rel=1e-10, abs=1e-12)
+    # gradients agree too
+    s1 = s.clone().requires_grad_(True)
+    s2 = s.clone().requires_grad_(True)
+    rckd_loss(s1, t, y, ce_weight=0.0, kd_weight=1.0, temperature=temperature)["kd"].backward()
+    _rckd_literal(s2, t, temperature).backward()
+    assert torch.allclose(s1.grad, s2.grad, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------
+# DKD
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_dkd_identity_kd_equals_tckd_plus_weighted_nckd(temperature):
+    s, t, y = random_batch(batch=16, classes=10, seed=8)
+    parts = dkd_components(s, t, y, temperature=temperature)
+    kl = tempered_kl(s, t, temperature)
+    rebuilt = parts["tckd"] + (1 - parts["teacher_target_prob"]) * parts["nckd"]
+    assert torch.allclose(rebuilt, kl, atol=1e-5)
+
+
+def test_dkd_c2_nckd_is_exactly_zero():
+    s, t, y = random_batch(batch=8, classes=2, seed=9)
+    parts = dkd_components(s, t, y)
+    assert (parts["nckd"] == 0).all()
+    assert torch.allclose(parts["tckd"], tempered_kl(s, t, 4.0), atol=1e-6)
+
+
+def test_dkd_warmup_uses_step_progress():
+    assert dkd_warmup(0, 0, 100, 20) == 0.0
+    assert dkd_warmup(5, 50, 100, 20) == pytest.approx(5.5 / 20)
+    assert dkd_warmup(25, 0, 100, 20) == 1.0
+    assert dkd_warmup(0, 0, 100, 0) == 1.0
+    method = build_method("dkd", {}, num_classes=10)
+    s, t, y = random_batch(seed=10)
+    full = dkd_loss(s, t, y)
+    half = method(s, t, y, StepContext(epoch=10, step_in_epoch=0, steps_per_epoch=50))
+    assert half["nckd"].item() == pytest.approx(0.5 * full["nckd"].item(), rel=1e-6)
+    assert half["ce"].item() == pytest.approx(full["ce"].item())
+
+
+def test_dkd_weights_scale_terms():
+    s, t, y = random_batch(seed=11)
+    a = dkd_loss(s, t, y, tckd_weight=1.0, nckd_weight=1.0)
+    b = dkd_loss(s, t, y, tckd_weight=2.0, nckd_weight=6.0)
+    assert b["tckd"].item() == pytest.approx(2 * a["tckd"].item(), rel=1e-6)
+    assert b["nckd"].item() == pytest.approx(6 * a["nckd"].item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# DIST
+# ---------------------------------------------------------------------------------------
+
+
+def test_dist_terms_are_row_and_column_correlations():
+    s, t, y = random_batch(batch=6, classes=8, seed=12)
+    terms = dist_loss(s, t, y, kd_weight=1.0, temperature=1.0)
+    ys, yt = F.softmax(s, -1).numpy(), F.softmax(t, -1).numpy()
+    inter = 1 - np.mean([np.corrcoef(ys[i], yt[i])[0, 1] for i in range(6)])
+    intra = 1 - np.mean([np.corrcoef(ys[:, c], yt[:, c])[0, 1] for c in range(8)])
+    assert terms["inter"].item() == pytest.approx(inter, rel=1e-5)
+    assert terms["intra"].item() == pytest.approx(intra, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# CTKD
+# ---------------------------------------------------------------------------------------
+
+
+def test_ctkd_lambda_curriculum():
+    assert ctkd_lambda(0) == pytest.approx(0.0)
+    assert ctkd_lambda(5) == pytest.approx(-0.5)
+    assert ctkd_lambda(10) == pytest.approx(-1.0)
+    assert ctkd_lambda(20) == pytest.approx(-1.0)
+    assert ctkd_lambda(2.5) == pytest.approx(-(1 - (math.cos(math.pi / 4) + 1) / 2))
+
+
+def test_grad_reverse_layer():
+    x = torch.tensor(2.0, requires_grad=True)
+    y = grad_reverse(x, -0.25)
+    assert y.item() == 2.0
+    (3 * y).backward()
+    assert x.grad.item() == pytest.approx(-0.75)
+
+
+@pytest.mark.parametrize("epoch, lam", [(0, 0.0), (5, -0.5), (10, -1.0), (20, -1.0)])
+def test_ctkd_theta_gets_reversed_gradient(epoch, lam):
+    s, t, y = random_batch(seed=13)
+    method = build_method("ctkd", {}, num_classes=10)
+    terms = method(s, t, y, StepContext(epoch=epoch))
+    sum(terms.values()).backward()
+    # the same loss with an ordinary (non-reversed) temperature path
+    theta = torch.tensor(1.0, requires_grad=True)
+    temperature = 1.0 + 20.0 * torch.sigmoid(theta)
+    plain = kd_loss(s, t, y, ce_weight=0.1, kd_weight=0.9, temperature=temperature)
+    sum(plain.values()).backward()
+    assert theta.grad.abs() > 1e-4
+    assert method.theta.grad.item() == pytest.approx(lam * theta.grad.item(), abs=1e-7)
+    # forward value is the plain value and T is recorded
+    assert sum(terms.values()).item() == pytest.approx(sum(plain.values()).item(), rel=1e-6)
+    stats = method.epoch_stats()
+    assert stats["ctkd_temperature/mean"] == pytest.approx(1 + 20 / (1 + math.exp(-1)), rel=1e-6)
+
+
+def test_ctkd_theta_is_a_module_parameter():
+    method = build_method("ctkd", {"init_theta": 0.0}, num_classes=10)
+    params = dict(method.named_parameters())
+    assert list(params) == ["theta"]
+    assert ctkd_temperature(method.theta, -1.0).item() == pytest.approx(11.0)
+
+
+# ---------------------------------------------------------------------------------------
+# LS-KD, TTM, WTTM
+# ---------------------------------------------------------------------------------------
+
+
+def test_lskd_is_kd_with_standardisation():
+    s, t, y = random_batch(seed=14)
+    a = lskd_loss(s, t, y)
+    b = kd_loss(s, t, y, ce_weight=0.1, kd_weight=9.0, temperature=2.0, logit_standardization=True)
+    for key in a:
+        assert torch.equal(a[key], b[key])
+
+
+def test_wttm_weights_range_and_relation_to_ttm():
+    one_hot = torch.tensor([[1e4, 0.0, 0.0, 0.0]])
+    uniform = torch.zeros(1, 4)
+    gamma = 0.25
+    assert wttm_weights(one_hot, 1 / gamma).item() == pytest.approx(1.0)
+    assert wttm_weights(uniform, 1 / gamma).item() == pytest.approx(4 ** (1 - gamma), rel=1e-6)
+    # with a constant teacher power sum WTTM = U * TTM
+    s, t, y = random_batch(seed=15)
+    t_const = torch.zeros_like(t)
+    w = wttm_loss(s, t_const, y, kd_weight=1.0, temperature=4.0)["kd"]
+    plain = ttm_loss(s, t_const, y, kd_weight=1.0, temperature=4.0)["kd"]
+    assert w.item() == pytest.approx(10 ** (1 - 0.25) * plain.item(), rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# FGCR
+# ---------------------------------------------------------------------------------------
+
+
+def _hand_relation(teacher: np.ndarray, targets: np.ndarray, num_classes: int, temperature: float) -> np.ndarray:
+    m = np.zeros((num_classes, num_classes))
+    counts = np.zeros(num_classes)
+    for z, y in zip(teacher, targets):
+        p = np.exp(z / temperature - np.max(z / temperature))
+        p /= p.sum()
+        p[y] = 0.0
+        m[y] += p / p.sum()
+        counts[y] += 1
+    for c in range(num_classes):
+        if counts[c]:
+            m[c] /= counts[c]
+        else:
+            m[c] = 1.0 / (num_classes - 1)
+            m[c, c] = 0.0
+    return m
+
+
+def test_fgcr_setup_builds_relation_matrix_by_hand():
+    g = torch.Generator().manual_seed(16)
+    teacher = torch.randn(11, 5, generator=g) * 2
+    targets = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 0, 0, 1])  # class 4 never appears
+    method = build_method("fgcr", {"relation_temperature": 2.0}, num_classes=5)
+    method.setup(fake_setup_ctx(5, teacher, targets, batch_size=4))
+    expected = _hand_relation(teacher.double().numpy(), targets.numpy(), 5, 2.0)
+    assert np.allclose(method.relation.numpy(), expected, atol=1e-6)
+    assert np.allclose(method.relation.sum(1).numpy(), 1.0, atol=1e-6)
+    assert torch.equal(method.relation_counts, torch.tensor([4.0, 3.0, 2.0, 2.0, 0.0]))
+    assert torch.allclose(method.relation, class_relation_matrix(teacher, targets, 5, temperature=2.0))
+    # saved in the state dict and restored into a fresh module
+    state = method.state_dict()
+    assert "relation" in state and "relation_counts" in state
+    fresh = build_method("fgcr", {"relation_temperature": 2.0}, num_classes=5)
+    fresh.load_state_dict(state)
+    s, t, y = random_batch(batch=4, classes=5, seed=17)
+    assert torch.equal(fresh(s, t, y, StepContext())["kd"], method(s, t, y, StepContext())["kd"])
+
+
+def test_fgcr_requires_setup():
+    method = build_method("fgcr", {}, num_classes=5)
+    s, t, y = random_batch(batch=4, classes=5)
+    with pytest.raises(UserError, match="setup"):
+        method(s, t, y, StepContext())
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.3, 1.0])
+def test_fgcr_fusion_keeps_target_mass_and_normalises(eta):
+    s, t, y = random_batch(batch=8, classes=6, seed=18)
+    relation = torch.rand(6, 6, generator=torch.Generator().manual_seed(0)).fill_diagonal_(0)
+    relation = relation / relation.sum(1, keepdim=True)
+    fused = fgcr_teacher_log_probs(t, y, relation, temperature=4.0, fusion_weight=eta).exp()
+    base = F.softmax(t / 4.0, -1)
+    rows = torch.arange(8)
+    assert torch.allclose(fused.sum(-1), torch.ones(8), atol=1e-6)
+    assert torch.allclose(fused[rows, y], base[rows, y], atol=1e-7)
+    if eta == 1.0:  # the non-target mass is distributed exactly along M[y]
+        nontarget = fused.clone()
+        nontarget[rows, y] = 0
+        assert torch.allclose(nontarget / nontarget.sum(-1, keepdim=True), relation[y], atol=1e-6)
+    if eta == 0.0:  # plain KD
+        a = fgcr_loss(s, t, y, relation=relation, fusion_weight=0.0)
+        b = kd_loss(s, t, y)
+        assert torch.allclose(a["kd"], b["kd"], atol=1e-6)
