@@ -337,7 +337,7 @@ def _brute_force_tau(z: np.ndarray, y: int, rule: str, lo=0.5, hi=20.0, k=2.0, t
     return float(taus[var.argmax()])
 
 
-def _confidence_ladder(batch=48, classes=100, seed=0):
+def _confidence_ladder(batch=40, classes=100, seed=0):
     g = torch.Generator().manual_seed(seed)
     spread = torch.linspace(0.3, 4.0, batch).unsqueeze(1)
     z = torch.randn(batch, classes, generator=g) * spread
@@ -346,14 +346,38 @@ def _confidence_ladder(batch=48, classes=100, seed=0):
     return z, y
 
 
+@pytest.mark.parametrize("classes", [10, 100])
 @pytest.mark.parametrize("rule", ["A", "B"])
-def test_isats_search_matches_dense_brute_force(rule):
-    z, y = _confidence_ladder()
+def test_isats_search_matches_dense_brute_force(rule, classes):
+    z, y = _confidence_ladder(classes=classes, seed=classes)
     tau = isats_search(z, y, search_rule=rule, tau_min=0.5, tau_max=20.0, target_ratio=2.0)
     reference = np.array([_brute_force_tau(z[i].double().numpy(), int(y[i]), rule) for i in range(len(y))])
     rel = np.abs(tau.numpy() / reference - 1)
     assert rel.max() < 0.01, rel.max()
     assert (tau >= 0.5 - 1e-6).all() and (tau <= 20.0 + 1e-4).all()
+
+
+def test_isats_single_grid_option_and_custom_range():
+    z, y = _confidence_ladder(batch=24, seed=5)
+    tau = isats_search(z, y, grid_size=64, refine_size=0, tau_min=0.25, tau_max=40.0)
+    reference = np.array(
+        [_brute_force_tau(z[i].double().numpy(), int(y[i]), "A", lo=0.25, hi=40.0) for i in range(len(y))]
+    )
+    assert np.abs(tau.numpy() / reference - 1).max() < 0.01
+
+
+def test_isats_logit_standardization_uses_z_scores_but_raw_ce():
+    from darkknowledge.methods.functional import standardize_logits
+
+    s, t, y = random_batch(batch=10, classes=12, seed=19)
+    got = isats_loss(s, t, y, logit_standardization=True)
+    zs, zt = standardize_logits(s), standardize_logits(t)
+    ref = isats_loss(zs, zt, y)
+    assert torch.allclose(got["kd"], ref["kd"], atol=1e-6)
+    assert torch.allclose(got["ce"], 0.5 * F.cross_entropy(s, y))
+    # z-scoring makes the method invariant to positive affine maps of the teacher
+    again = isats_loss(s, 4.0 * t + 3.0, y, logit_standardization=True)
+    assert torch.allclose(got["kd"], again["kd"], atol=1e-5)
 
 
 def test_isats_rule_a_interior_optimum_grows_with_confidence():
@@ -412,6 +436,16 @@ def test_isats_search_has_no_gradient_path_and_degenerate_c2():
     tau = isats_search(t, y)
     assert not tau.requires_grad
     assert torch.allclose(tau, torch.full_like(tau, 0.5))  # flat objective -> tau_min
+
+
+def test_nontarget_variance_helper_matches_numpy():
+    from darkknowledge.methods.functional import nontarget_variance, target_mask
+
+    s, t, y = random_batch(batch=5, classes=7, seed=20)
+    p = F.softmax(t, -1)
+    got = nontarget_variance(p, target_mask(y, 7))
+    expected = [np.delete(p[i].double().numpy(), int(y[i])).var() for i in range(5)]
+    assert np.allclose(got.numpy(), expected, rtol=1e-5, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------

@@ -43,6 +43,16 @@ CNN_LADDER = [f"cnn_w{w}" for w in (4, 8, 16, 32, 64, 128)]
 MLP_LADDER = [f"mlp_h{h}" for h in (32, 64, 128, 256, 512)]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Batch-2 forwards gain nothing from intra-op threads, and a single thread keeps
+    this file fast when other processes share the (2-core) machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

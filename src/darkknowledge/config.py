@@ -20,7 +20,9 @@ from darkknowledge.errors import UserError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # coerce_numbers_to_str: overrides are parsed as YAML, so `name=123` or
+    # `data.root=2024` arrive as numbers; string fields take them as text.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
 class DataConfig(_Strict):
@@ -127,7 +129,7 @@ def bundled_configs() -> list[str]:
 def read_yaml(path_or_name: str) -> dict[str, Any]:
     """A YAML file path, or the name of a bundled preset."""
     path = Path(path_or_name)
-    if not path.exists():
+    if not path.is_file():
         bundled = resources.files("darkknowledge.configs") / f"{path_or_name.removesuffix('.yaml')}.yaml"
         if not bundled.is_file():
             raise UserError(
@@ -136,7 +138,10 @@ def read_yaml(path_or_name: str) -> dict[str, Any]:
             )
         text = bundled.read_text()
     else:
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"config {path_or_name}: cannot read it ({exc})") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -205,3 +210,46 @@ def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = copy.deepcopy(v)
     return out
+
+
+def _md(text: str | None) -> str:
+    """Make text safe inside a markdown table cell."""
+    return (text or "").replace(" | ", " or ").replace("|", "/")
+
+
+def config_reference_markdown() -> str:
+    """Markdown table of every config key with type, default and description
+    (``docs/config.md`` is generated from this; a test keeps them in sync)."""
+    from darkknowledge.methods import METHODS, describe_params
+
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from the pydantic models in `src/darkknowledge/config.py` and each method's `Params`",
+        "(`python -m darkknowledge.config > docs/config.md`). Set any key in a YAML file (`--config FILE`)",
+        "or on the command line as `section.key=value` (values parse as YAML: `optim.milestones=[30,40]`).",
+        "",
+    ]
+    sections = [("", RunConfig)] + [(name, type(getattr(RunConfig(), name))) for name in ("data", "model", "teacher", "optim", "engine")]
+    for prefix, model in sections:
+        lines += [f"## `{prefix or 'top level'}`", "", "| key | type | default | description |", "|---|---|---|---|"]
+        for fname, field in model.model_fields.items():
+            if prefix == "" and fname in ("data", "model", "teacher", "method", "optim", "engine"):
+                continue
+            ann = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+            default = field.default if field.default_factory is None else field.default_factory()
+            key = f"{prefix}.{fname}" if prefix else fname
+            lines.append(f"| `{key}` | {_md(ann)} | `{default!r}` | {_md(field.description)} |")
+        lines.append("")
+    lines += ["## `method`", "", "`method.name` picks the method; its parameters sit beside it (`method.temperature=2`).", ""]
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        lines += [f"### `method.name={name}`", "", cls.summary, "", "| key | type | default | description |", "|---|---|---|---|"]
+        for pname, ptype, default, desc in describe_params(cls):
+            lines.append(f"| `method.{pname}` | {_md(ptype)} | `{default!r}` | {_md(desc)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(config_reference_markdown())

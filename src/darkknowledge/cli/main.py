@@ -222,7 +222,13 @@ def _load_plugins() -> None:
 def main(argv: list[str] | None = None) -> int:
     _load_plugins()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # overrides may come after options (`evaluate ckpt --split train data.x=1`); argparse leaves
+    # positionals that follow an option unparsed, so collect them into the overrides
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides or []) + extra
     if not args.command:
         parser.print_help()
         return 2
@@ -235,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `darkknowledge models | head`: stop quietly, as other CLI tools do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit flush
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

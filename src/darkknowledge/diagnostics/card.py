@@ -117,7 +117,8 @@ def make_card(
     t_row = teacher.row(temperature)
     temp = float(t_row["temperature"])
     v_t = float(t_row["nt_var"])
-    py1 = teacher.at(1.0, "target_prob")
+    row1 = teacher.row(1.0)  # the listed temperature nearest to 1
+    py1, t1 = float(row1["target_prob"]), float(row1["temperature"])
     py_t = float(t_row["target_prob"])
     tau = teacher.tau_star or {}
     tau_med = float(tau.get("median", float("nan")))
@@ -126,7 +127,7 @@ def make_card(
 
     evidence.append(
         f"{teacher.name}{_params(teacher)}: top-1 {100 * teacher.top1:.1f} %, mean target probability "
-        f"{_fmt(py1)} at T=1 and {_fmt(py_t)} at T={_fmt(temp)}."
+        f"{_fmt(py1)} at T={_fmt(t1)} and {_fmt(py_t)} at T={_fmt(temp)}."
     )
     evidence.append(
         f"Non-target probabilities at T={_fmt(temp)}: variance {_fmt(v_t)} (std {_fmt(float(t_row['nt_std']))}); "
@@ -197,7 +198,7 @@ def make_card(
     elif reference is None and overconfident:
         verdict = (
             f"Possible capacity mismatch: {teacher.name} is very confident (mean target probability {_fmt(py1)} at "
-            f"T=1), so plain temperature scaling leaves little spread among its wrong classes. No smaller teacher "
+            f"T={_fmt(t1)}), so plain temperature scaling leaves little spread among its wrong classes. No smaller teacher "
             f"was given to compare with."
         )
     elif reference is not None:
@@ -208,7 +209,7 @@ def make_card(
     else:
         verdict = (
             f"No clear sign of capacity mismatch: {teacher.name} is not over-confident (mean target probability "
-            f"{_fmt(py1)} at T=1); give a smaller teacher for a comparison."
+            f"{_fmt(py1)} at T={_fmt(t1)}); give a smaller teacher for a comparison."
         )
 
     tau2 = round(tau_med, 2) if math.isfinite(tau_med) else temp

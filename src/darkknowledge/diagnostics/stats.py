@@ -34,7 +34,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from darkknowledge.diagnostics._common import check_logits_targets, jsonable, to_tensor
 from darkknowledge.diagnostics.isats_search import optimal_nontarget_temperature, split_nontarget
@@ -122,8 +121,8 @@ class TeacherStatsAccumulator:
         tau_star: bool = True,
         tau_min: float = 0.5,
         tau_max: float = 20.0,
-        tau_grid_points: int = 16,
-        tau_iterations: int = 14,
+        tau_grid_points: int = 12,
+        tau_iterations: int = 10,
         tau_hist_bins: int = 30,
         dtype: torch.dtype = torch.float64,
     ):
@@ -170,7 +169,9 @@ class TeacherStatsAccumulator:
         self._correct1 += int(correct.sum())
         top = z.topk(min(5, c), dim=1).indices
         self._correct5 += int((top == y.unsqueeze(1)).any(1).sum())
-        self._logit_std += float(z.std(1, correction=0).sum(dtype=torch.float64))
+        centred = z - z.mean(1, keepdim=True)
+        self._logit_std += float((torch.linalg.vecdot(centred, centred) / c).sqrt().sum(dtype=torch.float64))
+        del centred
 
         z_nt, z_y = split_nontarget(z, y)
         m = z_nt.amax(1)
@@ -178,19 +179,23 @@ class TeacherStatsAccumulator:
         s_y = z_y - m
         n_nt = c - 1
         correct_f = correct.to(torch.float64).cpu()
+        buf = torch.empty_like(s_nt)
+        buf2 = torch.empty_like(s_nt)
         for i, tau in enumerate(self.temperatures):
             inv = 1.0 / tau
-            x = s_nt * inv
-            e = torch.exp(x)
-            tot = e.sum(1)  # >= 1 (the shifted max contributes exp(0))
-            log_nt = torch.log(tot)
+            x = torch.mul(s_nt, inv, out=buf)
             xy = s_y * inv
+            e = torch.exp(x, out=buf2)
+            tot = e.sum(1)  # >= 1 (the shifted max contributes exp(0))
+            ex = torch.linalg.vecdot(e, x)
+            log_nt = torch.log(tot)
             lse = torch.logaddexp(xy, log_nt)
             p_y = torch.exp(xy - lse)
             one_minus = torch.exp(log_nt - lse)
-            var_r = torch.var(e, dim=1, correction=0) / (tot * tot)
+            e.sub_((tot / n_nt).unsqueeze(1))  # two-pass variance: centre, then sum squares
+            var_r = torch.linalg.vecdot(e, e) / (n_nt * tot * tot)
             std_r = var_r.sqrt()
-            ent = log_nt - torch.linalg.vecdot(e, x) / tot
+            ent = log_nt - ex / tot
             conf = torch.exp(torch.clamp(xy, min=0.0) - lse)
             vals = {
                 "target_prob": p_y,

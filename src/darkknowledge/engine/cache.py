@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from darkknowledge.data.augment import Normalizer, apply_augment, identity_params, sample_augment_params
 from darkknowledge.data.base import ArrayDataset
 from darkknowledge.data.loader import Batch, epoch_generator
-from darkknowledge.engine.checkpoint import state_digest
+from darkknowledge.engine.checkpoint import DIR_MODE, state_digest
 from darkknowledge.engine.metrics import autocast
 from darkknowledge.engine.teacher import TeacherSignal
 from darkknowledge.errors import UserError
@@ -137,6 +137,7 @@ def build_cache(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
+        tmp.chmod(DIR_MODE)
         np.save(tmp / "views.npy", table.numpy().astype(np.int16))
         if storage == "full":
             out = np.lib.format.open_memmap(tmp / "logits.npy", mode="w+", dtype=np_dtype, shape=(n, k, num_classes))

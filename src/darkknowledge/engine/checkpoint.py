@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import tempfile
 import zipfile
 from dataclasses import asdict
@@ -34,11 +33,25 @@ FORMAT = "darkknowledge-checkpoint"
 VERSION = 1
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp/mkdtemp create private (0600/0700) files; the renamed result should have the
+# permissions of an ordinary file (0666/0777 minus the umask), like a plain open() gives.
+UMASK = _read_umask()
+FILE_MODE = 0o666 & ~UMASK
+DIR_MODE = 0o777 & ~UMASK
+
+
 def _atomic_write(path: Path, writer) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             writer(fh)
             fh.flush()
@@ -83,14 +96,28 @@ def spec_from_dict(d: dict[str, Any]) -> DataSpec:
     return DataSpec(**d)
 
 
+def _check_zip_crc(path: Path) -> None:
+    """torch.load does not verify the CRC-32 of a zip checkpoint's members, so a flipped
+    byte in a tensor would load silently; check them first (legacy non-zip files pass)."""
+    if not zipfile.is_zipfile(path):
+        return
+    with zipfile.ZipFile(path) as zf:
+        bad = zf.testzip()
+    if bad is not None:
+        raise zipfile.BadZipFile(f"CRC check failed for {bad}")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a darkknowledge checkpoint safely; every failure is a one-line UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist (expected a best.pt/last.pt written by `darkknowledge train`)")
     try:
+        _check_zip_crc(path)
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001  a damaged pickle can raise anything (IndexError, KeyError, struct.error, ...)
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise UserError(f"checkpoint {path} is corrupted or not a torch checkpoint ({reason}); re-create it or point to another file") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -129,5 +156,5 @@ def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
         h.update(k.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()

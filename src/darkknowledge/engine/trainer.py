@@ -18,6 +18,7 @@ The trainer never looks at the method's name. Run directory::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -30,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from darkknowledge.config import RunConfig
+from darkknowledge.data.augment import identity_params
 from darkknowledge.data.base import ArrayDataset
 from darkknowledge.data.loader import BatchLoader, eval_batches
 from darkknowledge.engine.checkpoint import (
@@ -150,6 +152,11 @@ class Trainer:
         self.num_params = count_parameters(self.model)
 
         view_table = getattr(self.teacher, "view_table", None) if self.method.needs_teacher else None
+        if view_table is not None and not cfg.data.augment:
+            # no augmentation: replay only view 0 of the cache, the un-augmented image
+            if not _has_plain_view(view_table, spec):
+                raise UserError("data.augment=false needs a teacher cache whose view 0 is the un-augmented image; rebuild the cache")
+            view_table = view_table[:, :1]
         self.loader = BatchLoader(
             train_set,
             cfg.data.batch_size,
@@ -218,6 +225,7 @@ class Trainer:
             if last.exists() or (self.run_dir / "best.pt").exists():
                 raise UserError(f"run directory {self.run_dir} already holds a run; pass --resume to continue it or choose another name=")
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._write_metrics()  # empty: drop lines of an earlier attempt killed before its first checkpoint
         if self.rank == 0:
             atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
 
@@ -230,7 +238,14 @@ class Trainer:
         teacher = self.teacher
 
         def train_batches():
-            return eval_batches(self.train_set, self.cfg.data.eval_batch_size, self.device, self.cfg.engine.channels_last)
+            batches = eval_batches(self.train_set, self.cfg.data.eval_batch_size, self.device, self.cfg.engine.channels_last)
+            table = getattr(teacher, "view_table", None)
+            if table is None:
+                return batches
+            if not _has_plain_view(table, self.spec):
+                raise UserError("this method needs the teacher on un-augmented images, but the teacher cache has no plain view 0; rebuild it")
+            # a cache replays views: view 0 is the un-augmented image these batches hold
+            return (dataclasses.replace(b, views=torch.zeros_like(b.indices)) for b in batches)
 
         self.method.setup(
             SetupContext(
@@ -362,6 +377,11 @@ class Trainer:
             "best": {k: v for k, v in best.items() if k.startswith("test/")} | ({"epoch": best["epoch"]} if best else {}),
             "wall_time_s": wall_s,
         }
+
+
+def _has_plain_view(view_table: Tensor, spec) -> bool:
+    """Whether view 0 of a cache's (N, K, 3) view table is the un-augmented image of every sample."""
+    return bool(torch.equal(view_table[:, 0], identity_params(view_table.shape[0], spec.augment).to(view_table.device)))
 
 
 def _without_epochs(config_yaml: str) -> str:

@@ -1,0 +1,233 @@
+"""Scale benchmark of ``darkknowledge.diagnostics``: 50,000 x 1,000 logits, two teachers.
+
+Generates two synthetic, realistically confident teachers (shared class-affinity
+structure, so their non-target rankings agree partly; the larger one is more
+confident) as float16 ``.npy`` files in a separate process, then, in this process,
+streams them from memory-mapped files in chunks through:
+
+* per-teacher statistics at 6 temperatures (accuracy, ECE, non-target mean/var/std,
+  renormalised variance and entropy, logit std),
+* the per-instance tau* search (ISATS),
+* rank consistency between the two teachers (top-1/5/10 overlap, Spearman, Kendall
+  tau-b on every row),
+
+and reports wall time per component and the peak RSS of this process
+(``resource.getrusage``, includes the torch import). Goal: < 60 s and < 2 GiB.
+
+    .venv/bin/python benchmarks/diagnose_scale.py                 # 50,000 x 1,000
+    .venv/bin/python benchmarks/diagnose_scale.py --write-docs    # also update docs/diagnostics.md
+    .venv/bin/python benchmarks/diagnose_scale.py --n 5000        # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def generate(out: Path, n: int, c: int, seed: int = 0, chunk: int = 5000) -> None:
+    """Write targets.npy and teacher_{small,large}.npy (float16) to ``out``."""
+    rng = np.random.default_rng(seed)
+    d = 64
+    emb = rng.standard_normal((c, d)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    targets = rng.integers(0, c, size=n).astype(np.int64)
+    np.save(out / "targets.npy", targets)
+    # (scale of the shared affinity, private noise, target margin mean, margin spread)
+    specs = {"small": (6.0, 1.0, 7.0, 2.5), "large": (7.0, 0.8, 12.0, 3.0)}
+    files = {k: np.lib.format.open_memmap(out / f"teacher_{k}.npy", mode="w+", dtype=np.float16, shape=(n, c)) for k in specs}
+    for start in range(0, n, chunk):
+        y = targets[start : start + chunk]
+        b = y.shape[0]
+        h = emb[y] + 0.45 * rng.standard_normal((b, d)).astype(np.float32)  # sample latent
+        affinity = h @ emb.T  # (b, c) shared class structure
+        for name, (scale, noise, margin, spread) in specs.items():
+            z = scale * affinity + noise * rng.standard_normal((b, c)).astype(np.float32)
+            z[np.arange(b), y] += margin + spread * rng.standard_normal(b).astype(np.float32)
+            files[name][start : start + b] = z.astype(np.float16)
+    for f in files.values():
+        f.flush()
+    del files
+
+
+def peak_rss_bytes() -> int:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r) if sys.platform == "darwin" else int(r) * 1024
+
+
+def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from darkknowledge.diagnostics import (
+        DiagnoseOptions,
+        DiagnosticsResult,
+        RankConsistencyAccumulator,
+        TeacherStatsAccumulator,
+        optimal_nontarget_temperature,
+        write_report,
+    )
+    from darkknowledge.diagnostics.stats import summarize_tau_star
+    from darkknowledge.diagnostics.api import _resolve_options
+
+    work = Path(args.workdir)
+    rss_after_import = peak_rss_bytes()
+    t0 = time.perf_counter()
+    y_all = np.load(work / "targets.npy")
+    logits = {k: np.load(work / f"teacher_{k}.npy", mmap_mode="r") for k in ("small", "large")}
+    params = {"small": 1_000_000, "large": 20_000_000}
+    opts = _resolve_options(None, DiagnoseOptions(chunk_size=args.chunk))
+    stats = {
+        k: TeacherStatsAccumulator(opts.temperatures, name=k, num_params=params[k], tau_star=False)
+        for k in logits
+    }
+    ranks = RankConsistencyAccumulator(list(logits), ks=opts.ks, kendall=True)
+    timers = {"read": 0.0, "stats": 0.0, "tau_star": 0.0, "ranks": 0.0}
+    n = len(y_all)
+    # the tau* search is timed on its own (diagnose() runs it inside the stats accumulator)
+    taus: dict[str, list[np.ndarray]] = {k: [] for k in logits}
+    for start in range(0, n, args.chunk):
+        t = time.perf_counter()
+        sl = slice(start, start + args.chunk)
+        y = torch.from_numpy(np.ascontiguousarray(y_all[sl]))
+        z = {k: torch.from_numpy(np.array(v[sl])) for k, v in logits.items()}
+        timers["read"] += time.perf_counter() - t
+        t = time.perf_counter()
+        for k in stats:
+            stats[k].update(z[k], y)
+        timers["stats"] += time.perf_counter() - t
+        t = time.perf_counter()
+        for k in logits:
+            taus[k].append(optimal_nontarget_temperature(z[k], y, opts.tau_min, opts.tau_max).numpy())
+        timers["tau_star"] += time.perf_counter() - t
+        t = time.perf_counter()
+        ranks.update([z[k] for k in logits], y)
+        timers["ranks"] += time.perf_counter() - t
+    teachers = []
+    for k in stats:
+        res = stats[k].result()
+        res.tau_star_values = np.concatenate(taus[k])
+        res.tau_star = summarize_tau_star(res.tau_star_values, opts.tau_min, opts.tau_max)
+        teachers.append(res)
+    result = DiagnosticsResult(teachers=teachers, ranks=ranks.result(), options=opts)
+    result.cards = [result.card(k) for k in logits]
+    compute_s = time.perf_counter() - t0
+    t = time.perf_counter()
+    out_dir = work / "report"
+    write_report(result, out_dir)
+    report_s = time.perf_counter() - t
+    summary = {
+        "n": n,
+        "classes": int(logits["small"].shape[1]),
+        "chunk": args.chunk,
+        "torch_threads": torch.get_num_threads(),
+        "compute_s": round(compute_s, 2),
+        "breakdown_s": {k: round(v, 2) for k, v in timers.items()},
+        "report_s": round(report_s, 2),
+        "total_s": round(compute_s + report_s, 2),
+        "peak_rss_mib": round(peak_rss_bytes() / 2**20, 1),
+        "rss_after_imports_mib": round(rss_after_import / 2**20, 1),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, numpy {np.__version__}",
+        "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
+        "results": {
+            t.name: {
+                "top1": round(t.top1, 4),
+                "target_prob_T1": round(t.at(1.0, "target_prob"), 4),
+                "nt_var_T4": t.at(4.0, "nt_var"),
+                "tau_star_median": round(t.tau_star["median"], 3) if t.tau_star else None,
+            }
+            for t in teachers
+        },
+        "spearman": round(result.ranks.value("spearman", "small", "large"), 4),
+        "kendall": round(result.ranks.value("kendall", "small", "large"), 4),
+        "top5": round(result.ranks.value("top5", "small", "large"), 4),
+    }
+    return summary
+
+
+def write_docs(summary: dict, cmd: str) -> None:
+    doc = ROOT / "docs" / "diagnostics.md"
+    text = doc.read_text() if doc.exists() else "# Diagnostics\n"
+    b = summary["breakdown_s"]
+    section = (
+        "## Scale\n\n"
+        f"Command: `{cmd}`\n\n"
+        f"Synthetic {summary['n']:,} x {summary['classes']:,} float16 logits for two teachers, memory-mapped, "
+        f"chunks of {summary['chunk']} rows, {summary['torch_threads']} torch thread(s); {summary['machine']}; "
+        f"1-minute load average at the end {summary['load_avg_1min_at_end']} (the machine is shared).\n\n"
+        "| what | value |\n|---|---|\n"
+        f"| wall time, everything (stats at 6 temperatures + tau* + rank consistency, both teachers) | **{summary['compute_s']} s** |\n"
+        f"| of which: per-teacher statistics | {b['stats']} s |\n"
+        f"| of which: tau* search | {b['tau_star']} s |\n"
+        f"| of which: rank consistency (top-k, Spearman, Kendall tau-b on all rows) | {b['ranks']} s |\n"
+        f"| of which: reading the memory-mapped chunks | {b['read']} s |\n"
+        f"| writing the report (JSON, CSV, PNG, HTML) | {summary['report_s']} s |\n"
+        f"| peak RSS (whole process, incl. imports at {summary['rss_after_imports_mib']} MiB) | **{summary['peak_rss_mib']} MiB** |\n\n"
+        f"Results: {json.dumps(summary['results'])}; between the teachers Spearman {summary['spearman']}, "
+        f"Kendall tau-b {summary['kendall']}, top-5 overlap {summary['top5']}.\n"
+    )
+    if re.search(r"^## Scale\b", text, flags=re.M):
+        text = re.sub(r"^## Scale\b.*?(?=^## |\Z)", section + "\n", text, flags=re.M | re.S)
+    else:
+        text = text.rstrip() + "\n\n" + section
+    tmp = doc.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, doc)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=50_000)
+    ap.add_argument("--c", type=int, default=1_000)
+    ap.add_argument("--chunk", type=int, default=2048)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--workdir", default=None, help="where to write the synthetic files (default: a temp dir)")
+    ap.add_argument("--write-docs", action="store_true", help="write the numbers under '## Scale' in docs/diagnostics.md")
+    ap.add_argument("--generate-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--measure-only", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.generate_only:
+        generate(Path(args.workdir), args.n, args.c)
+        return
+    if args.measure_only:
+        print(json.dumps(run(args)))
+        return
+    with tempfile.TemporaryDirectory(prefix="dk_scale_") as tmp:
+        work = Path(args.workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        base = [sys.executable, __file__, "--workdir", str(work), "--n", str(args.n), "--c", str(args.c)]
+        t = time.perf_counter()
+        subprocess.run([*base, "--generate-only"], check=True)
+        gen_s = time.perf_counter() - t
+        # measure in a fresh process so that peak RSS excludes data generation
+        out = subprocess.run(
+            [*base, "--chunk", str(args.chunk), "--threads", str(args.threads), "--measure-only"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        summary = json.loads(out.stdout.strip().splitlines()[-1])
+        summary["generate_s"] = round(gen_s, 1)
+    print(json.dumps(summary, indent=1))
+    if args.write_docs:
+        argv = " ".join(a for a in sys.argv[1:] if a != "--write-docs")
+        write_docs(summary, f".venv/bin/python benchmarks/diagnose_scale.py {argv}".strip())
+        print("wrote docs/diagnostics.md (## Scale)")
+
+
+if __name__ == "__main__":
+    main()

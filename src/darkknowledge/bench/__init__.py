@@ -1,0 +1,1 @@
+"""``darkknowledge bench``: our engine against an mdistiller-style reference loop, side by side."""

@@ -1,0 +1,286 @@
+"""The side-by-side benchmark behind ``darkknowledge bench``.
+
+All phases run in one process on the same data (synthetic CIFAR-shaped uint8 images by
+default, or a real dataset), with the same teacher/student pair and batch size:
+
+(a) ``reference``  mdistiller-style loop (:mod:`darkknowledge.bench.reference`);
+(b) ``live``       our trainer with the live teacher;  ``cached``: with a teacher cache;
+(c) ``loss overhead``: the step time of every method relative to KD;
+(d) ``student-only``: our trainer with CE only (the ceiling for a cached teacher);
+(e) peak resident memory of each phase (this process; DataLoader workers excluded).
+
+Each measurement is repeated and the median reported. Weights are random: speed does
+not depend on them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from darkknowledge.config import load_config
+from darkknowledge.data.base import ArrayDataset, AugmentSpec, DataSpec
+from darkknowledge.data.loader import Batch
+from darkknowledge.engine.cache import CachedTeacher, build_cache
+from darkknowledge.engine.teacher import LiveTeacher, TeacherSignal
+from darkknowledge.engine.trainer import Trainer
+from darkknowledge.models import build_model, count_parameters
+
+
+class TensorTeacher(TeacherSignal):
+    """Fixed teacher logits per sample, held in memory (isolates a loss's own cost)."""
+
+    def __init__(self, logits: Tensor):
+        self.table = logits
+        self.num_classes = logits.shape[1]
+
+    def __call__(self, batch: Batch) -> Tensor:
+        return self.table[batch.indices]
+
+
+def synthetic_dataset(n: int, num_classes: int, image_size: int = 32, seed: int = 0) -> ArrayDataset:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, image_size, image_size), generator=g, dtype=torch.uint8)
+    targets = torch.arange(n) % num_classes
+    spec = DataSpec("synthetic", num_classes, 3, (image_size, image_size), (0.5071, 0.4867, 0.4408),
+                    (0.2675, 0.2565, 0.2761), AugmentSpec(pad=4, flip=True))
+    return ArrayDataset(images, targets[torch.randperm(n, generator=g)], spec)
+
+
+# ------------------------------------------------------------------------------ memory
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mib() -> float:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ------------------------------------------------------------------------------ phases
+def _trainer(student: str, method: dict[str, Any], ds: ArrayDataset, batch_size: int, teacher: TeacherSignal | None,
+             precision: str, channels_last: bool) -> Trainer:
+    overrides = [
+        f"model.name={student}", f"method.name={method['name']}", f"data.batch_size={batch_size}",
+        f"engine.precision={precision}", f"engine.channels_last={str(channels_last).lower()}", "engine.progress=false",
+        "optim.epochs=1000", "optim.schedule=constant",
+    ] + [f"method.{k}={v}" for k, v in method.items() if k != "name"]
+    cfg = load_config(overrides=overrides)
+    return Trainer(cfg, train_set=ds, test_set=ds, teacher=teacher, run_dir=tempfile.mkdtemp(prefix="dk-bench-"))
+
+
+def _median_rate(fn: Callable[[], float], repeats: int) -> tuple[float, list[float]]:
+    rates = [fn() for _ in range(repeats)]
+    return statistics.median(rates), rates
+
+
+def run_bench(
+    *,
+    teacher: str = "resnet56",
+    student: str = "resnet20",
+    batch_size: int = 64,
+    num_classes: int = 100,
+    image_size: int = 32,
+    steps: int = 30,
+    repeats: int = 3,
+    cache_views: int = 2,
+    loss_student: str = "resnet8",
+    loss_batch_size: int = 128,
+    loss_steps: int = 20,
+    methods: list[str] | None = None,
+    dataset: ArrayDataset | None = None,
+    workers: int = 2,
+    precision: str = "bf16",
+    channels_last: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    from darkknowledge.bench.reference import ReferenceKDLoop, reference_loader
+    from darkknowledge.methods import METHODS
+
+    torch.manual_seed(0)
+    n = steps * batch_size
+    ds = dataset if dataset is not None else synthetic_dataset(n, num_classes, image_size)
+    if dataset is not None:
+        ds = ds.subset(torch.arange(min(n, len(ds))))
+    num_classes = ds.spec.num_classes
+    in_ch = ds.spec.in_channels
+    result: dict[str, Any] = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "setup": {"teacher": teacher, "student": student, "batch_size": batch_size, "steps": steps, "repeats": repeats,
+                  "image_size": list(ds.spec.image_size), "num_classes": num_classes, "dataset": ds.spec.name,
+                  "precision": precision, "channels_last": channels_last, "cache_views": cache_views, "workers": workers},
+        "images_per_s": {}, "peak_rss_mib": {}, "raw": {},
+    }
+    t_model = build_model(teacher, num_classes, in_ch).eval()
+    result["setup"]["teacher_params"] = count_parameters(t_model)
+    result["setup"]["student_params"] = count_parameters(build_model(student, num_classes, in_ch))
+
+    # (a) reference loop -------------------------------------------------------------
+    log(f"(a) reference loop: {teacher} -> {student}, fp32, DataLoader with {workers} workers")
+    _reset_peak_rss()
+    torch.manual_seed(0)
+    ref = ReferenceKDLoop(build_model(student, num_classes, in_ch), build_model(teacher, num_classes, in_ch),
+                          reference_loader(ds, batch_size, workers=workers))
+    ref.run(3)  # warm-up (worker start, allocator)
+    med, raw = _median_rate(lambda: ref.run(steps), repeats)
+    del ref
+    result["images_per_s"]["reference"], result["raw"]["reference"] = med, raw
+    result["peak_rss_mib"]["reference"] = _peak_rss_mib()
+    log(f"    {med:8.1f} img/s  {['%.1f' % r for r in raw]}")
+
+    def epoch_rate(tr: Trainer) -> Callable[[], float]:
+        state = {"epoch": 0}
+
+        def fn() -> float:
+            state["epoch"] += 1
+            return tr.train_epoch(state["epoch"])["train_images_per_s"]
+
+        return fn
+
+    # (b) live teacher ---------------------------------------------------------------
+    log(f"(b) our trainer, live teacher ({precision}, channels_last={channels_last})")
+    _reset_peak_rss()
+    live = LiveTeacher(build_model(teacher, num_classes, in_ch), precision=precision, channels_last=channels_last)
+    tr = _trainer(student, {"name": "kd"}, ds, batch_size, live, precision, channels_last)
+    tr.train_epoch(0)  # warm-up
+    med, raw = _median_rate(epoch_rate(tr), repeats)
+    del tr, live
+    result["images_per_s"]["live"], result["raw"]["live"] = med, raw
+    result["peak_rss_mib"]["live"] = _peak_rss_mib()
+    log(f"    {med:8.1f} img/s  {['%.1f' % r for r in raw]}")
+
+    # (b) cached teacher -------------------------------------------------------------
+    log(f"(b) our trainer, cached teacher ({cache_views} views per sample)")
+    with tempfile.TemporaryDirectory(prefix="dk-bench-cache-") as tmp:
+        t0 = time.perf_counter()
+        path = build_cache(t_model, ds, Path(tmp) / "cache", num_views=cache_views, precision=precision,
+                           channels_last=channels_last)
+        result["cache_build_s"] = time.perf_counter() - t0
+        result["cache_build_images_per_s"] = len(ds) * cache_views / result["cache_build_s"]
+        _reset_peak_rss()
+        cached = CachedTeacher(path)
+        tr = _trainer(student, {"name": "kd"}, ds, batch_size, cached, precision, channels_last)
+        tr.train_epoch(0)
+        med, raw = _median_rate(epoch_rate(tr), repeats)
+        del tr, cached
+    result["images_per_s"]["cached"], result["raw"]["cached"] = med, raw
+    result["peak_rss_mib"]["cached"] = _peak_rss_mib()
+    log(f"    {med:8.1f} img/s  {['%.1f' % r for r in raw]}  (cache build {result['cache_build_s']:.1f}s)")
+
+    # (d) student alone --------------------------------------------------------------
+    log("(d) our trainer, student alone (CE)")
+    _reset_peak_rss()
+    tr = _trainer(student, {"name": "ce"}, ds, batch_size, None, precision, channels_last)
+    tr.train_epoch(0)
+    med, raw = _median_rate(epoch_rate(tr), repeats)
+    del tr
+    result["images_per_s"]["student_only"], result["raw"]["student_only"] = med, raw
+    result["peak_rss_mib"]["student_only"] = _peak_rss_mib()
+    log(f"    {med:8.1f} img/s  {['%.1f' % r for r in raw]}")
+
+    # (c) loss overhead --------------------------------------------------------------
+    names = methods or [m for m in METHODS.names() if METHODS.get(m).needs_teacher]
+    if "kd" not in names:
+        names = ["kd"] + names
+    log(f"(c) loss overhead over KD: {loss_student}, batch {loss_batch_size}, {num_classes} classes")
+    result["loss_overhead"] = loss_overhead(names, loss_student, loss_batch_size, loss_steps, repeats, num_classes,
+                                            image_size, in_ch, precision, channels_last, log)
+
+    ips = result["images_per_s"]
+    result["ratios"] = {
+        "live_vs_reference": ips["live"] / ips["reference"],
+        "cached_vs_reference": ips["cached"] / ips["reference"],
+        "cached_epoch_vs_student_only_epoch": ips["student_only"] / ips["cached"],
+    }
+    return result
+
+
+def loss_overhead(names: list[str], student: str, batch_size: int, steps: int, repeats: int, num_classes: int,
+                  image_size: int, in_channels: int, precision: str, channels_last: bool,
+                  log: Callable[[str], None] = print) -> dict[str, dict[str, float]]:
+    """Median seconds per training step for each method (interleaved rounds), and % over KD."""
+    from darkknowledge.methods import SetupContext
+
+    n = steps * batch_size
+    ds = synthetic_dataset(n, num_classes, image_size, seed=1)
+    if in_channels != 3:
+        ds = ArrayDataset(ds.images[:, :in_channels].contiguous(), ds.targets,
+                          DataSpec("synthetic", num_classes, in_channels, ds.spec.image_size, ds.spec.mean[:in_channels],
+                                   ds.spec.std[:in_channels], ds.spec.augment))
+    g = torch.Generator().manual_seed(2)
+    teacher = TensorTeacher(torch.randn(n, num_classes, generator=g) * 3)
+    trainers = {}
+    for name in names:
+        tr = _trainer(student, {"name": name}, ds, batch_size, teacher, precision, channels_last)
+        tr.method.setup(SetupContext(num_classes=num_classes, teacher_logits_fn=teacher,
+                                     train_batches=lambda tr=tr: tr.loader.epoch(0), device="cpu"))
+        tr.train_epoch(0)  # warm-up
+        trainers[name] = tr
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name, tr in trainers.items():
+            rec = tr.train_epoch(r + 1)
+            times[name].append(rec["train_time_s"] / len(tr.loader))
+    kd = statistics.median(times["kd"])
+    out = {}
+    for name in names:
+        t = statistics.median(times[name])
+        out[name] = {"step_s": t, "overhead_pct": 100.0 * (t - kd) / kd}
+        log(f"    {name:8s} {1000 * t:8.2f} ms/step  {out[name]['overhead_pct']:+6.1f} %")
+    return out
+
+
+def format_report(result: dict[str, Any]) -> str:
+    s, ips, r = result["setup"], result["images_per_s"], result["ratios"]
+    lines = [
+        f"teacher {s['teacher']} ({s['teacher_params'] / 1e6:.2f}M) -> student {s['student']} ({s['student_params'] / 1e6:.2f}M), "
+        f"batch {s['batch_size']}, {s['image_size'][0]}x{s['image_size'][1]}, {s['num_classes']} classes, "
+        f"{s['steps']} steps x {s['repeats']} repeats (median)",
+        "",
+        "| loop | images/s | peak RSS (MiB) |",
+        "|---|---|---|",
+    ]
+    labels = {"reference": "(a) reference (mdistiller-style, fp32, DataLoader)", "live": "(b) ours, live teacher",
+              "cached": "(b) ours, cached teacher", "student_only": "(d) ours, student alone (CE)"}
+    for k, label in labels.items():
+        lines.append(f"| {label} | {ips[k]:.1f} | {result['peak_rss_mib'][k]:.0f} |")
+    lines += ["", "| method | ms/step | overhead vs KD |", "|---|---|---|"]
+    for name, v in result["loss_overhead"].items():
+        lines.append(f"| {name} | {1000 * v['step_s']:.2f} | {v['overhead_pct']:+.1f} % |")
+    lines += [
+        "",
+        f"ratio live/reference: {r['live_vs_reference']:.2f}x",
+        f"ratio cached/reference: {r['cached_vs_reference']:.2f}x",
+        f"ratio cached epoch / student-only epoch: {r['cached_epoch_vs_student_only_epoch']:.2f}x",
+    ]
+    if "isats" in result["loss_overhead"]:
+        lines.append(f"isats overhead over kd: {result['loss_overhead']['isats']['overhead_pct']:+.1f} %")
+    return "\n".join(lines)
+
+
+def save_result(result: dict[str, Any], path: str | Path) -> None:
+    from darkknowledge.engine.checkpoint import atomic_write_json
+
+    atomic_write_json(path, result)

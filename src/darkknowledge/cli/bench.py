@@ -1,0 +1,42 @@
+"""``darkknowledge bench``: speed of our engine against an mdistiller-style loop."""
+
+from __future__ import annotations
+
+from darkknowledge.cli.main import command
+
+
+def _add_bench(p):
+    p.add_argument("--quick", action="store_true", help="fewer steps/repeats: about 2 minutes on 2 CPU cores")
+    p.add_argument("--teacher", default="resnet56")
+    p.add_argument("--student", default="resnet20")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-classes", type=int, default=100)
+    p.add_argument("--steps", type=int, default=None, help="training steps per measurement")
+    p.add_argument("--repeats", type=int, default=None, help="repetitions (the median is reported)")
+    p.add_argument("--methods", default=None, help="comma-separated methods for the loss-overhead table (default: all)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference loop")
+    p.add_argument("--out", default=None, help="write the full result as JSON here")
+
+
+@command(
+    "bench",
+    "benchmark: reference mdistiller-style loop vs our trainer (live / cached teacher), loss overheads, memory",
+    "darkknowledge bench --quick\n  darkknowledge bench --teacher resnet32x4 --student resnet8x4 --out bench.json",
+    add_args=_add_bench,
+)
+def cmd_bench(args) -> int:
+    from darkknowledge.bench.run import format_report, run_bench, save_result
+
+    steps = args.steps or (12 if args.quick else 40)
+    repeats = args.repeats or (3 if args.quick else 5)
+    result = run_bench(
+        teacher=args.teacher, student=args.student, batch_size=args.batch_size, num_classes=args.num_classes,
+        steps=steps, repeats=repeats, loss_steps=8 if args.quick else 20, workers=args.workers,
+        methods=args.methods.split(",") if args.methods else None,
+    )
+    print()
+    print(format_report(result))
+    if args.out:
+        save_result(result, args.out)
+        print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,88 @@
+"""``darkknowledge diagnose``: dark-knowledge diagnostics of a teacher ladder (and students)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from darkknowledge.cli.main import command
+from darkknowledge.errors import UserError
+
+
+def _add_diagnose(p):
+    p.add_argument("--teacher", "-t", action="append", default=[], metavar="CKPT",
+                   help="teacher checkpoint (repeat for a ladder, smallest first or any order: sorted by size)")
+    p.add_argument("--student", "-s", action="append", default=[], metavar="CKPT", help="student checkpoint (repeatable)")
+    p.add_argument("--logits", metavar="FILE", help="diagnose a .npy/.npz of logits instead of checkpoints (see docs/diagnostics.md)")
+    p.add_argument("overrides", nargs="*", metavar="data.key=value", help="dataset (default: the first teacher's training data)")
+    p.add_argument("--split", choices=["train", "test"], default="train", help="split to diagnose (default train: what distillation sees)")
+    p.add_argument("--temperatures", default=None, help="comma-separated temperatures, e.g. 1,2,4,8")
+    p.add_argument("--out", default="runs/diagnose", help="output directory (diagnostics.json, CSV, PNG, report.html)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-plots", action="store_true", help="skip PNG plots (JSON/CSV/HTML only)")
+
+
+@command(
+    "diagnose",
+    "diagnose teachers' dark knowledge: non-target variance vs capacity/temperature, rank consistency, angles, decompositions, report card",
+    "darkknowledge diagnose -t runs/demo/teacher-cnn_w16/last.pt -t runs/demo/teacher-cnn_w256/last.pt --out runs/diag\n"
+    "  darkknowledge diagnose -t r56.pt -t r110.pt -s r20.pt data.name=cifar100 data.root=/data/cifar --temperatures 1,2,4,8",
+    add_args=_add_diagnose,
+)
+def cmd_diagnose(args) -> int:
+    from darkknowledge.diagnostics import DiagnoseOptions, diagnose_from_logits_file
+
+    opts = DiagnoseOptions(plots=not args.no_plots)
+    if args.temperatures:
+        try:
+            opts.temperatures = tuple(float(t) for t in args.temperatures.split(","))
+        except ValueError:
+            raise UserError(f"--temperatures must be comma-separated numbers, got {args.temperatures!r}") from None
+        if any(t <= 0 for t in opts.temperatures):
+            raise UserError("--temperatures must be positive")
+    if args.logits:
+        result = diagnose_from_logits_file(args.logits, out_dir=args.out, options=opts)
+    else:
+        if not args.teacher:
+            raise UserError("give at least one --teacher CKPT (or --logits FILE)")
+        result = diagnose_checkpoints(args.teacher, args.student, args.overrides, split=args.split,
+                                      out_dir=args.out, options=opts, device=args.device)
+    for card in result.cards:
+        print(card.to_text())
+        print()
+    print(json.dumps({"out": str(args.out), "files": result.files}, indent=2))
+    return 0
+
+
+def diagnose_checkpoints(teachers: list[str], students: list[str], data_overrides: list[str], *, split: str = "train",
+                         out_dir: str | Path = "runs/diagnose", options=None, device: str = "cpu"):
+    """Load checkpoints, run them over the (un-augmented) split once, and diagnose."""
+    import yaml
+
+    from darkknowledge.config import apply_overrides, validate_config
+    from darkknowledge.data import build_dataset
+    from darkknowledge.data.loader import eval_batches
+    from darkknowledge.diagnostics import collect_outputs, diagnose
+    from darkknowledge.engine.checkpoint import load_model
+    from darkknowledge.engine.trainer import check_teacher_fits
+    from darkknowledge.models import count_parameters
+
+    bad = [o for o in data_overrides if not o.startswith("data.")]
+    if bad:
+        raise UserError(f"diagnose only takes data.* overrides, got {bad[0]!r}")
+    models = [(p, *load_model(p, device)) for p in teachers + students]
+    saved = yaml.safe_load(models[0][2].get("config") or "{}") or {}
+    cfg = validate_config(apply_overrides({"data": saved.get("data", {})}, data_overrides), source="diagnose")
+    d = cfg.data
+    per_class = d.train_per_class if split == "train" else d.test_per_class
+    ds = build_dataset(d.name, root=d.root, train=split == "train", download=d.download, classes=d.classes,
+                       train_per_class=per_class, image_size=d.image_size, seed=d.subset_seed)
+    outputs = []
+    for path, model, ckpt in models:
+        check_teacher_fits(ckpt, ds.spec, path)
+        name = Path(path).parent.name or Path(path).stem
+        outputs.append(collect_outputs(model, eval_batches(ds, d.eval_batch_size, device, channels_last=False),
+                                       device, name=name, num_params=count_parameters(model)))
+    t_out, s_out = outputs[: len(teachers)], outputs[len(teachers):]
+    t_out.sort(key=lambda o: o.num_params or 0)
+    return diagnose(t_out, s_out, out_dir=out_dir, options=options)
