@@ -278,8 +278,12 @@ def test_constant_schedule():
     assert {learning_rate(o, e, f) for e in (0, 100, 239) for f in (0.0, 0.5)} == {0.3}
 
 
-def test_numbers_are_accepted_for_string_fields():
-    # overrides are YAML-parsed: `name=123` arrives as an int
-    cfg = load_config(overrides=["name=123", "data.root=2024", "teacher.checkpoint=1.5"])
-    assert cfg.name == "123" and cfg.data.root == "2024" and cfg.teacher.checkpoint == "1.5"
-    assert cfg.run_dir().name == "123"
+@pytest.mark.parametrize("text", ["123", "001", "0123", "off", "yes", "1.50", "2024-01-01", "12:30"])
+def test_text_fields_take_override_text_verbatim(text):
+    # overrides are YAML-parsed: `name=001` would be the int 1, `name=off` False, `12:30` 750
+    cfg = load_config(overrides=[f"name={text}", f"data.root={text}", f"teacher.checkpoint={text}"])
+    assert cfg.name == cfg.data.root == cfg.teacher.checkpoint == text
+    assert cfg.run_dir().name == text
+    # numeric fields still parse numbers
+    assert load_config(overrides=["seed=001"]).seed == 1
+    assert load_config(overrides=['name="quoted"', "data.root="]).name == "quoted"

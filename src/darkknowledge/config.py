@@ -9,6 +9,7 @@ key (``optim.lrr: unknown key``). Method hyperparameters live flat under ``metho
 from __future__ import annotations
 
 import copy
+import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -20,9 +21,7 @@ from darkknowledge.errors import UserError
 
 
 class _Strict(BaseModel):
-    # coerce_numbers_to_str: overrides are parsed as YAML, so `name=123` or
-    # `data.root=2024` arrive as numbers; string fields take them as text.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class DataConfig(_Strict):
@@ -87,7 +86,10 @@ class OptimConfig(_Strict):
 
 class EngineConfig(_Strict):
     device: str = Field("cpu", description="Torch device, e.g. `cpu`, `cuda`, `cuda:1`.")
-    precision: Literal["bf16", "fp32"] = Field("bf16", description="Autocast precision of forward passes (weights and optimiser stay fp32).")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto",
+        description="Autocast precision of forward passes (weights and optimiser stay fp32); `auto` = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32.",
+    )
     channels_last: bool = Field(True, description="Use channels_last memory format for images and conv weights.")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's choice.")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms (slower, bit-reproducible where supported).")
@@ -166,10 +168,23 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return keys, value
 
 
+def _is_text_field(keys: list[str]) -> bool:
+    """Whether ``keys`` name a ``str`` (or ``str | None``) field of :class:`RunConfig`."""
+    model: Any = RunConfig
+    for key in keys:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or key not in model.model_fields:
+            return False
+        model = model.model_fields[key].annotation
+    return model in (str, str | None)
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     data = copy.deepcopy(data)
     for text in overrides:
         keys, value = parse_override(text)
+        if _is_text_field(keys) and isinstance(value, (bool, int, float, datetime.date)):
+            # YAML would turn `name=001` into 1, `name=off` into False: text fields take the text
+            value = text.partition("=")[2].strip()
         node = data
         for k in keys[:-1]:
             child = node.get(k)

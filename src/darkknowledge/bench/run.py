@@ -111,13 +111,16 @@ def run_bench(
     methods: list[str] | None = None,
     dataset: ArrayDataset | None = None,
     workers: int = 2,
-    precision: str = "bf16",
+    precision: str = "auto",
     channels_last: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     from darkknowledge.bench.reference import ReferenceKDLoop, reference_loader
     from darkknowledge.methods import METHODS
 
+    from darkknowledge.engine.metrics import resolve_precision
+
+    precision = resolve_precision(precision, "cpu")
     torch.manual_seed(0)
     n = steps * batch_size
     ds = dataset if dataset is not None else synthetic_dataset(n, num_classes, image_size)

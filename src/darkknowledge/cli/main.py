@@ -78,7 +78,7 @@ def _add_evaluate(p):
     p.add_argument("checkpoint", help="a best.pt / last.pt written by darkknowledge")
     p.add_argument("overrides", nargs="*", metavar="data.key=value", help="data overrides (default: the checkpoint's dataset)")
     p.add_argument("--split", choices=["test", "train"], default="test")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32")
     p.add_argument("--device", default="cpu")
 
 

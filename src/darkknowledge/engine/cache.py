@@ -43,7 +43,7 @@ from darkknowledge.data.augment import Normalizer, apply_augment, identity_param
 from darkknowledge.data.base import ArrayDataset
 from darkknowledge.data.loader import Batch, epoch_generator
 from darkknowledge.engine.checkpoint import DIR_MODE, state_digest
-from darkknowledge.engine.metrics import autocast
+from darkknowledge.engine.metrics import autocast, resolve_precision
 from darkknowledge.engine.teacher import TeacherSignal
 from darkknowledge.errors import UserError
 
@@ -103,7 +103,7 @@ def build_cache(
     storage: str = "full",
     topk: int = 20,
     dtype: str = "float16",
-    precision: str = "bf16",
+    precision: str = "auto",
     batch_size: int = 512,
     device: str | torch.device = "cpu",
     channels_last: bool = True,
@@ -119,6 +119,7 @@ def build_cache(
     if path.exists() and not overwrite:
         raise UserError(f"cache {path} already exists; remove it or pass --overwrite")
     device = torch.device(device)
+    precision = resolve_precision(precision, device)
     teacher = teacher.to(device).eval()
     if channels_last:
         teacher.to(memory_format=torch.channels_last)

@@ -44,7 +44,7 @@ from darkknowledge.engine.checkpoint import (
     load_model,
     spec_to_dict,
 )
-from darkknowledge.engine.metrics import ClassificationMeter, autocast, collect_logits
+from darkknowledge.engine.metrics import ClassificationMeter, autocast, collect_logits, resolve_precision
 from darkknowledge.engine.schedule import learning_rate
 from darkknowledge.engine.teacher import LiveTeacher, TeacherSignal
 from darkknowledge.errors import UserError
@@ -67,7 +67,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())  # the checkpoint may have been mapped to a GPU
     # python/numpy states are only used by user code; torch's drives training
 
 
@@ -96,7 +96,8 @@ def build_teacher_signal(cfg: RunConfig, train_set: ArrayDataset, device: torch.
         )
     model, ckpt = load_model(cfg.teacher.checkpoint, device)
     check_teacher_fits(ckpt, spec, cfg.teacher.checkpoint)
-    return LiveTeacher(model, precision=cfg.engine.precision, channels_last=cfg.engine.channels_last, name=ckpt["model_name"])
+    precision = resolve_precision(cfg.engine.precision, device)
+    return LiveTeacher(model, precision=precision, channels_last=cfg.engine.channels_last, name=ckpt["model_name"])
 
 
 def check_teacher_fits(ckpt: dict[str, Any], spec, where: str) -> None:
@@ -129,6 +130,7 @@ class Trainer:
         self.rank, self.world_size = rank, world_size
         self.run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir()
         self.device = torch.device(cfg.engine.device)
+        self.precision = resolve_precision(cfg.engine.precision, self.device)
         if cfg.engine.threads:
             torch.set_num_threads(cfg.engine.threads)
         seed_everything(cfg.seed, cfg.engine.deterministic)
@@ -275,7 +277,7 @@ class Trainer:
                 group["lr"] = lr
             ctx = StepContext(epoch=epoch, num_epochs=cfg.optim.epochs, step_in_epoch=i, steps_per_epoch=steps)
             teacher_logits = self.teacher(batch) if self.method.needs_teacher else None
-            with autocast(self.device, cfg.engine.precision):
+            with autocast(self.device, self.precision):
                 student_logits = self.model(batch.images)
             terms = self.method(student_logits, teacher_logits, batch.targets, ctx)
             loss = sum(terms.values())
@@ -304,7 +306,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         batches = eval_batches(self.test_set, self.cfg.data.eval_batch_size, self.device, self.cfg.engine.channels_last)
-        logits, targets = collect_logits(self.model, batches, self.cfg.engine.precision)
+        logits, targets = collect_logits(self.model, batches, self.precision)
         meter = ClassificationMeter()
         meter.update(logits, targets)
         out = {f"test/{k}": v for k, v in meter.compute().items()}
@@ -372,6 +374,7 @@ class Trainer:
             "dataset": self.spec.name,
             "seed": self.cfg.seed,
             "epochs": self.cfg.optim.epochs,
+            "precision": self.precision,
             "teacher": self.teacher.describe() if self.teacher is not None else None,
             "final": {k: v for k, v in last.items() if k.startswith("test/")},
             "best": {k: v for k, v in best.items() if k.startswith("test/")} | ({"epoch": best["epoch"]} if best else {}),
