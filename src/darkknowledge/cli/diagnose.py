@@ -77,10 +77,13 @@ def diagnose_checkpoints(teachers: list[str], students: list[str], data_override
     per_class = d.train_per_class if split == "train" else d.test_per_class
     ds = build_dataset(d.name, root=d.root, train=split == "train", download=d.download, classes=d.classes,
                        train_per_class=per_class, image_size=d.image_size, seed=d.subset_seed)
-    outputs = []
-    for path, model, ckpt in models:
+    outputs, used = [], set()
+    for i, (path, model, ckpt) in enumerate(models):
         check_teacher_fits(ckpt, ds.spec, path)
         name = Path(path).parent.name or Path(path).stem
+        if name in used:  # the same run given twice (e.g. as teacher and student), or two best.pt of one dir
+            name = f"{name}-{'student' if i >= len(teachers) else 'teacher'}{i}"
+        used.add(name)
         outputs.append(collect_outputs(model, eval_batches(ds, d.eval_batch_size, device, channels_last=False),
                                        device, name=name, num_params=count_parameters(model)))
     t_out, s_out = outputs[: len(teachers)], outputs[len(teachers):]

@@ -211,7 +211,7 @@ class Trainer:
             ckpt = load_checkpoint(last, map_location=self.device)
             saved = (self.run_dir / "config.yaml").read_text() if (self.run_dir / "config.yaml").is_file() else ckpt["config"]
             if _without_epochs(saved) != _without_epochs(self.cfg.to_yaml()):
-                raise UserError(f"--resume: the configuration differs from the one saved in {self.run_dir}/config.yaml (only optim.epochs may change)")
+                raise UserError(f"--resume: the configuration differs from the one saved in {self.run_dir}/config.yaml (only optim.epochs, output_dir and engine.device/threads/progress may change)")
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.method.load_state_dict(ckpt["method"])
@@ -353,10 +353,11 @@ class Trainer:
                     self.best_top1 = record["test/top1"]
                 if (epoch + 1) % cfg.engine.save_every == 0 or final or improved:
                     ckpt = self._checkpoint(epoch + 1, record)
-                    if improved:
-                        atomic_torch_save(ckpt, self.run_dir / "best.pt")
+                    # last.pt first: a kill between the two writes leaves a resumable run
                     if (epoch + 1) % cfg.engine.save_every == 0 or final:
                         atomic_torch_save(ckpt, self.run_dir / "last.pt")
+                    if improved:
+                        atomic_torch_save(ckpt, self.run_dir / "best.pt")
                 if cfg.engine.progress:
                     _print_epoch(record, cfg.optim.epochs)
         summary = self.summary(last_metrics, time.perf_counter() - t_start)
@@ -387,12 +388,19 @@ def _has_plain_view(view_table: Tensor, spec) -> bool:
     return bool(torch.equal(view_table[:, 0], identity_params(view_table.shape[0], spec.augment).to(view_table.device)))
 
 
+# Keys that may differ between a run and its resumption: they change neither the
+# result nor the batches (the run may be moved, resumed on another device, run longer).
+RESUMABLE_CHANGES = {"optim": ("epochs",), "engine": ("progress", "device", "threads"), "": ("output_dir",)}
+
+
 def _without_epochs(config_yaml: str) -> str:
     import yaml
 
     d = yaml.safe_load(config_yaml)
-    d.get("optim", {}).pop("epochs", None)
-    d.get("engine", {}).pop("progress", None)
+    for section, keys in RESUMABLE_CHANGES.items():
+        node = d if section == "" else d.get(section, {})
+        for k in keys:
+            node.pop(k, None)
     return json.dumps(d, sort_keys=True)
 
 

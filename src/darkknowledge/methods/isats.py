@@ -171,7 +171,7 @@ def _log_variance(s_nt: Tensor, y_slope: Tensor, y_offset: Tensor | None, inv_ta
     t_y = y_slope * inv_tau if y_offset is None else torch.addcmul(y_offset, y_slope, inv_tau)
     log_z = torch.logaddexp(t_y, torch.log(total))
     u.sub_((total / n).unsqueeze(-1))  # two-pass variance: centre, then square
-    var_u = torch.linalg.vecdot(u, u) / n
+    var_u = u.square_().sum(-1) / n
     return torch.log(var_u) - 2.0 * log_z
 
 
@@ -237,27 +237,26 @@ def _maximise_log_variance(
         return _log_variance(s_nt, y_slope, y_offset, torch.exp(-u).unsqueeze(0), one).squeeze(0)
 
     if iterations > 0:
-        # golden-section search on [a, b] = the best grid point's neighbours (the
-        # objective need not be unimodal over the whole range, hence the grid first)
+        # Golden-section search on [a, b] = the best grid point's neighbours (the
+        # objective need not be unimodal over the whole range, hence the grid first),
+        # by reflection: the next probe is the mirror image a + b - m of the best interior
+        # point m, which keeps both interior points at the golden ratios.
         a = grid[(best_idx - 1).clamp(min=0)]
         b = grid[(best_idx + 1).clamp(max=grid_size - 1)]
-        x1 = b - _INV_PHI * (b - a)
-        x2 = a + _INV_PHI * (b - a)
-        f1, f2 = f(x1), f(x2)
-        for _ in range(iterations):
-            left = f1 >= f2  # the maximum lies in [a, x2]
-            b = torch.where(left, x2, b)
-            a = torch.where(left, a, x1)
-            x_new = torch.where(left, b - _INV_PHI * (b - a), a + _INV_PHI * (b - a))
-            f_new = f(x_new)
-            x1, x2, f1, f2 = (
-                torch.where(left, x_new, x2),
-                torch.where(left, x1, x_new),
-                torch.where(left, f_new, f2),
-                torch.where(left, f1, f_new),
-            )
-        cand = torch.where(f1 >= f2, x1, x2)
-        cand_val = torch.maximum(f1, f2)
+        m = b - _INV_PHI * (b - a)
+        fm = f(m)
+        for _ in range(iterations + 1):
+            x = a + b - m
+            fx = f(x)
+            better = fx > fm
+            # the maximum now lies in [a, m] or [m, b] (x better) / [x, b] or [a, x] (m better):
+            # the lower end moves up exactly when "x better" and "x left of m" differ
+            move_lower = better != (x < m)
+            a = torch.where(move_lower, torch.minimum(x, m), a)
+            b = torch.where(move_lower, b, torch.maximum(x, m))
+            m = torch.where(better, x, m)
+            fm = torch.where(better, fx, fm)
+        cand, cand_val = m, fm
     elif grid_size >= 3:
         # no golden section: the vertex of the parabola through the best grid point and
         # its neighbours (log V against log tau)
