@@ -14,8 +14,6 @@ from darkknowledge.engine.checkpoint import (
     FORMAT,
     VERSION,
     atomic_torch_save,
-    atomic_write_json,
-    atomic_write_text,
     load_checkpoint,
     load_model,
     spec_from_dict,
@@ -23,6 +21,7 @@ from darkknowledge.engine.checkpoint import (
     state_digest,
 )
 from darkknowledge.errors import UserError
+from darkknowledge.fileio import atomic_write_json, atomic_write_text
 from darkknowledge.models import build_model
 
 

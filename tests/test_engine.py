@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from conftest import FAST, fast_config, read_metrics, state_equal
+from conftest import fast_config, read_metrics, state_equal
 from darkknowledge.config import load_config
 from darkknowledge.engine.checkpoint import load_checkpoint, load_model
 from darkknowledge.engine.metrics import ClassificationMeter

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from darkknowledge.config import load_config
-from darkknowledge.engine.checkpoint import atomic_write_json, atomic_write_text
+from darkknowledge.fileio import atomic_write_json, atomic_write_text
 from darkknowledge.engine.trainer import Trainer, load_datasets
 from darkknowledge.errors import UserError
 

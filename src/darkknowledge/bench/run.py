@@ -15,7 +15,6 @@ not depend on them.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -284,6 +283,6 @@ def format_report(result: dict[str, Any]) -> str:
 
 
 def save_result(result: dict[str, Any], path: str | Path) -> None:
-    from darkknowledge.engine.checkpoint import atomic_write_json
+    from darkknowledge.fileio import atomic_write_json
 
     atomic_write_json(path, result)

@@ -23,11 +23,12 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from darkknowledge.diagnostics._common import jsonable
+from darkknowledge.fileio import atomic_write_bytes, atomic_write_text
+from darkknowledge.diagnostics.stats import PER_TEMPERATURE_KEYS
 
 if TYPE_CHECKING:  # pragma: no cover
     from darkknowledge.diagnostics.api import DiagnosticsResult
@@ -35,18 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["write_report", "atomic_write_bytes", "atomic_write_text"]
 
-_STAT_COLUMNS = (
-    "target_prob",
-    "confidence",
-    "ece",
-    "nt_mean",
-    "nt_var",
-    "nt_std",
-    "nt_var_renorm",
-    "nt_std_renorm",
-    "nt_entropy_renorm",
-    "nt_entropy_renorm_norm",
-)
+# the per-temperature statistics, in the order of the CSV columns
+_STAT_COLUMNS = PER_TEMPERATURE_KEYS
 
 
 # -- atomic writes ---------------------------------------------------------------------------
@@ -54,31 +45,6 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same directory and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

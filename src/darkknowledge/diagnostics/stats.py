@@ -42,7 +42,7 @@ __all__ = ["DEFAULT_TEMPERATURES", "TeacherStats", "TeacherStatsAccumulator", "t
 
 DEFAULT_TEMPERATURES: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
-_PER_T_KEYS = (
+PER_TEMPERATURE_KEYS = (
     "target_prob",
     "confidence",
     "ece",
@@ -237,7 +237,7 @@ class TeacherStatsAccumulator:
             gap = (self._bin_correct[i] - self._bin_conf[i]).abs()  # = n_b * |acc_b - conf_b|
             row["ece"] = float(gap.sum()) / n
             row["nt_entropy_renorm_norm"] = row["nt_entropy_renorm"] / math.log(c - 1) if c > 2 else float("nan")
-            rows.append({k: row[k] for k in ("temperature", *_PER_T_KEYS)})
+            rows.append({k: row[k] for k in ("temperature", *PER_TEMPERATURE_KEYS)})
         tau_info = None
         values = None
         if self.tau_star:

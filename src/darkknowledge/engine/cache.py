@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -42,7 +41,8 @@ from torch import Tensor, nn
 from darkknowledge.data.augment import Normalizer, apply_augment, identity_params, sample_augment_params
 from darkknowledge.data.base import ArrayDataset
 from darkknowledge.data.loader import Batch, epoch_generator
-from darkknowledge.engine.checkpoint import DIR_MODE, state_digest
+from darkknowledge.engine.checkpoint import state_digest
+from darkknowledge.fileio import DIR_MODE
 from darkknowledge.engine.metrics import autocast, resolve_precision
 from darkknowledge.engine.teacher import TeacherSignal
 from darkknowledge.errors import UserError

@@ -15,9 +15,6 @@ place, so a killed process never leaves a half-written ``last.pt``.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import tempfile
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -28,55 +25,14 @@ from torch import nn
 
 from darkknowledge.data.base import AugmentSpec, DataSpec
 from darkknowledge.errors import UserError
+from darkknowledge.fileio import atomic_write
 
 FORMAT = "darkknowledge-checkpoint"
 VERSION = 1
 
 
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# mkstemp/mkdtemp create private (0600/0700) files; the renamed result should have the
-# permissions of an ordinary file (0666/0777 minus the umask), like a plain open() gives.
-UMASK = _read_umask()
-FILE_MODE = 0o666 & ~UMASK
-DIR_MODE = 0o777 & ~UMASK
-
-
-def _atomic_write(path: Path, writer) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            writer(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    _atomic_write(Path(path), lambda fh: fh.write(data))
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    _atomic_write(Path(path), lambda fh: torch.save(obj, fh))
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def spec_to_dict(spec: DataSpec) -> dict[str, Any]:

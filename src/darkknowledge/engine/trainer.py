@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from darkknowledge.config import RunConfig
 from darkknowledge.data.augment import identity_params
@@ -38,8 +37,6 @@ from darkknowledge.engine.checkpoint import (
     FORMAT,
     VERSION,
     atomic_torch_save,
-    atomic_write_json,
-    atomic_write_text,
     load_checkpoint,
     load_model,
     spec_to_dict,
@@ -48,6 +45,7 @@ from darkknowledge.engine.metrics import ClassificationMeter, autocast, collect_
 from darkknowledge.engine.schedule import learning_rate
 from darkknowledge.engine.teacher import LiveTeacher, TeacherSignal
 from darkknowledge.errors import UserError
+from darkknowledge.fileio import atomic_write_json, atomic_write_text
 from darkknowledge.methods import SetupContext, StepContext, build_method
 
 
