@@ -188,6 +188,17 @@ def test_tau_star_agrees_with_methods_isats():
     assert torch.allclose(mine.double(), theirs.double(), rtol=1e-2)
 
 
+def test_tau_star_is_the_methods_search_with_nan_for_undefined():
+    from darkknowledge.methods.isats import isats_search
+
+    z, y = _teacher_logits(n=64, c=12, margin=8.0, scale=2.0, seed=17)
+    z[5] = 0.0  # no optimum
+    mine = optimal_nontarget_temperature(z, y, 0.5, 20.0)
+    theirs = isats_search(z.float(), y, search_rule="A", tau_min=0.5, tau_max=20.0, undefined=float("nan"))
+    assert torch.allclose(mine, theirs, rtol=0, atol=0, equal_nan=True)  # the same function
+    assert torch.isnan(mine[5]) and torch.isfinite(torch.cat([mine[:5], mine[6:]])).all()
+
+
 # -- ranks -----------------------------------------------------------------------------------------
 def test_identical_teachers_rank_consistency_is_one():
     z, y = _teacher_logits(n=64, c=30, seed=8)

@@ -438,6 +438,51 @@ def test_isats_search_has_no_gradient_path_and_degenerate_c2():
     assert torch.allclose(tau, torch.full_like(tau, 0.5))  # flat objective -> tau_min
 
 
+def test_isats_rule_c_interior_optimum_matches_brute_force():
+    # negative non-target logits: as tau2 -> 0 their mass vanishes against the fixed-
+    # temperature target, as tau2 grows they flatten, so V(tau1, .) peaks inside the range
+    z, y = _confidence_ladder(batch=24, seed=11)
+    z = z - z.amax(1, keepdim=True) - 3.0
+    z[torch.arange(24), y] += 6.0
+    for tau1 in (4.0, 20.0):
+        tau = isats_search(z, y, search_rule="C", tau_min=0.5, tau_max=20.0, target_temperature=tau1)
+        reference = np.array(
+            [_brute_force_tau(z[i].double().numpy(), int(y[i]), "C", tau1=tau1) for i in range(len(y))]
+        )
+        assert ((reference > 0.6) & (reference < 0.95 * tau1)).sum() >= 8  # interior optima, not just bounds
+        assert np.abs(tau.numpy() / reference - 1).max() < 0.01
+
+
+@pytest.mark.parametrize("rule", ["A", "B", "C"])
+def test_isats_search_is_batch_invariant(rule):
+    z, y = _confidence_ladder(batch=97, classes=15, seed=12)
+    full = isats_search(z, y, search_rule=rule)
+    parts = [isats_search(z[lo:hi], y[lo:hi], search_rule=rule) for lo, hi in [(0, 1), (1, 40), (40, 41), (41, 97)]]
+    assert torch.equal(torch.cat(parts), full)
+
+
+def test_isats_search_undefined_rows_and_precision():
+    z, y = _confidence_ladder(batch=6, classes=10, seed=13)
+    z[2] = 1.0  # all logits equal: the variance is 0 at every tau
+    z[4] = 0.5
+    z[4, y[4]] = 7.0  # equal non-target logits: still no optimum
+    default = isats_search(z, y)
+    nan = isats_search(z, y, undefined=float("nan"))
+    flat = torch.tensor([False, False, True, False, True, False])
+    assert torch.isnan(nan[flat]).all() and torch.isfinite(nan[~flat]).all()
+    assert torch.equal(default[flat], torch.full((2,), 0.5)) and torch.equal(default[~flat], nan[~flat])
+    assert torch.isnan(isats_search(z[:, :2], y.clamp(max=1), undefined=float("nan"))).all()  # C = 2
+    # float64 logits give float64 tau*, float16 ones are searched in float32
+    assert isats_search(z.double(), y).dtype == torch.float64
+    assert isats_search(z.half(), y).dtype == torch.float32
+    assert isats_search(z[:0], y[:0]).shape == (0,)
+    # more golden-section iterations or a finer grid change tau* by well under 1 %
+    fine = isats_search(z, y, grid_size=40, refine_size=30)
+    assert torch.allclose(default[~flat], fine[~flat], rtol=5e-3)
+    with pytest.raises(ValueError):
+        isats_search(z, y, search_rule="D")
+
+
 def test_nontarget_variance_helper_matches_numpy():
     from darkknowledge.methods.functional import nontarget_variance, target_mask
 

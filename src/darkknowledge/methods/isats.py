@@ -40,7 +40,9 @@ B: ``z_y / target_ratio - max``; C: ``y_offset = z_y / target_temperature``,
     log V = log Var_c[u_c] - 2 log Z,   log Z = logaddexp(t_y, log sum_c u_c)
 
 Nothing under- or overflows for logit gaps of hundreds; Var_c[u] is two-pass (sum, then
-centred sum of squares), so nearly equal u stay accurate. Steps, on u = log tau:
+centred sum of squares), so nearly equal u stay accurate. The (B, C) work is in the
+logits' dtype (float32 for half/bf16), the per-row terms and the search state in float64,
+which makes tau* independent of a row's position in the batch. Steps, on u = log tau:
 
 1. a log-spaced grid of ``grid_size`` (12) points in [tau_min, tau_max], evaluated in
    blocks of <= 2^20 (rows x points x classes) elements (one pass for a training batch;
@@ -157,22 +159,34 @@ def split_nontarget(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     return logits.gather(1, cols), logits.gather(1, targets.unsqueeze(1)).squeeze(1)
 
 
-def _log_variance(s_nt: Tensor, y_slope: Tensor, y_offset: Tensor | None, inv_tau: Tensor, out: Tensor | None) -> Tensor:
+def _row_dtype(x: Tensor) -> torch.dtype:
+    """Precision of the per-row (N-sized) quantities: float64 (cheap at N values, and it
+    keeps the search's comparisons free of float32 rounding in log/logaddexp, whose
+    vectorised and scalar CPU paths can differ by an ulp, which would make tau* depend on
+    a row's position in the batch); MPS has no float64."""
+    return x.dtype if x.device.type == "mps" else torch.float64
+
+
+def _log_variance(
+    s_nt: Tensor, y_slope: Tensor, y_offset: Tensor | None, inv_tau: Tensor, out: Tensor | None = None
+) -> Tensor:
     """``log Var_{c != y}[q_c]`` for K candidate inverse temperatures per row: ``(K, N)``.
 
-    ``s_nt`` (N, n): shifted non-target logits (row max 0); the scaled logits are
-    ``s_c * inv_tau`` off-target and ``y_offset + y_slope * inv_tau`` at the target;
-    ``inv_tau``: (K, N) or (K, 1); ``out``: optional (K, N, n) scratch buffer.
+    ``s_nt`` (N, n): shifted non-target logits (row max 0), in the compute dtype; the
+    scaled logits are ``s_c * inv_tau`` off-target and ``y_offset + y_slope * inv_tau``
+    at the target. ``inv_tau`` (K, N) or (K, 1), ``y_slope``/``y_offset`` (N,) and the
+    result are in the per-row dtype (see :func:`_row_dtype`); ``out``: optional (K, N, n)
+    scratch buffer. ``-inf`` where the variance is 0.
     """
     n = s_nt.shape[-1]
-    u = torch.mul(s_nt, inv_tau.unsqueeze(-1), out=out)  # (K, N, n), <= 0
-    u.exp_()  # in (0, 1], the row's top non-target class at 1
+    u = torch.mul(s_nt, inv_tau.to(s_nt.dtype).unsqueeze(-1), out=out)  # (K, N, n), <= 0
+    u.exp_()  # in (0, 1]; the row's top non-target class at 1
     total = u.sum(-1)  # >= 1
-    t_y = y_slope * inv_tau if y_offset is None else torch.addcmul(y_offset, y_slope, inv_tau)
-    log_z = torch.logaddexp(t_y, torch.log(total))
     u.sub_((total / n).unsqueeze(-1))  # two-pass variance: centre, then square
-    var_u = u.square_().sum(-1) / n
-    return torch.log(var_u) - 2.0 * log_z
+    sum_sq = u.square_().sum(-1)
+    t_y = y_slope * inv_tau if y_offset is None else torch.addcmul(y_offset, y_slope, inv_tau)
+    log_z = torch.logaddexp(t_y, torch.log(total.to(t_y.dtype)))
+    return torch.log(sum_sq.to(t_y.dtype) / n) - 2.0 * log_z
 
 
 def nontarget_log_variance(
@@ -183,13 +197,16 @@ def nontarget_log_variance(
     ``s_nt``: (N, C-1) non-target logits shifted so each row's max is 0; ``s_y``: (N,)
     target logit with the same shift; ``tau``: scalar or (N,) temperatures; ``out``: an
     optional (N, C-1) scratch buffer. With ``y_offset`` (N,) the scaled target logit is
-    ``y_offset + s_y / tau`` instead of ``s_y / tau`` (rules B and C; see
-    :func:`isats_search`). The variance of u = exp(s / tau) is taken in two passes (sum,
-    then centred sum of squares), so it stays accurate when the u are nearly equal.
+    ``y_offset + s_y / tau`` instead of ``s_y / tau`` (rules B and C, see
+    :func:`isats_search`). With u = exp(s / tau): Var = Var_c[u] / Z^2,
+    log Z = logaddexp(s_y / tau, log sum u); Var_c[u] is taken in two passes (sum, then
+    centred sum of squares), so it stays accurate when the u are nearly equal.
     """
-    inv = torch.as_tensor(tau, dtype=s_nt.dtype, device=s_nt.device).reciprocal().reshape(1, -1)
+    acc = _row_dtype(s_nt)
+    inv = torch.as_tensor(tau, dtype=acc, device=s_nt.device).reciprocal().reshape(1, -1)
+    offset = None if y_offset is None else y_offset.to(acc)
     buf = out.unsqueeze(0) if out is not None else None
-    return _log_variance(s_nt, s_y, y_offset, inv, buf).squeeze(0)
+    return _log_variance(s_nt, s_y.to(acc), offset, inv, buf).squeeze(0).to(s_nt.dtype)
 
 
 def _parabolic_argmax(values: Tensor, first: float, step: float) -> Tensor:
@@ -215,11 +232,11 @@ def _parabolic_argmax(values: Tensor, first: float, step: float) -> Tensor:
 def _maximise_log_variance(
     s_nt: Tensor, y_slope: Tensor, y_offset: Tensor | None, lo: float, hi: float, grid_size: int, iterations: int
 ) -> tuple[Tensor, Tensor]:
-    """Grid + golden-section maximisation over u = log tau in [log lo, log hi]:
-    ``(argmax u, log V on the grid at its best point)``, both (N,)."""
+    """Grid + golden-section maximisation of log V over u = log tau in [log lo, log hi]:
+    ``(argmax u, best log V on the grid)``, both (N,) in the per-row dtype."""
     num, n = s_nt.shape
     u_lo, u_hi = math.log(lo), math.log(hi)
-    grid = torch.linspace(u_lo, u_hi, grid_size, device=s_nt.device, dtype=s_nt.dtype)
+    grid = torch.linspace(u_lo, u_hi, grid_size, device=s_nt.device, dtype=y_slope.dtype)
     inv_grid = torch.exp(-grid).unsqueeze(1)  # (K, 1)
     block = max(1, min(grid_size, _GRID_BLOCK_ELEMENTS // max(1, num * n)))
     buf = s_nt.new_empty((block, num, n))
@@ -240,7 +257,8 @@ def _maximise_log_variance(
         # Golden-section search on [a, b] = the best grid point's neighbours (the
         # objective need not be unimodal over the whole range, hence the grid first),
         # by reflection: the next probe is the mirror image a + b - m of the best interior
-        # point m, which keeps both interior points at the golden ratios.
+        # point m, which keeps the interior points at the golden ratios. Each step
+        # shrinks the bracket by 0.618.
         a = grid[(best_idx - 1).clamp(min=0)]
         b = grid[(best_idx + 1).clamp(max=grid_size - 1)]
         m = b - _INV_PHI * (b - a)
@@ -249,8 +267,9 @@ def _maximise_log_variance(
             x = a + b - m
             fx = f(x)
             better = fx > fm
-            # the maximum now lies in [a, m] or [m, b] (x better) / [x, b] or [a, x] (m better):
-            # the lower end moves up exactly when "x better" and "x left of m" differ
+            # the maximum now lies in [a, m] or [m, b] (x better), or [x, b] or [a, x]
+            # (m better): the lower end moves up exactly when "x better" and "x left of
+            # m" differ, to min(x, m); otherwise the upper end moves down to max(x, m)
             move_lower = better != (x < m)
             a = torch.where(move_lower, torch.minimum(x, m), a)
             b = torch.where(move_lower, b, torch.maximum(x, m))
@@ -312,7 +331,10 @@ def isats_search(
     z_nt, z_y = split_nontarget(z, targets)
     top = z_nt.amax(1)
     s_nt = z_nt.sub_(top.unsqueeze(1))  # <= 0, max 0 per row
-    # The target's scaled logit, minus the shift top / tau, is  y_offset + y_slope / tau.
+    # The target's scaled logit, minus the shift top / tau, is  y_offset + y_slope / tau
+    # (per-row quantities in float64, see _row_dtype).
+    acc = _row_dtype(z)
+    top, z_y = top.to(acc), z_y.to(acc)
     y_offset: Tensor | None = None
     if search_rule == "A":
         y_slope = z_y - top
@@ -321,7 +343,7 @@ def isats_search(
     else:
         y_slope, y_offset = -top, z_y / target_temperature
     log_tau, best = _maximise_log_variance(s_nt, y_slope, y_offset, lo, hi, grid_size, refine_size)
-    return torch.where(torch.isfinite(best), log_tau.exp(), fill)
+    return torch.where(torch.isfinite(best), log_tau.exp(), fill).to(z.dtype)
 
 
 def isats_temperatures(
