@@ -147,7 +147,9 @@ def test_teacher_training_reaches_accuracy_and_writes_run_dir(teacher_run):
 
 def test_kd_distillation_leaves_teacher_untouched(tmp_path, teacher_ckpt):
     before = teacher_ckpt.read_bytes()
-    cfg = fast_config(tmp_path, *TINY, "optim.epochs=1", "method.name=kd", f"teacher.checkpoint={teacher_ckpt}", "name=kd")
+    # unfolded, so the teacher's BatchNorm running statistics are there to check
+    cfg = fast_config(tmp_path, *TINY, "optim.epochs=1", "method.name=kd", f"teacher.checkpoint={teacher_ckpt}",
+                      "teacher.fold_batchnorm=false", "name=kd")
     trainer = Trainer(cfg)
     teacher = trainer.teacher.model
     start = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -170,6 +172,23 @@ def test_kd_distillation_leaves_teacher_untouched(tmp_path, teacher_ckpt):
     assert line["loss/total"] == pytest.approx(line["loss/ce"] + line["loss/kd"])
     assert line["loss/kd"] > 0
     assert summary["teacher"]["kind"] == "live"
+
+
+def test_folded_teacher_gives_the_same_logits(teacher_ckpt, digits_splits):
+    """BatchNorm folding of the frozen teacher changes nothing but float rounding, and
+    leaves the caller's model (with its BatchNorms) untouched."""
+    from darkknowledge.data.loader import eval_batches
+    from darkknowledge.engine.teacher import LiveTeacher
+
+    model, _ = load_model(teacher_ckpt)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert n_bn > 0
+    folded = LiveTeacher(model, precision="fp32", channels_last=False, fold_batchnorm=True)
+    plain = LiveTeacher(model, precision="fp32", channels_last=False, fold_batchnorm=False)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.model.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == n_bn
+    batch = next(iter(eval_batches(digits_splits[0], 256, channels_last=False)))
+    torch.testing.assert_close(folded(batch), plain(batch), rtol=1e-4, atol=1e-4)
 
 
 def test_kd_through_library_train_with_channels_last(tmp_path, teacher_ckpt):

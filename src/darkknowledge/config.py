@@ -44,6 +44,9 @@ class ModelConfig(_Strict):
 
 class TeacherConfig(_Strict):
     checkpoint: str | None = Field(None, description="Path to the teacher's checkpoint (a `best.pt`/`last.pt` of a darkknowledge run).")
+    fold_batchnorm: bool = Field(
+        True, description="Fold the frozen teacher's BatchNorms into its convolutions (same outputs up to float rounding; faster)."
+    )
     cache: str | None = Field(None, description="Path to a teacher-output cache (`darkknowledge cache build`); replaces the live teacher.")
     cache_views: int = Field(8, ge=1, description="Augmentation views per sample stored when the cache is built on the fly.")
     cache_view_seed: int = Field(0, description="Seed of the cached augmentation views (shared by all student seeds, so one cache serves them all).")

@@ -22,8 +22,8 @@ def _add_cache(p):
 @command(
     "cache",
     "build (or inspect) a teacher-output cache of K augmentation views per training sample",
-    "darkknowledge cache build runs/cache-w256 teacher.checkpoint=runs/demo/teacher-cnn_w256/last.pt data.name=digits --views 8\n"
-    "  darkknowledge distill teacher.cache=runs/cache-w256 teacher.checkpoint=runs/demo/teacher-cnn_w256/last.pt model.name=cnn_w4",
+    "darkknowledge cache build runs/cache-h1024 teacher.checkpoint=runs/demo/teacher-mlp_h1024/last.pt data.name=digits --views 8\n"
+    "  darkknowledge distill teacher.cache=runs/cache-h1024 teacher.checkpoint=runs/demo/teacher-mlp_h1024/last.pt model.name=cnn_w4",
     add_args=_add_cache,
 )
 def cmd_cache(args) -> int:
@@ -48,6 +48,7 @@ def cmd_cache(args) -> int:
         num_views=args.views or cfg.teacher.cache_views, view_seed=cfg.teacher.cache_view_seed,
         storage=args.storage, topk=args.topk, dtype=args.dtype, precision=cfg.engine.precision,
         batch_size=cfg.data.eval_batch_size, device=cfg.engine.device, channels_last=cfg.engine.channels_last,
+        fold_batchnorm=cfg.teacher.fold_batchnorm,
         overwrite=args.overwrite, progress=cfg.engine.progress,
     )
     print(json.dumps(CachedTeacher(path, verify=False).meta, indent=2))

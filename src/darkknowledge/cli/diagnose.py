@@ -25,7 +25,7 @@ def _add_diagnose(p):
 @command(
     "diagnose",
     "diagnose teachers' dark knowledge: non-target variance vs capacity/temperature, rank consistency, angles, decompositions, report card",
-    "darkknowledge diagnose -t runs/demo/teacher-cnn_w16/last.pt -t runs/demo/teacher-cnn_w256/last.pt --out runs/diag\n"
+    "darkknowledge diagnose -t runs/demo/teacher-mlp_h64/last.pt -t runs/demo/teacher-mlp_h1024/last.pt --out runs/diag\n"
     "  darkknowledge diagnose -t r56.pt -t r110.pt -s r20.pt data.name=cifar100 data.root=/data/cifar --temperatures 1,2,4,8",
     add_args=_add_diagnose,
 )

@@ -44,7 +44,7 @@ from darkknowledge.data.loader import Batch, epoch_generator
 from darkknowledge.engine.checkpoint import state_digest
 from darkknowledge.fileio import DIR_MODE
 from darkknowledge.engine.metrics import autocast, resolve_precision
-from darkknowledge.engine.teacher import TeacherSignal
+from darkknowledge.engine.teacher import TeacherSignal, prepare_for_inference
 from darkknowledge.errors import UserError
 
 CACHE_FORMAT = "darkknowledge-teacher-cache"
@@ -107,6 +107,7 @@ def build_cache(
     batch_size: int = 512,
     device: str | torch.device = "cpu",
     channels_last: bool = True,
+    fold_batchnorm: bool = True,
     overwrite: bool = False,
     progress: bool = False,
 ) -> Path:
@@ -120,16 +121,15 @@ def build_cache(
         raise UserError(f"cache {path} already exists; remove it or pass --overwrite")
     device = torch.device(device)
     precision = resolve_precision(precision, device)
-    teacher = teacher.to(device).eval()
-    if channels_last:
-        teacher.to(memory_format=torch.channels_last)
-    n, k = len(dataset), num_views
     num_classes = int(teacher.classifier.out_features)
+    key_digest = state_digest(teacher.state_dict())  # of the checkpoint's weights, before folding
+    teacher = prepare_for_inference(teacher.to(device), channels_last=channels_last, fold_batchnorm=fold_batchnorm)
+    n, k = len(dataset), num_views
     if num_classes != dataset.spec.num_classes:
         raise UserError(f"teacher predicts {num_classes} classes, dataset {dataset.spec.name!r} has {dataset.spec.num_classes}")
     if storage == "topk" and not 1 <= topk < num_classes:
         raise UserError(f"cache topk must be in [1, {num_classes - 1}], got {topk}")
-    key = cache_key(state_digest(teacher.state_dict()), dataset, k, view_seed)
+    key = cache_key(key_digest, dataset, k, view_seed)
     table = make_view_table(dataset, k, view_seed)
     normalize = Normalizer(dataset.spec.mean, dataset.spec.std, device, channels_last)
     images = dataset.images.to(device)
@@ -305,6 +305,7 @@ def open_cache_for_run(cfg, train_set: ArrayDataset, device: torch.device) -> Ca
         if not (path / "meta.json").exists():
             build_cache(model, train_set, path, num_views=cfg.teacher.cache_views, view_seed=cfg.teacher.cache_view_seed,
                         precision=cfg.engine.precision, device=device, channels_last=cfg.engine.channels_last,
+                        fold_batchnorm=cfg.teacher.fold_batchnorm,
                         progress=cfg.engine.progress)
     cache = CachedTeacher(path, device=device)
     cache.check_matches(train_set, digest)

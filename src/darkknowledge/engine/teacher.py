@@ -8,6 +8,7 @@ replays stored outputs for the exact augmentation views the loader produced.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -29,18 +30,38 @@ class TeacherSignal:
         return {"kind": type(self).__name__}
 
 
-class LiveTeacher(TeacherSignal):
-    """A frozen teacher model evaluated on every batch."""
+def prepare_for_inference(model: nn.Module, *, channels_last: bool = True, fold_batchnorm: bool = True) -> nn.Module:
+    """A frozen, eval-mode copy of ``model`` for teacher forwards.
 
-    def __init__(self, model: nn.Module, *, precision: str = "bf16", channels_last: bool = True, name: str = "teacher"):
-        self.model = model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        if channels_last:
-            self.model.to(memory_format=torch.channels_last)
+    ``fold_batchnorm`` folds every eval-mode BatchNorm into the preceding convolution
+    (``torch.fx`` fuse): the same function up to float rounding (~1e-6 relative), one
+    pass less over each activation — measured 1.2-1.3x faster resnet56 inference on this
+    CPU (docs/performance.md). Models that cannot be traced keep their BatchNorms.
+    """
+    model = copy.deepcopy(model).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if fold_batchnorm:
+        try:
+            from torch.fx.experimental.optimization import fuse
+
+            model = fuse(model).eval()
+        except Exception:  # noqa: BLE001  untraceable control flow: run unfused
+            pass
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+class LiveTeacher(TeacherSignal):
+    """A frozen teacher model evaluated on every batch (see :func:`prepare_for_inference`)."""
+
+    def __init__(self, model: nn.Module, *, precision: str = "bf16", channels_last: bool = True,
+                 fold_batchnorm: bool = True, name: str = "teacher"):
+        self.num_classes = int(model.classifier.out_features)
+        self.model = prepare_for_inference(model, channels_last=channels_last, fold_batchnorm=fold_batchnorm)
         self.precision = precision
         self.name = name
-        self.num_classes = int(model.classifier.out_features)
 
     def __call__(self, batch: Batch) -> Tensor:
         self.model.eval()  # guard: nothing may switch the teacher to train mode

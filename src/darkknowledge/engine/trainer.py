@@ -95,7 +95,8 @@ def build_teacher_signal(cfg: RunConfig, train_set: ArrayDataset, device: torch.
     model, ckpt = load_model(cfg.teacher.checkpoint, device)
     check_teacher_fits(ckpt, spec, cfg.teacher.checkpoint)
     precision = resolve_precision(cfg.engine.precision, device)
-    return LiveTeacher(model, precision=precision, channels_last=cfg.engine.channels_last, name=ckpt["model_name"])
+    return LiveTeacher(model, precision=precision, channels_last=cfg.engine.channels_last,
+                       fold_batchnorm=cfg.teacher.fold_batchnorm, name=ckpt["model_name"])
 
 
 def check_teacher_fits(ckpt: dict[str, Any], spec, where: str) -> None:
