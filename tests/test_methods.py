@@ -357,6 +357,18 @@ def test_isats_search_matches_dense_brute_force(rule, classes):
     assert (tau >= 0.5 - 1e-6).all() and (tau <= 20.0 + 1e-4).all()
 
 
+@pytest.mark.parametrize("classes", [10, 100])
+def test_isats_loss_default_search_matches_dense_brute_force(classes):
+    """The loss's default search settings (one 64-point grid + a parabola: the cheap
+    setting for training) keep tau* within 1 % of a dense brute force."""
+    p = build_method("isats", {}, num_classes=classes).params
+    z, y = _confidence_ladder(classes=classes, seed=classes + 1)
+    tau = isats_search(z, y, search_rule=p.search_rule, tau_min=p.tau_min, tau_max=p.tau_max,
+                       grid_size=p.grid_size, refine_size=p.refine_size)
+    reference = np.array([_brute_force_tau(z[i].double().numpy(), int(y[i]), "A") for i in range(len(y))])
+    assert np.abs(tau.numpy() / reference - 1).max() < 0.01
+
+
 def test_isats_single_grid_option_and_custom_range():
     z, y = _confidence_ladder(batch=24, seed=5)
     tau = isats_search(z, y, grid_size=64, refine_size=0, tau_min=0.25, tau_max=40.0)

@@ -95,10 +95,10 @@ class ISATSParams(MethodParams):
     tau_min: float = Field(0.5, gt=0, description="Lower end of the searched temperature range.")
     tau_max: float = Field(20.0, gt=0, description="Upper end of the searched temperature range (> tau_min).")
     grid_size: int = Field(
-        12, ge=3, le=1024, description="Points of the log-spaced search grid over [tau_min, tau_max] (first stage)."
+        64, ge=3, le=1024, description="Points of the log-spaced search grid over [tau_min, tau_max] (first stage)."
     )
     refine_size: int = Field(
-        10,
+        0,
         ge=0,
         le=1024,
         description=(
