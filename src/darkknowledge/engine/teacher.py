@@ -9,6 +9,7 @@ replays stored outputs for the exact augmentation views the loader produced.
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import torch
@@ -43,7 +44,9 @@ def prepare_for_inference(model: nn.Module, *, channels_last: bool = True, fold_
         p.requires_grad_(False)
     if fold_batchnorm:
         try:
-            from torch.fx.experimental.optimization import fuse
+            with warnings.catch_warnings():  # its import touches deprecated torch.jit helpers
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from torch.fx.experimental.optimization import fuse
 
             model = fuse(model).eval()
         except Exception:  # noqa: BLE001  untraceable control flow: run unfused
