@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/darkknowledge demo
+	$(VENV)/bin/darkknowledge demo --overwrite
 
 test: setup
 	$(PY) -m pytest
