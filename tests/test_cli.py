@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -220,3 +221,21 @@ def test_demo_small(capsys, tmp_path, monkeypatch):
     assert len(result["student_ce_top1"]) == 2
     assert "| cnn_w8 |" in (tmp_path / "d/results.md").read_text() and "student top-1, kd" in out
     assert_user_error(capsys, "demo", "--out", "d", "--epochs", "1", contains=("--overwrite",))
+
+
+def _teacher_methods() -> list[str]:
+    from darkknowledge.methods import METHODS
+
+    return [m for m in METHODS.names() if METHODS.get(m).needs_teacher]
+
+
+@pytest.mark.parametrize("method", _teacher_methods())
+def test_distill_works_for_every_method(capsys, tmp_path, teacher_ckpt, method):
+    """`darkknowledge distill method.name=<name>` trains and logs every registered method."""
+    code, out, err = run(capsys, "distill", *TINY, f"method.name={method}", f"teacher.checkpoint={teacher_ckpt}",
+                         f"output_dir={tmp_path}", f"name={method}")
+    assert code == 0, err
+    lines = [json.loads(l) for l in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
+    losses = {k: v for k, v in lines[-1].items() if k.startswith("loss/")}
+    assert len(losses) >= 2 and all(math.isfinite(v) for v in losses.values()), losses
+    assert "test/top1" in lines[-1]
