@@ -57,26 +57,15 @@ def cmd_diagnose(args) -> int:
 def diagnose_checkpoints(teachers: list[str], students: list[str], data_overrides: list[str], *, split: str = "train",
                          out_dir: str | Path = "runs/diagnose", options=None, device: str = "cpu"):
     """Load checkpoints, run them over the (un-augmented) split once, and diagnose."""
-    import yaml
-
-    from darkknowledge.config import apply_overrides, validate_config
-    from darkknowledge.data import build_dataset
     from darkknowledge.data.loader import eval_batches
     from darkknowledge.diagnostics import collect_outputs, diagnose
     from darkknowledge.engine.checkpoint import load_model
-    from darkknowledge.engine.trainer import check_teacher_fits
+    from darkknowledge.engine.trainer import build_split, check_teacher_fits, checkpoint_data_config
     from darkknowledge.models import count_parameters
 
-    bad = [o for o in data_overrides if not o.startswith("data.")]
-    if bad:
-        raise UserError(f"diagnose only takes data.* overrides, got {bad[0]!r}")
     models = [(p, *load_model(p, device)) for p in teachers + students]
-    saved = yaml.safe_load(models[0][2].get("config") or "{}") or {}
-    cfg = validate_config(apply_overrides({"data": saved.get("data", {})}, data_overrides), source="diagnose")
-    d = cfg.data
-    per_class = d.train_per_class if split == "train" else d.test_per_class
-    ds = build_dataset(d.name, root=d.root, train=split == "train", download=d.download, classes=d.classes,
-                       train_per_class=per_class, image_size=d.image_size, seed=d.subset_seed)
+    d = checkpoint_data_config(models[0][2], data_overrides, "diagnose")
+    ds = build_split(d, train=split == "train")
     outputs, used = [], set()
     for i, (path, model, ckpt) in enumerate(models):
         check_teacher_fits(ckpt, ds.spec, path)

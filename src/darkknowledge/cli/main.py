@@ -87,25 +87,14 @@ def _add_evaluate(p):
     "darkknowledge evaluate runs/teacher-w64/best.pt\n  darkknowledge evaluate runs/r56/best.pt data.name=cifar100 data.root=/data/cifar --split train",
     add_args=_add_evaluate)
 def cmd_evaluate(args) -> int:
-    import yaml
-
-    from darkknowledge.config import apply_overrides, validate_config
-    from darkknowledge.data import build_dataset
     from darkknowledge.data.loader import eval_batches
     from darkknowledge.engine.checkpoint import load_model
     from darkknowledge.engine.metrics import evaluate
-    from darkknowledge.engine.trainer import check_teacher_fits
+    from darkknowledge.engine.trainer import build_split, check_teacher_fits, checkpoint_data_config
 
     model, ckpt = load_model(args.checkpoint, args.device)
-    saved = yaml.safe_load(ckpt.get("config") or "{}") or {}
-    bad = [o for o in args.overrides if not o.startswith("data.")]
-    if bad:
-        raise UserError(f"evaluate only takes data.* overrides, got {bad[0]!r}")
-    cfg = validate_config(apply_overrides({"data": saved.get("data", {})}, args.overrides), source="evaluate")
-    d = cfg.data
-    per_class = d.train_per_class if args.split == "train" else d.test_per_class
-    ds = build_dataset(d.name, root=d.root, train=args.split == "train", download=d.download, classes=d.classes,
-                       train_per_class=per_class, image_size=d.image_size, seed=d.subset_seed)
+    d = checkpoint_data_config(ckpt, args.overrides, "evaluate")
+    ds = build_split(d, train=args.split == "train")
     check_teacher_fits(ckpt, ds.spec, args.checkpoint)
     metrics = evaluate(model, eval_batches(ds, d.eval_batch_size, args.device), args.precision)
     print(json.dumps({"checkpoint": args.checkpoint, "model": ckpt["model_name"], "dataset": d.name, "split": args.split, **metrics}, indent=2))

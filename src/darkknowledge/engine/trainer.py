@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from darkknowledge.config import RunConfig
+from darkknowledge.config import DataConfig, RunConfig
 from darkknowledge.data.augment import identity_params
 from darkknowledge.data.base import ArrayDataset
 from darkknowledge.data.loader import BatchLoader, eval_batches
@@ -69,15 +69,32 @@ def set_rng_state(state: dict[str, Any]) -> None:
     # python/numpy states are only used by user code; torch's drives training
 
 
-def load_datasets(cfg: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
-    """The configured training and evaluation splits."""
+def build_split(data: DataConfig, train: bool) -> ArrayDataset:
+    """One split of the configured dataset (subset by ``train_per_class`` / ``test_per_class``)."""
     from darkknowledge.data import build_dataset
 
-    d = cfg.data
-    common = dict(root=d.root, download=d.download, classes=d.classes, image_size=d.image_size, seed=d.subset_seed)
-    train = build_dataset(d.name, train=True, train_per_class=d.train_per_class, **common)
-    test = build_dataset(d.name, train=False, train_per_class=d.test_per_class, **common)
-    return train, test
+    return build_dataset(data.name, root=data.root, train=train, download=data.download, classes=data.classes,
+                         train_per_class=data.train_per_class if train else data.test_per_class,
+                         image_size=data.image_size, seed=data.subset_seed)
+
+
+def load_datasets(cfg: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
+    """The configured training and evaluation splits."""
+    return build_split(cfg.data, True), build_split(cfg.data, False)
+
+
+def checkpoint_data_config(ckpt: dict[str, Any], overrides: list[str], command: str) -> DataConfig:
+    """The data section a checkpoint was trained with, changed by ``data.*`` overrides
+    (``command`` names the sub-command in errors; other keys are refused)."""
+    import yaml
+
+    from darkknowledge.config import apply_overrides, validate_config
+
+    bad = [o for o in overrides if not o.startswith("data.")]
+    if bad:
+        raise UserError(f"{command} only takes data.* overrides, got {bad[0]!r}")
+    saved = yaml.safe_load(ckpt.get("config") or "{}") or {}
+    return validate_config(apply_overrides({"data": saved.get("data", {})}, overrides), source=command).data
 
 
 def build_teacher_signal(cfg: RunConfig, train_set: ArrayDataset, device: torch.device) -> TeacherSignal:
@@ -209,7 +226,7 @@ class Trainer:
                 raise UserError(f"--resume: no checkpoint {last}; start the run without --resume")
             ckpt = load_checkpoint(last, map_location=self.device)
             saved = (self.run_dir / "config.yaml").read_text() if (self.run_dir / "config.yaml").is_file() else ckpt["config"]
-            if _without_epochs(saved) != _without_epochs(self.cfg.to_yaml()):
+            if _comparable_config(saved) != _comparable_config(self.cfg.to_yaml()):
                 raise UserError(f"--resume: the configuration differs from the one saved in {self.run_dir}/config.yaml (only optim.epochs, output_dir and engine.device/threads/progress may change)")
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -312,11 +329,9 @@ class Trainer:
         teacher_logits = self._teacher_eval_logits()
         if teacher_logits is not None:
             out["test/teacher_agreement"] = 100.0 * logits.argmax(1).eq(teacher_logits.argmax(1)).float().mean().item()
-            try:
+            if logits.shape[1] > 2:  # with one non-target class there is no ranking
                 from darkknowledge.diagnostics.ranks import rank_fidelity
-            except ImportError:  # diagnostics not installed in a trimmed build
-                rank_fidelity = None
-            if rank_fidelity is not None and logits.shape[1] > 2:
+
                 out["test/rank_fidelity"] = float(rank_fidelity(logits, teacher_logits, targets))
         return out
 
@@ -392,7 +407,7 @@ def _has_plain_view(view_table: Tensor, spec) -> bool:
 RESUMABLE_CHANGES = {"optim": ("epochs",), "engine": ("progress", "device", "threads"), "": ("output_dir",)}
 
 
-def _without_epochs(config_yaml: str) -> str:
+def _comparable_config(config_yaml: str) -> str:
     import yaml
 
     d = yaml.safe_load(config_yaml)
