@@ -215,16 +215,17 @@ def load_config(config: str | None = None, overrides: list[str] | None = None, b
     """``base`` dict <- YAML file/preset <- ``key=value`` overrides, validated."""
     data: dict[str, Any] = copy.deepcopy(base or {})
     if config:
-        data = _deep_merge(data, read_yaml(config))
+        data = deep_merge(data, read_yaml(config))
     data = apply_overrides(data, overrides or [])
     return validate_config(data, source=config or "config")
 
 
-def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``a`` with ``b`` merged in, section by section (``b`` wins)."""
     out = copy.deepcopy(a)
     for k, v in b.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
+            out[k] = deep_merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
     return out

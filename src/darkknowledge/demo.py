@@ -13,14 +13,13 @@ that the pipeline works end to end; they are not evidence about capacity mismatc
 
 from __future__ import annotations
 
-import json
 import shutil
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-from darkknowledge.config import load_config
+from darkknowledge.config import deep_merge, load_config
 from darkknowledge.fileio import atomic_write_json, atomic_write_text
 from darkknowledge.engine.trainer import Trainer, load_datasets
 from darkknowledge.errors import UserError
@@ -44,14 +43,6 @@ def _base(out: Path, epochs: int) -> dict[str, Any]:
     }
 
 
-def _overrides(d: dict[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out += _overrides(v, key + ".") if isinstance(v, dict) else [f"{key}={json.dumps(v)}"]
-    return out
-
-
 def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, overwrite: bool = False, log=print) -> dict[str, Any]:
     from darkknowledge.methods import METHODS
 
@@ -64,13 +55,13 @@ def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, overwrite: b
     methods = {k: v for k, v in DEMO_METHODS.items() if v["name"] in METHODS}
     base = _base(out, epochs)
     t0 = time.perf_counter()
-    probe = load_config(overrides=_overrides(base))
+    probe = load_config(base=base)
     train_set, test_set = load_datasets(probe)
     log(f"darkknowledge demo: digits ({len(train_set)} train / {len(test_set)} test, 8x8), "
         f"{len(TEACHERS)} teachers, student {STUDENT}, methods {', '.join(methods)}, seeds {SEEDS}, {epochs} epochs")
 
     def run(name: str, extra: dict[str, Any]) -> dict[str, Any]:
-        cfg = load_config(overrides=_overrides(base) + _overrides(extra) + [f"name={name}"])
+        cfg = load_config(base=deep_merge(base, {**extra, "name": name}))
         summary = Trainer(cfg, train_set=train_set, test_set=test_set).fit()
         acc = summary["final"]["test/top1"]
         log(f"  {name:34s} {summary['num_params']:>9,d} params  top-1 {acc:6.2f}%  ({summary['wall_time_s']:.1f}s)")
