@@ -21,8 +21,8 @@ from darkknowledge.engine.cache import (
     build_cache,
     expand_topk,
     make_view_table,
-    open_cache_for_run,
 )
+from darkknowledge.engine.assembly import open_cache_for_run
 from darkknowledge.engine.checkpoint import atomic_torch_save, load_checkpoint, load_model, state_digest
 from darkknowledge.engine.teacher import LiveTeacher
 from darkknowledge.engine.trainer import Trainer, train

@@ -21,7 +21,8 @@ from typing import Any
 
 from darkknowledge.config import deep_merge, load_config
 from darkknowledge.fileio import atomic_write_json, atomic_write_text
-from darkknowledge.engine.trainer import Trainer, load_datasets
+from darkknowledge.engine.assembly import load_datasets
+from darkknowledge.engine.trainer import Trainer
 from darkknowledge.errors import UserError
 
 TEACHERS = ["mlp_h64", "mlp_h256", "mlp_h1024"]
@@ -90,7 +91,7 @@ def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, overwrite: b
         rows.append(row)
 
     log("\ndiagnostics of the teacher ladder (training split) with the CE student ...")
-    from darkknowledge.cli.diagnose import diagnose_checkpoints
+    from darkknowledge.experiments.diagnose import diagnose_checkpoints
     from darkknowledge.diagnostics import DiagnoseOptions
 
     diag = diagnose_checkpoints([t["checkpoint"] for t in teachers],

@@ -30,7 +30,7 @@ def cmd_cache(args) -> int:
     from darkknowledge.config import load_config
     from darkknowledge.engine.cache import CachedTeacher, build_cache
     from darkknowledge.engine.checkpoint import load_model
-    from darkknowledge.engine.trainer import check_teacher_fits, load_datasets
+    from darkknowledge.engine.assembly import check_teacher_fits, load_datasets
     from darkknowledge.errors import UserError
 
     if args.action == "info":

@@ -90,7 +90,7 @@ def cmd_evaluate(args) -> int:
     from darkknowledge.data.loader import eval_batches
     from darkknowledge.engine.checkpoint import load_model
     from darkknowledge.engine.metrics import evaluate
-    from darkknowledge.engine.trainer import build_split, check_teacher_fits, checkpoint_data_config
+    from darkknowledge.engine.assembly import build_split, check_teacher_fits, checkpoint_data_config
 
     model, ckpt = load_model(args.checkpoint, args.device)
     d = checkpoint_data_config(ckpt, args.overrides, "evaluate")

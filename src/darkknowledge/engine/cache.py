@@ -290,28 +290,4 @@ def expand_topk(values: Tensor, indices: Tensor, lse: Tensor, num_classes: int) 
     return out
 
 
-def open_cache_for_run(cfg, train_set: ArrayDataset, device: torch.device) -> CachedTeacher:
-    """``teacher.cache`` of a run: open it (building it first from ``teacher.checkpoint``
-    if it does not exist yet) and check that it belongs to this run's teacher and data."""
-    from darkknowledge.engine.checkpoint import load_model
-    from darkknowledge.engine.trainer import check_teacher_fits
-
-    path = Path(cfg.teacher.cache)
-    digest = None
-    if cfg.teacher.checkpoint:
-        model, ckpt = load_model(cfg.teacher.checkpoint, device)
-        check_teacher_fits(ckpt, train_set.spec, cfg.teacher.checkpoint)
-        digest = state_digest(model.state_dict())
-        if not (path / "meta.json").exists():
-            build_cache(model, train_set, path, num_views=cfg.teacher.cache_views, view_seed=cfg.teacher.cache_view_seed,
-                        precision=cfg.engine.precision, device=device, channels_last=cfg.engine.channels_last,
-                        fold_batchnorm=cfg.teacher.fold_batchnorm,
-                        progress=cfg.engine.progress)
-    cache = CachedTeacher(path, device=device)
-    cache.check_matches(train_set, digest)
-    if cache.num_classes != train_set.spec.num_classes:
-        raise UserError(f"teacher cache {path} has {cache.num_classes} classes, dataset has {train_set.spec.num_classes}")
-    return cache
-
-
-__all__ = ["CachedTeacher", "build_cache", "dataset_fingerprint", "expand_topk", "make_view_table", "open_cache_for_run", "read_cache_meta"]
+__all__ = ["CachedTeacher", "build_cache", "dataset_fingerprint", "expand_topk", "make_view_table", "read_cache_meta"]

@@ -29,18 +29,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from darkknowledge.config import DataConfig, RunConfig
+from darkknowledge.config import RunConfig
 from darkknowledge.data.augment import identity_params
 from darkknowledge.data.base import ArrayDataset
 from darkknowledge.data.loader import BatchLoader, eval_batches
-from darkknowledge.engine.checkpoint import (
-    FORMAT,
-    VERSION,
-    atomic_torch_save,
-    load_checkpoint,
-    load_model,
-    spec_to_dict,
-)
+from darkknowledge.engine.assembly import build_teacher_signal, load_datasets
+from darkknowledge.engine.checkpoint import FORMAT, VERSION, atomic_torch_save, load_checkpoint, spec_to_dict
 from darkknowledge.engine.metrics import ClassificationMeter, autocast, collect_logits, resolve_precision
 from darkknowledge.engine.schedule import learning_rate
 from darkknowledge.engine.teacher import LiveTeacher, TeacherSignal
@@ -67,63 +61,6 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())  # the checkpoint may have been mapped to a GPU
     # python/numpy states are only used by user code; torch's drives training
-
-
-def build_split(data: DataConfig, train: bool) -> ArrayDataset:
-    """One split of the configured dataset (subset by ``train_per_class`` / ``test_per_class``)."""
-    from darkknowledge.data import build_dataset
-
-    return build_dataset(data.name, root=data.root, train=train, download=data.download, classes=data.classes,
-                         train_per_class=data.train_per_class if train else data.test_per_class,
-                         image_size=data.image_size, seed=data.subset_seed)
-
-
-def load_datasets(cfg: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
-    """The configured training and evaluation splits."""
-    return build_split(cfg.data, True), build_split(cfg.data, False)
-
-
-def checkpoint_data_config(ckpt: dict[str, Any], overrides: list[str], command: str) -> DataConfig:
-    """The data section a checkpoint was trained with, changed by ``data.*`` overrides
-    (``command`` names the sub-command in errors; other keys are refused)."""
-    import yaml
-
-    from darkknowledge.config import apply_overrides, validate_config
-
-    bad = [o for o in overrides if not o.startswith("data.")]
-    if bad:
-        raise UserError(f"{command} only takes data.* overrides, got {bad[0]!r}")
-    saved = yaml.safe_load(ckpt.get("config") or "{}") or {}
-    return validate_config(apply_overrides({"data": saved.get("data", {})}, overrides), source=command).data
-
-
-def build_teacher_signal(cfg: RunConfig, train_set: ArrayDataset, device: torch.device) -> TeacherSignal:
-    """Live teacher from ``teacher.checkpoint`` or a cache from ``teacher.cache``."""
-    spec = train_set.spec
-    if cfg.teacher.cache:
-        from darkknowledge.engine.cache import open_cache_for_run
-
-        return open_cache_for_run(cfg, train_set, device)
-    if not cfg.teacher.checkpoint:
-        raise UserError(
-            f"method {cfg.method.name!r} needs a teacher: set teacher.checkpoint=PATH "
-            "(a best.pt of `darkknowledge train`) or teacher.cache=PATH"
-        )
-    model, ckpt = load_model(cfg.teacher.checkpoint, device)
-    check_teacher_fits(ckpt, spec, cfg.teacher.checkpoint)
-    precision = resolve_precision(cfg.engine.precision, device)
-    return LiveTeacher(model, precision=precision, channels_last=cfg.engine.channels_last,
-                       fold_batchnorm=cfg.teacher.fold_batchnorm, name=ckpt["model_name"])
-
-
-def check_teacher_fits(ckpt: dict[str, Any], spec, where: str) -> None:
-    if int(ckpt["num_classes"]) != spec.num_classes:
-        raise UserError(
-            f"teacher {where} predicts {ckpt['num_classes']} classes but dataset {spec.name!r} has "
-            f"{spec.num_classes}; use a teacher trained on the same data/classes"
-        )
-    if int(ckpt["in_channels"]) != spec.in_channels:
-        raise UserError(f"teacher {where} takes {ckpt['in_channels']}-channel images but dataset {spec.name!r} has {spec.in_channels}")
 
 
 class Trainer:

@@ -1,0 +1,93 @@
+"""Assembling a run's parts from its configuration: dataset splits, the data section of a
+checkpoint, the teacher signal, and the checks that a teacher fits the data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from darkknowledge.config import DataConfig, RunConfig
+from darkknowledge.data.base import ArrayDataset
+from darkknowledge.engine.cache import CachedTeacher, build_cache
+from darkknowledge.engine.checkpoint import load_model, state_digest
+from darkknowledge.engine.metrics import resolve_precision
+from darkknowledge.engine.teacher import LiveTeacher, TeacherSignal
+from darkknowledge.errors import UserError
+
+
+def build_split(data: DataConfig, train: bool) -> ArrayDataset:
+    """One split of the configured dataset (subset by ``train_per_class`` / ``test_per_class``)."""
+    from darkknowledge.data import build_dataset
+
+    return build_dataset(data.name, root=data.root, train=train, download=data.download, classes=data.classes,
+                         train_per_class=data.train_per_class if train else data.test_per_class,
+                         image_size=data.image_size, seed=data.subset_seed)
+
+
+def load_datasets(cfg: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
+    """The configured training and evaluation splits."""
+    return build_split(cfg.data, True), build_split(cfg.data, False)
+
+
+def checkpoint_data_config(ckpt: dict[str, Any], overrides: list[str], command: str) -> DataConfig:
+    """The data section a checkpoint was trained with, changed by ``data.*`` overrides
+    (``command`` names the sub-command in errors; other keys are refused)."""
+    import yaml
+
+    from darkknowledge.config import apply_overrides, validate_config
+
+    bad = [o for o in overrides if not o.startswith("data.")]
+    if bad:
+        raise UserError(f"{command} only takes data.* overrides, got {bad[0]!r}")
+    saved = yaml.safe_load(ckpt.get("config") or "{}") or {}
+    return validate_config(apply_overrides({"data": saved.get("data", {})}, overrides), source=command).data
+
+
+def build_teacher_signal(cfg: RunConfig, train_set: ArrayDataset, device: torch.device) -> TeacherSignal:
+    """Live teacher from ``teacher.checkpoint`` or a cache from ``teacher.cache``."""
+    spec = train_set.spec
+    if cfg.teacher.cache:
+        return open_cache_for_run(cfg, train_set, device)
+    if not cfg.teacher.checkpoint:
+        raise UserError(
+            f"method {cfg.method.name!r} needs a teacher: set teacher.checkpoint=PATH "
+            "(a best.pt of `darkknowledge train`) or teacher.cache=PATH"
+        )
+    model, ckpt = load_model(cfg.teacher.checkpoint, device)
+    check_teacher_fits(ckpt, spec, cfg.teacher.checkpoint)
+    precision = resolve_precision(cfg.engine.precision, device)
+    return LiveTeacher(model, precision=precision, channels_last=cfg.engine.channels_last,
+                       fold_batchnorm=cfg.teacher.fold_batchnorm, name=ckpt["model_name"])
+
+
+def check_teacher_fits(ckpt: dict[str, Any], spec, where: str) -> None:
+    if int(ckpt["num_classes"]) != spec.num_classes:
+        raise UserError(
+            f"teacher {where} predicts {ckpt['num_classes']} classes but dataset {spec.name!r} has "
+            f"{spec.num_classes}; use a teacher trained on the same data/classes"
+        )
+    if int(ckpt["in_channels"]) != spec.in_channels:
+        raise UserError(f"teacher {where} takes {ckpt['in_channels']}-channel images but dataset {spec.name!r} has {spec.in_channels}")
+
+
+def open_cache_for_run(cfg, train_set: ArrayDataset, device: torch.device) -> CachedTeacher:
+    """``teacher.cache`` of a run: open it (building it first from ``teacher.checkpoint``
+    if it does not exist yet) and check that it belongs to this run's teacher and data."""
+    path = Path(cfg.teacher.cache)
+    digest = None
+    if cfg.teacher.checkpoint:
+        model, ckpt = load_model(cfg.teacher.checkpoint, device)
+        check_teacher_fits(ckpt, train_set.spec, cfg.teacher.checkpoint)
+        digest = state_digest(model.state_dict())
+        if not (path / "meta.json").exists():
+            build_cache(model, train_set, path, num_views=cfg.teacher.cache_views, view_seed=cfg.teacher.cache_view_seed,
+                        precision=cfg.engine.precision, device=device, channels_last=cfg.engine.channels_last,
+                        fold_batchnorm=cfg.teacher.fold_batchnorm,
+                        progress=cfg.engine.progress)
+    cache = CachedTeacher(path, device=device)
+    cache.check_matches(train_set, digest)
+    if cache.num_classes != train_set.spec.num_classes:
+        raise UserError(f"teacher cache {path} has {cache.num_classes} classes, dataset has {train_set.spec.num_classes}")
+    return cache
