@@ -734,3 +734,27 @@ def test_fgcr_fusion_keeps_target_mass_and_normalises(eta):
         a = fgcr_loss(s, t, y, relation=relation, fusion_weight=0.0)
         b = kd_loss(s, t, y)
         assert torch.allclose(a["kd"], b["kd"], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- schedule warnings
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if n not in ("dkd", "ctkd")])
+def test_methods_without_epoch_parameters_never_warn(name):
+    assert build_method(name, {}, num_classes=10).check_schedule(1) == []
+
+
+def test_dkd_warns_when_warmup_exceeds_the_run():
+    (warning,) = build_method("dkd", {}, num_classes=10).check_schedule(15)  # default warm-up: 20 epochs
+    assert "warmup_epochs=20" in warning and "15 epochs" in warning and "75%" in warning
+    assert "method.warmup_epochs" in warning and "\n" not in warning
+    assert build_method("dkd", {}, num_classes=10).check_schedule(20) == []  # ends exactly at full weight
+    assert build_method("dkd", {"warmup_epochs": 0}, num_classes=10).check_schedule(1) == []
+
+
+def test_ctkd_warns_when_curriculum_exceeds_the_run():
+    (warning,) = build_method("ctkd", {}, num_classes=10).check_schedule(5)  # default curriculum: 10 epochs
+    assert "curriculum_epochs=10" in warning and "5 epochs" in warning
+    assert f"{ctkd_lambda(4, 10):.2f}" in warning  # the weight of the last epoch, -0.35
+    assert build_method("ctkd", {}, num_classes=10).check_schedule(10) == []
+    assert build_method("ctkd", {"curriculum_epochs": 3}, num_classes=10).check_schedule(5) == []

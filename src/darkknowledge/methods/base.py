@@ -16,6 +16,8 @@ branches on a method's name; what differs between methods lives in their own fil
   the module; the trainer adds ``method.parameters()`` to the optimiser.
 * ``setup(ctx)``: an optional hook run once before training, given access to the
   teacher signal and the training data (e.g. FGCR's global class relations).
+* ``check_schedule(num_epochs)``: one-line warnings when a parameter counted in epochs
+  does not fit the run (e.g. DKD's warm-up longer than training); the trainer prints them.
 * ``record(name, values)``: per-step statistics (e.g. ISATS's per-instance temperature)
   accumulated on device without host syncs and summarised once per epoch by
   :meth:`epoch_stats` (mean and quantiles).
@@ -89,6 +91,11 @@ class DistillMethod(nn.Module):
     # -- hooks ---------------------------------------------------------------------------
     def setup(self, ctx: SetupContext) -> None:  # pragma: no cover - default is a no-op
         """Run once before training; default: nothing to prepare."""
+
+    def check_schedule(self, num_epochs: int) -> list[str]:
+        """One-line warnings for schedule parameters (in epochs) that exceed a run of
+        ``num_epochs`` epochs; default: none. Methods with such parameters override it."""
+        return []
 
     def forward(
         self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, ctx: StepContext

@@ -104,6 +104,17 @@ class CTKD(DistillMethod):
         super().__init__(params, num_classes)
         self.theta = nn.Parameter(torch.tensor(float(self.params.init_theta)))
 
+    def check_schedule(self, num_epochs: int) -> list[str]:
+        curriculum = self.params.curriculum_epochs
+        if curriculum <= num_epochs:
+            return []
+        reached = ctkd_lambda(num_epochs - 1, curriculum)  # lambda in the last (0-indexed) epoch
+        return [
+            f"method ctkd: curriculum_epochs={curriculum:g} exceeds the run's {num_epochs} epochs, so the "
+            f"gradient-reversal weight ends at {reached:.2f} instead of -1; "
+            f"set method.curriculum_epochs to at most {num_epochs}"
+        ]
+
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, ctx: StepContext) -> dict[str, Tensor]:
         p = self.params
         scale = ctkd_lambda(ctx.epoch, p.curriculum_epochs)

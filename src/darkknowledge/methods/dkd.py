@@ -133,6 +133,17 @@ class DKD(DistillMethod):
     summary = "Decoupled KD: target (TCKD) and non-target (NCKD) terms weighted separately (Zhao et al. 2022)."
     Params = DKDParams
 
+    def check_schedule(self, num_epochs: int) -> list[str]:
+        warmup = self.params.warmup_epochs
+        if warmup <= num_epochs:
+            return []
+        reached = num_epochs / warmup  # the ramp's value when training ends
+        return [
+            f"method dkd: warmup_epochs={warmup:g} exceeds the run's {num_epochs} epochs, so the "
+            f"distillation terms never reach full weight (at most {reached:.0%}); "
+            f"set method.warmup_epochs to at most {num_epochs}"
+        ]
+
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, ctx: StepContext) -> dict[str, Tensor]:
         p = self.params
         warm = dkd_warmup(ctx.epoch, ctx.step_in_epoch, ctx.steps_per_epoch, p.warmup_epochs)
