@@ -40,6 +40,11 @@ class DataConfig(_Strict):
 
 class ModelConfig(_Strict):
     name: str = Field("resnet8", description="Architecture of the model being trained (see `darkknowledge models`).")
+    init: str | None = Field(
+        None,
+        description="Start from the model weights of this checkpoint (a darkknowledge best.pt/last.pt of the same architecture) "
+        "instead of a random initialisation: fine-tuning, teacher-assistant chains, teacher adaptation.",
+    )
 
 
 class TeacherConfig(_Strict):
@@ -96,7 +101,8 @@ class EngineConfig(_Strict):
     channels_last: bool = Field(True, description="Use channels_last memory format for images and conv weights.")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's choice.")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms (slower, bit-reproducible where supported).")
-    progress: bool = Field(True, description="Show a progress bar.")
+    progress: bool = Field(True, description="Show a progress bar (one line per epoch is printed either way).")
+    tensorboard: bool = Field(False, description="Also write TensorBoard event files to <run_dir>/tensorboard (needs the `tensorboard` package).")
     eval_every: int = Field(1, ge=1, description="Evaluate every N epochs (and always after the last).")
     save_every: int = Field(1, ge=1, description="Write last.pt every N epochs (and always after the last).")
 

@@ -11,7 +11,7 @@ import torch
 from darkknowledge.config import DataConfig, RunConfig
 from darkknowledge.data.base import ArrayDataset
 from darkknowledge.engine.cache import CachedTeacher, build_cache
-from darkknowledge.engine.checkpoint import load_model, state_digest
+from darkknowledge.engine.checkpoint import load_checkpoint, load_model, state_digest
 from darkknowledge.engine.metrics import resolve_precision
 from darkknowledge.engine.teacher import LiveTeacher, TeacherSignal
 from darkknowledge.errors import UserError
@@ -60,6 +60,19 @@ def build_teacher_signal(cfg: RunConfig, train_set: ArrayDataset, device: torch.
     precision = resolve_precision(cfg.engine.precision, device)
     return LiveTeacher(model, precision=precision, channels_last=cfg.engine.channels_last,
                        fold_batchnorm=cfg.teacher.fold_batchnorm, name=ckpt["model_name"])
+
+
+def load_initial_weights(model: torch.nn.Module, path: str, model_name: str) -> None:
+    """``model.init``: copy a checkpoint's model weights into a freshly built ``model_name``."""
+    ckpt = load_checkpoint(path)
+    if ckpt["model_name"] != model_name:
+        raise UserError(f"model.init={path} holds a {ckpt['model_name']!r} but model.name is {model_name!r}; "
+                        "set model.name to the checkpoint's architecture")
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise UserError(f"model.init={path}: its weights do not fit this {model_name!r} "
+                        f"({str(exc).splitlines()[0][:120]}); check the dataset's classes and channels") from None
 
 
 def check_teacher_fits(ckpt: dict[str, Any], spec, where: str) -> None:

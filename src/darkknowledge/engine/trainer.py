@@ -33,8 +33,9 @@ from darkknowledge.config import RunConfig
 from darkknowledge.data.augment import identity_params
 from darkknowledge.data.base import ArrayDataset
 from darkknowledge.data.loader import BatchLoader, eval_batches
-from darkknowledge.engine.assembly import build_teacher_signal, load_datasets
+from darkknowledge.engine.assembly import build_teacher_signal, load_datasets, load_initial_weights
 from darkknowledge.engine.checkpoint import FORMAT, VERSION, atomic_torch_save, load_checkpoint, spec_to_dict
+from darkknowledge.engine.loggers import build_loggers, json_safe
 from darkknowledge.engine.metrics import ClassificationMeter, autocast, collect_logits, resolve_precision
 from darkknowledge.engine.schedule import learning_rate
 from darkknowledge.engine.teacher import LiveTeacher, TeacherSignal
@@ -86,7 +87,6 @@ class Trainer:
         self.precision = resolve_precision(cfg.engine.precision, self.device)
         if cfg.engine.threads:
             torch.set_num_threads(cfg.engine.threads)
-        seed_everything(cfg.seed, cfg.engine.deterministic)
 
         if train_set is None or test_set is None:
             loaded = load_datasets(cfg)
@@ -96,12 +96,20 @@ class Trainer:
         spec = train_set.spec
         self.spec = spec
 
-        self.method = build_method(cfg.method.name, cfg.method.model_extra, num_classes=spec.num_classes).to(self.device)
-        self.teacher = teacher
-        if self.method.needs_teacher and self.teacher is None:
-            self.teacher = build_teacher_signal(cfg, train_set, self.device)
+        # Fair by construction: the student's initial weights and the global random stream
+        # depend only on (seed, model, data); the method and the teacher are built on a fork.
+        seed_everything(cfg.seed, cfg.engine.deterministic)
+        model = build_model(cfg.model.name, num_classes=spec.num_classes, in_channels=spec.in_channels)
+        if cfg.model.init:
+            load_initial_weights(model, cfg.model.init, cfg.model.name)
+        self.model = model.to(self.device)
+        with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed)
+            self.method = build_method(cfg.method.name, cfg.method.model_extra, num_classes=spec.num_classes).to(self.device)
+            self.teacher = teacher
+            if self.method.needs_teacher and self.teacher is None:
+                self.teacher = build_teacher_signal(cfg, train_set, self.device)
 
-        self.model = build_model(cfg.model.name, num_classes=spec.num_classes, in_channels=spec.in_channels).to(self.device)
         if cfg.engine.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.num_params = count_parameters(self.model)
@@ -186,7 +194,7 @@ class Trainer:
 
     def _write_metrics(self) -> None:
         if self.rank == 0:
-            atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
+            atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(json_safe(h)) + "\n" for h in self.history))
 
     # ------------------------------------------------------------------ training
     def _setup_method(self) -> None:
@@ -286,6 +294,7 @@ class Trainer:
         self._prepare_run_dir(resume)
         if self.method.needs_teacher:
             self._setup_method()
+        loggers = build_loggers(self.run_dir, cfg.engine.tensorboard) if self.rank == 0 else []
         t_start = time.perf_counter()
         last_metrics: dict[str, Any] = self.history[-1] if self.history else {}
         for epoch in range(self.start_epoch, cfg.optim.epochs):
@@ -297,8 +306,8 @@ class Trainer:
             self.history.append(record)
             last_metrics = record
             if self.rank == 0:
-                with open(self.run_dir / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
+                for logger in loggers:
+                    logger.log_epoch(record)
                 improved = record.get("test/top1", -1.0) > self.best_top1
                 if improved:
                     self.best_top1 = record["test/top1"]
@@ -309,8 +318,9 @@ class Trainer:
                         atomic_torch_save(ckpt, self.run_dir / "last.pt")
                     if improved:
                         atomic_torch_save(ckpt, self.run_dir / "best.pt")
-                if cfg.engine.progress:
-                    _print_epoch(record, cfg.optim.epochs)
+                _print_epoch(record, cfg.optim.epochs)
+        for logger in loggers:
+            logger.close()
         summary = self.summary(last_metrics, time.perf_counter() - t_start)
         if self.rank == 0:
             atomic_write_json(self.run_dir / "summary.json", summary)
@@ -341,7 +351,7 @@ def _has_plain_view(view_table: Tensor, spec) -> bool:
 
 # Keys that may differ between a run and its resumption: they change neither the
 # result nor the batches (the run may be moved, resumed on another device, run longer).
-RESUMABLE_CHANGES = {"optim": ("epochs",), "engine": ("progress", "device", "threads"), "": ("output_dir",)}
+RESUMABLE_CHANGES = {"optim": ("epochs",), "engine": ("progress", "device", "threads", "tensorboard"), "": ("output_dir",)}
 
 
 def _comparable_config(config_yaml: str) -> str:
