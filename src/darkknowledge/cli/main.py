@@ -34,11 +34,20 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------------- train / distill
-def _run_training(args: argparse.Namespace, base: dict) -> int:
+def _run_training(args: argparse.Namespace, base: dict, inherit_teacher_data: bool = False) -> int:
     from darkknowledge.config import load_config
     from darkknowledge.engine.trainer import train
 
     cfg = load_config(args.config, args.overrides, base=base)
+    if inherit_teacher_data and cfg.teacher.checkpoint:
+        from darkknowledge.engine.assembly import teacher_data_section
+
+        # the teacher's dataset is the default; --config and data.* overrides still win
+        inherited = teacher_data_section(cfg.teacher.checkpoint)
+        cfg = load_config(args.config, args.overrides, base={**base, "data": inherited})
+        default = type(cfg.data)()
+        shown = " ".join(f"data.{k}={v}" for k, v in inherited.items() if getattr(cfg.data, k) == v != getattr(default, k))
+        print(f"distill: data settings from the teacher checkpoint: {shown or '(none)'}", file=sys.stderr)
     summary = train(cfg, resume=args.resume)
     print(json.dumps({"run_dir": summary["run_dir"], "final": summary["final"], "best": summary["best"]}, indent=2))
     return 0
@@ -64,12 +73,12 @@ def _add_distill(p):
 
 @command(
     "distill",
-    "distil a student from a teacher checkpoint (or cache) with a method (default: kd)",
+    "distil a student from a teacher checkpoint (or cache) with a method (default: kd); data settings default to the teacher's",
     "darkknowledge distill teacher.checkpoint=runs/teacher-w64/best.pt model.name=cnn_w8 method.name=kd method.temperature=4\n"
     "  darkknowledge distill --config cifar100_kd teacher.checkpoint=runs/r32x4/best.pt method.name=dkd method.nckd_weight=8",
     add_args=_add_distill)
 def cmd_distill(args) -> int:
-    return _run_training(args, base={"method": {"name": "kd"}})
+    return _run_training(args, base={"method": {"name": "kd"}}, inherit_teacher_data=True)
 
 
 # ---------------------------------------------------------------------------- evaluate

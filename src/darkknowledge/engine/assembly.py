@@ -45,6 +45,19 @@ def checkpoint_data_config(ckpt: dict[str, Any], overrides: list[str], command: 
     return validate_config(apply_overrides({"data": saved.get("data", {})}, overrides), source=command).data
 
 
+# The keys that say which data a model was trained on (not how it was batched).
+DATASET_KEYS = ("name", "root", "download", "classes", "train_per_class", "test_per_class", "image_size", "subset_seed")
+
+
+def teacher_data_section(path: str) -> dict[str, Any]:
+    """The dataset keys of the ``data`` section a teacher checkpoint was trained with."""
+    import yaml
+
+    saved = yaml.safe_load(load_checkpoint(path).get("config") or "{}") or {}
+    data = saved.get("data") or {}
+    return {k: data[k] for k in DATASET_KEYS if k in data and k in DataConfig.model_fields}
+
+
 def build_teacher_signal(cfg: RunConfig, train_set: ArrayDataset, device: torch.device) -> TeacherSignal:
     """Live teacher from ``teacher.checkpoint`` or a cache from ``teacher.cache``."""
     spec = train_set.spec

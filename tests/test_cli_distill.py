@@ -1,0 +1,31 @@
+"""`darkknowledge distill` takes its dataset from the teacher checkpoint by default."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from conftest import FAST
+from darkknowledge.cli.main import main
+
+
+def test_distill_inherits_teacher_data(tmp_path, teacher3_ckpt, capsys):
+    # teacher3 was trained on digits classes 0-2, 20 per class: no data.* key repeated here
+    rc = main(["distill", f"teacher.checkpoint={teacher3_ckpt}", "model.name=cnn_w4", "optim.epochs=1", "data.batch_size=16",
+               f"output_dir={tmp_path}", "name=s", *FAST])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "data.classes=[0, 1, 2]" in captured.err and "data.train_per_class=20" in captured.err
+    saved = yaml.safe_load((tmp_path / "s" / "config.yaml").read_text())
+    assert saved["data"]["classes"] == [0, 1, 2] and saved["data"]["train_per_class"] == 20
+    assert json.loads(captured.out[captured.out.index("{"):])["run_dir"].endswith("s")
+
+
+def test_distill_data_override_wins(tmp_path, teacher3_ckpt, capsys):
+    rc = main(["distill", f"teacher.checkpoint={teacher3_ckpt}", "model.name=cnn_w4", "optim.epochs=1", "data.batch_size=16",
+               "data.train_per_class=10", f"output_dir={tmp_path}", "name=s", *FAST])
+    assert rc == 0
+    saved = yaml.safe_load((tmp_path / "s" / "config.yaml").read_text())
+    assert saved["data"]["train_per_class"] == 10 and saved["data"]["classes"] == [0, 1, 2]
+    assert "data.train_per_class" not in capsys.readouterr().err
