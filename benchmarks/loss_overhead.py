@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from darkknowledge.bench.run import loss_overhead
-from darkknowledge.engine.metrics import resolve_precision
+from darkknowledge.engine.precision import resolve_precision
 from darkknowledge.methods import METHODS
 
 

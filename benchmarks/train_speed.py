@@ -16,7 +16,7 @@ import statistics
 import torch
 
 from darkknowledge.bench.run import _trainer, synthetic_dataset
-from darkknowledge.engine.metrics import bf16_is_fast
+from darkknowledge.engine.precision import bf16_is_fast
 
 CONFIGS = [("fp32", False), ("fp32", True), ("bf16", True)]
 

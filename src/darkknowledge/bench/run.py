@@ -118,7 +118,7 @@ def run_bench(
     from darkknowledge.bench.reference import ReferenceKDLoop, reference_loader
     from darkknowledge.methods import METHODS
 
-    from darkknowledge.engine.metrics import resolve_precision
+    from darkknowledge.engine.precision import resolve_precision
 
     precision = resolve_precision(precision, "cpu")
     torch.manual_seed(0)

@@ -43,7 +43,7 @@ from darkknowledge.data.base import ArrayDataset
 from darkknowledge.data.loader import Batch, epoch_generator
 from darkknowledge.engine.checkpoint import state_digest
 from darkknowledge.fileio import DIR_MODE
-from darkknowledge.engine.metrics import autocast, resolve_precision
+from darkknowledge.engine.precision import autocast, resolve_precision
 from darkknowledge.engine.teacher import TeacherSignal, prepare_for_inference
 from darkknowledge.errors import UserError
 

@@ -8,6 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# resolve_precision is re-exported for engine/trainer.py and engine/assembly.py until
+# their imports move to darkknowledge.engine.precision.
+from darkknowledge.engine.precision import autocast, resolve_precision  # noqa: F401
+
 
 class ClassificationMeter:
     """Accumulates top-1/top-5 accuracy (%), NLL (nats) and ECE (%, 15 bins) on device."""
@@ -79,33 +83,3 @@ def evaluate(model: nn.Module, batches: Iterable, precision: str = "fp32") -> di
     meter = ClassificationMeter()
     meter.update(logits, targets)
     return meter.compute()
-
-
-def bf16_is_fast(device: torch.device | str) -> bool:
-    """Whether bf16 autocast pays on ``device``: CUDA, or a CPU whose oneDNN has native
-    bf16 kernels (AVX512-BF16 / AMX). On an AVX2-only CPU bf16 convolutions fall back to
-    slow reference kernels (measured ~15x slower than fp32 here, docs/performance.md)."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return True
-    if dev.type != "cpu":
-        return False
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """``auto`` -> ``bf16`` where it is fast (see :func:`bf16_is_fast`), else ``fp32``."""
-    if precision == "auto":
-        return "bf16" if bf16_is_fast(device) else "fp32"
-    if precision not in ("bf16", "fp32"):
-        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
-    return precision
-
-
-def autocast(device: torch.device | str, precision: str):
-    """``torch.autocast`` for bf16 (``auto`` resolved per device), a no-op context for fp32."""
-    device_type = torch.device(device).type
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=(resolve_precision(precision, device) == "bf16"))

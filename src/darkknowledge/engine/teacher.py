@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from darkknowledge.data.loader import Batch
-from darkknowledge.engine.metrics import autocast
+from darkknowledge.engine.precision import autocast
 
 
 class TeacherSignal:
