@@ -110,3 +110,9 @@ def test_metrics_lines_stay_valid_json_with_non_finite_values(tmp_path):
     line = (tmp_path / "m.jsonl").read_text()
     assert json.loads(line) == {"epoch": 0, "loss/total": None, "x": None, "ok": 1.5}
     assert "NaN" not in line and "Infinity" not in line
+
+
+def test_schedule_warning_printed_at_start(tmp_path, two_teachers, capsys):
+    train(fast_config(tmp_path, *STUDENT, f"teacher.checkpoint={two_teachers[0]}", "method.name=dkd", "method.warmup_epochs=20"))
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "warmup_epochs" in err

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -292,6 +293,9 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict[str, Any]:
         cfg = self.cfg
         self._prepare_run_dir(resume)
+        if self.rank == 0:
+            for warning in self.method.check_schedule(cfg.optim.epochs):
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
         if self.method.needs_teacher:
             self._setup_method()
         loggers = build_loggers(self.run_dir, cfg.engine.tensorboard) if self.rank == 0 else []
