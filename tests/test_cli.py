@@ -75,12 +75,29 @@ def test_listings(capsys):
     assert "kd:" in out and "ce:" in out and "method.temperature" in out and "[no teacher]" in out
     code, out, _ = run(capsys, "methods", "kd")
     assert code == 0 and out.startswith("kd:") and "ce:" not in out
-    code, out, _ = run(capsys, "models", "--num-classes", "10", "--in-channels", "1")
-    assert code == 0 and "cnn_w4" in out and "resnet8" in out and "M\n" in out
     code, out, _ = run(capsys, "datasets")
     assert code == 0 and "digits" in out and "cifar100" in out
     code, out, _ = run(capsys, "configs")
     assert code == 0 and out.split() == ["cifar100_kd", "cifar100_teacher"]
+
+
+def test_models_listing_states_its_sizes_and_the_name_families(capsys):
+    from darkknowledge.demo import STUDENT, TEACHERS
+    from darkknowledge.models import build_model, count_parameters, model_patterns
+
+    code, out, _ = run(capsys, "models", "--num-classes", "10", "--in-channels", "1")
+    assert code == 0
+    assert out.startswith("Parameter counts for 10 classes and 1 input channel (--num-classes, --in-channels)")
+    rows = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.endswith("M")}
+    assert {"cnn_w4", "resnet8", "wrn_16_2"} <= set(rows)
+    assert rows["cnn_w4"] == f"{count_parameters(build_model('cnn_w4', 10, 1)) / 1e6:.3f}M"
+    for family in model_patterns():  # e.g. "mlp_hN": any N, not only the registered sizes
+        assert f"  {family}\n" in out
+    assert "any name of these forms" in out
+    for name in [STUDENT, *TEACHERS]:  # the demo's models (mlp_h16, mlp_h1024 are not registered)
+        assert name in rows, name
+    code, out, _ = run(capsys, "models")
+    assert out.startswith("Parameter counts for 100 classes and 3 input channels ")
 
 
 def test_unknown_method_listing(capsys):

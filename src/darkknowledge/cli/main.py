@@ -129,17 +129,41 @@ def cmd_methods(args) -> int:
 
 
 def _add_models(p):
-    p.add_argument("--num-classes", type=int, default=100)
-    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--num-classes", type=int, default=100, help="classes of the counted models (default 100)")
+    p.add_argument("--in-channels", type=int, default=3, help="input channels of the counted models (default 3)")
 
 
-@command("models", "list the model zoo with parameter counts", "darkknowledge models --num-classes 100", add_args=_add_models)
+@command("models", "list the model zoo with parameter counts", "darkknowledge models --num-classes 10 --in-channels 1",
+         add_args=_add_models)
 def cmd_models(args) -> int:
-    from darkknowledge.models import build_model, count_parameters, model_names
+    import re
 
-    for name in model_names():
-        m = build_model(name, num_classes=args.num_classes, in_channels=args.in_channels)
-        print(f"{name:16s} {count_parameters(m) / 1e6:8.3f}M")
+    from darkknowledge.demo import STUDENT, TEACHERS
+    from darkknowledge.models import build_model, count_parameters, model_names, model_patterns
+
+    def row(name: str) -> str:
+        model = build_model(name, num_classes=args.num_classes, in_channels=args.in_channels)
+        return f"  {name:16s} {count_parameters(model) / 1e6:8.3f}M"
+
+    def natural(name: str) -> list:  # cnn_w4 before cnn_w16
+        return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+    channels = "channel" if args.in_channels == 1 else "channels"
+    print(f"Parameter counts for {args.num_classes} classes and {args.in_channels} input {channels} "
+          f"(--num-classes, --in-channels).")
+    registered = sorted(model_names(), key=natural)
+    print("\nRegistered models:")
+    for name in registered:
+        print(row(name))
+    print("\nFamilies: model.name accepts any name of these forms, not only the sizes registered above:")
+    for family in model_patterns():
+        print(f"  {family}")
+    # the demo's sizes are not all registered: show them as examples of the families
+    examples = [name for name in [STUDENT, *TEACHERS] if name not in registered]
+    if examples:
+        print("Examples of family members (used by `darkknowledge demo`):")
+        for name in examples:
+            print(row(name))
     return 0
 
 
