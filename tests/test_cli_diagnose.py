@@ -23,6 +23,17 @@ def small_teacher(tmp_path_factory) -> Path:
     return Path(summary["run_dir"]) / "last.pt"
 
 
+@pytest.fixture(scope="module")
+def kd_student(tmp_path_factory, teacher_ckpt) -> Path:
+    """A student distilled (KD, a few steps) from the shared teacher; it stays almost untrained."""
+    from darkknowledge.engine.trainer import train
+
+    out = tmp_path_factory.mktemp("kd_student")
+    summary = train(fast_config(out, "model.name=cnn_w4", "method.name=kd", "optim.epochs=1", "data.train_per_class=20",
+                                f"teacher.checkpoint={teacher_ckpt}", "name=kd4"))
+    return Path(summary["run_dir"]) / "last.pt"
+
+
 def run(capsys, *argv):
     code = main(list(argv))
     out, err = capsys.readouterr()
@@ -45,6 +56,10 @@ def test_diagnose_ladder_with_student(capsys, tmp_path, teacher_ckpt, small_teac
     assert "HEURISTIC" in out or "heuristic" in out.lower()
     # the train split is diagnosed by default: 1,438 digits training images
     assert result["teachers"][0]["num_samples"] == 1438
+    assert result["data"] == {"dataset": "digits", "root": None, "split": "train", "num_samples": 1438, "num_classes": 10,
+                              "classes": None, "per_class": None, "subset_seed": 0, "image_size": None,
+                              "image_shape": [1, 8, 8]}  # data.test_per_class does not touch the train split
+    assert "Data: digits, train split, 1,438 samples; images 8x8 (native size); no per-class subset." in html
 
 
 def test_diagnose_test_split_subset(capsys, tmp_path, teacher_ckpt, small_teacher):
@@ -54,6 +69,7 @@ def test_diagnose_test_split_subset(capsys, tmp_path, teacher_ckpt, small_teache
     assert code == 0, err
     result = json.loads((out_dir / "diagnostics.json").read_text())
     assert result["teachers"][0]["num_samples"] == 30
+    assert result["data"]["split"] == "test" and result["data"]["per_class"] == 3 and result["data"]["num_samples"] == 30
     assert not list(out_dir.glob("*.png"))
 
 
@@ -66,6 +82,55 @@ def test_diagnose_from_logits_file(capsys, tmp_path):
     code, _, err = run(capsys, "diagnose", "--logits", str(path), "--no-plots", "--out", str(tmp_path / "d"))
     assert code == 0, err
     assert (tmp_path / "d" / "diagnostics.json").is_file()
+
+
+def test_cards_only_for_a_students_own_teacher_or_a_ce_baseline(capsys, tmp_path, teacher_ckpt, small_teacher, kd_student):
+    out_dir = tmp_path / "diag"
+    # kd4 was distilled from t16; the t4 run (method ce, no teacher) doubles as a CE baseline student
+    code, out, err = run(capsys, "diagnose", "-t", str(teacher_ckpt), "-t", str(small_teacher), "-s", str(kd_student),
+                         "-s", str(small_teacher), "--temperatures", "4", "--no-plots", "--out", str(out_dir))
+    assert code == 0, err
+    result = json.loads((out_dir / "diagnostics.json").read_text())
+    pairs = [(c["teacher"], c["student"]) for c in result["cards"]]
+    assert pairs == [("t4", "t4-student3"), ("t16", "kd4"), ("t16", "t4-student3")]  # no t4 -> kd4 card
+    assert "t4 -> kd4" not in out and "t16 -> kd4" in out
+    # a barely trained student is so unsure that variance rises as tau falls below 0.5 for all its
+    # samples: its tau* sits on the lower search bound, which is warned about on stderr and on file
+    assert any(w.startswith("kd4: ") and "lower search bound 0.5" in w for w in result["warnings"])
+    assert [line for line in err.splitlines() if line.startswith("warning: ")] == [f"warning: {w}" for w in result["warnings"]]
+    assert "Warnings" in (out_dir / "report.html").read_text()
+
+
+def test_student_teacher_match_by_weights_when_the_teacher_was_copied(capsys, tmp_path, teacher_ckpt, kd_student):
+    copy = tmp_path / "t16-copy" / "last.pt"
+    copy.parent.mkdir()
+    copy.write_bytes(teacher_ckpt.read_bytes())
+    code, _, err = run(capsys, "diagnose", "-t", str(copy), "-s", str(kd_student), "--temperatures", "4", "--no-plots",
+                       "--out", str(tmp_path / "diag"))
+    assert code == 0, err
+    result = json.loads((tmp_path / "diag" / "diagnostics.json").read_text())
+    assert [(c["teacher"], c["student"]) for c in result["cards"]] == [("t16-copy", "kd4")]
+
+
+def test_taught_by_reads_method_teacher_path_and_cache_digest(tmp_path):
+    import yaml
+
+    from darkknowledge.experiments.diagnose import taught_by
+
+    def student(method, checkpoint=None, cache=None):
+        return {"config": yaml.safe_dump({"method": {"name": method}, "teacher": {"checkpoint": checkpoint, "cache": cache}})}
+
+    teacher = tmp_path / "t" / "last.pt"
+    assert taught_by(student("ce"), teacher, "d1")  # no teacher: comparable with every teacher
+    assert taught_by(student("kd", checkpoint=str(tmp_path / "t" / ".." / "t" / "last.pt")), teacher, "d1")
+    assert not taught_by(student("kd", checkpoint=str(tmp_path / "other.pt")), teacher, "d1")  # gone: no match
+    assert not taught_by(student("kd"), teacher, "d1")  # no record of a teacher
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "meta.json").write_text(json.dumps({"key": {"teacher_digest": "d1"}}))
+    assert taught_by(student("kd", cache=str(cache)), teacher, "d1")
+    assert not taught_by(student("kd", cache=str(cache)), teacher, "d2")
+    assert taught_by({"config": yaml.safe_dump({"method": {"name": "ce"}})}, teacher, "d1")
 
 
 @pytest.mark.parametrize(

@@ -407,6 +407,65 @@ def test_diagnose_writes_report(tmp_path):
     np.testing.assert_allclose(res2.ranks.matrices["kendall"], res.ranks.matrices["kendall"], rtol=1e-12)
 
 
+def test_result_records_the_data_in_json_and_report(tmp_path):
+    teachers, student = _ladder(n=64)
+    data = {"dataset": "digits", "split": "test", "per_class": 5, "image_size": 16, "image_shape": [1, 16, 16]}
+    res = diagnose(teachers, [student], temperatures=[4.0], out_dir=tmp_path, options=DiagnoseOptions(plots=False),
+                   data=data)
+    assert res.data == {**data, "num_samples": 64}  # the count is the number of rows diagnosed
+    assert json.loads((tmp_path / "diagnostics.json").read_text())["data"] == res.data
+    html = (tmp_path / "report.html").read_text()
+    assert "Data: digits, test split, 64 samples; images 16x16 (resized); subset: at most 5 per class." in html
+    # without a record the report says so, and the sample count is still there
+    bare = diagnose(teachers, temperatures=[4.0], out_dir=tmp_path / "bare", options=DiagnoseOptions(plots=False))
+    assert bare.data == {"num_samples": 64}
+    assert "Data: 64 samples of precomputed logits." in (tmp_path / "bare" / "report.html").read_text()
+
+
+def test_tau_star_on_a_search_bound_warns_in_json_and_report(tmp_path):
+    teachers, student = _ladder(n=128)
+    # the default range [0.5, 20] holds the teachers' optima; the weak student's lie below it
+    (warning,) = diagnose(teachers, [student], temperatures=[4.0]).warnings
+    assert warning.startswith("student: ") and "lower search bound 0.5" in warning
+    # a range above every optimum: all tau* sit on its lower bound
+    opts = DiagnoseOptions(tau_min=50.0, tau_max=60.0, plots=False)
+    res = diagnose(teachers, [student], temperatures=[4.0], out_dir=tmp_path, options=opts)
+    assert len(res.warnings) == 3 and all("lower search bound 50" in w for w in res.warnings)
+    assert res.warnings[0].startswith("small: 100% of the per-sample tau*") and "\n" not in res.warnings[0]
+    assert json.loads((tmp_path / "diagnostics.json").read_text())["warnings"] == res.warnings
+    assert "Warnings" in (tmp_path / "report.html").read_text()
+    # below every optimum: the upper bound
+    res = diagnose(teachers[1:], temperatures=[4.0], options=DiagnoseOptions(tau_min=0.01, tau_max=0.02))
+    assert len(res.warnings) == 1 and "upper search bound 0.02" in res.warnings[0]
+
+
+def test_tau_bound_warning_threshold_is_ten_percent():
+    from darkknowledge.diagnostics.api import TAU_BOUND_WARNING_FRACTION, tau_bound_warnings
+
+    def stats(at_min, at_max):
+        tau = {"frac_at_min": at_min, "frac_at_max": at_max, "tau_min": 0.5, "tau_max": 20.0}
+        return SimpleNamespace(name="m", tau_star=tau)
+
+    assert TAU_BOUND_WARNING_FRACTION == 0.10
+    assert tau_bound_warnings([stats(0.10, 0.0), stats(0.0, 0.05), SimpleNamespace(name="x", tau_star=None)]) == []
+    assert len(tau_bound_warnings([stats(0.11, 0.11)])) == 2
+    assert tau_bound_warnings([stats(float("nan"), float("nan"))]) == []  # no defined tau*
+
+
+def test_card_pairs_choose_which_students_a_teacher_is_carded_with():
+    teachers, student = _ladder(n=64)
+    other = TeacherOutputs("other", 400, student.logits.flip(1), student.targets)
+    every = diagnose(teachers, [student, other], temperatures=[4.0])
+    assert [(c.teacher, c.student) for c in every.cards] == [
+        ("small", "student"), ("small", "other"), ("large", "student"), ("large", "other")]  # fmt: skip
+    chosen = diagnose(teachers, [student, other], temperatures=[4.0], card_pairs=[("large", "student")])
+    # a teacher in no pair keeps a card of its own
+    assert [(c.teacher, c.student) for c in chosen.cards] == [("small", None), ("large", "student")]
+    assert len(chosen.decompositions) == 4  # the statistics themselves are unchanged
+    with pytest.raises(UserError, match="card pair"):
+        diagnose(teachers, [student], temperatures=[4.0], card_pairs=[("student", "large")])
+
+
 def test_card_verdicts():
     teachers, student = _ladder()
     small = teacher_stats(teachers[0].logits, teachers[0].targets, name="small", num_params=1000)

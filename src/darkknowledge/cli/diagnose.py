@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from darkknowledge.cli.main import command
 from darkknowledge.errors import UserError
@@ -50,5 +51,7 @@ def cmd_diagnose(args) -> int:
     for card in result.cards:
         print(card.to_text())
         print()
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(json.dumps({"out": str(args.out), "files": result.files}, indent=2))
     return 0

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from dataclasses import dataclass, field, replace
@@ -39,7 +40,11 @@ __all__ = [
     "diagnose_from_logits_file",
     "load_logits_file",
     "collect_outputs",
+    "tau_bound_warnings",
 ]
+
+#: share of samples with tau* on one end of the search range above which the result warns
+TAU_BOUND_WARNING_FRACTION = 0.10
 
 
 @dataclass
@@ -121,6 +126,10 @@ class DiagnosticsResult:
     cards: list[TeacherCard] = field(default_factory=list)
     options: DiagnoseOptions = field(default_factory=DiagnoseOptions)
     files: dict[str, str] = field(default_factory=dict)
+    #: what the outputs were computed on: dataset, split, num_samples, data settings
+    data: dict[str, Any] = field(default_factory=dict)
+    #: one-line warnings about the results (also in diagnostics.json and report.html)
+    warnings: list[str] = field(default_factory=list)
 
     def model(self, name: str) -> TeacherStats:
         for s in [*self.teachers, *self.students]:
@@ -173,6 +182,8 @@ class DiagnosticsResult:
         opts = dict(self.options.__dict__)
         return jsonable(
             {
+                "data": self.data,
+                "warnings": self.warnings,
                 "options": opts,
                 "teachers": [s.to_dict() for s in self.teachers],
                 "students": [s.to_dict() for s in self.students],
@@ -183,6 +194,38 @@ class DiagnosticsResult:
                 "files": self.files,
             }
         )
+
+
+def tau_bound_warnings(stats: Sequence[TeacherStats], fraction: float = TAU_BOUND_WARNING_FRACTION) -> list[str]:
+    """A warning per model and search bound holding more than ``fraction`` of its tau*:
+    those samples' optimum lies on or beyond the bound, so the tau* summary is clipped."""
+    out = []
+    for s in stats:
+        t = s.tau_star or {}
+        for share_key, bound_key, side in (("frac_at_min", "tau_min", "lower"), ("frac_at_max", "tau_max", "upper")):
+            share = t.get(share_key)
+            if share is not None and math.isfinite(share) and share > fraction:
+                out.append(
+                    f"{s.name}: {share:.0%} of the per-sample tau* sit on the {side} search bound "
+                    f"{t[bound_key]:g}, so their optimum is at or beyond it and the tau* statistics are clipped "
+                    f"there; widen the range (DiagnoseOptions.tau_min / tau_max) to see it"
+                )
+    return out
+
+
+def _make_cards(result: DiagnosticsResult, teachers: Sequence[str], students: Sequence[str],
+                pairs: Iterable[tuple[str, str]] | None) -> list[TeacherCard]:
+    """A card per (teacher, student) pair (every pair when ``pairs`` is None); a teacher
+    that is in no pair gets a card of its own."""
+    allowed = {(t, s) for t in teachers for s in students} if pairs is None else set(pairs)
+    unknown = [pair for pair in allowed if pair[0] not in teachers or pair[1] not in students]
+    if unknown:
+        raise UserError(f"card pair(s) {sorted(unknown)} name models that are not (teacher, student) of this run")
+    cards = []
+    for t in teachers:
+        paired = [s for s in students if (t, s) in allowed]
+        cards += [result.card(t, s) for s in paired] or [result.card(t)]
+    return cards
 
 
 # -- core: one streaming pass ------------------------------------------------------------------
@@ -218,11 +261,16 @@ def diagnose_stream(
     out_dir: str | os.PathLike[str] | None = None,
     options: DiagnoseOptions | None = None,
     geometry: dict[str, GeometryResult] | None = None,
+    data: Mapping[str, Any] | None = None,
+    card_pairs: Iterable[tuple[str, str]] | None = None,
 ) -> DiagnosticsResult:
     """One pass over ``batches``; ``teachers``/``students`` map model names (keys of
     ``OutputsBatch.logits``) to parameter counts (or list names only). Features present
     in the batches are used for the angle statistics (kept normalised in memory, see
-    :mod:`~darkknowledge.diagnostics.geometry`); ``geometry`` adds precomputed ones."""
+    :mod:`~darkknowledge.diagnostics.geometry`); ``geometry`` adds precomputed ones.
+    ``data`` records what the outputs were computed on (dataset, split, data settings;
+    ``num_samples`` is filled in). ``card_pairs``: the (teacher, student) pairs that get a
+    report card (default: every pair)."""
     opts = _resolve_options(temperatures, options)
     t_params = _names_params(teachers)
     s_params = _names_params(students)
@@ -303,8 +351,10 @@ def diagnose_stream(
         geometry=geo,
         decompositions=[acc.result() for acc in decomp.values()],
         options=opts,
+        data={**(data or {}), "num_samples": seen},
     )
-    result.cards = [result.card(t, s) for t in t_params for s in (list(s_params) or [None])]
+    result.warnings = tau_bound_warnings([*result.teachers, *result.students])
+    result.cards = _make_cards(result, list(t_params), list(s_params), card_pairs)
     if out_dir is not None:
         from darkknowledge.diagnostics.report import write_report
 
@@ -334,9 +384,12 @@ def diagnose(
     out_dir: str | os.PathLike[str] | None = None,
     *,
     options: DiagnoseOptions | None = None,
+    data: Mapping[str, Any] | None = None,
+    card_pairs: Iterable[tuple[str, str]] | None = None,
 ) -> DiagnosticsResult:
     """Diagnose in-memory (or memory-mapped) outputs. ``teachers`` should be ordered by
-    capacity when ``num_params`` is unknown. Writes the report to ``out_dir`` if given."""
+    capacity when ``num_params`` is unknown. Writes the report to ``out_dir`` if given.
+    ``data`` and ``card_pairs``: see :func:`diagnose_stream`."""
     teachers = list(teachers)
     students = list(students or [])
     if not teachers:
@@ -365,6 +418,8 @@ def diagnose(
         out_dir=out_dir,
         options=opts,
         geometry=geo,
+        data=data,
+        card_pairs=card_pairs,
     )
 
 
@@ -499,7 +554,7 @@ def diagnose_from_logits_file(
         raise UserError(f"{path} has no logits for student(s) {missing}; available: {sorted(by_name)}")
     t_models = [m for m in models if m.name not in students]
     s_models = [by_name[s] for s in students]
-    return diagnose(t_models, s_models, temperatures, out_dir, options=options)
+    return diagnose(t_models, s_models, temperatures, out_dir, options=options, data={"logits_file": str(path)})
 
 
 # -- models ------------------------------------------------------------------------------------

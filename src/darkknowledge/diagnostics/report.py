@@ -298,6 +298,7 @@ figure img{max-width:100%;height:auto}figcaption{font-size:.85em;color:#5b6475;m
 .card.mismatch{border-left-color:#d0694a}.card h3{margin-top:.2em}
 .card ul{margin:.3em 0 .6em 1.2em;padding:0}.disclaimer{font-size:.85em;color:#7a5b00;background:#fff8e1;padding:6px 10px;border-radius:4px}
 code{background:#eef1f6;padding:1px 4px;border-radius:3px}
+.warnings{background:#fdecea;border-left:5px solid #c0392b;padding:6px 14px;margin:1em 0}
 """
 
 
@@ -315,6 +316,27 @@ def _img(png: bytes, caption: str) -> str:
     )
 
 
+def data_text(data: dict[str, Any]) -> str:
+    """One sentence saying what the outputs were computed on (``DiagnosticsResult.data``)."""
+    if not data:
+        return "Data: not recorded."
+    n = data.get("num_samples")
+    count = f"{n:,} samples" if isinstance(n, int) else "samples"
+    if "dataset" not in data:
+        source = f" from {data['logits_file']}" if data.get("logits_file") else ""
+        return f"Data: {count} of precomputed logits{source}."
+    parts = [f"{data['dataset']}, {data.get('split', '?')} split, {count}"]
+    shape = data.get("image_shape")
+    if shape:
+        size = f"{shape[-2]}x{shape[-1]}"
+        parts.append(f"images {size}" + (" (resized)" if data.get("image_size") else " (native size)"))
+    per_class = data.get("per_class")
+    parts.append(f"subset: at most {per_class} per class" if per_class else "no per-class subset")
+    if data.get("classes"):
+        parts.append(f"classes {data['classes']}")
+    return "Data: " + "; ".join(parts) + "."
+
+
 def _html(result: "DiagnosticsResult", plots: dict[str, tuple[bytes, str]]) -> str:
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -328,6 +350,10 @@ def _html(result: "DiagnosticsResult", plots: dict[str, tuple[bytes, str]]) -> s
         f"<p class='sub'>{len(result.teachers)} teacher(s), {len(result.students)} student(s), "
         f"{n:,} samples, {c} classes; temperatures {', '.join(f'{t:g}' for t in result.options.temperatures)}.</p>"
     )
+    parts.append(f"<p class='sub data'>{html.escape(data_text(result.data))}</p>")
+    if result.warnings:
+        items = "".join(f"<li>{html.escape(w)}</li>" for w in result.warnings)
+        parts.append(f"<div class='warnings'><b>Warnings</b><ul>{items}</ul></div>")
     h, rows = _summary_rows(result)
     parts += ["<h2>Models</h2>", _table(h, rows)]
     if result.cards:

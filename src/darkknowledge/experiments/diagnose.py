@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from darkknowledge.data.loader import eval_batches
 from darkknowledge.diagnostics import collect_outputs, diagnose
 from darkknowledge.engine.assembly import build_split, check_teacher_fits, checkpoint_data_config
-from darkknowledge.engine.checkpoint import load_model
+from darkknowledge.engine.checkpoint import load_checkpoint, load_model, state_digest
+from darkknowledge.errors import UserError
 from darkknowledge.models import count_parameters
 
 
 def diagnose_checkpoints(teachers: list[str], students: list[str], data_overrides: list[str], *, split: str = "train",
                          out_dir: str | Path = "runs/diagnose", options=None, device: str = "cpu"):
-    """Load checkpoints, run them over the (un-augmented) split once, and diagnose."""
+    """Load checkpoints, run them over the (un-augmented) split once, and diagnose.
+
+    The result records the data it was computed on; a (teacher, student) report card is
+    made only when the student was distilled from that teacher or trained without one."""
     models = [(p, *load_model(p, device)) for p in teachers + students]
     d = checkpoint_data_config(models[0][2], data_overrides, "diagnose")
     ds = build_split(d, train=split == "train")
@@ -27,5 +35,76 @@ def diagnose_checkpoints(teachers: list[str], students: list[str], data_override
         outputs.append(collect_outputs(model, eval_batches(ds, d.eval_batch_size, device, channels_last=False),
                                        device, name=name, num_params=count_parameters(model)))
     t_out, s_out = outputs[: len(teachers)], outputs[len(teachers):]
+    data = {
+        "dataset": d.name,
+        "root": d.root,
+        "split": split,
+        "num_samples": len(ds),
+        "num_classes": ds.spec.num_classes,
+        "classes": d.classes,
+        "per_class": d.train_per_class if split == "train" else d.test_per_class,
+        "subset_seed": d.subset_seed,
+        "image_size": d.image_size,  # the setting: None keeps the dataset's own size
+        "image_shape": [ds.spec.in_channels, *ds.spec.image_size],
+    }
+    t_models = [(path, state_digest(ckpt["model"]) if students else "") for path, _, ckpt in models[: len(teachers)]]
+    memo: dict[str, str | None] = {}
+    pairs = [(t.name, s.name) for (_, _, s_ckpt), s in zip(models[len(teachers):], s_out)
+             for (t_path, t_digest), t in zip(t_models, t_out) if taught_by(s_ckpt, t_path, t_digest, memo)]
     t_out.sort(key=lambda o: o.num_params or 0)
-    return diagnose(t_out, s_out, out_dir=out_dir, options=options)
+    return diagnose(t_out, s_out, out_dir=out_dir, options=options, data=data, card_pairs=pairs)
+
+
+def student_origin(ckpt: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """(method name, teacher.checkpoint, teacher.cache) from a checkpoint's embedded config."""
+    cfg = yaml.safe_load(ckpt.get("config") or "{}") or {}
+    method = (cfg.get("method") or {}).get("name")
+    teacher = cfg.get("teacher") or {}
+    return method, teacher.get("checkpoint"), teacher.get("cache")
+
+
+def _trained_without_teacher(method: str | None) -> bool:
+    from darkknowledge.methods import METHODS
+
+    if method in METHODS:
+        return not METHODS.get(method).needs_teacher
+    return method == "ce"
+
+
+def _recorded_digest(path: str, memo: dict[str, str | None]) -> str | None:
+    """Weight digest of the teacher checkpoint a student recorded (None: gone or unreadable)."""
+    key = str(Path(path).resolve())
+    if key not in memo:
+        memo[key] = None
+        if Path(key).is_file():
+            try:
+                memo[key] = state_digest(load_checkpoint(key)["model"])
+            except UserError:
+                pass
+    return memo[key]
+
+
+def _cache_digest(cache: str) -> str | None:
+    """The teacher weight digest a teacher-output cache was built from (None: no cache there)."""
+    meta = Path(cache) / "meta.json"
+    try:
+        return json.loads(meta.read_text())["key"]["teacher_digest"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def taught_by(student_ckpt: dict[str, Any], teacher_path: str | Path, teacher_digest: str,
+              memo: dict[str, str | None] | None = None) -> bool:
+    """Whether the student checkpoint was distilled from this teacher, or trained without
+    a teacher (then every teacher is a fair comparison). The same teacher: the recorded
+    ``teacher.checkpoint`` resolves to ``teacher_path``, or its weights (or those the
+    recorded ``teacher.cache`` was built from) have ``teacher_digest`` (a copied or moved
+    teacher). ``memo`` keeps digests of recorded checkpoints between calls."""
+    method, recorded, cache = student_origin(student_ckpt)
+    if _trained_without_teacher(method):
+        return True
+    if recorded and Path(recorded).resolve() == Path(teacher_path).resolve():
+        return True
+    if recorded and _recorded_digest(recorded, {} if memo is None else memo) == teacher_digest:
+        return True
+    return bool(cache) and _cache_digest(cache) == teacher_digest
