@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import subprocess
@@ -82,8 +83,10 @@ def test_listings(capsys):
 
 
 def test_models_listing_states_its_sizes_and_the_name_families(capsys):
-    from darkknowledge.demo import STUDENT, TEACHERS
+    from darkknowledge.experiments import load_spec, resolve_spec_path
     from darkknowledge.models import build_model, count_parameters, model_patterns
+
+    demo = load_spec(resolve_spec_path("demo"))
 
     code, out, _ = run(capsys, "models", "--num-classes", "10", "--in-channels", "1")
     assert code == 0
@@ -94,7 +97,7 @@ def test_models_listing_states_its_sizes_and_the_name_families(capsys):
     for family in model_patterns():  # e.g. "mlp_hN": any N, not only the registered sizes
         assert f"  {family}\n" in out
     assert "any name of these forms" in out
-    for name in [STUDENT, *TEACHERS]:  # the demo's models (mlp_h16, mlp_h1024 are not registered)
+    for name in [demo.student.model, *(t.model for t in demo.teachers)]:  # the demo's models (mlp_h16, mlp_h1024 are not registered)
         assert name in rows, name
     code, out, _ = run(capsys, "models")
     assert out.startswith("Parameter counts for 100 classes and 3 input channels ")
@@ -226,18 +229,29 @@ def test_overrides_after_options_and_unknown_options(capsys, tmp_path):
 
 
 def test_demo_small(capsys, tmp_path, monkeypatch):
-    import darkknowledge.demo as demo
-
-    monkeypatch.setattr(demo, "TEACHERS", ["cnn_w8"])
-    monkeypatch.setattr(demo, "SEEDS", [0, 1])
-    monkeypatch.setattr(demo, "DEMO_METHODS", {"kd": {"name": "kd", "temperature": 4.0}})
     code, out, err = run(capsys, "demo", "--out", "d", "--epochs", "1")
     assert code == 0, err
-    result = json.loads((tmp_path / "d/results.json").read_text())
-    assert result["methods"] == ["kd"] and len(result["rows"]) == 1 and len(result["rows"][0]["kd"]) == 2
-    assert len(result["student_ce_top1"]) == 2
-    assert "| cnn_w8 |" in (tmp_path / "d/results.md").read_text() and "student top-1, kd" in out
-    assert_user_error(capsys, "demo", "--out", "d", "--epochs", "1", contains=("--overwrite",))
+    table = (tmp_path / "d/results.md").read_text()
+    assert "| mlp_h1024 |" in table and "Student alone (CE)" in table and "| kd | isats |" in table
+    rows = list(csv.DictReader((tmp_path / "d/results.csv").open()))
+    assert len(rows) == 3 * 3 * 2 + 3  # teachers x seeds x methods + CE per seed
+    assert (tmp_path / "d/student_vs_teacher.png").is_file() and (tmp_path / "d/diagnostics/report.html").is_file()
+    # run again: every stage is reused, nothing retrained
+    code, out, err = run(capsys, "demo", "--out", "d", "--epochs", "1")
+    assert code == 0 and "stage(s) to run" not in out
+    # --overwrite removes only what the demo wrote
+    (tmp_path / "d/notes.txt").write_text("mine")
+    code, out, err = run(capsys, "demo", "--out", "d", "--epochs", "1", "--overwrite")
+    assert code == 0 and "removed" in out and "wave 1: 6 stage(s) to run" in out
+    assert (tmp_path / "d/notes.txt").read_text() == "mine"
+
+
+def test_demo_validates_before_deleting(capsys, tmp_path, monkeypatch):
+    (tmp_path / "y").mkdir()
+    (tmp_path / "y/keep.txt").write_text("mine")
+    assert_user_error(capsys, "demo", "--out", "y", "--epochs", "-1", "--overwrite", contains=("--epochs",))
+    assert_user_error(capsys, "demo", "--out", "y", "--overwrite", contains=("no sweep.json", "another --out"))
+    assert (tmp_path / "y/keep.txt").read_text() == "mine"
 
 
 def _teacher_methods() -> list[str]:

@@ -229,10 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_plugins() -> None:
-    """Sub-commands that live next to their feature (diagnose, bench, cache)."""
+    """Sub-commands that live next to their feature (diagnose, bench, cache, sweep)."""
     import importlib
 
-    for mod in ("darkknowledge.cli.diagnose", "darkknowledge.cli.bench", "darkknowledge.cli.cache"):
+    for mod in ("darkknowledge.cli.diagnose", "darkknowledge.cli.bench", "darkknowledge.cli.cache", "darkknowledge.cli.sweep"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:

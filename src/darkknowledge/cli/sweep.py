@@ -1,0 +1,68 @@
+"""``darkknowledge sweep SPEC.yaml``: a capacity sweep (teachers x methods x seeds)."""
+
+from __future__ import annotations
+
+import json
+
+from darkknowledge.cli.main import command
+from darkknowledge.errors import UserError
+
+
+def _add_sweep(p):
+    p.add_argument("spec", help="sweep spec YAML (see docs/experiments.md), or a bundled spec name (e.g. demo)")
+    p.add_argument("--out", help="sweep directory (default: runs/sweeps/<spec name>)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (stages and their state) and run nothing")
+    p.add_argument("--status", action="store_true", help="list done / partial / failed / pending stages with log paths")
+    p.add_argument("--report", action="store_true", help="only (re)write the results files from the finished stages")
+    p.add_argument("--jobs", "-j", type=int, default=1, help="stages run at once (local executor: cores/N threads each)")
+    p.add_argument("--executor", choices=["auto", "inline", "local", "submitit"], default="auto",
+                   help="inline: in this process; local: subprocesses; submitit: SLURM job arrays (auto: inline for 1 job, else local)")
+    p.add_argument("--cluster", default=None, help="submitit cluster: slurm (default where available), local, debug")
+    p.add_argument("--submitit-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="submitit executor parameter, e.g. timeout_min=120 slurm_partition=gpu cpus_per_task=4 (repeatable)")
+    p.add_argument("--no-retry-failed", action="store_true", help="leave failed stages failed instead of running them again")
+
+
+def _submitit_params(items: list[str]) -> dict:
+    import yaml
+
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--submitit-param {item!r} is not KEY=VALUE (e.g. timeout_min=60)")
+        params[key] = yaml.safe_load(value)
+    return params
+
+
+@command(
+    "sweep",
+    "run a capacity sweep: train a teacher ladder, distil the student with every method over seeds, write tables and plots",
+    "darkknowledge sweep demo --out runs/demo-sweep\n"
+    "  darkknowledge sweep my_sweep.yaml --jobs 2\n"
+    "  darkknowledge sweep my_sweep.yaml --status\n"
+    "  darkknowledge sweep my_sweep.yaml --executor submitit --submitit-param timeout_min=120 --submitit-param slurm_partition=gpu",
+    add_args=_add_sweep,
+)
+def cmd_sweep(args) -> int:
+    from darkknowledge.experiments import open_sweep
+
+    sweep = open_sweep(args.spec, args.out, executor=args.executor, jobs=args.jobs, cluster=args.cluster,
+                       submitit_params=_submitit_params(args.submitit_param))
+    if args.dry_run or args.status:
+        rows = sweep.status_rows()
+        width = max(len(r["stage"]) for r in rows)
+        for r in rows:
+            print(f"{r['state']:8s} {r['kind']:8s} {r['stage']:{width}s}  {r['detail']}")
+        print(json.dumps(sweep.counts()))
+        return 0
+    if not args.report:
+        counts = sweep.run(retry_failed=not args.no_retry_failed)
+    else:
+        counts = sweep.counts()
+    from darkknowledge.experiments.results import write_results
+
+    written = write_results(sweep)
+    print(written["table"])
+    print(json.dumps({"out": str(sweep.out), "stages": counts, "files": written["files"]}, indent=2))
+    return 0 if not counts.get("failed") and not counts.get("blocked") else 1

@@ -1,0 +1,186 @@
+"""A sweep's results, read back from its stage directories: ``results.csv`` (a row per
+student run), ``teachers.csv``, ``results.md`` (mean ± std over seeds, best and last
+epoch, with the CE baseline), ``student_vs_teacher.png`` and the teachers' diagnostics."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from darkknowledge.engine.checkpoint import load_checkpoint
+from darkknowledge.experiments.stage import Stage, read_json
+from darkknowledge.experiments.sweep import Sweep
+from darkknowledge.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+RESULT_COLUMNS = ["teacher", "teacher_params", "teacher_top1", "method", "method_params", "seed", "best_top1", "best_epoch",
+                  "last_top1", "last_nll", "last_ece", "last_rank_fidelity", "last_teacher_agreement", "wall_time_s", "run_dir"]
+TEACHER_COLUMNS = ["teacher", "model", "params", "top1", "checkpoint", "run_dir"]
+
+
+def teacher_rows(sweep: Sweep) -> list[dict[str, Any]]:
+    """One row per teacher whose checkpoint exists: params and test top-1 of the checkpoint used."""
+    rows = []
+    for t in sweep.spec.teachers:
+        ckpt_path = sweep.teacher_checkpoint(t)
+        if not isinstance(ckpt_path, str):
+            continue
+        ckpt = load_checkpoint(ckpt_path)
+        metrics = ckpt.get("metrics") or {}
+        rows.append({
+            "teacher": t.label, "model": ckpt["model_name"], "params": int(ckpt.get("num_params") or 0),
+            "top1": metrics.get("test/top1"),
+            "checkpoint": ckpt_path, "run_dir": str(Path(ckpt_path).parent),
+        })
+    return sorted(rows, key=lambda r: r["params"])
+
+
+def student_rows(sweep: Sweep, teachers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_label = {t["teacher"]: t for t in teachers}
+    rows = []
+    for s in sweep.stages():
+        if not isinstance(s, Stage) or s.kind != "student" or s.state() != "done":
+            continue
+        summary = s.summary() or {}
+        final, best = summary.get("final", {}), summary.get("best", {})
+        t = by_label.get(s.meta["teacher"] or "", {})
+        rows.append({
+            "teacher": s.meta["teacher"] or "", "teacher_params": t.get("params", ""), "teacher_top1": t.get("top1", ""),
+            "method": s.meta["method"], "method_params": json.dumps(s.meta["method_params"], sort_keys=True),
+            "seed": s.meta["seed"], "best_top1": best.get("test/top1"), "best_epoch": best["epoch"] + 1 if "epoch" in best else None,
+            "last_top1": final.get("test/top1"), "last_nll": final.get("test/nll"), "last_ece": final.get("test/ece"),
+            "last_rank_fidelity": final.get("test/rank_fidelity", ""), "last_teacher_agreement": final.get("test/teacher_agreement", ""),
+            "wall_time_s": summary.get("wall_time_s"), "run_dir": str(s.dir),
+        })
+    return rows
+
+
+def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.2f} (1 seed)"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def _values(rows: list[dict[str, Any]], column: str, **match: Any) -> list[float]:
+    return [float(r[column]) for r in rows if all(r[k] == v for k, v in match.items()) and r[column] is not None]
+
+
+def markdown_table(sweep: Sweep, teachers: list[dict[str, Any]], students: list[dict[str, Any]], diagnostics: str | None) -> str:
+    spec = sweep.spec
+    methods = [m.label for m in spec.methods]
+    data = spec.base.get("data", {})
+    lines = [
+        f"# Sweep: student {spec.student.model}, {len(teachers)} teachers, methods {', '.join(methods)}",
+        "",
+        f"Dataset `{data.get('name', 'digits')}`; seeds {spec.seeds}; student top-1 (%) on the evaluation split, "
+        "mean ± std over seeds. *Last* is the final epoch; *best* is the best epoch on the evaluation split "
+        "(an optimistic, selected number: report it only beside *last*).",
+        "",
+    ]
+    for col, title in (("last_top1", "Last epoch"), ("best_top1", "Best epoch")):
+        ce = _values(students, col, method="ce")
+        lines += [f"## {title}", "", f"Student alone (CE): **{mean_std(ce)}**", "",
+                  "| teacher | params | teacher top-1 | " + " | ".join(methods) + " |",
+                  "|---|---:|---:|" + "---:|" * len(methods)]
+        for t in teachers:
+            cells = [mean_std(_values(students, col, teacher=t["teacher"], method=m)) for m in methods]
+            top1 = f"{t['top1']:.2f}" if isinstance(t["top1"], (int, float)) else "–"
+            lines.append(f"| {t['teacher']} | {t['params']:,d} | {top1} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["Per-run rows: [results.csv](results.csv); teachers: [teachers.csv](teachers.csv); "
+              "plot: [student_vs_teacher.png](student_vs_teacher.png)."]
+    if diagnostics:
+        lines.append(f"Teachers' dark-knowledge diagnostics: [{diagnostics}]({diagnostics}).")
+    return "\n".join(lines) + "\n"
+
+
+def plot(sweep: Sweep, teachers: list[dict[str, Any]], students: list[dict[str, Any]], path: Path) -> bool:
+    """Student top-1 (last epoch, mean ± std) vs teacher parameters; CE as a horizontal band."""
+    if not teachers or not students:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    ce = _values(students, "last_top1", method="ce")
+    if ce:
+        mu = statistics.mean(ce)
+        sd = statistics.stdev(ce) if len(ce) > 1 else 0.0
+        ax.axhspan(mu - sd, mu + sd, color="0.85", label=f"student alone (CE) {mu:.1f}")
+        ax.axhline(mu, color="0.5", lw=1)
+    for m in sweep.spec.methods:
+        xs, ys, es = [], [], []
+        for t in teachers:
+            v = _values(students, "last_top1", teacher=t["teacher"], method=m.label)
+            if v:
+                xs.append(t["params"])
+                ys.append(statistics.mean(v))
+                es.append(statistics.stdev(v) if len(v) > 1 else 0.0)
+        if xs:
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m.label)
+    ax.set_xscale("log")
+    ax.set_xlabel("teacher parameters")
+    ax.set_ylabel("student top-1 (%), last epoch")
+    ax.set_title(f"student {sweep.spec.student.model} vs teacher capacity")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return True
+
+
+def run_diagnostics(sweep: Sweep, teachers: list[dict[str, Any]]) -> str | None:
+    """Diagnose the ladder (training split) with the CE student of the first seed; reused
+    while the teachers' weights are unchanged."""
+    if not sweep.spec.diagnose or not teachers:
+        return None
+    from darkknowledge.diagnostics import DiagnoseOptions
+    from darkknowledge.experiments.diagnose import diagnose_checkpoints
+    from darkknowledge.experiments.stage import weight_digest
+
+    out = sweep.out / "diagnostics"
+    ce = [s for s in sweep.ce_stages() if s.state() == "done"][:1]
+    paths = [t["checkpoint"] for t in teachers]
+    students = [str(s.dir / "last.pt") for s in ce]
+    inputs = {"teachers": [weight_digest(p) for p in paths], "students": [weight_digest(p) for p in students]}
+    if read_json(out / "inputs.json") != inputs or not (out / "report.html").is_file():
+        sweep.log("diagnosing the teacher ladder ...")
+        diagnose_checkpoints(paths, students, [], split="train", out_dir=out, options=DiagnoseOptions(temperatures=(1.0, 2.0, 4.0, 8.0)))
+        atomic_write_json(out / "inputs.json", inputs)
+    return "diagnostics/report.html"
+
+
+def write_results(sweep: Sweep) -> dict[str, Any]:
+    """Write every results file of the sweep from its stage directories; return their paths."""
+    teachers = teacher_rows(sweep)
+    students = student_rows(sweep, teachers)
+    out = sweep.out
+    report = run_diagnostics(sweep, teachers)
+    atomic_write_text(out / "results.csv", _csv(students, RESULT_COLUMNS))
+    atomic_write_text(out / "teachers.csv", _csv(teachers, TEACHER_COLUMNS))
+    table = markdown_table(sweep, teachers, students, report)
+    atomic_write_text(out / "results.md", table)
+    files = {"results_csv": str(out / "results.csv"), "teachers_csv": str(out / "teachers.csv"), "results_md": str(out / "results.md")}
+    if plot(sweep, teachers, students, out / "student_vs_teacher.png"):
+        files["plot"] = str(out / "student_vs_teacher.png")
+    if report:
+        files["diagnostics"] = str(out / report)
+    return {"files": files, "table": table, "teachers": teachers, "students": students}

@@ -1,0 +1,133 @@
+"""The sweep spec: a teacher ladder x methods x seeds, in one validated YAML file.
+
+Example (``darkknowledge sweep SPEC.yaml``; every key is described below and in docs/experiments.md)::
+
+    base:                         # run configuration shared by every stage
+      data: {name: digits}
+      optim: {epochs: 30, lr: 0.05, schedule: cosine}
+    teachers:
+      - model: mlp_h64            # trained by the sweep
+      - model: mlp_h1024
+        config: {optim: {epochs: 40}}
+      - checkpoint: runs/big/best.pt   # or given
+        label: big
+    student: {model: mlp_h16}
+    methods:
+      - {label: kd-T4, name: kd, temperature: 4}
+      - {label: kd-T8, name: kd, temperature: 8}
+      - {name: isats}
+    seeds: [0, 1, 2]
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from darkknowledge.config import deep_merge, read_yaml, validate_config
+from darkknowledge.errors import UserError
+
+LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_label(label: str, what: str) -> str:
+    if not LABEL.match(label):
+        raise ValueError(f"{what} label {label!r} must be letters, digits and _.+=- (it names run directories)")
+    return label
+
+
+class TeacherSpec(_Strict):
+    model: str | None = Field(None, description="Architecture of a teacher the sweep trains (with method ce).")
+    checkpoint: str | None = Field(None, description="A trained teacher checkpoint to use as it is (instead of `model`).")
+    label: str | None = Field(None, description="Name in tables and run directories; default: the model name or the checkpoint's run name.")
+    config: dict[str, Any] = Field(default_factory=dict, description="Run-config overrides for this teacher's training (merged over `teacher_config`).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TeacherSpec":
+        if (self.model is None) == (self.checkpoint is None):
+            raise ValueError("give exactly one of model (trained by the sweep) or checkpoint (given)")
+        if self.label is None:
+            self.label = self.model or Path(self.checkpoint).parent.name or Path(self.checkpoint).stem
+        _check_label(self.label, "teacher")
+        return self
+
+
+class StudentSpec(_Strict):
+    model: str = Field(..., description="Architecture of the student (the same for every teacher, method and seed).")
+    config: dict[str, Any] = Field(default_factory=dict, description="Run-config overrides for every student run (merged over `base`).")
+
+
+class MethodSpec(BaseModel):
+    """``name`` and the method's parameters, flat, plus an optional ``label``."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(..., description="Method name (see `darkknowledge methods`).")
+    label: str | None = Field(None, description="Column name in the results; default: the method name. Must be unique.")
+
+    @model_validator(mode="after")
+    def _default_label(self) -> "MethodSpec":
+        self.label = _check_label(self.label or self.name, "method")
+        return self
+
+    def params(self) -> dict[str, Any]:
+        """The method section of a run config: name + parameters."""
+        return {"name": self.name, **(self.__pydantic_extra__ or {})}
+
+
+class SweepSpec(_Strict):
+    base: dict[str, Any] = Field(default_factory=dict, description="Run configuration shared by every stage (sections data, optim, engine, ...).")
+    teacher_config: dict[str, Any] = Field(default_factory=dict, description="Run-config overrides for every teacher the sweep trains (merged over `base`).")
+    teachers: list[TeacherSpec] = Field(..., min_length=1, description="The teacher ladder, any order (tables sort by parameters).")
+    teacher_seed: int = Field(0, description="Seed of the teachers the sweep trains.")
+    teacher_checkpoint: Literal["last", "best"] = Field(
+        "last", description="Which checkpoint of a sweep-trained teacher the students learn from (`best` is chosen on the evaluation split).")
+    teacher_cache: bool = Field(False, description="Build one teacher-output cache per teacher (a stage) and distil from it.")
+    student: StudentSpec = Field(..., description="The student.")
+    methods: list[MethodSpec] = Field(..., min_length=1, description="Distillation methods; the student trained alone (ce) is always added.")
+    seeds: list[int] = Field([0], min_length=1, description="Student seeds: every (teacher, method) and the CE baseline run once per seed.")
+    diagnose: bool = Field(True, description="Run the dark-knowledge diagnostics on the teacher ladder (training split) after training it.")
+
+    @model_validator(mode="after")
+    def _unique(self) -> "SweepSpec":
+        for what, labels in (("teacher", [t.label for t in self.teachers]), ("method", [m.label for m in self.methods])):
+            dup = sorted({x for x in labels if labels.count(x) > 1})
+            if dup:
+                raise ValueError(f"{what} labels must be unique, {dup[0]!r} appears twice (set `label:`)")
+        if any(m.label == "ce" for m in self.methods):
+            raise ValueError("the CE baseline (label 'ce') is always run: remove it from methods")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds must be distinct")
+        return self
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep spec; every problem is one ``UserError`` naming the key."""
+    data = read_yaml(str(path)) if Path(path).is_file() else None
+    if data is None:
+        raise UserError(f"sweep spec {path} does not exist; write one (see docs/experiments.md) or use a bundled one")
+    return parse_spec(data, source=str(path))
+
+
+def parse_spec(data: dict[str, Any], source: str = "spec") -> SweepSpec:
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        raise UserError(f"sweep spec {source}: {loc or 'top level'}: {msg}") from None
+    # every run configuration it implies must validate too: fail before anything runs
+    for i, m in enumerate(spec.methods):
+        validate_config(deep_merge(deep_merge(spec.base, spec.student.config), {"method": m.params()}), f"{source}: methods[{i}]")
+    for i, t in enumerate(spec.teachers):
+        if t.model:
+            validate_config(deep_merge(deep_merge(spec.base, spec.teacher_config), t.config), f"{source}: teachers[{i}]")
+    return spec
+
