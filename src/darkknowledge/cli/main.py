@@ -270,4 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # sub-commands register into the imported module, not into this __main__ copy of it
+    from darkknowledge.cli.main import main as registered_main
+
+    sys.exit(registered_main())

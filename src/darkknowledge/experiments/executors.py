@@ -89,19 +89,28 @@ class SubmititExecutor(Executor):
 
     def __init__(self, folder: str | Path, cluster: str | None = None, parameters: dict[str, Any] | None = None):
         try:
-            import submitit
+            import submitit  # noqa: F401
         except ImportError:
             raise UserError("--executor submitit needs the submitit package: pip install submitit "
                             "(or darkknowledge[cluster])") from None
-        self.executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
-        params = dict(parameters or {})
-        params.setdefault("name", "darkknowledge")
+        self.folder, self.cluster = Path(folder), cluster
+        self.parameters = {"name": "darkknowledge", **(parameters or {})}
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:  # check the parameters now, create the folder only when jobs run
+            self._make(tmp)
+        self.cpus = int(self.parameters.get("cpus_per_task") or self.parameters.get("slurm_cpus_per_task") or 0) or None
+
+    def _make(self, folder: str | Path):
+        import submitit
+
+        executor = submitit.AutoExecutor(folder=str(folder), cluster=self.cluster)
         try:
-            self.executor.update_parameters(**params)
+            executor.update_parameters(**self.parameters)
         except (ValueError, TypeError) as exc:
-            raise UserError(f"--submitit-param: {exc}") from None
-        self.cpus = int(params.get("cpus_per_task") or params.get("slurm_cpus_per_task") or 0) or None
-        self.cluster = self.executor.cluster
+            raise UserError(f"--submitit-param: {str(exc).splitlines()[0]}") from None
+        self.cluster = executor.cluster
+        return executor
 
     def threads_per_job(self) -> int | None:
         # submitit's local cluster starts every job at once on this machine: one thread each
@@ -110,7 +119,7 @@ class SubmititExecutor(Executor):
     def run(self, stage_dirs: list[Path]) -> None:
         if not stage_dirs:
             return
-        jobs = self.executor.map_array(run_stage, [str(d) for d in stage_dirs])
+        jobs = self._make(self.folder).map_array(run_stage, [str(d) for d in stage_dirs])
         for job, d in zip(jobs, stage_dirs):
             try:
                 job.result()  # run_stage records failures itself; this catches a job that never ran

@@ -124,10 +124,14 @@ def parse_spec(data: dict[str, Any], source: str = "spec") -> SweepSpec:
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         raise UserError(f"sweep spec {source}: {loc or 'top level'}: {msg}") from None
     # every run configuration it implies must validate too: fail before anything runs
-    for i, m in enumerate(spec.methods):
-        validate_config(deep_merge(deep_merge(spec.base, spec.student.config), {"method": m.params()}), f"{source}: methods[{i}]")
-    for i, t in enumerate(spec.teachers):
-        if t.model:
-            validate_config(deep_merge(deep_merge(spec.base, spec.teacher_config), t.config), f"{source}: teachers[{i}]")
+    implied = [(f"methods[{i}]", deep_merge(deep_merge(spec.base, spec.student.config), {"method": m.params()}))
+               for i, m in enumerate(spec.methods)]
+    implied += [(f"teachers[{i}]", deep_merge(deep_merge(deep_merge(spec.base, spec.teacher_config), t.config), {"model": {"name": t.model}}))
+                for i, t in enumerate(spec.teachers) if t.model]
+    for where, config in implied:
+        try:
+            validate_config(config, source="config")
+        except UserError as exc:
+            raise UserError(f"sweep spec {source}: {where}: {str(exc).removeprefix('config: ')}") from None
     return spec
 

@@ -1,0 +1,245 @@
+"""The experiments layer: sweep specs, stage identity, reuse, resume after a kill,
+failure isolation, executors, results files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from darkknowledge.cli.main import main
+from darkknowledge.errors import UserError
+from darkknowledge.experiments import open_sweep
+from darkknowledge.experiments.spec import parse_spec
+from darkknowledge.experiments.stage import Stage, identity_config, stage_key
+
+BASE = {
+    "data": {"name": "digits", "batch_size": 32, "train_per_class": 20, "test_per_class": 10},
+    "optim": {"epochs": 2, "lr": 0.05, "schedule": "cosine"},
+    "engine": {"precision": "fp32", "channels_last": False},
+}
+
+
+def spec_dict(**changes) -> dict:
+    spec = {
+        "base": BASE,
+        "teachers": [{"model": "mlp_h32"}, {"model": "mlp_h128"}],
+        "student": {"model": "mlp_h16"},
+        "methods": [{"label": "kd-T4", "name": "kd", "temperature": 4}, {"label": "kd-T8", "name": "kd", "temperature": 8}],
+        "seeds": [0, 1],
+        "diagnose": False,
+    }
+    spec.update(changes)
+    return spec
+
+
+def write_spec(path: Path, **changes) -> Path:
+    path.write_text(yaml.safe_dump(spec_dict(**changes)))
+    return path
+
+
+def quiet(*_):
+    pass
+
+
+def stage_log_lines(sweep) -> dict[str, str]:
+    return {s.name: s.log.read_text() for s in sweep.stages() if isinstance(s, Stage) and s.log.is_file()}
+
+
+# ----------------------------------------------------------------------------- spec
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"teachers": [{"model": "mlp_h32", "checkpoint": "x.pt"}]}, "teachers.0: give exactly one of model"),
+    ({"methods": [{"name": "kd"}, {"name": "kd"}]}, "method labels must be unique, 'kd' appears twice"),
+    ({"methods": [{"name": "ce"}]}, "the CE baseline (label 'ce') is always run"),
+    ({"methods": [{"name": "kd", "temprature": 4}]}, "methods[0]: method 'kd': bad parameter method.temprature"),
+    ({"methods": [{"name": "nosuch"}]}, "nosuch"),
+    ({"base": {"optim": {"lrr": 1}}}, "optim.lrr: unknown key"),
+    ({"seeds": [0, 0]}, "seeds must be distinct"),
+    ({"teachers": []}, "teachers"),
+    ({"students": {}}, "students: unknown key"),
+    ({"methods": [{"name": "kd", "label": "a/b"}]}, "must be letters"),
+])
+def test_spec_errors_name_the_key(change, message):
+    with pytest.raises(UserError, match=None) as exc:
+        parse_spec(spec_dict(**change), "s.yaml")
+    assert message in str(exc.value) and str(exc.value).startswith("sweep spec s.yaml")
+    assert "\n" not in str(exc.value)
+
+
+def test_one_method_twice_with_labels_and_always_ce(tmp_path):
+    sweep = open_sweep(parse_spec(spec_dict()), tmp_path / "sw", log=quiet)
+    names = [s.name for s in sweep.stages()]
+    assert names[:4] == ["teacher-mlp_h32", "teacher-mlp_h128", "student-mlp_h16-ce-s0", "student-mlp_h16-ce-s1"]
+    assert len(names) == 2 + 2 + 2 * 2 * 2
+    assert "student-mlp_h16-kd-T8-from-mlp_h128-s1" in names
+
+
+# ----------------------------------------------------------------------------- stage identity
+
+
+def test_stage_key_ignores_paths_and_display_settings_but_not_results():
+    cfg = {"data": {"name": "digits"}, "optim": {"epochs": 2}, "engine": {"progress": False, "threads": 1},
+           "teacher": {"checkpoint": "/a/t.pt"}, "output_dir": "x", "name": "n"}
+    moved = {**cfg, "output_dir": "y", "name": "m", "engine": {"progress": True, "threads": 4},
+             "teacher": {"checkpoint": "/b/t.pt"}}
+    assert stage_key("student", cfg, {"teacher": "d1"}) == stage_key("student", moved, {"teacher": "d1"})
+    assert stage_key("student", cfg, {"teacher": "d1"}) != stage_key("student", cfg, {"teacher": "d2"})
+    assert stage_key("student", cfg, {}) != stage_key("student", {**cfg, "optim": {"epochs": 3}}, {})
+    assert identity_config({"teacher": {"cache": "/c"}}) != identity_config({"teacher": {"cache": None}})
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def test_sweep_runs_reuses_and_writes_results(tmp_path, capsys):
+    spec = write_spec(tmp_path / "s.yaml", diagnose=True)
+    code = main(["sweep", str(spec), "--out", str(tmp_path / "sw"), "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0 and "waiting  student  student-mlp_h16-kd-T4-from-mlp_h32-s0" in out
+    assert not (tmp_path / "sw").exists()  # a dry run writes nothing
+
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "sw")]) == 0
+    out = capsys.readouterr().out
+    sw = tmp_path / "sw"
+    rows = list(csv.DictReader((sw / "results.csv").open()))
+    assert len(rows) == (2 * 2 + 1) * 2
+    kd = [r for r in rows if r["method"] == "kd-T8" and r["teacher"] == "mlp_h128"]
+    assert len(kd) == 2 and json.loads(kd[0]["method_params"]) == {"name": "kd", "temperature": 8} | json.loads(kd[0]["method_params"])
+    assert all(float(r["last_top1"]) >= 0 and r["run_dir"] for r in rows)
+    assert all(r["last_rank_fidelity"] for r in rows if r["method"] != "ce")
+    teachers = list(csv.DictReader((sw / "teachers.csv").open()))
+    assert [t["teacher"] for t in teachers] == ["mlp_h32", "mlp_h128"] and int(teachers[0]["params"]) < int(teachers[1]["params"])
+    table = (sw / "results.md").read_text()
+    assert "## Last epoch" in table and "## Best epoch" in table and "Student alone (CE)" in table
+    assert "| mlp_h128 |" in table and "| kd-T4 | kd-T8 |" in table and "diagnostics/report.html" in table
+    assert (sw / "student_vs_teacher.png").stat().st_size > 1000 and (sw / "diagnostics/report.html").is_file()
+
+    # everything is reused: no stage runs again
+    sweep = open_sweep(str(spec), sw, log=quiet)
+    logs = stage_log_lines(sweep)
+    assert sweep.run() == {"done": 12}
+    assert stage_log_lines(sweep) == logs
+    code = main(["sweep", str(spec), "--out", str(sw), "--status"])
+    assert code == 0 and '{"done": 12}' in capsys.readouterr().out
+
+
+def test_changed_input_is_never_reused(tmp_path):
+    sw = tmp_path / "sw"
+    small = spec_dict(teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0])
+    assert open_sweep(parse_spec(small), sw, log=quiet).run() == {"done": 3}
+    # a teacher trained longer: a new teacher stage, and its students are planned anew
+    longer = spec_dict(teachers=[{"model": "mlp_h32", "config": {"optim": {"epochs": 3}}}], methods=[{"name": "kd"}], seeds=[0])
+    sweep = open_sweep(parse_spec(longer), sw, log=quiet)
+    states = {s.name: s.state() for s in sweep.stages() if isinstance(s, Stage)}
+    assert states == {"teacher-mlp_h32": "pending", "student-mlp_h16-ce-s0": "done"}
+    assert sweep.run() == {"done": 3}
+    assert len([d for d in (sw / "runs").iterdir() if d.name.startswith("student-mlp_h16-kd-from")]) == 2
+
+
+def test_given_teacher_checkpoint_replaced_is_not_reused(tmp_path):
+    from darkknowledge.engine.checkpoint import atomic_torch_save, load_checkpoint
+
+    sw = tmp_path / "sw"
+    open_sweep(parse_spec(spec_dict(teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0])), sw, log=quiet).run()
+    ckpt_path = next((sw / "runs").glob("teacher-mlp_h32-*")) / "last.pt"
+    given = tmp_path / "given.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    atomic_torch_save(ckpt, given)
+    spec = parse_spec(spec_dict(teachers=[{"checkpoint": str(given), "label": "given"}], methods=[{"name": "kd"}], seeds=[0]))
+    sweep = open_sweep(spec, sw, log=quiet)
+    assert sweep.run() == {"done": 2}
+    first = [s.dir for s in sweep.stages() if s.name.startswith("student-mlp_h16-kd-from-given")]
+    ckpt["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    atomic_torch_save(ckpt, given)
+    sweep = open_sweep(spec, sw, log=quiet)
+    student = [s for s in sweep.stages() if s.name.startswith("student-mlp_h16-kd-from-given")][0]
+    assert student.state() == "pending" and student.dir not in first
+
+
+def test_failed_stage_is_reported_and_does_not_stop_the_others(tmp_path, capsys):
+    # a teacher whose batch is larger than the training set fails at run time
+    spec = write_spec(tmp_path / "s.yaml", teachers=[{"model": "mlp_h32", "config": {"data": {"batch_size": 100000}}},
+                                                     {"model": "mlp_h64"}], methods=[{"name": "kd"}], seeds=[0])
+    code = main(["sweep", str(spec), "--out", str(tmp_path / "sw")])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "failed  teacher-mlp_h32" in out and "larger than the training set" in out and "log.txt" in out
+    main(["sweep", str(spec), "--out", str(tmp_path / "sw"), "--status", "--no-retry-failed"])
+    status = capsys.readouterr().out
+    assert "blocked  student  student-mlp_h16-kd-from-mlp_h32-s0" in status
+    assert "done     student  student-mlp_h16-kd-from-mlp_h64-s0" in status
+    rows = list(csv.DictReader((tmp_path / "sw/results.csv").open()))
+    assert sorted(r["method"] + ":" + r["teacher"] for r in rows) == ["ce:", "kd:mlp_h64"]
+
+
+def test_killed_sweep_resumes_where_it_stopped(tmp_path):
+    spec = write_spec(tmp_path / "s.yaml", teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0, 1],
+                      base={**BASE, "optim": {"epochs": 40, "lr": 0.05, "schedule": "cosine"}})
+    sw = tmp_path / "sw"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "darkknowledge", "sweep", str(spec), "--out", str(sw)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # kill as soon as the first stage is done and the second has written a checkpoint
+    deadline = time.time() + 120
+    killed_in = None
+    while time.time() < deadline and proc.poll() is None:
+        done = [d for d in sw.glob("runs/*") if (d / "result.json").is_file()]
+        partial = [d for d in sw.glob("runs/*") if (d / "last.pt").is_file() and not (d / "result.json").is_file()]
+        if done and partial:
+            killed_in = partial[0]
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert killed_in is not None, "the sweep finished before it could be killed"
+    finished_before = {d.name: (d / "result.json").read_text() for d in sw.glob("runs/*") if (d / "result.json").is_file()}
+
+    sweep = open_sweep(str(spec), sw, log=quiet)
+    killed_stage = next(s for s in sweep.stages() if isinstance(s, Stage) and s.dir == killed_in)
+    assert killed_stage.state() == "partial"
+    assert sweep.run() == {"done": 5}  # teacher, 2 CE, 2 KD
+    for name, result in finished_before.items():  # finished stages were not run again
+        assert (sw / "runs" / name / "result.json").read_text() == result
+    assert "resuming" in (killed_in / "log.txt").read_text()
+    epochs = [json.loads(l)["epoch"] for l in (killed_in / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(40))
+
+
+def test_local_processes_match_inline(tmp_path):
+    small = parse_spec(spec_dict(teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0]))
+    inline = open_sweep(small, tmp_path / "a", log=quiet)
+    local = open_sweep(small, tmp_path / "b", executor="local", jobs=2, log=quiet)
+    assert inline.run() == {"done": 3} and local.run() == {"done": 3}
+    for a, b in zip(inline.stages(), local.stages()):
+        assert a.key == b.key
+        assert a.summary()["final"] == b.summary()["final"], a.name
+    threads = yaml.safe_load((local.stages()[0].dir / "config.yaml").read_text())["engine"]["threads"]
+    assert threads == max(1, (os.cpu_count() or 1) // 2)  # cores split between the jobs
+
+
+def test_submitit_local_cluster_runs_the_same_stages(tmp_path):
+    pytest.importorskip("submitit")
+    small = parse_spec(spec_dict(teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0]))
+    sweep = open_sweep(small, tmp_path / "c", executor="submitit", cluster="local", submitit_params={"timeout_min": 10}, log=quiet)
+    assert sweep.run() == {"done": 3}
+    assert (tmp_path / "c/submitit").is_dir()
+    assert all(s.result()["status"] == "done" for s in sweep.stages())
+
+
+def test_sweep_refuses_a_foreign_directory(tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine/f.txt").write_text("x")
+    spec = write_spec(tmp_path / "s.yaml")
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "mine")]) == 2
+    assert "no sweep.json" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["f.txt"]
