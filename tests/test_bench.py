@@ -17,6 +17,8 @@ from darkknowledge.engine.trainer import Trainer
 from darkknowledge.models import build_model
 
 EPOCHS = 4
+LR = 0.05
+SEEDS = (0, 1)  # two seeds per loop; see test_reference_loop_and_trainer_reach_comparable_accuracy
 
 
 def test_reference_augmentation_matches_ours(digits_splits):
@@ -39,22 +41,40 @@ def test_reference_augmentation_matches_ours(digits_splits):
 
 
 def test_reference_loop_and_trainer_reach_comparable_accuracy(tmp_path, digits_splits, teacher_ckpt):
+    """Statistical, so that it holds on any CPU: single short runs differ by up to ~30 points
+    between seeds and between oneDNN kernel sets (AVX2 / AVX-512 pick other kernels, so other
+    trajectories). A tenfold lr drop for the last epoch settles each run; then, measured over 8
+    seeds on two kernel sets (AVX2, and ATEN_CPU_CAPABILITY=default with ONEDNN_MAX_CPU_ISA=SSE41),
+    the mean accuracy was 49-66 % (it follows the teacher's), single runs >= 40 %, and the
+    ours-minus-reference difference of one seed had a standard deviation <= 5.3 points."""
     train, test = digits_splits
     teacher, _ = load_model(teacher_ckpt)
-    # ours
-    cfg = fast_config(tmp_path, "model.name=cnn_w8", "method.name=kd", f"optim.epochs={EPOCHS}", "optim.lr=0.05",
-                      "optim.schedule=constant", "data.batch_size=64", f"teacher.checkpoint={teacher_ckpt}")
-    ours = Trainer(cfg, train_set=train, test_set=test, teacher=LiveTeacher(teacher, precision="fp32", channels_last=False))
-    acc_ours = ours.fit()["final"]["test/top1"]
-    # reference
-    torch.manual_seed(0)
-    student = build_model("cnn_w8", 10, 1)
-    loop = ReferenceKDLoop(student, teacher, reference_loader(train, 64, workers=0), lr=0.05)
-    for _ in range(EPOCHS):
-        loop.train_epoch()
-    acc_ref = evaluate(student, eval_batches(test, channels_last=False))["top1"]
-    assert acc_ours > 60 and acc_ref > 60, (acc_ours, acc_ref)
-    assert abs(acc_ours - acc_ref) < 12, (acc_ours, acc_ref)
+    acc_ours, acc_ref = [], []
+    for seed in SEEDS:
+        cfg = fast_config(tmp_path, "model.name=cnn_w8", "method.name=kd", f"optim.epochs={EPOCHS}", f"optim.lr={LR}",
+                          "optim.schedule=multistep", f"optim.milestones=[{EPOCHS - 1}]", "optim.gamma=0.1",
+                          "data.batch_size=64", f"teacher.checkpoint={teacher_ckpt}", f"seed={seed}", f"name=ours{seed}")
+        ours = Trainer(cfg, train_set=train, test_set=test,
+                       teacher=LiveTeacher(teacher, precision="fp32", channels_last=False))
+        acc_ours.append(ours.fit()["final"]["test/top1"])
+        torch.manual_seed(seed)
+        student = build_model("cnn_w8", 10, 1)
+        loop = ReferenceKDLoop(student, teacher, reference_loader(train, 64, workers=0, seed=seed), lr=LR)
+        for epoch in range(EPOCHS):
+            if epoch == EPOCHS - 1:  # the same step schedule as ours
+                for group in loop.optimizer.param_groups:
+                    group["lr"] = 0.1 * LR
+            loop.train_epoch()
+        acc_ref.append(evaluate(student, eval_batches(test, channels_last=False))["top1"])
+    mean_ours, mean_ref = sum(acc_ours) / len(SEEDS), sum(acc_ref) / len(SEEDS)
+    # Both learn: 10 classes, chance is 10 %, and a loop that learns nothing stays within a few
+    # points of it (binomial sd 1.6 points on 359 test images); 30 % is 3x chance and still
+    # 10 points below the worst single run measured.
+    assert mean_ours > 30 and mean_ref > 30, (acc_ours, acc_ref)
+    # Comparable: the difference of two-seed means has sd <= 5.3 / sqrt(2) = 3.8 points, so 15
+    # points is ~4 sd; a real handicap of one loop (e.g. wrong augmentation or loss scaling)
+    # costs more than that.
+    assert abs(mean_ours - mean_ref) < 15, (acc_ours, acc_ref)
 
 
 def test_bench_runs_end_to_end(digits_splits):
