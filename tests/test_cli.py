@@ -164,7 +164,8 @@ def test_corrupted_checkpoint(capsys, tmp_path, teacher_ckpt):
 
 
 def test_teacher_for_other_classes(capsys, teacher3_ckpt):
-    assert_user_error(capsys, "distill", *TINY, f"teacher.checkpoint={teacher3_ckpt}", contains=("3 classes",))
+    # the teacher's classes are the default (inherited); other classes must be refused
+    assert_user_error(capsys, "distill", *TINY, "data.classes=[0,1,2,3]", f"teacher.checkpoint={teacher3_ckpt}", contains=("3 classes",))
 
 
 def test_existing_run_without_resume(capsys, tmp_path):

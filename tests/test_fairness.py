@@ -87,7 +87,7 @@ def test_model_init_errors(tmp_path, two_teachers):
 
 def test_epoch_line_printed_without_progress_bar(tmp_path, capsys):
     train(fast_config(tmp_path, *STUDENT, "optim.epochs=2"))
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("epoch ")]
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("epoch ")]
     assert [l.split()[1] for l in lines] == ["1/2", "2/2"]
 
 

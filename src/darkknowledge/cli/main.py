@@ -39,6 +39,7 @@ def _run_training(args: argparse.Namespace, base: dict, inherit_teacher_data: bo
     from darkknowledge.engine.trainer import train
 
     cfg = load_config(args.config, args.overrides, base=base)
+    report = {}
     if inherit_teacher_data and cfg.teacher.checkpoint:
         from darkknowledge.engine.assembly import teacher_data_section
 
@@ -46,10 +47,9 @@ def _run_training(args: argparse.Namespace, base: dict, inherit_teacher_data: bo
         inherited = teacher_data_section(cfg.teacher.checkpoint)
         cfg = load_config(args.config, args.overrides, base={**base, "data": inherited})
         default = type(cfg.data)()
-        shown = " ".join(f"data.{k}={v}" for k, v in inherited.items() if getattr(cfg.data, k) == v != getattr(default, k))
-        print(f"distill: data settings from the teacher checkpoint: {shown or '(none)'}", file=sys.stderr)
+        report["data_from_teacher"] = {k: v for k, v in inherited.items() if getattr(cfg.data, k) == v != getattr(default, k)}
     summary = train(cfg, resume=args.resume)
-    print(json.dumps({"run_dir": summary["run_dir"], "final": summary["final"], "best": summary["best"]}, indent=2))
+    print(json.dumps({"run_dir": summary["run_dir"], **report, "final": summary["final"], "best": summary["best"]}, indent=2))
     return 0
 
 
@@ -138,7 +138,7 @@ def _add_models(p):
 def cmd_models(args) -> int:
     import re
 
-    from darkknowledge.demo import STUDENT, TEACHERS
+    from darkknowledge.experiments import load_spec, resolve_spec_path
     from darkknowledge.models import build_model, count_parameters, model_names, model_patterns
 
     def row(name: str) -> str:
@@ -159,7 +159,8 @@ def cmd_models(args) -> int:
     for family in model_patterns():
         print(f"  {family}")
     # the demo's sizes are not all registered: show them as examples of the families
-    examples = [name for name in [STUDENT, *TEACHERS] if name not in registered]
+    demo = load_spec(resolve_spec_path("demo"))
+    examples = [name for name in [demo.student.model, *(t.model for t in demo.teachers)] if name not in registered]
     if examples:
         print("Examples of family members (used by `darkknowledge demo`):")
         for name in examples:

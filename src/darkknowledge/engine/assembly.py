@@ -12,7 +12,7 @@ from darkknowledge.config import DataConfig, RunConfig
 from darkknowledge.data.base import ArrayDataset
 from darkknowledge.engine.cache import CachedTeacher, build_cache
 from darkknowledge.engine.checkpoint import load_checkpoint, load_model, state_digest
-from darkknowledge.engine.metrics import resolve_precision
+from darkknowledge.engine.precision import resolve_precision
 from darkknowledge.engine.teacher import LiveTeacher, TeacherSignal
 from darkknowledge.errors import UserError
 

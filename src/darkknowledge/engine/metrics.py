@@ -8,9 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# resolve_precision is re-exported for engine/trainer.py and engine/assembly.py until
-# their imports move to darkknowledge.engine.precision.
-from darkknowledge.engine.precision import autocast, resolve_precision  # noqa: F401
+from darkknowledge.engine.precision import autocast
 
 
 class ClassificationMeter:

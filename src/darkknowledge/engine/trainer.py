@@ -37,7 +37,8 @@ from darkknowledge.data.loader import BatchLoader, eval_batches
 from darkknowledge.engine.assembly import build_teacher_signal, load_datasets, load_initial_weights
 from darkknowledge.engine.checkpoint import FORMAT, VERSION, atomic_torch_save, load_checkpoint, spec_to_dict
 from darkknowledge.engine.loggers import build_loggers, json_safe
-from darkknowledge.engine.metrics import ClassificationMeter, autocast, collect_logits, resolve_precision
+from darkknowledge.engine.metrics import ClassificationMeter, collect_logits
+from darkknowledge.engine.precision import autocast, resolve_precision
 from darkknowledge.engine.schedule import learning_rate
 from darkknowledge.engine.teacher import LiveTeacher, TeacherSignal
 from darkknowledge.errors import UserError
@@ -375,7 +376,7 @@ def _print_epoch(record: dict[str, Any], epochs: int) -> None:
         if k in record:
             parts.append(f"{k[5:]} {record[k]:.3f}")
     parts.append(f"{record['train_images_per_s']:.0f} img/s")
-    print("  ".join(parts), flush=True)
+    print("  ".join(parts), file=sys.stderr, flush=True)  # stdout stays for the final JSON
 
 
 def train(cfg: RunConfig, resume: bool = False, **kwargs) -> dict[str, Any]:
