@@ -243,3 +243,18 @@ def test_sweep_refuses_a_foreign_directory(tmp_path, capsys):
     assert main(["sweep", str(spec), "--out", str(tmp_path / "mine")]) == 2
     assert "no sweep.json" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["f.txt"]
+
+
+def test_job_that_died_is_recorded_as_failed(tmp_path):
+    from darkknowledge.experiments.stage import main as stage_main, record_failure
+
+    sweep = open_sweep(parse_spec(spec_dict(teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0])), tmp_path, log=quiet)
+    stage = sweep.stages()[0]
+    stage.write_request()
+    record_failure(stage.dir, "node lost")
+    assert stage.state() == "failed" and stage.result()["error"] == "node lost"
+    assert "error: node lost" in stage.log.read_text()
+    # the command-line job runs it again and succeeds
+    assert stage_main([str(stage.dir)]) == 0 and stage.state() == "done"
+    record_failure(stage.dir, "late report")  # a finished job's own result is kept
+    assert stage.state() == "done"

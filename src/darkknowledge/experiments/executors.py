@@ -3,7 +3,7 @@
 returns when all have finished; outcomes are read back from the directories.
 
 * ``inline``: sequentially in this process (datasets loaded once and shared);
-* ``local``: ``--jobs N`` subprocesses at once, each with cores/N threads;
+* ``local``: ``--jobs N`` worker processes at once, each with cores/N threads;
 * ``submitit``: an existing cluster engine — SLURM job arrays, or its local executor
   (``cluster=local``) on one machine; parameters pass through (``timeout_min``,
   ``slurm_partition``, ``cpus_per_task``, ...).
@@ -12,14 +12,11 @@ returns when all have finished; outcomes are read back from the directories.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from darkknowledge.errors import UserError
-from darkknowledge.experiments.stage import LOG_FILE, record_failure, run_stage
+from darkknowledge.experiments.stage import record_failure, run_stage
 
 
 class Executor:
@@ -47,8 +44,25 @@ class InlineExecutor(Executor):
             run_stage(d, datasets=self.datasets)
 
 
+_WORKER_DATASETS: dict[str, Any] = {}
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_in_worker(stage_dir: str) -> str:
+    return run_stage(stage_dir, datasets=_WORKER_DATASETS)
+
+
 class LocalExecutor(Executor):
-    """Run up to ``jobs`` jobs at once as subprocesses (``python -m darkknowledge.experiments.stage``)."""
+    """Run up to ``jobs`` stages at once in a pool of worker processes on this machine.
+
+    Workers live for the whole wave (imports and loaded datasets are reused); a worker
+    that dies (killed, out of memory) fails only the stages that had not finished.
+    """
 
     name = "local"
 
@@ -63,23 +77,19 @@ class LocalExecutor(Executor):
         return max(1, self.cores // self.jobs)
 
     def run(self, stage_dirs: list[Path]) -> None:
-        queue = list(stage_dirs)
-        running: list[tuple[subprocess.Popen, Any]] = []
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads_per_job())}
-        while queue or running:
-            while queue and len(running) < self.jobs:
-                d = queue.pop(0)
-                log = open(Path(d) / LOG_FILE, "a")
-                proc = subprocess.Popen([sys.executable, "-m", "darkknowledge.experiments.stage", str(d)],
-                                        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-                running.append((proc, log))
-            time.sleep(0.05)
-            for item in [r for r in running if r[0].poll() is not None]:
-                proc, log = item
-                log.close()
-                running.remove(item)
-                if proc.returncode not in (0, 1):  # 1: run_stage recorded the failure itself
-                    record_failure(Path(proc.args[-1]), f"job process exited with status {proc.returncode}")
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        if not stage_dirs:
+            return
+        with ProcessPoolExecutor(max_workers=min(self.jobs, len(stage_dirs)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(self.threads_per_job(),)) as pool:
+            futures = {pool.submit(_run_in_worker, str(d)): Path(d) for d in stage_dirs}
+            for future, d in futures.items():
+                try:
+                    future.result()
+                except Exception as exc:  # noqa: BLE001  the worker died: this stage did not finish
+                    record_failure(d, f"worker process died ({type(exc).__name__}: {exc})")
 
 
 class SubmititExecutor(Executor):

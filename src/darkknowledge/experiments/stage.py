@@ -222,7 +222,8 @@ def _execute(request: dict[str, Any], stage_dir: Path, datasets: dict[str, Any] 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m darkknowledge.experiments.stage STAGE_DIR``: one job in its own process."""
+    """``python -m darkknowledge.experiments.stage STAGE_DIR``: one job in its own process
+    (for any scheduler that runs commands; exit status 0 done, 1 failed)."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv
