@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -122,6 +123,7 @@ def test_sweep_runs_reuses_and_writes_results(tmp_path, capsys):
     table = (sw / "results.md").read_text()
     assert "## Last epoch" in table and "## Best epoch" in table and "Student alone (CE)" in table
     assert "| mlp_h128 |" in table and "| kd-T4 | kd-T8 |" in table and "diagnostics/report.html" in table
+    assert "## Paired with the student alone" in table and len(re.findall(r" \([0-2]/2\) \|", table)) == 4
     assert (sw / "student_vs_teacher.png").stat().st_size > 1000 and (sw / "diagnostics/report.html").is_file()
 
     # everything is reused: no stage runs again

@@ -66,12 +66,13 @@ def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return buf.getvalue()
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], signed: bool = False) -> str:
     if not values:
         return "–"
     if len(values) == 1:
-        return f"{values[0]:.2f} (1 seed)"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:+.2f} (1 seed)" if signed else f"{values[0]:.2f} (1 seed)"
+    mean = f"{statistics.mean(values):+.2f}" if signed else f"{statistics.mean(values):.2f}"
+    return f"{mean} ± {statistics.stdev(values):.2f}"
 
 
 def _values(rows: list[dict[str, Any]], column: str, **match: Any) -> list[float]:
@@ -100,11 +101,32 @@ def markdown_table(sweep: Sweep, teachers: list[dict[str, Any]], students: list[
             top1 = f"{t['top1']:.2f}" if isinstance(t["top1"], (int, float)) else "–"
             lines.append(f"| {t['teacher']} | {t['params']:,d} | {top1} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += paired_table(teachers, students, methods)
     lines += ["Per-run rows: [results.csv](results.csv); teachers: [teachers.csv](teachers.csv); "
               "plot: [student_vs_teacher.png](student_vs_teacher.png)."]
     if diagnostics:
         lines.append(f"Teachers' dark-knowledge diagnostics: [{diagnostics}]({diagnostics}).")
     return "\n".join(lines) + "\n"
+
+
+def paired_table(teachers: list[dict[str, Any]], students: list[dict[str, Any]], methods: list[str]) -> list[str]:
+    """Last-epoch top-1 minus the CE student's of the same seed (same initialisation and
+    batches by construction): mean ± std of the paired differences, and wins out of seeds."""
+    ce = {r["seed"]: r["last_top1"] for r in students if r["method"] == "ce" and r["last_top1"] is not None}
+    if not ce:
+        return []
+    lines = ["## Paired with the student alone (last epoch)", "",
+             "Difference to the CE student of the same seed (same initial weights and batches), "
+             "mean ± std over seeds, and how many seeds it beat CE.", "",
+             "| teacher | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    for t in teachers:
+        cells = []
+        for m in methods:
+            diffs = [r["last_top1"] - ce[r["seed"]] for r in students
+                     if r["teacher"] == t["teacher"] and r["method"] == m and r["seed"] in ce and r["last_top1"] is not None]
+            cells.append("–" if not diffs else f"{mean_std(diffs, signed=True).replace(' (1 seed)', '')} ({sum(d > 0 for d in diffs)}/{len(diffs)})")
+        lines.append(f"| {t['teacher']} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def plot(sweep: Sweep, teachers: list[dict[str, Any]], students: list[dict[str, Any]], path: Path) -> bool:
