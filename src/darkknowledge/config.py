@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from darkknowledge.errors import UserError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # no setting of a run makes sense as inf or nan (lr, weight decay, gamma, warm-up, ...)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -103,12 +104,14 @@ class EngineConfig(_Strict):
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms (slower, bit-reproducible where supported).")
     progress: bool = Field(True, description="Show a progress bar (one line per epoch is printed either way).")
     tensorboard: bool = Field(False, description="Also write TensorBoard event files to <run_dir>/tensorboard (needs the `tensorboard` package).")
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="A non-finite loss: `stop` the run naming epoch, step and loss terms, or `skip` the batch (counted per epoch as `nonfinite_skipped`).")
     eval_every: int = Field(1, ge=1, description="Evaluate every N epochs (and always after the last).")
     save_every: int = Field(1, ge=1, description="Write last.pt every N epochs (and always after the last).")
 
 
 class RunConfig(_Strict):
-    name: str | None = Field(None, description="Run name; the run directory is <output_dir>/<name> (default: <model>-<method>-s<seed>).")
+    name: str | None = Field(None, description="Run name; the run directory is <output_dir>/<name> (default: <model>-<method>-s<seed>). No path separators.")
     output_dir: str = Field("runs", description="Parent directory of run directories.")
     seed: int = Field(0, description="Seed of initialisation, data order and augmentation.")
     data: DataConfig = Field(default_factory=DataConfig, description="Dataset and batching.")
@@ -117,6 +120,13 @@ class RunConfig(_Strict):
     method: MethodConfig = Field(default_factory=MethodConfig, description="Loss / distillation method and its hyperparameters.")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimiser and schedule.")
     engine: EngineConfig = Field(default_factory=EngineConfig, description="Device, precision and logging.")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str | None) -> str | None:
+        if name is not None and (name in ("", ".", "..") or "/" in name or "\\" in name):
+            raise ValueError(f"{name!r} must be a plain directory name (no '/', not '.' or '..'); use output_dir= for the parent")
+        return name
 
     def run_name(self) -> str:
         return self.name or f"{self.model.name}-{self.method.name}-s{self.seed}"
@@ -213,7 +223,7 @@ def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         raise UserError(f"{source}: {loc}: {msg}") from None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from darkknowledge.cli.main import command
 
@@ -28,26 +29,40 @@ def _add_cache(p):
 )
 def cmd_cache(args) -> int:
     from darkknowledge.config import load_config
-    from darkknowledge.engine.cache import CachedTeacher, build_cache
+    from darkknowledge.engine.assembly import check_teacher_fits, load_datasets, resolve_device
+    from darkknowledge.engine.cache import CachedTeacher, build_cache, read_cache_meta
     from darkknowledge.engine.checkpoint import load_model
-    from darkknowledge.engine.assembly import check_teacher_fits, load_datasets
     from darkknowledge.errors import UserError
 
     if args.action == "info":
         cache = CachedTeacher(args.path)
         print(json.dumps(cache.meta, indent=2))
         return 0
+    if args.views is not None and args.views < 1:
+        raise UserError(f"--views must be at least 1, got {args.views}")
+    if args.topk < 1:
+        raise UserError(f"--topk must be at least 1, got {args.topk}")
     cfg = load_config(args.config, args.overrides)
     if not cfg.teacher.checkpoint:
         raise UserError("cache build needs teacher.checkpoint=PATH")
+    target = Path(args.path)
+    if target.exists():
+        if not target.is_dir():
+            raise UserError(f"cache path {target} is a file; choose a directory path")
+        if not args.overwrite:
+            raise UserError(f"cache directory {target} exists; pass --overwrite to replace it (only a cache is ever replaced) or choose another path")
+        if not (target / "meta.json").is_file():
+            raise UserError(f"--overwrite: {target} is not a teacher cache (no meta.json); it is left as it is: choose another path")
+        read_cache_meta(target)  # a damaged meta.json is an error too: only a readable cache is replaced
+    device = resolve_device(cfg.engine.device)
     train_set, _ = load_datasets(cfg)
-    model, ckpt = load_model(cfg.teacher.checkpoint, cfg.engine.device)
+    model, ckpt = load_model(cfg.teacher.checkpoint, device)
     check_teacher_fits(ckpt, train_set.spec, cfg.teacher.checkpoint)
     path = build_cache(
         model, train_set, args.path,
         num_views=args.views or cfg.teacher.cache_views, view_seed=cfg.teacher.cache_view_seed,
         storage=args.storage, topk=args.topk, dtype=args.dtype, precision=cfg.engine.precision,
-        batch_size=cfg.data.eval_batch_size, device=cfg.engine.device, channels_last=cfg.engine.channels_last,
+        batch_size=cfg.data.eval_batch_size, device=device, channels_last=cfg.engine.channels_last,
         fold_batchnorm=cfg.teacher.fold_batchnorm,
         overwrite=args.overwrite, progress=cfg.engine.progress,
     )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
+from pathlib import Path
 
 from darkknowledge.cli.main import command
 from darkknowledge.errors import UserError
@@ -31,6 +33,7 @@ def _add_diagnose(p):
 )
 def cmd_diagnose(args) -> int:
     from darkknowledge.diagnostics import DiagnoseOptions, diagnose_from_logits_file
+    from darkknowledge.engine.assembly import resolve_device
     from darkknowledge.experiments.diagnose import diagnose_checkpoints
 
     opts = DiagnoseOptions(plots=not args.no_plots)
@@ -39,15 +42,17 @@ def cmd_diagnose(args) -> int:
             opts.temperatures = tuple(float(t) for t in args.temperatures.split(","))
         except ValueError:
             raise UserError(f"--temperatures must be comma-separated numbers, got {args.temperatures!r}") from None
-        if any(t <= 0 for t in opts.temperatures):
-            raise UserError("--temperatures must be positive")
+        if not all(math.isfinite(t) and t > 0 for t in opts.temperatures):
+            raise UserError(f"--temperatures must be positive finite numbers, got {args.temperatures!r}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a file; choose a directory")
     if args.logits:
         result = diagnose_from_logits_file(args.logits, out_dir=args.out, options=opts)
     else:
         if not args.teacher:
             raise UserError("give at least one --teacher CKPT (or --logits FILE)")
         result = diagnose_checkpoints(args.teacher, args.student, args.overrides, split=args.split,
-                                      out_dir=args.out, options=opts, device=args.device)
+                                      out_dir=args.out, options=opts, device=resolve_device(args.device))
     for card in result.cards:
         print(card.to_text())
         print()

@@ -99,13 +99,14 @@ def cmd_evaluate(args) -> int:
     from darkknowledge.data.loader import eval_batches
     from darkknowledge.engine.checkpoint import load_model
     from darkknowledge.engine.metrics import evaluate
-    from darkknowledge.engine.assembly import build_split, check_teacher_fits, checkpoint_data_config
+    from darkknowledge.engine.assembly import build_split, check_teacher_fits, checkpoint_data_config, resolve_device
 
-    model, ckpt = load_model(args.checkpoint, args.device)
+    device = resolve_device(args.device)
+    model, ckpt = load_model(args.checkpoint, device)
     d = checkpoint_data_config(ckpt, args.overrides, "evaluate")
     ds = build_split(d, train=args.split == "train")
     check_teacher_fits(ckpt, ds.spec, args.checkpoint)
-    metrics = evaluate(model, eval_batches(ds, d.eval_batch_size, args.device), args.precision)
+    metrics = evaluate(model, eval_batches(ds, d.eval_batch_size, device), args.precision)
     print(json.dumps({"checkpoint": args.checkpoint, "model": ckpt["model_name"], "dataset": d.name, "split": args.split, **metrics}, indent=2))
     return 0
 
@@ -241,6 +242,20 @@ def _load_plugins() -> None:
                 raise
 
 
+INTERRUPTED = "interrupted (a run continues from its last checkpoint with --resume)"
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while handling a Ctrl-C (KeyboardInterrupt in its context chain)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__context__ or exc.__cause__
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     _load_plugins()
     parser = build_parser()
@@ -261,13 +276,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
     except BrokenPipeError:  # `darkknowledge models | head`: stop quietly, as other CLI tools do
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit flush
         return 141
+    except OSError as exc:
+        if _interrupted(exc):
+            print(INTERRUPTED, file=sys.stderr)
+            return 130
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot use{where}: {exc.strerror or exc}; choose a path you can write to", file=sys.stderr)
+        return UserError.exit_code
+    except Exception as exc:
+        if _interrupted(exc):  # Ctrl-C inside a library call that turned it into another error (e.g. torch.save)
+            print(INTERRUPTED, file=sys.stderr)
+            return 130
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

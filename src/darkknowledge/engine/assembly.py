@@ -17,6 +17,22 @@ from darkknowledge.engine.teacher import LiveTeacher, TeacherSignal
 from darkknowledge.errors import UserError
 
 
+def resolve_device(name: str) -> torch.device:
+    """``engine.device`` / ``--device`` as a torch device that exists on this machine."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name!r}: this machine has no CUDA device; use cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here; use cuda:0..{torch.cuda.device_count() - 1}")
+    elif device.type != "cpu":
+        raise UserError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
+    return device
+
+
 def build_split(data: DataConfig, train: bool) -> ArrayDataset:
     """One split of the configured dataset (subset by ``train_per_class`` / ``test_per_class``)."""
     from darkknowledge.data import build_dataset
@@ -34,15 +50,26 @@ def load_datasets(cfg: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
 def checkpoint_data_config(ckpt: dict[str, Any], overrides: list[str], command: str) -> DataConfig:
     """The data section a checkpoint was trained with, changed by ``data.*`` overrides
     (``command`` names the sub-command in errors; other keys are refused)."""
-    import yaml
-
     from darkknowledge.config import apply_overrides, validate_config
 
     bad = [o for o in overrides if not o.startswith("data.")]
     if bad:
         raise UserError(f"{command} only takes data.* overrides, got {bad[0]!r}")
-    saved = yaml.safe_load(ckpt.get("config") or "{}") or {}
-    return validate_config(apply_overrides({"data": saved.get("data", {})}, overrides), source=command).data
+    return validate_config(apply_overrides({"data": _saved_section(ckpt, "data", command)}, overrides), source=command).data
+
+
+def _saved_section(ckpt: dict[str, Any], section: str, where: str) -> dict[str, Any]:
+    """One section of the run configuration embedded in a checkpoint ({} if absent)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load(ckpt.get("config") or "{}") or {}
+    except yaml.YAMLError:
+        saved = None
+    if not isinstance(saved, dict) or not isinstance(saved.get(section, {}), dict):
+        raise UserError(f"{where}: the configuration stored in the checkpoint is damaged (not a YAML mapping); "
+                        "pass the data settings as data.* overrides or re-create the checkpoint")
+    return saved.get(section) or {}
 
 
 # The keys that say which data a model was trained on (not how it was batched).
@@ -51,10 +78,7 @@ DATASET_KEYS = ("name", "root", "download", "classes", "train_per_class", "test_
 
 def teacher_data_section(path: str) -> dict[str, Any]:
     """The dataset keys of the ``data`` section a teacher checkpoint was trained with."""
-    import yaml
-
-    saved = yaml.safe_load(load_checkpoint(path).get("config") or "{}") or {}
-    data = saved.get("data") or {}
+    data = _saved_section(load_checkpoint(path), "data", f"teacher checkpoint {path}")
     return {k: data[k] for k in DATASET_KEYS if k in data and k in DataConfig.model_fields}
 
 

@@ -80,7 +80,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"checkpoint {path} is not a darkknowledge checkpoint (no 'format' tag); train it with `darkknowledge train`")
     if ckpt.get("version", 0) > VERSION:
         raise UserError(f"checkpoint {path} has format version {ckpt['version']}, newer than this darkknowledge ({VERSION}); upgrade")
+    _check_fields(ckpt, path)
     return ckpt
+
+
+def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
+    """The fields every reader relies on, with their types (a hand-edited or foreign file fails here, in one line)."""
+    if not isinstance(ckpt.get("model_name"), str):
+        raise UserError(f"checkpoint {path} has no model_name; it is damaged or was not written by darkknowledge")
+    for key in ("num_classes", "in_channels"):
+        value = ckpt.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"checkpoint {path}: {key} must be a positive integer, got {value!r}; the file is damaged")
+    if not isinstance(ckpt.get("model"), dict):
+        raise UserError(f"checkpoint {path} holds no model weights; it is damaged or was not written by darkknowledge")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -94,14 +107,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     except RuntimeError as exc:
         raise UserError(f"checkpoint {path}: weights do not fit model {ckpt['model_name']!r} ({str(exc).splitlines()[0][:120]})") from None
     return model.to(device).eval(), ckpt
-
-
-def file_digest(path: str | Path, algo: str = "sha256", chunk: int = 1 << 20) -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def state_digest(state_dict: dict[str, torch.Tensor]) -> str:

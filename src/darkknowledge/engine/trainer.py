@@ -18,6 +18,7 @@ The trainer never looks at the method's name. Run directory::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import random
@@ -34,9 +35,10 @@ from darkknowledge.config import RunConfig
 from darkknowledge.data.augment import identity_params
 from darkknowledge.data.base import ArrayDataset
 from darkknowledge.data.loader import BatchLoader, eval_batches
-from darkknowledge.engine.assembly import build_teacher_signal, load_datasets, load_initial_weights
+from darkknowledge.engine.assembly import build_teacher_signal, load_datasets, load_initial_weights, resolve_device
 from darkknowledge.engine.checkpoint import FORMAT, VERSION, atomic_torch_save, load_checkpoint, spec_to_dict
 from darkknowledge.engine.loggers import build_loggers, json_safe
+from darkknowledge.engine.runlock import RunLock
 from darkknowledge.engine.metrics import ClassificationMeter, collect_logits
 from darkknowledge.engine.precision import autocast, resolve_precision
 from darkknowledge.engine.schedule import learning_rate
@@ -85,7 +87,7 @@ class Trainer:
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
         self.run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir()
-        self.device = torch.device(cfg.engine.device)
+        self.device = resolve_device(cfg.engine.device)
         self.precision = resolve_precision(cfg.engine.precision, self.device)
         if cfg.engine.threads:
             torch.set_num_threads(cfg.engine.threads)
@@ -97,6 +99,9 @@ class Trainer:
         self.train_set, self.test_set = train_set, test_set
         spec = train_set.spec
         self.spec = spec
+        if spec.num_classes < 2:
+            raise UserError(f"dataset {spec.name!r} has {spec.num_classes} class (data.classes={cfg.data.classes}); "
+                            "classification needs at least 2")
 
         # Fair by construction: the student's initial weights and the global random stream
         # depend only on (seed, model, data); the method and the teacher are built on a fork.
@@ -166,33 +171,78 @@ class Trainer:
             "rng": rng_state(),
         }
 
-    def _prepare_run_dir(self, resume: bool) -> None:
-        last = self.run_dir / "last.pt"
-        if resume:
-            if not last.is_file():
-                raise UserError(f"--resume: no checkpoint {last}; start the run without --resume")
-            ckpt = load_checkpoint(last, map_location=self.device)
-            saved = (self.run_dir / "config.yaml").read_text() if (self.run_dir / "config.yaml").is_file() else ckpt["config"]
-            if _comparable_config(saved) != _comparable_config(self.cfg.to_yaml()):
-                raise UserError(f"--resume: the configuration differs from the one saved in {self.run_dir}/config.yaml (only optim.epochs, output_dir and engine.device/threads/progress may change)")
+    def _resume_source(self, resume: bool) -> Path | None:
+        """The checkpoint to continue from (read-only checks, before anything is written)."""
+        last, best = self.run_dir / "last.pt", self.run_dir / "best.pt"
+        if not resume:
+            if last.exists() or best.exists():
+                raise UserError(f"run directory {self.run_dir} already holds a run; pass --resume to continue it or choose another name=")
+            return None
+        if last.is_file():
+            source = last
+        elif best.is_file():
+            print(f"warning: {last} is missing; resuming from best.pt (its epoch, not the last one)", file=sys.stderr)
+            source = best
+        else:
+            raise UserError(f"--resume: no checkpoint in {self.run_dir} (no last.pt or best.pt); start the run without --resume")
+        ckpt = load_checkpoint(source, map_location=self.device)
+        if _comparable_config(self._saved_config(ckpt)) != _comparable_config(self.cfg.to_yaml()):
+            raise UserError(f"--resume: the configuration differs from the one saved in {self.run_dir}/config.yaml (only optim.epochs, output_dir and engine.device/threads/progress/tensorboard may change)")
+        self._resume_checkpoint = ckpt
+        return source
+
+    def _prepare_run_dir(self, source: Path | None) -> None:
+        if source is not None:
+            ckpt, self._resume_checkpoint = self._resume_checkpoint, None
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.method.load_state_dict(ckpt["method"])
             set_rng_state(ckpt["rng"])
             self.start_epoch = int(ckpt["epoch"])
             self.best_top1 = float(ckpt["best_top1"])
-            mpath = self.run_dir / "metrics.jsonl"
-            if mpath.is_file():
-                lines = [json.loads(l) for l in mpath.read_text().splitlines() if l.strip()]
-                self.history = [l for l in lines if l["epoch"] < self.start_epoch]
-            self._write_metrics()
-        else:
-            if last.exists() or (self.run_dir / "best.pt").exists():
-                raise UserError(f"run directory {self.run_dir} already holds a run; pass --resume to continue it or choose another name=")
+            self.history = [h for h in self._read_history() if h["epoch"] < self.start_epoch]
+        elif self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._write_metrics()  # empty: drop lines of an earlier attempt killed before its first checkpoint
         if self.rank == 0:
+            remove_stale_temporaries(self.run_dir)
+            self._write_metrics()  # on a fresh start: drop lines of an attempt killed before its first checkpoint
             atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
+
+    def _saved_config(self, ckpt: dict[str, Any]) -> str:
+        """config.yaml of the run, or the checkpoint's copy when the file is missing or damaged."""
+        import yaml
+
+        path = self.run_dir / "config.yaml"
+        try:
+            text = path.read_text()
+            if isinstance(yaml.safe_load(text), dict):
+                return text
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            pass
+        if path.exists():
+            print(f"warning: {path} is damaged; using the configuration stored in the checkpoint (rewritten)", file=sys.stderr)
+        return ckpt["config"]
+
+    def _read_history(self) -> list[dict[str, Any]]:
+        """metrics.jsonl records; lines a crash left half-written (or edited into garbage) are dropped, with a warning."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        records, dropped = [], 0
+        for line in path.read_text(errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+                records.append(record)
+            else:
+                dropped += 1
+        if dropped:
+            print(f"warning: {path}: dropped {dropped} unreadable line(s) (e.g. a crash mid-write); the file is rewritten", file=sys.stderr)
+        return records
 
     def _write_metrics(self) -> None:
         if self.rank == 0:
@@ -234,6 +284,7 @@ class Trainer:
 
             bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False, dynamic_ncols=True)
         t0 = time.perf_counter()
+        skipped = 0
         for i, batch in enumerate(self.loader.epoch(epoch)):
             lr = learning_rate(cfg.optim, epoch, i / steps)
             for group in self.optimizer.param_groups:
@@ -244,6 +295,13 @@ class Trainer:
                 student_logits = self.model(batch.images)
             terms = self.method(student_logits, teacher_logits, batch.targets, ctx)
             loss = sum(terms.values())
+            if not bool(torch.isfinite(loss)):
+                if cfg.engine.nonfinite == "stop":
+                    raise UserError(_nonfinite_message(epoch, i, steps, terms))
+                skipped += 1
+                if bar is not None:
+                    bar.update(1)
+                continue
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -259,17 +317,24 @@ class Trainer:
         elapsed = time.perf_counter() - t0
         if bar is not None:
             bar.close()
+        if seen == 0:
+            raise UserError(f"every batch of epoch {epoch + 1} had a non-finite loss (engine.nonfinite=skip); lower optim.lr or check the data")
         out = {f"loss/{k}": (v / seen).item() for k, v in totals.items()}
         out["loss/total"] = sum(out.values())
         out["lr"] = learning_rate(cfg.optim, epoch, 0.0)
         out["train_time_s"] = elapsed
         out["train_images_per_s"] = seen / max(elapsed, 1e-9)
+        if cfg.engine.nonfinite == "skip":
+            out["nonfinite_skipped"] = skipped
         out.update({f"method/{k}": v for k, v in self.method.epoch_stats().items()})
         return out
 
     def evaluate(self) -> dict[str, float]:
         batches = eval_batches(self.test_set, self.cfg.data.eval_batch_size, self.device, self.cfg.engine.channels_last)
         logits, targets = collect_logits(self.model, batches, self.precision)
+        if not bool(torch.isfinite(logits).all()):
+            raise UserError(f"the model's outputs became non-finite (evaluation after epoch {len(self.history) + 1}): "
+                            "training diverged; lower optim.lr (nothing of this epoch was saved)")
         meter = ClassificationMeter()
         meter.update(logits, targets)
         out = {f"test/{k}": v for k, v in meter.compute().items()}
@@ -292,8 +357,13 @@ class Trainer:
         return self._teacher_eval
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
+        source = self._resume_source(resume)
+        with RunLock(self.run_dir) if self.rank == 0 else contextlib.nullcontext():
+            return self._fit(source)
+
+    def _fit(self, source: Path | None) -> dict[str, Any]:
         cfg = self.cfg
-        self._prepare_run_dir(resume)
+        self._prepare_run_dir(source)
         if self.rank == 0:
             for warning in self.method.check_schedule(cfg.optim.epochs):
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
@@ -317,6 +387,9 @@ class Trainer:
                 if improved:
                     self.best_top1 = record["test/top1"]
                 if (epoch + 1) % cfg.engine.save_every == 0 or final or improved:
+                    if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+                        raise UserError(f"the weights became non-finite in epoch {epoch + 1}: training diverged; lower optim.lr "
+                                        "(no checkpoint was written from them)")
                     ckpt = self._checkpoint(epoch + 1, record)
                     # last.pt first: a kill between the two writes leaves a resumable run
                     if (epoch + 1) % cfg.engine.save_every == 0 or final:
@@ -347,6 +420,24 @@ class Trainer:
             "best": {k: v for k, v in best.items() if k.startswith("test/")} | ({"epoch": best["epoch"]} if best else {}),
             "wall_time_s": wall_s,
         }
+
+
+# what atomic writes leave behind when a process is killed mid-write (fileio.atomic_write)
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "summary.json", "config.yaml")
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete ``.<run file>.*.tmp`` left by killed writes (call only while holding the run's lock)."""
+    stale = [p for name in RUN_FILES for p in run_dir.glob(f".{name}.*.tmp")]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def _nonfinite_message(epoch: int, step: int, steps: int, terms: dict[str, Tensor]) -> str:
+    values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+    return (f"non-finite loss at epoch {epoch + 1}, step {step + 1}/{steps} ({values}); the run stopped, nothing of this "
+            "epoch was saved; lower optim.lr, check the data, or set engine.nonfinite=skip to skip such batches")
 
 
 def _has_plain_view(view_table: Tensor, spec) -> bool:

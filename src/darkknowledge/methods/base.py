@@ -10,7 +10,9 @@ branches on a method's name; what differs between methods lives in their own fil
 
 * ``Params``: a pydantic model with a description on every field (the CLI's
   ``method.<field>=value`` overrides are validated against it; ``darkknowledge methods``
-  prints it).
+  prints it). It is the one place of the parameters and their defaults: the plain loss
+  function takes its keyword defaults from it (:func:`param_defaults`) and the module
+  forwards ``**params.model_dump()`` to that function (``loss_fn``/``loss_kwargs``).
 * ``needs_teacher``: ``False`` for plain supervised training (teachers, student baselines).
 * learnable parameters (e.g. CTKD's temperature) are ordinary ``nn.Parameter`` s of
   the module; the trainer adds ``method.parameters()`` to the optimiser.
@@ -28,8 +30,9 @@ trainer (``from darkknowledge.methods.kd import kd_loss``).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -40,9 +43,42 @@ from darkknowledge.registry import Registry
 
 
 class MethodParams(BaseModel):
-    """Base class of every method's hyperparameters: unknown keys are errors."""
+    """Base class of every method's hyperparameters: unknown keys and non-finite numbers are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+
+
+def param_defaults(
+    params_cls: type[MethodParams], *, exclude: tuple[str, ...] = (), subset: bool = False
+) -> Callable[[_Fn], _Fn]:
+    """Decorator: a function's keyword-only defaults for ``params_cls``'s fields are the
+    fields' defaults, so they are written once (in the ``Params`` model).
+
+    The function must not give those parameters defaults of its own. Unless ``subset``,
+    it must take every field except ``exclude`` (so that the module can forward
+    ``**params.model_dump()``); its other keyword-only parameters keep their own
+    defaults. Checked at import time: drift is a ``TypeError``, not a silent difference.
+    """
+    fields = params_cls.model_fields
+
+    def wrap(fn: _Fn) -> _Fn:
+        kwonly = inspect.getfullargspec(fn).kwonlyargs
+        own = fn.__kwdefaults__ or {}
+        shared = [name for name in kwonly if name in fields]
+        clash = [name for name in shared if name in own]
+        missing = [] if subset else [name for name in fields if name not in kwonly and name not in exclude]
+        if clash or missing:
+            raise TypeError(
+                f"{fn.__qualname__}: defaults of {clash} belong in {params_cls.__name__}; "
+                f"fields missing from the signature: {missing}"
+            )
+        fn.__kwdefaults__ = {**own, **{name: fields[name].default for name in shared}}
+        return fn
+
+    return wrap
 
 
 @dataclass
@@ -81,6 +117,9 @@ class DistillMethod(nn.Module):
     Params: ClassVar[type[MethodParams]] = MethodParams
     needs_teacher: ClassVar[bool] = True
     summary: ClassVar[str] = ""
+    # the plain loss function (as ``staticmethod``); the default forward calls it with
+    # :meth:`loss_kwargs`, i.e. the validated parameters
+    loss_fn: ClassVar[Callable[..., dict[str, Tensor]]]
 
     def __init__(self, params: MethodParams | None = None, num_classes: int | None = None):
         super().__init__()
@@ -97,10 +136,17 @@ class DistillMethod(nn.Module):
         ``num_epochs`` epochs; default: none. Methods with such parameters override it."""
         return []
 
+    def loss_kwargs(self, ctx: StepContext) -> dict[str, Any]:
+        """Keyword arguments of ``loss_fn`` for this step; default: the parameters."""
+        return self.params.model_dump()
+
     def forward(
         self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, ctx: StepContext
     ) -> dict[str, Tensor]:
-        raise NotImplementedError
+        kwargs = self.loss_kwargs(ctx)
+        if not self.needs_teacher:
+            return self.loss_fn(student_logits, targets, **kwargs)
+        return self.loss_fn(student_logits, teacher_logits, targets, **kwargs)
 
     # -- per-epoch statistics ------------------------------------------------------------
     def record(self, name: str, values: Tensor) -> None:
