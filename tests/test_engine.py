@@ -115,7 +115,7 @@ def test_teacher_training_reaches_accuracy_and_writes_run_dir(teacher_run):
     assert summary["final"]["test/n"] == 359
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "last.pt", "best.pt"):
         assert (run_dir / name).is_file(), name
-    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")]  # no temp files left
+    assert [p.name for p in run_dir.iterdir() if p.name.startswith(".")] == [".lock"]  # no temp files left, only the run lock
     lines = read_metrics(run_dir)
     assert [line["epoch"] for line in lines] == [0, 1, 2]
     for line in lines:

@@ -49,6 +49,10 @@ def _run_training(args: argparse.Namespace, base: dict, inherit_teacher_data: bo
         default = type(cfg.data)()
         report["data_from_teacher"] = {k: v for k, v in inherited.items() if getattr(cfg.data, k) == v != getattr(default, k)}
     summary = train(cfg, resume=args.resume)
+    from darkknowledge.engine.distributed import is_main_process
+
+    if not is_main_process():  # under torchrun only rank 0 reports
+        return 0
     print(json.dumps({"run_dir": summary["run_dir"], **report, "final": summary["final"], "best": summary["best"]}, indent=2))
     return 0
 

@@ -4,7 +4,11 @@
 * Order and augmentation of epoch ``e`` depend only on ``(seed, e)`` (their own
   ``torch.Generator``, never the global RNG), so a run killed after epoch ``e`` and
   resumed sees exactly the batches it would have seen.
-* ``rank``/``world_size`` shard each epoch's permutation (one process per rank).
+* ``rank``/``world_size`` shard each epoch's permutation (one process per rank); training
+  shards are equal (the last ``n mod world_size`` samples of the permutation wait for
+  the next epoch), so every rank takes the same number of steps, and rank r's batch i
+  holds every world_size-th sample of the single-process batch i of size
+  ``world_size * batch_size``.
 * ``view_table`` (N, K, 3): replay one of K fixed augmentation views per sample (for
   the teacher-output cache); ``Batch.views`` then says which.
 """
@@ -78,6 +82,8 @@ class BatchLoader:
         self.view_table = view_table
 
     def _shard_size(self) -> int:
+        if self.train and self.world_size > 1:  # equal shards: every rank takes the same number of steps
+            return len(self.dataset) // self.world_size
         return len(range(self.rank, len(self.dataset), self.world_size))
 
     def __len__(self) -> int:
@@ -88,6 +94,8 @@ class BatchLoader:
         n = len(self.dataset)
         gen = epoch_generator(self.seed, epoch)
         order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)
+        if self.train and self.world_size > 1:
+            order = order[: n - n % self.world_size]
         order = order[self.rank :: self.world_size]
         views = params = None
         if self.view_table is not None:

@@ -36,6 +36,7 @@ from darkknowledge.data.augment import identity_params
 from darkknowledge.data.base import ArrayDataset
 from darkknowledge.data.loader import BatchLoader, eval_batches
 from darkknowledge.engine.assembly import build_teacher_signal, load_datasets, load_initial_weights, resolve_device
+from darkknowledge.engine import distributed
 from darkknowledge.engine.checkpoint import FORMAT, VERSION, atomic_torch_save, load_checkpoint, spec_to_dict
 from darkknowledge.engine.loggers import build_loggers, json_safe
 from darkknowledge.engine.runlock import RunLock
@@ -79,15 +80,13 @@ class Trainer:
         test_set: ArrayDataset | None = None,
         teacher: TeacherSignal | None = None,
         run_dir: str | Path | None = None,
-        rank: int = 0,
-        world_size: int = 1,
     ):
         from darkknowledge.models import build_model, count_parameters
 
         self.cfg = cfg
-        self.rank, self.world_size = rank, world_size
         self.run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir()
-        self.device = resolve_device(cfg.engine.device)
+        # under torchrun: join the process group (one rank per process); else rank 0 of 1
+        self.rank, self.world_size, self.device = distributed.setup(resolve_device(cfg.engine.device))
         self.precision = resolve_precision(cfg.engine.precision, self.device)
         if cfg.engine.threads:
             torch.set_num_threads(cfg.engine.threads)
@@ -115,7 +114,13 @@ class Trainer:
             self.method = build_method(cfg.method.name, cfg.method.model_extra, num_classes=spec.num_classes).to(self.device)
             self.teacher = teacher
             if self.method.needs_teacher and self.teacher is None:
+                # a cache built on the fly: rank 0 builds it, the others open it afterwards
+                first = self.world_size == 1 or not cfg.teacher.cache
+                if not first and self.rank != 0:
+                    distributed.barrier()
                 self.teacher = build_teacher_signal(cfg, train_set, self.device)
+                if not first and self.rank == 0:
+                    distributed.barrier()
 
         if cfg.engine.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -136,8 +141,8 @@ class Trainer:
             device=self.device,
             channels_last=cfg.engine.channels_last,
             view_table=view_table,
-            rank=rank,
-            world_size=world_size,
+            rank=self.rank,
+            world_size=self.world_size,
         )
         if len(self.loader) == 0:
             raise UserError(
@@ -146,6 +151,8 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad] + [p for p in self.method.parameters() if p.requires_grad]
         o = cfg.optim
         self.optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
+        # the student only is data-parallel; the teacher is never wrapped (it has no gradients)
+        self.train_model = distributed.wrap(self.model, self.device) if self.world_size > 1 else self.model
         self.start_epoch = 0
         self.best_top1 = -1.0
         self.history: list[dict[str, Any]] = []
@@ -292,10 +299,10 @@ class Trainer:
             ctx = StepContext(epoch=epoch, num_epochs=cfg.optim.epochs, step_in_epoch=i, steps_per_epoch=steps)
             teacher_logits = self.teacher(batch) if self.method.needs_teacher else None
             with autocast(self.device, self.precision):
-                student_logits = self.model(batch.images)
+                student_logits = self.train_model(batch.images)
             terms = self.method(student_logits, teacher_logits, batch.targets, ctx)
             loss = sum(terms.values())
-            if not bool(torch.isfinite(loss)):
+            if not self._finite_everywhere(loss):
                 if cfg.engine.nonfinite == "stop":
                     raise UserError(_nonfinite_message(epoch, i, steps, terms))
                 skipped += 1
@@ -304,6 +311,8 @@ class Trainer:
                 continue
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.world_size > 1:
+                distributed.average_gradients(self.method.parameters())
             self.optimizer.step()
             n = len(batch)
             seen += n
@@ -317,6 +326,9 @@ class Trainer:
         elapsed = time.perf_counter() - t0
         if bar is not None:
             bar.close()
+        if self.world_size > 1:  # every rank reports the same, global numbers
+            totals = distributed.sum_across({**totals, "__seen": torch.tensor(float(seen)), "__skipped": torch.tensor(float(skipped))})
+            seen, skipped = int(totals.pop("__seen").item()), int(totals.pop("__skipped").item())
         if seen == 0:
             raise UserError(f"every batch of epoch {epoch + 1} had a non-finite loss (engine.nonfinite=skip); lower optim.lr or check the data")
         out = {f"loss/{k}": (v / seen).item() for k, v in totals.items()}
@@ -328,6 +340,15 @@ class Trainer:
             out["nonfinite_skipped"] = skipped
         out.update({f"method/{k}": v for k, v in self.method.epoch_stats().items()})
         return out
+
+    def _finite_everywhere(self, loss: Tensor) -> bool:
+        """Whether the loss is finite on every rank (one decision for all: ranks must step together)."""
+        finite = torch.isfinite(loss.detach()).float().reshape(1)
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite.item())
 
     def evaluate(self) -> dict[str, float]:
         batches = eval_batches(self.test_set, self.cfg.data.eval_batch_size, self.device, self.cfg.engine.channels_last)
@@ -399,6 +420,7 @@ class Trainer:
                 _print_epoch(record, cfg.optim.epochs)
         for logger in loggers:
             logger.close()
+        distributed.barrier()
         summary = self.summary(last_metrics, time.perf_counter() - t_start)
         if self.rank == 0:
             atomic_write_json(self.run_dir / "summary.json", summary)
