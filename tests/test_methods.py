@@ -24,7 +24,8 @@ from darkknowledge.methods.dist import dist_loss
 from darkknowledge.methods.dkd import dkd_components, dkd_loss, dkd_warmup
 from darkknowledge.methods.fgcr import class_relation_matrix, fgcr_loss, fgcr_teacher_log_probs
 from darkknowledge.methods.functional import tempered_kl
-from darkknowledge.methods.isats import isats_loss, isats_search, isats_temperatures
+from darkknowledge.methods.isats import isats_loss, isats_loss_and_temperature, isats_temperatures
+from darkknowledge.nontarget import isats_search
 from darkknowledge.methods.kd import kd_loss
 from darkknowledge.methods.lskd import lskd_loss
 from darkknowledge.methods.rckd import rckd_loss
@@ -496,7 +497,8 @@ def test_isats_search_undefined_rows_and_precision():
 
 
 def test_nontarget_variance_helper_matches_numpy():
-    from darkknowledge.methods.functional import nontarget_variance, target_mask
+    from darkknowledge.methods.functional import target_mask
+    from darkknowledge.nontarget import nontarget_variance
 
     s, t, y = random_batch(batch=5, classes=7, seed=20)
     p = F.softmax(t, -1)
@@ -755,6 +757,197 @@ def test_dkd_warns_when_warmup_exceeds_the_run():
 def test_ctkd_warns_when_curriculum_exceeds_the_run():
     (warning,) = build_method("ctkd", {}, num_classes=10).check_schedule(5)  # default curriculum: 10 epochs
     assert "curriculum_epochs=10" in warning and "5 epochs" in warning
-    assert f"{ctkd_lambda(4, 10):.2f}" in warning  # the weight of the last epoch, -0.35
+    assert f"{ctkd_lambda(4, curriculum_epochs=10):.2f}" in warning  # the weight of the last epoch, -0.35
     assert build_method("ctkd", {}, num_classes=10).check_schedule(10) == []
     assert build_method("ctkd", {"curriculum_epochs": 3}, num_classes=10).check_schedule(5) == []
+
+
+# ---------------------------------------------------------------------------------------
+# one definition per method: the plain function and the registered module agree
+# ---------------------------------------------------------------------------------------
+
+from darkknowledge.methods.ce import ce_loss  # noqa: E402
+from darkknowledge.methods.ctkd import ctkd_loss  # noqa: E402
+
+# The public function of every method, called as a user would.
+FUNCTIONS = {
+    "ce": ce_loss, "kd": kd_loss, "lskd": lskd_loss, "ats": ats_loss, "isats": isats_loss, "fgcr": fgcr_loss,
+    "rckd": rckd_loss, "dkd": dkd_loss, "dist": dist_loss, "ctkd": ctkd_loss, "ttm": ttm_loss, "wttm": wttm_loss,
+}
+# Non-default parameters: together the sets of a method change every field.
+NON_DEFAULT = {
+    "ce": [{"ce_weight": 0.7, "label_smoothing": 0.1}],
+    "kd": [{"ce_weight": 0.3, "kd_weight": 2.0, "temperature": 2.5, "logit_standardization": True}],
+    "lskd": [{"ce_weight": 0.2, "kd_weight": 4.0, "temperature": 3.0}],
+    "ats": [{"ce_weight": 0.3, "kd_weight": 0.7, "target_temperature": 5.0, "nontarget_temperature": 1.5,
+             "student_temperature": 2.0, "center_logits": True}],
+    "isats": [
+        {"ce_weight": 0.3, "kd_weight": 0.7, "student_temperature": 2.0, "tau_min": 0.3, "tau_max": 30.0,
+         "grid_size": 16, "refine_size": 5, "target_rule": "fixed", "target_temperature": 3.0, "center_logits": True},
+        {"search_rule": "B", "target_ratio": 1.5, "logit_standardization": True, "tau_min": 0.02, "tau_max": 2.0},
+    ],
+    "fgcr": [{"ce_weight": 0.2, "kd_weight": 1.5, "temperature": 3.0, "fusion_weight": 0.3, "relation_temperature": 2.0}],
+    "rckd": [{"ce_weight": 0.5, "kd_weight": 2.0, "temperature": 3.0, "eps": 1e-6}],
+    "dkd": [{"ce_weight": 0.5, "tckd_weight": 2.0, "nckd_weight": 3.0, "temperature": 2.0, "warmup_epochs": 5.0,
+             "logit_standardization": True}],
+    "dist": [{"ce_weight": 0.5, "kd_weight": 1.0, "temperature": 2.0, "inter_weight": 0.5, "intra_weight": 2.0,
+              "eps": 1e-6}],
+    "ctkd": [{"ce_weight": 0.2, "kd_weight": 0.5, "t_start": 2.0, "t_range": 10.0, "init_theta": -0.5,
+              "curriculum_epochs": 4.0}],
+    "ttm": [{"ce_weight": 0.5, "kd_weight": 3.0, "temperature": 2.0}],
+    "wttm": [{"ce_weight": 0.5, "kd_weight": 2.0, "temperature": 5.0}],
+}
+ROUTE_CASES = [(n, None) for n in ALL] + [(n, p) for n in sorted(NON_DEFAULT) for p in NON_DEFAULT[n]]
+ROUTE_CTX = StepContext(epoch=2, num_epochs=10, step_in_epoch=1, steps_per_epoch=4)
+
+
+def route_inputs(classes=10, batch=12, seed=3):
+    """Confident teacher rows, so that ISATS's tau* lies inside its search range."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(batch, classes, generator=g) * 2
+    t = torch.randn(batch, classes, generator=g) * 2
+    y = torch.randint(0, classes, (batch,), generator=g)
+    t[torch.arange(batch), y] += torch.linspace(8.0, 16.0, batch)
+    return s, t, y
+
+
+def function_route(name, s, t, y, params, relation_data):
+    """Loss of the plain function with the same parameters (None: its own defaults)."""
+    fn = FUNCTIONS[name]
+    kw = dict(params or {})
+    given = params is not None
+    defaults = METHODS.get(name).Params()
+    if name == "ce":
+        return fn(s, y, **kw), {}
+    if name == "dkd":
+        warmup = kw.pop("warmup_epochs", defaults.warmup_epochs)
+        kw["warmup_factor"] = dkd_warmup(ROUTE_CTX.epoch, ROUTE_CTX.step_in_epoch, ROUTE_CTX.steps_per_epoch, warmup)
+    if name == "fgcr":
+        rel_t = kw.pop("relation_temperature", defaults.relation_temperature)
+        kw["relation"] = class_relation_matrix(*relation_data, t.shape[1], temperature=rel_t)
+    if name == "ctkd":
+        p = METHODS.get(name).Params(**kw)
+        theta = torch.tensor(p.init_theta, requires_grad=True)
+        lam = ctkd_lambda(ROUTE_CTX.epoch, curriculum_epochs=p.curriculum_epochs) if given else ctkd_lambda(ROUTE_CTX.epoch)
+        temp = ctkd_temperature(theta, lam, t_start=p.t_start, t_range=p.t_range) if given else ctkd_temperature(theta, lam)
+        kw = {k: v for k, v in kw.items() if k in ("ce_weight", "kd_weight")}
+        return fn(s, t, y, temperature=temp, **kw), {"theta": theta}
+    return fn(s, t, y, **kw), {}
+
+
+@pytest.mark.parametrize("name,params", ROUTE_CASES, ids=[f"{n}-{'default' if p is None else i}" for i, (n, p) in enumerate(ROUTE_CASES)])
+def test_function_and_module_routes_are_identical(name, params):
+    s, t, y = route_inputs()
+    g = torch.Generator().manual_seed(9)
+    relation_data = (torch.randn(40, 10, generator=g) * 3, torch.arange(40) % 10)
+    s_fn, s_mod = s.clone().requires_grad_(True), s.clone().requires_grad_(True)
+
+    terms_fn, extra = function_route(name, s_fn, t, y, params, relation_data)
+    method = build_method(name, params or {}, num_classes=10)
+    method.setup(fake_setup_ctx(10, *relation_data))
+    terms_mod = method(s_mod, t, y, ROUTE_CTX)
+
+    assert set(terms_fn) == set(terms_mod)
+    for key in terms_fn:
+        assert torch.equal(terms_fn[key], terms_mod[key]), (name, key, terms_fn[key], terms_mod[key])
+    sum(terms_fn.values()).backward()
+    sum(terms_mod.values()).backward()
+    assert torch.equal(s_fn.grad, s_mod.grad)
+    if "theta" in extra:  # CTKD's learnable temperature gets the same (reversed) gradient
+        assert torch.equal(extra["theta"].grad, method.theta.grad)
+
+
+def test_route_cases_cover_every_method_and_field():
+    assert set(FUNCTIONS) == set(ALL) == set(NON_DEFAULT)
+    for name, sets in NON_DEFAULT.items():
+        fields = METHODS.get(name).Params.model_fields
+        changed = {k for p in sets for k in p}
+        assert changed == set(fields), (name, set(fields) - changed)
+        for p in sets:
+            assert all(v != fields[k].default for k, v in p.items()), name
+
+
+def test_route_inputs_put_isats_tau_inside_the_search_range():
+    s, t, y = route_inputs()
+    for params in [{}] + NON_DEFAULT["isats"]:
+        p = METHODS.get("isats").Params(**params)
+        z = t - t.mean(1, keepdim=True) if p.center_logits else t
+        if p.logit_standardization:
+            from darkknowledge.methods.functional import standardize_logits
+
+            z = standardize_logits(t)
+        tau = isats_search(z, y, search_rule=p.search_rule, tau_min=p.tau_min, tau_max=p.tau_max,
+                           target_ratio=p.target_ratio, grid_size=p.grid_size, refine_size=p.refine_size)
+        inside = (tau > p.tau_min * 1.05) & (tau < p.tau_max / 1.05)
+        assert inside.float().mean() >= 0.75, (params, tau)
+
+
+def test_loss_function_defaults_come_from_params():
+    import inspect
+
+    for name, fn in FUNCTIONS.items():
+        fields = METHODS.get(name).Params.model_fields
+        sig = inspect.signature(fn if name != "isats" else isats_loss_and_temperature)
+        for pname, par in sig.parameters.items():
+            if pname in fields:
+                assert par.default == fields[pname].default, (name, pname)
+
+
+def test_drifted_defaults_are_refused_at_import():
+    from darkknowledge.methods.base import param_defaults
+    from darkknowledge.methods.kd import KDParams
+
+    with pytest.raises(TypeError, match="belong in KDParams"):
+        @param_defaults(KDParams)
+        def drifted(s, t, y, *, ce_weight=0.2, kd_weight, temperature, logit_standardization):
+            return {}
+    with pytest.raises(TypeError, match="missing"):
+        @param_defaults(KDParams)
+        def incomplete(s, t, y, *, ce_weight, kd_weight):
+            return {}
+
+
+def _isats_reference(s, t, y, tau_min=0.5, tau_max=20.0, grid=64, ratio=2.0):
+    """ISATS at its defaults in float64 NumPy: per row, the log non-target variance on a
+    64-point log grid, the vertex of the parabola through the best point's neighbourhood
+    (kept if better), then ATS with tau1 = 2 tau*, tau2 = tau* and the soft CE."""
+    s, t = np.asarray(s, np.float64), np.asarray(t, np.float64)
+
+    def log_var(row, yi, u):
+        z = row / np.exp(u)
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        return np.log(np.delete(p, yi).var())
+
+    us = np.linspace(np.log(tau_min), np.log(tau_max), grid)
+    step = us[1] - us[0]
+    taus = []
+    for row, yi in zip(t, y):
+        vals = np.array([log_var(row, yi, u) for u in us])
+        j = int(vals.argmax())
+        c = min(max(j, 1), grid - 2)
+        fm, f0, fp = vals[c - 1], vals[c], vals[c + 1]
+        curv = fm - 2 * f0 + fp
+        vertex = c + 0.5 * (fm - fp) / curv if curv < 0 else j
+        vertex = min(max(vertex, max(j - 1, 0)), min(j + 1, grid - 1))
+        cand = us[0] + vertex * step
+        taus.append(np.exp(cand if log_var(row, yi, cand) > vals[j] else us[j]))
+    ce, kd = [], []
+    for row_s, row_t, yi, tau in zip(s, t, y, taus):
+        scaled = row_t / tau
+        scaled[yi] = row_t[yi] / (ratio * tau)
+        q = np.exp(scaled - scaled.max())
+        q /= q.sum()
+        log_ps = row_s - row_s.max() - np.log(np.exp(row_s - row_s.max()).sum())
+        ce.append(-log_ps[yi])
+        kd.append(-(q * log_ps).sum())
+    return {"ce": 0.5 * np.mean(ce), "kd": 0.5 * np.mean(kd)}, np.array(taus)
+
+
+def test_golden_isats():
+    s, t, y = route_inputs()  # the 4 x 5 golden inputs put two of their four tau* on tau_min
+    expected, taus = _isats_reference(s.numpy(), t.numpy(), y.numpy())
+    assert ((taus > 0.6) & (taus < 19.0)).all(), taus  # interior optima: the search matters
+    for terms in (isats_loss(s, t, y), build_method("isats", {}, num_classes=10)(s, t, y, StepContext())):
+        for key, value in expected.items():
+            assert terms[key].item() == pytest.approx(value, rel=2e-5), key

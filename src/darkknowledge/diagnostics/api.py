@@ -26,6 +26,7 @@ from darkknowledge.diagnostics._common import jsonable, to_tensor
 from darkknowledge.diagnostics.card import TeacherCard, make_card
 from darkknowledge.diagnostics.decompose import Decomposition, DecompositionAccumulator
 from darkknowledge.diagnostics.geometry import FeatureGeometryAccumulator, GeometryResult, feature_geometry
+from darkknowledge.diagnostics.isats_search import GRID_SIZE, REFINE_SIZE
 from darkknowledge.diagnostics.ranks import RankConsistency, RankConsistencyAccumulator
 from darkknowledge.diagnostics.stats import DEFAULT_TEMPERATURES, TeacherStats, TeacherStatsAccumulator
 from darkknowledge.errors import UserError
@@ -102,8 +103,8 @@ class DiagnoseOptions:
     tau_star: bool = True
     tau_min: float = 0.5
     tau_max: float = 20.0
-    tau_grid_points: int = 12
-    tau_iterations: int = 10
+    grid_size: int = GRID_SIZE
+    refine_size: int = REFINE_SIZE
     tau_hist_bins: int = 30
     ks: tuple[int, ...] = (1, 5, 10)
     kendall: bool = True
@@ -290,8 +291,8 @@ def diagnose_stream(
             tau_star=opts.tau_star,
             tau_min=opts.tau_min,
             tau_max=opts.tau_max,
-            tau_grid_points=opts.tau_grid_points,
-            tau_iterations=opts.tau_iterations,
+            grid_size=opts.grid_size,
+            refine_size=opts.refine_size,
             tau_hist_bins=opts.tau_hist_bins,
         )
         for nm in all_names

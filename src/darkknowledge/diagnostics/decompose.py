@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from darkknowledge.diagnostics._common import jsonable, to_tensor
-from darkknowledge.diagnostics.isats_search import split_nontarget
+from darkknowledge.nontarget import split_nontarget
 
 __all__ = [
     "ats_decomposition",

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from darkknowledge.diagnostics._common import check_logits_targets, jsonable, to_tensor
-from darkknowledge.diagnostics.isats_search import split_nontarget
+from darkknowledge.nontarget import split_nontarget
 
 __all__ = [
     "RankInfo",

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from darkknowledge.diagnostics._common import check_logits_targets, jsonable, to_tensor
-from darkknowledge.diagnostics.isats_search import optimal_nontarget_temperature, split_nontarget
+from darkknowledge.diagnostics.isats_search import GRID_SIZE, REFINE_SIZE, optimal_nontarget_temperature
+from darkknowledge.nontarget import split_nontarget
 
 __all__ = ["DEFAULT_TEMPERATURES", "TeacherStats", "TeacherStatsAccumulator", "teacher_stats"]
 
@@ -121,8 +122,8 @@ class TeacherStatsAccumulator:
         tau_star: bool = True,
         tau_min: float = 0.5,
         tau_max: float = 20.0,
-        tau_grid_points: int = 12,
-        tau_iterations: int = 10,
+        grid_size: int = GRID_SIZE,
+        refine_size: int = REFINE_SIZE,
         tau_hist_bins: int = 30,
         dtype: torch.dtype = torch.float64,
     ):
@@ -135,7 +136,7 @@ class TeacherStatsAccumulator:
         self.ece_bins = int(ece_bins)
         self.tau_star = tau_star
         self.tau_min, self.tau_max = float(tau_min), float(tau_max)
-        self.tau_grid_points, self.tau_iterations = tau_grid_points, tau_iterations
+        self.grid_size, self.refine_size = grid_size, refine_size
         self.tau_hist_bins = tau_hist_bins
         self.dtype = dtype
         self.num_classes: int | None = None
@@ -220,8 +221,8 @@ class TeacherStatsAccumulator:
                 y,
                 self.tau_min,
                 self.tau_max,
-                grid_points=self.tau_grid_points,
-                iterations=self.tau_iterations,
+                grid_size=self.grid_size,
+                refine_size=self.refine_size,
             )
             self._taus.append(taus.float().cpu().numpy())
 

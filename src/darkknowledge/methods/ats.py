@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from darkknowledge.methods.base import DistillMethod, MethodParams, StepContext, register_method
+from darkknowledge.methods.base import DistillMethod, MethodParams, param_defaults, register_method
 from darkknowledge.methods.functional import (
     as_float,
     asymmetric_log_softmax,
@@ -58,13 +58,14 @@ class ATSParams(MethodParams):
     )
 
 
+@param_defaults(ATSParams, subset=True)
 def ats_teacher_log_probs(
     teacher_logits: Tensor,
     targets: Tensor,
     *,
-    target_temperature: float | Tensor = 4.0,
-    nontarget_temperature: float | Tensor = 2.0,
-    center_logits: bool = False,
+    target_temperature: float | Tensor,
+    nontarget_temperature: float | Tensor,
+    center_logits: bool,
 ) -> Tensor:
     """log q of the ATS soft label; temperatures may be scalars or per-row ``(B,)`` tensors."""
     z = as_float(teacher_logits)
@@ -96,19 +97,20 @@ def soft_label_terms(
     return {"ce": ce_weight * ce, "kd": kd_weight * student_temperature**2 * soft_ce}
 
 
+@param_defaults(ATSParams)
 def ats_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
     targets: Tensor,
     *,
-    ce_weight: float = 0.5,
-    kd_weight: float = 0.5,
-    target_temperature: float | Tensor = 4.0,
-    nontarget_temperature: float | Tensor = 2.0,
-    student_temperature: float = 1.0,
-    center_logits: bool = False,
+    ce_weight: float,
+    kd_weight: float,
+    target_temperature: float | Tensor,
+    nontarget_temperature: float | Tensor,
+    student_temperature: float,
+    center_logits: bool,
 ) -> dict[str, Tensor]:
-    """ATS as named, weighted terms ``{"ce", "kd"}`` (see the module docstring)."""
+    """ATS as named, weighted terms ``{"ce", "kd"}`` (see the module docstring; defaults: :class:`ATSParams`)."""
     check_logits(student_logits, teacher_logits, targets)
     log_q = ats_teacher_log_probs(
         teacher_logits,
@@ -132,17 +134,4 @@ class ATS(DistillMethod):
     name = "ats"
     summary = "Asymmetric temperature scaling: teacher target logit at tau1, the others at tau2 (Li et al. 2022)."
     Params = ATSParams
-
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, ctx: StepContext) -> dict[str, Tensor]:
-        p = self.params
-        return ats_loss(
-            student_logits,
-            teacher_logits,
-            targets,
-            ce_weight=p.ce_weight,
-            kd_weight=p.kd_weight,
-            target_temperature=p.target_temperature,
-            nontarget_temperature=p.nontarget_temperature,
-            student_temperature=p.student_temperature,
-            center_logits=p.center_logits,
-        )
+    loss_fn = staticmethod(ats_loss)

@@ -23,12 +23,13 @@ step as ``ctkd_temperature``.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from darkknowledge.methods.base import DistillMethod, MethodParams, StepContext, register_method
+from darkknowledge.methods.base import DistillMethod, MethodParams, StepContext, param_defaults, register_method
 from darkknowledge.methods.kd import kd_loss
 
 
@@ -61,26 +62,29 @@ def grad_reverse(x: Tensor, scale: float) -> Tensor:
     return _GradientReversal.apply(x, scale)
 
 
-def ctkd_lambda(epoch: float, curriculum_epochs: float = 10.0) -> float:
+@param_defaults(CTKDParams, subset=True)
+def ctkd_lambda(epoch: float, *, curriculum_epochs: float) -> float:
     """Gradient-reversal weight at (0-indexed) ``epoch``: -[1 - (cos(e pi / N) + 1) / 2], -1 after N."""
     if epoch >= curriculum_epochs:
         return -1.0
     return -(1.0 - (math.cos(epoch * math.pi / curriculum_epochs) + 1.0) / 2.0)
 
 
-def ctkd_temperature(theta: Tensor, scale: float, *, t_start: float = 1.0, t_range: float = 20.0) -> Tensor:
+@param_defaults(CTKDParams, subset=True)
+def ctkd_temperature(theta: Tensor, scale: float, *, t_start: float, t_range: float) -> Tensor:
     """T = t_start + t_range * sigmoid(GRL(theta, scale)) (a differentiable 0-d tensor)."""
     return t_start + t_range * torch.sigmoid(grad_reverse(theta, scale))
 
 
+@param_defaults(CTKDParams, exclude=("t_start", "t_range", "init_theta", "curriculum_epochs"))
 def ctkd_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
     targets: Tensor,
     *,
     temperature: float | Tensor,
-    ce_weight: float = 0.1,
-    kd_weight: float = 0.9,
+    ce_weight: float,
+    kd_weight: float,
 ) -> dict[str, Tensor]:
     """KD at a (possibly learnable, tensor) temperature: ``{"ce", "kd"}``; gradients
     flow into ``temperature`` when it requires them."""
@@ -99,6 +103,7 @@ class CTKD(DistillMethod):
     name = "ctkd"
     summary = "Curriculum temperature KD: adversarially learned global T behind a gradient-reversal layer (Li et al. 2023)."
     Params = CTKDParams
+    loss_fn = staticmethod(ctkd_loss)
 
     def __init__(self, params: CTKDParams | None = None, num_classes: int | None = None):
         super().__init__(params, num_classes)
@@ -108,18 +113,16 @@ class CTKD(DistillMethod):
         curriculum = self.params.curriculum_epochs
         if curriculum <= num_epochs:
             return []
-        reached = ctkd_lambda(num_epochs - 1, curriculum)  # lambda in the last (0-indexed) epoch
+        reached = ctkd_lambda(num_epochs - 1, curriculum_epochs=curriculum)  # lambda in the last (0-indexed) epoch
         return [
             f"method ctkd: curriculum_epochs={curriculum:g} exceeds the run's {num_epochs} epochs, so the "
             f"gradient-reversal weight ends at {reached:.2f} instead of -1; "
             f"set method.curriculum_epochs to at most {num_epochs}"
         ]
 
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, ctx: StepContext) -> dict[str, Tensor]:
+    def loss_kwargs(self, ctx: StepContext) -> dict[str, Any]:
         p = self.params
-        scale = ctkd_lambda(ctx.epoch, p.curriculum_epochs)
+        scale = ctkd_lambda(ctx.epoch, curriculum_epochs=p.curriculum_epochs)
         temperature = ctkd_temperature(self.theta, scale, t_start=p.t_start, t_range=p.t_range)
         self.record("ctkd_temperature", temperature)
-        return ctkd_loss(
-            student_logits, teacher_logits, targets, temperature=temperature, ce_weight=p.ce_weight, kd_weight=p.kd_weight
-        )
+        return {"temperature": temperature, "ce_weight": p.ce_weight, "kd_weight": p.kd_weight}

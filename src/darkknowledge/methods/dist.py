@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from darkknowledge.methods.base import DistillMethod, MethodParams, StepContext, register_method
+from darkknowledge.methods.base import DistillMethod, MethodParams, param_defaults, register_method
 from darkknowledge.methods.functional import as_float, check_logits, pearson_correlation
 
 
@@ -35,19 +35,20 @@ class DISTParams(MethodParams):
     eps: float = Field(1e-8, gt=0, description="Guard of the cosine in the Pearson correlation.")
 
 
+@param_defaults(DISTParams)
 def dist_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
     targets: Tensor,
     *,
-    ce_weight: float = 1.0,
-    kd_weight: float = 2.0,
-    temperature: float = 4.0,
-    inter_weight: float = 1.0,
-    intra_weight: float = 1.0,
-    eps: float = 1e-8,
+    ce_weight: float,
+    kd_weight: float,
+    temperature: float,
+    inter_weight: float,
+    intra_weight: float,
+    eps: float,
 ) -> dict[str, Tensor]:
-    """DIST as named, weighted terms ``{"ce", "inter", "intra"}``."""
+    """DIST as named, weighted terms ``{"ce", "inter", "intra"}`` (defaults: :class:`DISTParams`)."""
     check_logits(student_logits, teacher_logits, targets)
     v = as_float(student_logits)
     ce = F.cross_entropy(v, targets)
@@ -64,17 +65,4 @@ class DIST(DistillMethod):
     name = "dist"
     summary = "DIST: Pearson-correlation matching of probabilities across classes and across the batch (Huang et al. 2022)."
     Params = DISTParams
-
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, ctx: StepContext) -> dict[str, Tensor]:
-        p = self.params
-        return dist_loss(
-            student_logits,
-            teacher_logits,
-            targets,
-            ce_weight=p.ce_weight,
-            kd_weight=p.kd_weight,
-            temperature=p.temperature,
-            inter_weight=p.inter_weight,
-            intra_weight=p.intra_weight,
-            eps=p.eps,
-        )
+    loss_fn = staticmethod(dist_loss)

@@ -28,12 +28,14 @@ automatically: set them explicitly.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from darkknowledge.methods.base import DistillMethod, MethodParams, StepContext, register_method
+from darkknowledge.methods.base import DistillMethod, MethodParams, StepContext, param_defaults, register_method
 from darkknowledge.methods.functional import (
     as_float,
     check_logits,
@@ -71,12 +73,13 @@ def _binary_and_nontarget(logits: Tensor, mask: Tensor, temperature: float) -> t
     return log_b, log_hat, log_p
 
 
+@param_defaults(DKDParams, subset=True)
 def dkd_components(
     student_logits: Tensor,
     teacher_logits: Tensor,
     targets: Tensor,
     *,
-    temperature: float = 4.0,
+    temperature: float,
 ) -> dict[str, Tensor]:
     """Per-sample ``{"tckd", "nckd", "teacher_target_prob"}`` (each ``(B,)``, no T^2).
 
@@ -100,17 +103,18 @@ def dkd_warmup(epoch: int, step_in_epoch: int, steps_per_epoch: int, warmup_epoc
     return min(progress / warmup_epochs, 1.0)
 
 
+@param_defaults(DKDParams, exclude=("warmup_epochs",))
 def dkd_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
     targets: Tensor,
     *,
-    ce_weight: float = 1.0,
-    tckd_weight: float = 1.0,
-    nckd_weight: float = 8.0,
-    temperature: float = 4.0,
+    ce_weight: float,
+    tckd_weight: float,
+    nckd_weight: float,
+    temperature: float,
+    logit_standardization: bool,
     warmup_factor: float = 1.0,
-    logit_standardization: bool = False,
 ) -> dict[str, Tensor]:
     """DKD as named, weighted terms ``{"ce", "tckd", "nckd"}``; ``warmup_factor`` (in
     [0, 1]) scales the two distillation terms (see :func:`dkd_warmup`)."""
@@ -132,6 +136,7 @@ class DKD(DistillMethod):
     name = "dkd"
     summary = "Decoupled KD: target (TCKD) and non-target (NCKD) terms weighted separately (Zhao et al. 2022)."
     Params = DKDParams
+    loss_fn = staticmethod(dkd_loss)
 
     def check_schedule(self, num_epochs: int) -> list[str]:
         warmup = self.params.warmup_epochs
@@ -144,17 +149,8 @@ class DKD(DistillMethod):
             f"set method.warmup_epochs to at most {num_epochs}"
         ]
 
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, ctx: StepContext) -> dict[str, Tensor]:
-        p = self.params
-        warm = dkd_warmup(ctx.epoch, ctx.step_in_epoch, ctx.steps_per_epoch, p.warmup_epochs)
-        return dkd_loss(
-            student_logits,
-            teacher_logits,
-            targets,
-            ce_weight=p.ce_weight,
-            tckd_weight=p.tckd_weight,
-            nckd_weight=p.nckd_weight,
-            temperature=p.temperature,
-            warmup_factor=warm,
-            logit_standardization=p.logit_standardization,
-        )
+    def loss_kwargs(self, ctx: StepContext) -> dict[str, Any]:
+        kwargs = self.params.model_dump()
+        warmup_epochs = kwargs.pop("warmup_epochs")
+        kwargs["warmup_factor"] = dkd_warmup(ctx.epoch, ctx.step_in_epoch, ctx.steps_per_epoch, warmup_epochs)
+        return kwargs

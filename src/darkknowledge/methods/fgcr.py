@@ -4,9 +4,9 @@
 Tao, Gan, Zhan, "Exploring Dark Knowledge under Various Teacher Capacities and
 Addressing Capacity Mismatch" (arXiv 2405.13078 v1) as one of the ways to make a large
 teacher's non-target probabilities more distinct, but its definition could not be read
-(no full text, no code). What follows is the configurable reconstruction of
-``/work/shared/reference/methods.md`` §3.4, motivated by the paper's observation that
-teachers of different capacities agree on *relative* class affinities.
+(no full text, no code). What follows is our configurable reconstruction (docs/methods.md),
+motivated by the paper's observation that teachers of different capacities agree on
+*relative* class affinities.
 
 1. Global class-relation matrix M (C x C), built once from the teacher on the training
    set in :meth:`FGCR.setup`: row M[c] is the mean, over training samples of true class
@@ -32,6 +32,7 @@ custom loops can pass any row-stochastic M to :func:`fgcr_loss` directly.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,7 @@ from pydantic import Field
 from torch import Tensor
 
 from darkknowledge.errors import UserError
-from darkknowledge.methods.base import DistillMethod, MethodParams, SetupContext, StepContext, register_method
+from darkknowledge.methods.base import DistillMethod, MethodParams, SetupContext, StepContext, param_defaults, register_method
 from darkknowledge.methods.functional import (
     as_float,
     check_logits,
@@ -87,7 +88,7 @@ def finalize_class_relations(sums: Tensor, counts: Tensor) -> Tensor:
     return torch.where(seen, sums / counts.clamp(min=1).unsqueeze(-1), uniform)
 
 
-def class_relation_matrix(teacher_logits: Tensor, targets: Tensor, num_classes: int, *, temperature: float = 4.0) -> Tensor:
+def class_relation_matrix(teacher_logits: Tensor, targets: Tensor, num_classes: int, *, temperature: float) -> Tensor:
     """M from a single tensor of teacher logits (e.g. the whole training set), float32."""
     sums = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=teacher_logits.device)
     counts = torch.zeros(num_classes, dtype=torch.float64, device=teacher_logits.device)
@@ -95,8 +96,9 @@ def class_relation_matrix(teacher_logits: Tensor, targets: Tensor, num_classes: 
     return finalize_class_relations(sums, counts).float()
 
 
+@param_defaults(FGCRParams, subset=True)
 def fgcr_teacher_log_probs(
-    teacher_logits: Tensor, targets: Tensor, relation: Tensor, *, temperature: float = 4.0, fusion_weight: float = 0.5
+    teacher_logits: Tensor, targets: Tensor, relation: Tensor, *, temperature: float, fusion_weight: float
 ) -> Tensor:
     """log q~: target mass of softmax(z/T) kept, non-target mass fused with M[y] (log space)."""
     z = as_float(teacher_logits)
@@ -114,16 +116,17 @@ def fgcr_teacher_log_probs(
     return torch.where(mask, log_q, fused)
 
 
+@param_defaults(FGCRParams, exclude=("relation_temperature",))
 def fgcr_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
     targets: Tensor,
     *,
     relation: Tensor,
-    ce_weight: float = 0.1,
-    kd_weight: float = 0.9,
-    temperature: float = 4.0,
-    fusion_weight: float = 0.5,
+    ce_weight: float,
+    kd_weight: float,
+    temperature: float,
+    fusion_weight: float,
 ) -> dict[str, Tensor]:
     """FGCR (our reconstruction) as named, weighted terms ``{"ce", "kd"}``; ``relation``
     is a row-stochastic (C, C) matrix with zero diagonal."""
@@ -142,6 +145,7 @@ class FGCR(DistillMethod):
     name = "fgcr"
     summary = "KD with global class relations fused into non-target soft labels (our reconstruction of FGCR)."
     Params = FGCRParams
+    loss_fn = staticmethod(fgcr_loss)
 
     def __init__(self, params: FGCRParams | None = None, num_classes: int | None = None):
         super().__init__(params, num_classes)
@@ -187,20 +191,11 @@ class FGCR(DistillMethod):
             self.relation_counts.copy_(counts)
         self._ready = True
 
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, ctx: StepContext) -> dict[str, Tensor]:
+    def loss_kwargs(self, ctx: StepContext) -> dict[str, Any]:
         if not self._ready or self.relation is None:
             raise UserError(
                 "fgcr: the class-relation matrix is not built; run setup(ctx) first (the trainer does) "
                 "or load a state_dict that contains it"
             )
-        p = self.params
-        return fgcr_loss(
-            student_logits,
-            teacher_logits,
-            targets,
-            relation=self.relation,
-            ce_weight=p.ce_weight,
-            kd_weight=p.kd_weight,
-            temperature=p.temperature,
-            fusion_weight=p.fusion_weight,
-        )
+        kwargs = self.params.model_dump(exclude={"relation_temperature"})
+        return {**kwargs, "relation": self.relation}

@@ -124,18 +124,3 @@ def pearson_correlation(a: Tensor, b: Tensor, eps: float = 1e-8, dim: int = -1) 
     a = a - a.mean(dim=dim, keepdim=True)
     b = b - b.mean(dim=dim, keepdim=True)
     return F.cosine_similarity(a, b, dim=dim, eps=eps)
-
-
-def nontarget_variance(probs: Tensor, mask: Tensor) -> Tensor:
-    """Population variance (ddof = 0) of the non-target entries of each probability row.
-
-    ``probs`` is ``(..., C)`` (the full softmax, *not* renormalised over the non-target
-    classes, as in the ATS authors' "derived variance"); ``mask`` marks the target and
-    broadcasts against ``probs``. Computed centred (no ``E[x^2] - E[x]^2`` cancellation).
-    """
-    n = probs.shape[-1] - 1
-    zero = torch.zeros((), dtype=probs.dtype, device=probs.device)
-    w = torch.where(mask, zero, probs)
-    mean = w.sum(-1, keepdim=True) / max(n, 1)
-    dev = torch.where(mask, zero, w - mean)
-    return dev.pow(2).sum(-1) / max(n, 1)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from darkknowledge.methods.base import DistillMethod, MethodParams, StepContext, register_method
+from darkknowledge.methods.base import DistillMethod, MethodParams, param_defaults, register_method
 from darkknowledge.methods.functional import as_float, check_logits, standardize_logits, tempered_kl
 
 
@@ -26,17 +26,18 @@ class KDParams(MethodParams):
     )
 
 
+@param_defaults(KDParams)
 def kd_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
     targets: Tensor,
     *,
-    ce_weight: float = 0.1,
-    kd_weight: float = 0.9,
-    temperature: float = 4.0,
-    logit_standardization: bool = False,
+    ce_weight: float,
+    kd_weight: float,
+    temperature: float,
+    logit_standardization: bool,
 ) -> dict[str, Tensor]:
-    """Hinton KD as named, weighted terms ``{"ce", "kd"}``."""
+    """Hinton KD as named, weighted terms ``{"ce", "kd"}`` (defaults: :class:`KDParams`)."""
     check_logits(student_logits, teacher_logits, targets)
     ce = F.cross_entropy(as_float(student_logits), targets)
     if logit_standardization:
@@ -50,15 +51,4 @@ class KD(DistillMethod):
     name = "kd"
     summary = "Hinton KD: CE + T^2 * KL(teacher || student) at temperature T."
     Params = KDParams
-
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, ctx: StepContext) -> dict[str, Tensor]:
-        p = self.params
-        return kd_loss(
-            student_logits,
-            teacher_logits,
-            targets,
-            ce_weight=p.ce_weight,
-            kd_weight=p.kd_weight,
-            temperature=p.temperature,
-            logit_standardization=p.logit_standardization,
-        )
+    loss_fn = staticmethod(kd_loss)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pydantic import Field
 from torch import Tensor
 
-from darkknowledge.methods.base import DistillMethod, MethodParams, StepContext, register_method
+from darkknowledge.methods.base import DistillMethod, MethodParams, param_defaults, register_method
 from darkknowledge.methods.kd import kd_loss
 
 
@@ -24,14 +24,9 @@ class LSKDParams(MethodParams):
     temperature: float = Field(2.0, gt=0, description="Base temperature applied to the z-scored logits.")
 
 
+@param_defaults(LSKDParams)
 def lskd_loss(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    targets: Tensor,
-    *,
-    ce_weight: float = 0.1,
-    kd_weight: float = 9.0,
-    temperature: float = 2.0,
+    student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, *, ce_weight: float, kd_weight: float, temperature: float
 ) -> dict[str, Tensor]:
     """KD on z-scored logits: ``kd_loss(..., logit_standardization=True)`` with LS-KD defaults."""
     return kd_loss(
@@ -50,9 +45,4 @@ class LSKD(DistillMethod):
     name = "lskd"
     summary = "KD on z-scored logits (logit standardization, Sun et al. 2024): T=2, kd_weight 9, ce_weight 0.1."
     Params = LSKDParams
-
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, ctx: StepContext) -> dict[str, Tensor]:
-        p = self.params
-        return lskd_loss(
-            student_logits, teacher_logits, targets, ce_weight=p.ce_weight, kd_weight=p.kd_weight, temperature=p.temperature
-        )
+    loss_fn = staticmethod(lskd_loss)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from darkknowledge.methods.base import DistillMethod, MethodParams, StepContext, register_method
+from darkknowledge.methods.base import DistillMethod, MethodParams, param_defaults, register_method
 from darkknowledge.methods.functional import as_float, check_logits, pearson_correlation
 
 
@@ -36,17 +36,18 @@ class RCKDParams(MethodParams):
     eps: float = Field(1e-8, gt=0, description="Guard of the cosine for zero-variance logit rows.")
 
 
+@param_defaults(RCKDParams)
 def rckd_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
     targets: Tensor,
     *,
-    ce_weight: float = 1.0,
-    kd_weight: float = 5.0,
-    temperature: float = 4.0,
-    eps: float = 1e-8,
+    ce_weight: float,
+    kd_weight: float,
+    temperature: float,
+    eps: float,
 ) -> dict[str, Tensor]:
-    """RCKD as named, weighted terms ``{"ce", "kd"}`` (O(C) Pearson form)."""
+    """RCKD as named, weighted terms ``{"ce", "kd"}`` (O(C) Pearson form; defaults: :class:`RCKDParams`)."""
     check_logits(student_logits, teacher_logits, targets)
     v = as_float(student_logits)
     ce = F.cross_entropy(v, targets)
@@ -59,15 +60,4 @@ class RCKD(DistillMethod):
     name = "rckd"
     summary = "Relative-confidence KD: cosine of pairwise log-prob differences = Pearson of logits (Wang et al. 2026)."
     Params = RCKDParams
-
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, ctx: StepContext) -> dict[str, Tensor]:
-        p = self.params
-        return rckd_loss(
-            student_logits,
-            teacher_logits,
-            targets,
-            ce_weight=p.ce_weight,
-            kd_weight=p.kd_weight,
-            temperature=p.temperature,
-            eps=p.eps,
-        )
+    loss_fn = staticmethod(rckd_loss)

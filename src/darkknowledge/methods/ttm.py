@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from darkknowledge.methods.base import DistillMethod, MethodParams, StepContext, register_method
+from darkknowledge.methods.base import DistillMethod, MethodParams, param_defaults, register_method
 from darkknowledge.methods.functional import as_float, check_logits, kl_from_log_probs
 
 TTM_DEFAULT_TEMPERATURE = 1.0 / 0.3
@@ -42,20 +42,25 @@ def ttm_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -
     return kl_from_log_probs(log_pt_gamma, log_q)
 
 
-def ttm_loss(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    targets: Tensor,
-    *,
-    ce_weight: float = 1.0,
-    kd_weight: float = 7.0,
-    temperature: float = TTM_DEFAULT_TEMPERATURE,
+def ttm_terms(
+    student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, *, ce_weight: float, kd_weight: float,
+    temperature: float, sample_weights: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """TTM as named, weighted terms ``{"ce", "kd"}``."""
+    """``{"ce", "kd"}`` of TTM, the KL optionally weighted per sample (WTTM)."""
     check_logits(student_logits, teacher_logits, targets)
     ce = F.cross_entropy(as_float(student_logits), targets)
     kl = ttm_kl(student_logits, teacher_logits, temperature)
+    if sample_weights is not None:
+        kl = sample_weights * kl
     return {"ce": ce_weight * ce, "kd": kd_weight * kl.mean()}
+
+
+@param_defaults(TTMParams)
+def ttm_loss(
+    student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, *, ce_weight: float, kd_weight: float, temperature: float
+) -> dict[str, Tensor]:
+    """TTM as named, weighted terms ``{"ce", "kd"}`` (defaults: :class:`TTMParams`)."""
+    return ttm_terms(student_logits, teacher_logits, targets, ce_weight=ce_weight, kd_weight=kd_weight, temperature=temperature)
 
 
 @register_method
@@ -63,9 +68,4 @@ class TTM(DistillMethod):
     name = "ttm"
     summary = "Transformed teacher matching: KL(softmax(z_t/T) || softmax(z_s)), untempered student, no T^2 (Zheng & Yang 2024)."
     Params = TTMParams
-
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, ctx: StepContext) -> dict[str, Tensor]:
-        p = self.params
-        return ttm_loss(
-            student_logits, teacher_logits, targets, ce_weight=p.ce_weight, kd_weight=p.kd_weight, temperature=p.temperature
-        )
+    loss_fn = staticmethod(ttm_loss)

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from darkknowledge.methods.base import DistillMethod, MethodParams, StepContext, register_method
-from darkknowledge.methods.functional import as_float, check_logits
-from darkknowledge.methods.ttm import TTM_DEFAULT_TEMPERATURE, ttm_kl
+from darkknowledge.methods.base import DistillMethod, MethodParams, param_defaults, register_method
+from darkknowledge.methods.functional import as_float
+from darkknowledge.methods.ttm import TTM_DEFAULT_TEMPERATURE, ttm_terms
 
 
 class WTTMParams(MethodParams):
@@ -40,21 +40,14 @@ def wttm_weights(teacher_logits: Tensor, temperature: float) -> Tensor:
     return (log_pt / temperature).logsumexp(-1).exp()
 
 
+@param_defaults(WTTMParams)
 def wttm_loss(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    targets: Tensor,
-    *,
-    ce_weight: float = 1.0,
-    kd_weight: float = 3.0,
-    temperature: float = TTM_DEFAULT_TEMPERATURE,
+    student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, *, ce_weight: float, kd_weight: float, temperature: float
 ) -> dict[str, Tensor]:
-    """WTTM as named, weighted terms ``{"ce", "kd"}``."""
-    check_logits(student_logits, teacher_logits, targets)
-    ce = F.cross_entropy(as_float(student_logits), targets)
-    kl = ttm_kl(student_logits, teacher_logits, temperature)
-    weight = wttm_weights(teacher_logits, temperature).detach()
-    return {"ce": ce_weight * ce, "kd": kd_weight * (weight * kl).mean()}
+    """WTTM as named, weighted terms ``{"ce", "kd"}`` (defaults: :class:`WTTMParams`)."""
+    weights = wttm_weights(teacher_logits, temperature).detach()
+    return ttm_terms(student_logits, teacher_logits, targets, ce_weight=ce_weight, kd_weight=kd_weight,
+                     temperature=temperature, sample_weights=weights)
 
 
 @register_method
@@ -62,9 +55,4 @@ class WTTM(DistillMethod):
     name = "wttm"
     summary = "Weighted TTM: TTM's KL weighted per sample by the teacher power sum sum_c p_t^gamma (Zheng & Yang 2024)."
     Params = WTTMParams
-
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, ctx: StepContext) -> dict[str, Tensor]:
-        p = self.params
-        return wttm_loss(
-            student_logits, teacher_logits, targets, ce_weight=p.ce_weight, kd_weight=p.kd_weight, temperature=p.temperature
-        )
+    loss_fn = staticmethod(wttm_loss)
