@@ -446,7 +446,7 @@ def test_tau_star_on_a_search_bound_warns_in_json_and_report(tmp_path):
 
 
 def test_tau_bound_warning_threshold_is_ten_percent():
-    from darkknowledge.diagnostics.api import TAU_BOUND_WARNING_FRACTION, tau_bound_warnings
+    from darkknowledge.diagnostics.result import TAU_BOUND_WARNING_FRACTION, tau_bound_warnings
 
     def stats(at_min, at_max):
         tau = {"frac_at_min": at_min, "frac_at_max": at_max, "tau_min": 0.5, "tau_max": 20.0}

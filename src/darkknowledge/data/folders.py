@@ -1,89 +1,23 @@
 """Datasets stored as image files: generic class folders, ImageNet, CUB-200-2011,
-Stanford Dogs and Tiny ImageNet.
-
-All of them are decoded once with Pillow (in a thread pool), converted to RGB and
-resized to a fixed size into one uint8 ``(N, 3, H, W)`` tensor held in memory.
-The size is ``image_size`` when :func:`~darkknowledge.data.build_dataset` is given
-one - the resize happens *while decoding* (JPEGs are first reduced in the DCT
-domain with ``Image.draft``), so a large image is never held at full size in the
-tensor - and otherwise :data:`DEFAULT_IMAGE_SIZE` (64 x 64; Tiny ImageNet's native
-size). The whole image is resized to ``(H, W)`` with antialiased bilinear
-interpolation (aspect ratio not preserved, no crop - as in the down-sampled
-ImageNet variants). Memory: 12 KiB per image at 64 x 64 (ImageNet-1k train at 64
-x 64 is about 15 GiB; select classes / ``train_per_class`` to decode less - only
-the selected files are decoded).
-
-Labels: classes are sorted by folder name (the WordNet id for ImageNet-style
-data), so label ids are reproducible. Normalisation: ImageNet mean/std
-(0.485, 0.456, 0.406)/(0.229, 0.224, 0.225) for all of them. Augmentation: pad
-``H // 8`` pixels (8 at 64 x 64, the CIFAR ratio), horizontal flip.
-
-Layouts (``root`` defaults to ``./data/<name>``)
-------------------------------------------------
-
-``imagefolder``::
-
-    root/train/<class>/**/*.jpg|jpeg|png|bmp|gif|webp|tif|tiff|ppm|pgm
-    root/val/<class>/...          (or root/test/<class>/... when there is no val/)
-
-  The class list is taken from ``train/`` (also when reading ``val/``), so both
-  splits share label ids. Images may sit in sub-folders of a class folder.
-
-``imagenet`` (ILSVRC-2012 with the validation images sorted into class folders,
-e.g. by the usual ``valprep.sh``)::
-
-    root/train/<wnid>/*.JPEG
-    root/val/<wnid>/*.JPEG
-
-``tinyimagenet``  (``root`` may also be the parent of ``tiny-imagenet-200/``)::
-
-    root/wnids.txt                       200 WordNet ids
-    root/words.txt                       optional: "<wnid>\\t<names>" -> class names
-    root/train/<wnid>/images/*.JPEG      500 per class
-    root/val/images/*.JPEG               10,000 images
-    root/val/val_annotations.txt         "<file>\\t<wnid>\\t<x>\\t<y>\\t<w>\\t<h>" per line
-
-  ``train=False`` reads the labelled validation set (the test set has no labels).
-  Class names come from ``words.txt`` (first synonym) when present, else the wnid.
-
-``cub200`` (CUB-200-2011; ``root`` may also be the parent of ``CUB_200_2011/``)::
-
-    root/images/<NNN.Class_name>/*.jpg
-    root/images.txt               "<image id> <relative path>"
-    root/train_test_split.txt     "<image id> <1 = train, 0 = test>"
-    root/image_class_labels.txt   "<image id> <class id, 1-based>"
-    root/classes.txt              "<class id> <NNN.Class_name>"
-
-  Class names drop the ``NNN.`` prefix. Bounding boxes and parts are not used.
-
-``stanford_dogs``::
-
-    root/Images/<wnid>-<Breed>/*.jpg
-    root/train_list.mat, root/test_list.mat       (from the official lists.tar)
-
-  The ``.mat`` lists are read with ``scipy.io.loadmat`` (key ``file_list``: paths
-  relative to ``Images/``); labels come from each path's folder (sorted folder
-  names, which is also the official 1..120 order). If a ``.mat`` list is absent,
-  ``train_list.txt`` / ``test_list.txt`` are read instead: one path relative to
-  ``Images/`` per line (anything after the first whitespace is ignored; blank
-  lines and lines starting with ``#`` are skipped). Class names are the breed
-  part of the folder name.
+Stanford Dogs and Tiny ImageNet, decoded once (Pillow, a thread pool, resized while
+decoding) into one in-memory uint8 ``(N, 3, H, W)`` tensor; classes sorted by folder
+name; ImageNet normalisation; pad ``H // 8`` + flip augmentation. The on-disk layouts,
+sizes and memory: docs/data.md.
 """
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from darkknowledge.data.base import ArrayDataset, AugmentSpec, DataSpec
+from darkknowledge.data.decode import decode_images
 from darkknowledge.data.registry import DATASETS
 from darkknowledge.data.transforms import normalize_size
 from darkknowledge.errors import UserError
@@ -107,7 +41,6 @@ DEFAULT_IMAGE_SIZE = 64
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMG_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
-_DECODE_CHUNK = 4096
 
 
 @dataclass
@@ -122,48 +55,6 @@ class FileList:
         self.targets = np.asarray(self.targets, dtype=np.int64)
         if len(self.paths) != len(self.targets):
             raise ValueError("one label per path")
-
-
-# --------------------------------------------------------------------------- decoding
-
-
-def _decode_one(path: Path, size: tuple[int, int]) -> np.ndarray:
-    h, w = size
-    try:
-        with Image.open(path) as im:
-            im.draft("RGB", (w, h))  # JPEG only: decode at the smallest 1/2^k scale still >= (w, h)
-            im = im.convert("RGB")
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.Resampling.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"cannot decode image {path}: {e}; delete or replace the file") from None
-    return arr.transpose(2, 0, 1)
-
-
-def decode_images(paths: Sequence[str | Path], size: int | Sequence[int], *, workers: int | None = None) -> Tensor:
-    """Decode ``paths`` with Pillow into one uint8 ``(N, 3, H, W)`` tensor of ``size``.
-
-    RGB conversion, then an antialiased resize of the whole image to ``(H, W)``.
-    Decoding runs in ``workers`` threads (default: the number of CPUs); a file
-    that cannot be decoded raises :class:`UserError` naming it.
-    """
-    h, w = normalize_size(size)
-    out = np.empty((len(paths), 3, h, w), dtype=np.uint8)
-
-    def work(i: int) -> None:
-        out[i] = _decode_one(Path(paths[i]), (h, w))
-
-    workers = workers or os.cpu_count() or 1
-    if workers <= 1 or len(paths) < 2:
-        for i in range(len(paths)):
-            work(i)
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for start in range(0, len(paths), _DECODE_CHUNK):
-                # list() re-raises the first worker exception (e.g. the UserError above)
-                list(pool.map(work, range(start, min(start + _DECODE_CHUNK, len(paths)))))
-    return torch.from_numpy(out)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -10,17 +10,15 @@ Every statistic is an accumulator with ``update(...)`` per chunk and ``result()`
 50,000 x 1,000 logits are processed in bounded memory. See ``docs/diagnostics.md``.
 """
 
-from darkknowledge.diagnostics.api import (
+from darkknowledge.diagnostics.api import diagnose, diagnose_stream
+from darkknowledge.diagnostics.collect import collect_outputs
+from darkknowledge.diagnostics.logits_file import diagnose_from_logits_file, load_logits_file
+from darkknowledge.diagnostics.result import (
     DiagnoseOptions,
     DiagnosticsResult,
     ModelOutputs,
     OutputsBatch,
     TeacherOutputs,
-    collect_outputs,
-    diagnose,
-    diagnose_from_logits_file,
-    diagnose_stream,
-    load_logits_file,
 )
 from darkknowledge.diagnostics.card import DISCLAIMER, TeacherCard, make_card
 from darkknowledge.diagnostics.decompose import (
