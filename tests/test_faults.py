@@ -148,11 +148,21 @@ def test_catalogue_size():
     assert len(CATALOGUE) >= 40
 
 
-def test_unwritable_output_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("argv", [
+    ["train", *TINY, "output_dir=/proc/darkknowledge-test"],
+    ["cache", "build", "/proc/darkknowledge-test", "teacher.checkpoint=T.pt", *FAST],
+    ["diagnose", "-t", "T.pt", "--out", "/proc/darkknowledge-test"],
+    ["demo", "--out", "/proc/darkknowledge-test", "--epochs", "1"],
+    ["sweep", "good_spec.yaml", "--out", "/proc/darkknowledge-test"],
+])
+def test_unwritable_output_is_one_line(workspace, monkeypatch, capsys, argv):
     # root may write anywhere on a normal file system; /proc refuses everyone
-    code = main(["train", *TINY, "output_dir=/proc/darkknowledge-test"])
+    monkeypatch.chdir(workspace)
+    before = tree(workspace)
+    code = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("error: cannot use /proc/darkknowledge-test")
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: cannot use /proc/"), err
+    assert tree(workspace) == before
 
 
 # ----------------------------------------------------------------------------- divergence

@@ -50,7 +50,7 @@ def cmd_cache(args) -> int:
         if not target.is_dir():
             raise UserError(f"cache path {target} is a file; choose a directory path")
         if not args.overwrite:
-            raise UserError(f"cache directory {target} exists; pass --overwrite to replace it (only a cache is ever replaced) or choose another path")
+            raise UserError(f"cache directory {target} already exists; pass --overwrite to replace it (only a cache is ever replaced) or choose another path")
         if not (target / "meta.json").is_file():
             raise UserError(f"--overwrite: {target} is not a teacher cache (no meta.json); it is left as it is: choose another path")
         read_cache_meta(target)  # a damaged meta.json is an error too: only a readable cache is replaced
