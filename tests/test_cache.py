@@ -365,3 +365,46 @@ def test_cache_cli(tmp_path, capsys, teacher_ckpt):
     assert json.loads(capsys.readouterr().out)["storage"] == "topk"
     assert main(["cache", "build", str(tmp_path / "x"), "data.train_per_class=3"]) == 2
     assert "teacher.checkpoint" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the signal's interface
+
+
+def test_views_to_replay_are_part_of_the_signal(cache_fp32, teacher_ckpt):
+    cache = CachedTeacher(cache_fp32)
+    assert torch.equal(cache.replay_views(), cache.view_table) and cache.replay_views().shape[1] == K
+    assert _live(teacher_ckpt).replay_views() is None  # a live teacher answers for any view
+
+
+def _cache_for_run(cfg, teacher_model, path, with_eval: bool):
+    from darkknowledge.engine.assembly import load_datasets
+
+    train_set, test_set = load_datasets(cfg)
+    return _build(teacher_model, train_set, path, num_views=cfg.teacher.cache_views,
+                  view_seed=cfg.teacher.cache_view_seed, eval_dataset=test_set if with_eval else None)
+
+
+def test_cached_run_logs_teacher_agreement_and_rank_fidelity(tmp_path, teacher_ckpt, teacher_model):
+    """A cache built with the test split gives the trainer the teacher's test logits, so a
+    cached run logs agreement and rank fidelity like a live run (same logits: fp32)."""
+    live_cfg = fast_config(tmp_path, *DISTILL, f"teacher.checkpoint={teacher_ckpt}", "name=live")
+    cache_dir = _cache_for_run(live_cfg, teacher_model, tmp_path / "c", with_eval=True)
+    assert "eval_logits.npy" in {p.name for p in cache_dir.iterdir()}
+    cached = Trainer(fast_config(tmp_path, *DISTILL, f"teacher.cache={cache_dir}", "name=cached"))
+    live = Trainer(live_cfg)
+    torch.testing.assert_close(cached._teacher_eval_logits(), live._teacher_eval_logits(), rtol=1e-5, atol=1e-5)
+    metrics = cached.evaluate()
+    assert 0 <= metrics["test/teacher_agreement"] <= 100 and -1 <= metrics["test/rank_fidelity"] <= 1
+    summary = cached.fit()
+    assert summary["teacher"]["eval_logits"] is True
+    assert "test/teacher_agreement" in read_metrics(summary["run_dir"])[-1]
+
+
+def test_cache_without_or_with_other_eval_split_gives_no_test_logits(tmp_path, teacher_ckpt, teacher_model):
+    cfg = fast_config(tmp_path, *DISTILL, "name=x")
+    plain = CachedTeacher(_cache_for_run(cfg, teacher_model, tmp_path / "plain", with_eval=False))
+    with_eval = CachedTeacher(_cache_for_run(cfg, teacher_model, tmp_path / "eval", with_eval=True))
+    other_test = build_dataset("digits", train=False, train_per_class=4)
+    assert plain.eval_logits(other_test) is None and with_eval.eval_logits(other_test) is None
+    metrics = Trainer(fast_config(tmp_path, *DISTILL, f"teacher.cache={tmp_path / 'plain'}", "name=p")).evaluate()
+    assert "test/teacher_agreement" not in metrics  # said in docs/teachers.md: build the cache with the test split

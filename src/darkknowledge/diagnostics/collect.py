@@ -9,6 +9,7 @@ import torch
 from darkknowledge.diagnostics.result import TeacherOutputs
 from darkknowledge.errors import UserError
 
+
 def collect_outputs(
     model: torch.nn.Module,
     batches: Iterable[Any],
@@ -18,17 +19,19 @@ def collect_outputs(
     num_params: int | None = None,
     keep_features: bool = True,
     features_dtype: torch.dtype = torch.float32,
+    num_classes: int | None = None,
 ) -> TeacherOutputs:
     """Run ``model`` over ``batches`` once (eval mode, ``torch.inference_mode``) and keep
-    its logits (float32, CPU), the targets and, if ``keep_features``, the penultimate
-    features. Contract: ``model.forward_features(x) -> (B, D)`` and
-    ``model.classifier(features) -> (B, C)``; each batch has ``.images`` (float,
-    normalised) and ``.targets``. ``num_params`` defaults to the model's parameter count."""
-    if not hasattr(model, "forward_features") or not hasattr(model, "classifier"):
-        raise UserError(
-            f"model {type(model).__name__} lacks forward_features()/classifier; diagnostics need a "
-            "darkknowledge model (features -> classifier split)"
-        )
+    its logits (float32, CPU), the targets and the penultimate features.
+
+    ``model``: any ``nn.Module`` mapping the batches' ``.images`` (float, normalised) to
+    ``(B, C)`` logits (``num_classes``: C, checked on every batch). Features are kept
+    (``keep_features``) when the model splits into ``forward_features(x) -> (B, D)`` and
+    ``classifier(features)`` like a darkknowledge model; otherwise there are none and
+    the feature geometry is skipped. ``num_params`` defaults to the parameter count."""
+    split = hasattr(model, "forward_features") and isinstance(getattr(model, "classifier", None), torch.nn.Module)
+    keep_features = keep_features and split
+    label = name or type(model).__name__
     dev = torch.device(device)
     was_training = model.training
     model.eval()
@@ -37,8 +40,15 @@ def collect_outputs(
         with torch.inference_mode():
             for batch in batches:
                 x = batch.images.to(dev, non_blocking=True)
-                f = model.forward_features(x)
-                z = model.classifier(f)
+                if split:
+                    f = model.forward_features(x)
+                    z = model.classifier(f)
+                else:
+                    z = model(x)
+                if not isinstance(z, torch.Tensor) or z.dim() != 2 or (num_classes and z.shape[1] != num_classes):
+                    shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+                    raise UserError(f"model {label!r} returns {shape}, expected (batch, {num_classes or 'classes'}) "
+                                    "logits; give a model for these classes or wrap it in TeacherAdapter")
                 logits_out.append(z.float().cpu())
                 if keep_features:
                     feats_out.append(f.reshape(f.shape[0], -1).to(features_dtype).cpu())
@@ -50,7 +60,7 @@ def collect_outputs(
     if num_params is None:
         num_params = sum(p.numel() for p in model.parameters())
     return TeacherOutputs(
-        name=name or type(model).__name__,
+        name=label,
         num_params=num_params,
         logits=torch.cat(logits_out),
         targets=torch.cat(targets_out),

@@ -12,6 +12,8 @@ place)::
     meta.json    key (teacher weight digest, dataset fingerprint, views, view seed,
                  augmentation), shapes, dtype, storage mode, sha256 of each array
     views.npy    int16 (N, K, 3)  view parameters
+    eval_logits.npy  float32 (M, C)  the teacher on the test split, if built with
+                 ``eval_dataset`` (teacher agreement and rank fidelity of cached runs)
     logits.npy   float16|float32 (N, K, C)          storage "full"
       or
     topk_values.npy (N, K, k), topk_indices.npy int16/int32 (N, K, k),
@@ -40,11 +42,11 @@ from torch import Tensor, nn
 
 from darkknowledge.data.augment import Normalizer, apply_augment, identity_params, sample_augment_params
 from darkknowledge.data.base import ArrayDataset
-from darkknowledge.data.loader import Batch, epoch_generator
+from darkknowledge.data.loader import Batch, epoch_generator, eval_batches
 from darkknowledge.engine.checkpoint import state_digest
 from darkknowledge.fileio import DIR_MODE
 from darkknowledge.engine.precision import autocast, resolve_precision
-from darkknowledge.engine.teacher import TeacherSignal, prepare_for_inference
+from darkknowledge.engine.teacher import TeacherSignal, check_logits_width, prepare_for_inference
 from darkknowledge.errors import UserError
 
 CACHE_FORMAT = "darkknowledge-teacher-cache"
@@ -110,8 +112,13 @@ def build_cache(
     fold_batchnorm: bool = True,
     overwrite: bool = False,
     progress: bool = False,
+    eval_dataset: ArrayDataset | None = None,
 ) -> Path:
-    """Run ``teacher`` on ``num_views`` views of every sample and write a cache directory."""
+    """Run ``teacher`` on ``num_views`` views of every sample and write a cache directory.
+
+    ``teacher``: any ``nn.Module`` returning ``(B, C)`` logits for the dataset's C classes
+    (checked on the first batch). ``eval_dataset``: also store the teacher's logits on
+    it (the test split), so that cached runs log teacher agreement and rank fidelity."""
     path = Path(path)
     if storage not in ("full", "topk"):
         raise UserError(f"cache storage must be 'full' or 'topk', got {storage!r}")
@@ -121,12 +128,10 @@ def build_cache(
         raise UserError(f"cache {path} already exists; remove it or pass --overwrite")
     device = torch.device(device)
     precision = resolve_precision(precision, device)
-    num_classes = int(teacher.classifier.out_features)
+    num_classes = dataset.spec.num_classes
     key_digest = state_digest(teacher.state_dict())  # of the checkpoint's weights, before folding
     teacher = prepare_for_inference(teacher.to(device), channels_last=channels_last, fold_batchnorm=fold_batchnorm)
     n, k = len(dataset), num_views
-    if num_classes != dataset.spec.num_classes:
-        raise UserError(f"teacher predicts {num_classes} classes, dataset {dataset.spec.name!r} has {dataset.spec.num_classes}")
     if storage == "topk" and not 1 <= topk < num_classes:
         raise UserError(f"cache topk must be in [1, {num_classes - 1}], got {topk}")
     key = cache_key(key_digest, dataset, k, view_seed)
@@ -158,7 +163,9 @@ def build_cache(
             sample = rows // k
             x = normalize(apply_augment(images[sample.to(device)], flat[rows], dataset.spec.augment.pad))
             with torch.inference_mode(), autocast(device, precision):
-                logits = teacher(x).float().cpu()
+                logits = teacher(x)
+            check_logits_width(logits, num_classes, "the cached teacher")
+            logits = logits.float().cpu()
             si, vi = sample.numpy(), (rows % k).numpy()
             if storage == "full":
                 out[si, vi] = logits.numpy().astype(np_dtype)
@@ -172,6 +179,13 @@ def build_cache(
         if bar is not None:
             bar.close()
         arrays = ["views.npy"] + (["logits.npy"] if storage == "full" else ["topk_values.npy", "topk_indices.npy", "lse.npy"])
+        eval_info = None
+        if eval_dataset is not None:
+            np.save(tmp / "eval_logits.npy", _eval_outputs(teacher, eval_dataset, batch_size, device, precision,
+                                                           channels_last, num_classes))
+            arrays.append("eval_logits.npy")
+            eval_info = {"dataset": eval_dataset.spec.name, "num_samples": len(eval_dataset),
+                         "fingerprint": dataset_fingerprint(eval_dataset)}
         if storage == "full":
             out.flush()
             del out
@@ -188,6 +202,7 @@ def build_cache(
             "topk": topk if storage == "topk" else None,
             "dtype": dtype,
             "precision": precision,
+            "eval": eval_info,
             "files": {a: {"bytes": (tmp / a).stat().st_size, "sha256": _sha256_file(tmp / a)} for a in arrays},
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -198,6 +213,18 @@ def build_cache(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _eval_outputs(teacher: nn.Module, dataset: ArrayDataset, batch_size: int, device: torch.device, precision: str,
+                  channels_last: bool, num_classes: int) -> np.ndarray:
+    """float32 (M, C) logits of ``teacher`` on the un-augmented ``dataset``, in order."""
+    out = []
+    for batch in eval_batches(dataset, batch_size, device, channels_last):
+        with torch.inference_mode(), autocast(device, precision):
+            logits = teacher(batch.images)
+        check_logits_width(logits, num_classes, "the cached teacher")
+        out.append(logits.float().cpu())
+    return torch.cat(out).numpy()
 
 
 def read_cache_meta(path: str | Path) -> dict[str, Any]:
@@ -268,13 +295,25 @@ class CachedTeacher(TeacherSignal):
             out = expand_topk(vals, idx, lse, self.num_classes)
         return out.to(self.device)
 
+    def replay_views(self) -> Tensor:
+        return self.view_table
+
+    def eval_logits(self, dataset: ArrayDataset, batches: Any = None) -> Tensor | None:
+        """The stored test-split logits, if the cache was built with this ``dataset``
+        as ``eval_dataset`` (same rows: fingerprint checked); else None."""
+        info = self.meta.get("eval")
+        if not info or info["fingerprint"] != dataset_fingerprint(dataset):
+            return None
+        return torch.from_numpy(np.load(self.path / "eval_logits.npy")).to(self.device)
+
     def __call__(self, batch: Batch) -> Tensor:
         if batch.views is None:
             raise RuntimeError("CachedTeacher needs batches from a loader replaying the cache's view table")
         return self.logits(batch.indices, batch.views)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "cache", "path": str(self.path), "storage": self.storage, "views": self.key["num_views"]}
+        return {"kind": "cache", "path": str(self.path), "storage": self.storage, "views": self.key["num_views"],
+                "eval_logits": bool(self.meta.get("eval"))}
 
 
 def expand_topk(values: Tensor, indices: Tensor, lse: Tensor, num_classes: int) -> Tensor:

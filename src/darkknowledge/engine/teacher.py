@@ -1,34 +1,59 @@
 """The teacher signal: one seam, live teacher or cached outputs.
 
 The trainer and the methods only ever call ``signal(batch) -> logits`` (float32,
-``(B, C)``, no autograd history). :class:`LiveTeacher` runs a frozen model in eval
-mode under ``torch.inference_mode``; :class:`darkknowledge.engine.cache.CachedTeacher`
-replays stored outputs for the exact augmentation views the loader produced.
+``(B, C)``, no autograd history). Besides that, a signal says which augmentation views
+it can answer for (:meth:`TeacherSignal.replay_views`: the loader must replay them) and
+gives its logits on the test split (:meth:`TeacherSignal.eval_logits`, for teacher
+agreement and rank fidelity). :class:`LiveTeacher` runs a frozen ``nn.Module`` (any
+module returning ``(B, C)`` logits; :func:`teacher_from_module`);
+:class:`darkknowledge.engine.cache.CachedTeacher` replays stored outputs.
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor, nn
 
+from darkknowledge.data.base import ArrayDataset
 from darkknowledge.data.loader import Batch
 from darkknowledge.engine.precision import autocast
+from darkknowledge.errors import UserError
 
 
 class TeacherSignal:
-    """Interface: ``__call__(batch) -> float32 logits``; ``num_classes``; ``describe()``."""
+    """Interface: ``__call__(batch) -> float32 logits``; ``num_classes``;
+    :meth:`replay_views`; :meth:`eval_logits`; :meth:`describe`."""
 
     num_classes: int
 
     def __call__(self, batch: Batch) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def replay_views(self) -> Tensor | None:
+        """The ``(N, K, 3)`` augmentation views (dy, dx, flip) this signal has outputs
+        for, which the training loader must replay; ``None``: any view (a live teacher)."""
+        return None
+
+    def eval_logits(self, dataset: ArrayDataset, batches: Iterable[Batch]) -> Tensor | None:
+        """Logits on ``dataset`` (the test split; ``batches`` iterates it un-augmented and
+        in order), or ``None`` when this signal has none."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {"kind": type(self).__name__}
+
+
+def check_logits_width(logits: Tensor, num_classes: int, what: str) -> None:
+    """UserError unless ``logits`` is ``(B, num_classes)``."""
+    if logits.dim() != 2 or logits.shape[1] != num_classes:
+        raise UserError(
+            f"{what} returns outputs of shape {tuple(logits.shape)}, expected (batch, {num_classes}) logits for "
+            f"the data's {num_classes} classes; give a model for these classes or wrap it in TeacherAdapter"
+        )
 
 
 def prepare_for_inference(model: nn.Module, *, channels_last: bool = True, fold_batchnorm: bool = True) -> nn.Module:
@@ -36,8 +61,8 @@ def prepare_for_inference(model: nn.Module, *, channels_last: bool = True, fold_
 
     ``fold_batchnorm`` folds every eval-mode BatchNorm into the preceding convolution
     (``torch.fx`` fuse): the same function up to float rounding (~1e-6 relative), one
-    pass less over each activation — measured 1.2-1.3x faster resnet56 inference on this
-    CPU (docs/performance.md). Models that cannot be traced keep their BatchNorms.
+    pass less over each activation (speed: docs/performance.md). Models that cannot be
+    traced keep their BatchNorms.
     """
     model = copy.deepcopy(model).eval()
     for p in model.parameters():
@@ -57,11 +82,22 @@ def prepare_for_inference(model: nn.Module, *, channels_last: bool = True, fold_
 
 
 class LiveTeacher(TeacherSignal):
-    """A frozen teacher model evaluated on every batch (see :func:`prepare_for_inference`)."""
+    """A frozen teacher model evaluated on every batch (see :func:`prepare_for_inference`).
 
-    def __init__(self, model: nn.Module, *, precision: str = "bf16", channels_last: bool = True,
-                 fold_batchnorm: bool = True, name: str = "teacher"):
-        self.num_classes = int(model.classifier.out_features)
+    ``model``: any ``nn.Module`` mapping a normalised image batch to ``(B, C)`` logits;
+    ``num_classes``: C (default: ``model.classifier.out_features`` of a darkknowledge
+    model). The output width is checked on every batch (a shape check, no sync).
+    """
+
+    def __init__(self, model: nn.Module, *, num_classes: int | None = None, precision: str = "bf16",
+                 channels_last: bool = True, fold_batchnorm: bool = True, name: str = "teacher"):
+        if num_classes is None:
+            classifier = getattr(model, "classifier", None)
+            if not isinstance(classifier, nn.Linear):
+                raise UserError(f"teacher {name!r} ({type(model).__name__}) has no .classifier layer; "
+                                "give num_classes (teacher_from_module(model, num_classes=...))")
+            num_classes = classifier.out_features
+        self.num_classes = int(num_classes)
         self.model = prepare_for_inference(model, channels_last=channels_last, fold_batchnorm=fold_batchnorm)
         self.precision = precision
         self.name = name
@@ -70,8 +106,24 @@ class LiveTeacher(TeacherSignal):
         self.model.eval()  # guard: nothing may switch the teacher to train mode
         with torch.inference_mode(), autocast(batch.images.device, self.precision):
             logits = self.model(batch.images)
+        if not isinstance(logits, Tensor):
+            raise UserError(f"teacher {self.name!r} returns a {type(logits).__name__}, not a logits tensor; "
+                            "wrap it in TeacherAdapter(model, output=...)")
+        check_logits_width(logits, self.num_classes, f"teacher {self.name!r}")
         # clone outside inference mode: a normal tensor that autograd may save for backward
         return logits.float().clone()
 
+    def eval_logits(self, dataset: ArrayDataset, batches: Iterable[Batch]) -> Tensor | None:
+        return torch.cat([self(b) for b in batches])
+
     def describe(self) -> dict[str, Any]:
         return {"kind": "live", "name": self.name, "precision": self.precision}
+
+
+def teacher_from_module(model: nn.Module, num_classes: int, *, precision: str = "fp32", channels_last: bool = False,
+                        fold_batchnorm: bool = True, name: str | None = None) -> LiveTeacher:
+    """A teacher signal from any ``nn.Module`` returning ``(B, num_classes)`` logits
+    (``Trainer(cfg, teacher=teacher_from_module(model, 100))``); wrap models with other
+    outputs, inputs or classes in :class:`~darkknowledge.engine.adapter.TeacherAdapter`."""
+    return LiveTeacher(model, num_classes=num_classes, precision=precision, channels_last=channels_last,
+                       fold_batchnorm=fold_batchnorm, name=name or type(model).__name__)

@@ -43,7 +43,7 @@ from darkknowledge.engine.runlock import RunLock
 from darkknowledge.engine.metrics import ClassificationMeter, collect_logits
 from darkknowledge.engine.precision import autocast, resolve_precision
 from darkknowledge.engine.schedule import learning_rate
-from darkknowledge.engine.teacher import LiveTeacher, TeacherSignal
+from darkknowledge.engine.teacher import TeacherSignal
 from darkknowledge.errors import UserError
 from darkknowledge.fileio import atomic_write_json, atomic_write_text
 from darkknowledge.methods import SetupContext, StepContext, build_method
@@ -126,7 +126,10 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.num_params = count_parameters(self.model)
 
-        view_table = getattr(self.teacher, "view_table", None) if self.method.needs_teacher else None
+        if self.method.needs_teacher and self.teacher.num_classes != spec.num_classes:
+            raise UserError(f"the teacher has {self.teacher.num_classes} classes but dataset {spec.name!r} has "
+                            f"{spec.num_classes}; use a teacher for the same data/classes")
+        view_table = self.teacher.replay_views() if self.method.needs_teacher else None
         if view_table is not None and not cfg.data.augment:
             # no augmentation: replay only view 0 of the cache, the un-augmented image
             if not _has_plain_view(view_table, spec):
@@ -261,7 +264,7 @@ class Trainer:
 
         def train_batches():
             batches = eval_batches(self.train_set, self.cfg.data.eval_batch_size, self.device, self.cfg.engine.channels_last)
-            table = getattr(teacher, "view_table", None)
+            table = teacher.replay_views()
             if table is None:
                 return batches
             if not _has_plain_view(table, self.spec):
@@ -369,13 +372,14 @@ class Trainer:
         return out
 
     def _teacher_eval_logits(self) -> Tensor | None:
-        """The live teacher's test-set logits (computed once) for agreement / rank fidelity."""
-        if not isinstance(self.teacher, LiveTeacher):
+        """The teacher signal's test-set logits (asked once; None if it has none) for
+        agreement / rank fidelity."""
+        if self.teacher is None:
             return None
         if self._teacher_eval is None:
             batches = eval_batches(self.test_set, self.cfg.data.eval_batch_size, self.device, self.cfg.engine.channels_last)
-            self._teacher_eval = torch.cat([self.teacher(b) for b in batches])
-        return self._teacher_eval
+            self._teacher_eval = (self.teacher.eval_logits(self.test_set, batches),)
+        return self._teacher_eval[0]
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
         source = self._resume_source(resume)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
+from torch import nn
 
+from darkknowledge.data.base import ArrayDataset
 from darkknowledge.data.loader import eval_batches
 from darkknowledge.diagnostics import collect_outputs, diagnose
 from darkknowledge.engine.assembly import build_split, check_teacher_fits, checkpoint_data_config
 from darkknowledge.engine.checkpoint import load_checkpoint, load_model, state_digest
 from darkknowledge.errors import UserError
+from darkknowledge.methods import METHODS
 from darkknowledge.models import count_parameters
 
 
@@ -55,6 +58,27 @@ def diagnose_checkpoints(teachers: list[str], students: list[str], data_override
     return diagnose(t_out, s_out, out_dir=out_dir, options=options, data=data, card_pairs=pairs)
 
 
+def diagnose_modules(teachers: Mapping[str, nn.Module], dataset: ArrayDataset, *,
+                     students: Mapping[str, nn.Module] | None = None, out_dir: str | Path | None = None,
+                     options=None, device: str = "cpu", batch_size: int = 256):
+    """Diagnose any ``nn.Module`` teachers (and students) that map ``dataset``'s
+    normalised images to logits of its classes (a pretrained model from another library
+    through :class:`~darkknowledge.engine.adapter.TeacherAdapter`): each runs once over
+    the un-augmented ``dataset``; the output width is checked on every batch. Features
+    (and the feature geometry) only for models with ``forward_features``/``classifier``."""
+    outputs = {}
+    for role, group in (("teacher", teachers), ("student", students or {})):
+        outputs[role] = [
+            collect_outputs(model, eval_batches(dataset, batch_size, device, channels_last=False), device,
+                            name=name, num_params=count_parameters(model), num_classes=dataset.spec.num_classes)
+            for name, model in group.items()
+        ]
+    data = {"dataset": dataset.spec.name, "num_samples": len(dataset), "num_classes": dataset.spec.num_classes,
+            "image_shape": [dataset.spec.in_channels, *dataset.spec.image_size]}
+    t_out = sorted(outputs["teacher"], key=lambda o: o.num_params or 0)
+    return diagnose(t_out, outputs["student"], out_dir=out_dir, options=options, data=data)
+
+
 def student_origin(ckpt: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
     """(method name, teacher.checkpoint, teacher.cache) from a checkpoint's embedded config."""
     cfg = yaml.safe_load(ckpt.get("config") or "{}") or {}
@@ -64,8 +88,6 @@ def student_origin(ckpt: dict[str, Any]) -> tuple[str | None, str | None, str | 
 
 
 def _trained_without_teacher(method: str | None) -> bool:
-    from darkknowledge.methods import METHODS
-
     if method in METHODS:
         return not METHODS.get(method).needs_teacher
     return method == "ce"

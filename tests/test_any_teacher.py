@@ -1,0 +1,127 @@
+"""Any nn.Module as the teacher: the trainer, the cache builder and the diagnostics take
+a model that maps the data's normalised images to logits of its classes, with a clear
+error when the output does not fit; TeacherAdapter fits a model from another library."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import fast_config, read_metrics
+from darkknowledge.data import build_dataset
+from darkknowledge.data.loader import eval_batches
+from darkknowledge.engine.adapter import TeacherAdapter
+from darkknowledge.engine.cache import CachedTeacher, build_cache
+from darkknowledge.engine.teacher import teacher_from_module
+from darkknowledge.engine.trainer import Trainer
+from darkknowledge.errors import UserError
+from darkknowledge.experiments.diagnose import diagnose_modules
+
+DISTILL = ["model.name=cnn_w4", "data.train_per_class=10", "data.test_per_class=5", "data.batch_size=16",
+           "optim.epochs=1", "method.name=kd"]
+
+
+class PlainNet(nn.Module):
+    """A user's own model: no forward_features, no .classifier, just logits."""
+
+    def __init__(self, outputs: int = 10, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, outputs))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class HubClassifier(nn.Module):
+    """Stands in for a pretrained model of another library: 3-channel 16 x 16 inputs with
+    its own normalisation, 1,000 outputs, and a dict as output (Hugging Face style)."""
+
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.head = nn.Linear(3 * 16 * 16, 1000)
+
+    def forward(self, pixel_values):
+        assert pixel_values.shape[1:] == (3, 16, 16)
+        return {"logits": self.head(pixel_values.flatten(1)), "hidden": None}
+
+
+@pytest.fixture(scope="module")
+def digits_small():
+    return build_dataset("digits", train=True, train_per_class=6)
+
+
+def test_trainer_distils_from_a_plain_module(tmp_path):
+    cfg = fast_config(tmp_path, *DISTILL, "name=plain")
+    trainer = Trainer(cfg, teacher=teacher_from_module(PlainNet(), num_classes=10))
+    summary = trainer.fit()
+    line = read_metrics(summary["run_dir"])[-1]
+    assert line["loss/kd"] > 0 and "test/teacher_agreement" in line and "test/rank_fidelity" in line
+    assert summary["teacher"] == {"kind": "live", "name": "PlainNet", "precision": "fp32"}
+
+
+def test_wrong_output_width_is_a_clear_error(tmp_path):
+    cfg = fast_config(tmp_path, *DISTILL, "name=wide")
+    trainer = Trainer(cfg, teacher=teacher_from_module(PlainNet(outputs=7), num_classes=10))
+    with pytest.raises(UserError, match=r"shape \(16, 7\), expected \(batch, 10\) logits"):
+        trainer.fit()
+    with pytest.raises(UserError, match="the teacher has 7 classes but dataset 'digits' has 10"):
+        Trainer(fast_config(tmp_path, *DISTILL, "name=seven"), teacher=teacher_from_module(PlainNet(7), num_classes=7))
+    with pytest.raises(UserError, match="no .classifier layer; give num_classes"):
+        from darkknowledge.engine.teacher import LiveTeacher
+
+        LiveTeacher(PlainNet())
+
+
+def test_cache_builder_takes_a_plain_module(tmp_path, digits_small):
+    model = PlainNet()
+    path = build_cache(model, digits_small, tmp_path / "c", num_views=2, precision="fp32", channels_last=False,
+                       dtype="float32")
+    cache = CachedTeacher(path)
+    view0 = cache.logits(torch.arange(len(digits_small)), torch.zeros(len(digits_small), dtype=torch.long))
+    batch = next(eval_batches(digits_small, len(digits_small), channels_last=False))
+    torch.testing.assert_close(view0, model(batch.images), rtol=1e-5, atol=1e-5)  # view 0: the plain image
+    with pytest.raises(UserError, match=r"expected \(batch, 10\) logits"):
+        build_cache(PlainNet(outputs=12), digits_small, tmp_path / "d", num_views=2, precision="fp32")
+    assert not (tmp_path / "d").exists()
+
+
+def test_diagnose_takes_plain_modules(tmp_path, digits_small):
+    result = diagnose_modules({"small": PlainNet(seed=0), "other": PlainNet(seed=3)}, digits_small, out_dir=tmp_path)
+    assert [t.name for t in result.teachers] and result.ranks is not None
+    assert (tmp_path / "report.html").is_file() and not result.geometry  # no features: no geometry
+    with pytest.raises(UserError, match=r"model 'bad' returns \(\d+, 3\), expected \(batch, 10\)"):
+        diagnose_modules({"bad": PlainNet(outputs=3)}, digits_small)
+
+
+def test_adapter_fits_a_model_from_another_library(tmp_path, digits_small):
+    hub = HubClassifier()
+    picked = [7, 42, 100, 205, 311, 404, 512, 640, 777, 999]  # the hub model's index of each digit class
+    spec = digits_small.spec
+    adapter = TeacherAdapter(hub, classes=picked, input_size=(16, 16), in_channels=3, data_mean=spec.mean,
+                             data_std=spec.std, model_mean=HubClassifier.mean, model_std=HubClassifier.std)
+    batch = next(eval_batches(digits_small, 8, channels_last=False))
+    # by hand: back to pixels, grey to RGB, resize, the hub's normalisation, its logits at the picked classes
+    pixels = batch.images * spec.std[0] + spec.mean[0]
+    x = F.interpolate(pixels.expand(-1, 3, -1, -1), size=(16, 16), mode="bilinear", align_corners=False, antialias=True)
+    x = (x - torch.tensor(HubClassifier.mean).view(1, 3, 1, 1)) / torch.tensor(HubClassifier.std).view(1, 3, 1, 1)
+    expected = hub(x)["logits"][:, picked]
+    torch.testing.assert_close(adapter(batch.images), expected)
+    # and it distils like any teacher
+    cfg = fast_config(tmp_path, *DISTILL, "name=hub")
+    summary = Trainer(cfg, teacher=teacher_from_module(adapter, num_classes=10)).fit()
+    assert "test/teacher_agreement" in summary["final"]
+
+
+def test_adapter_errors():
+    with pytest.raises(UserError, match="give all of data_mean"):
+        TeacherAdapter(PlainNet(), data_mean=(0.1,))
+    with pytest.raises(UserError, match="out of range"):
+        TeacherAdapter(PlainNet(), classes=[0, 12])(torch.zeros(2, 1, 8, 8))
+    with pytest.raises(UserError, match="cannot find logits"):
+        TeacherAdapter(nn.Identity(), output=None)._logits(("a", "b"))
