@@ -1,10 +1,14 @@
-"""A small name -> factory registry used for models, datasets and methods."""
+"""A small name -> factory registry used for models, datasets and methods.
+
+Users' plugins (:mod:`darkknowledge.plugins`) are loaded the first time a registry is
+listed or asked for a name it does not have."""
 
 from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
 from darkknowledge.errors import UserError
+from darkknowledge.plugins import load_plugins
 
 T = TypeVar("T")
 
@@ -30,6 +34,8 @@ class Registry(Generic[T]):
         return self.register(name)(obj)
 
     def get(self, name: str) -> T:
+        if name not in self._entries:
+            load_plugins()
         try:
             return self._entries[name]
         except KeyError:
@@ -38,9 +44,12 @@ class Registry(Generic[T]):
             ) from None
 
     def names(self) -> list[str]:
+        load_plugins()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        if name not in self._entries:
+            load_plugins()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:

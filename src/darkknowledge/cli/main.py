@@ -12,6 +12,7 @@ import sys
 from typing import Callable
 
 from darkknowledge.errors import UserError
+from darkknowledge.plugins import load_plugins
 
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
@@ -226,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  darkknowledge demo\n  darkknowledge distill --help",
     )
     parser.add_argument("--version", action="version", version=f"darkknowledge {__version__}")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first: it registers your own methods, models or datasets "
+                             "(repeatable; see docs/plugins.md)")
     sub = parser.add_subparsers(dest="command", metavar="command")
     for name, (help_text, example, add_args, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
@@ -235,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_plugins() -> None:
-    """Sub-commands that live next to their feature (diagnose, bench, cache, sweep)."""
+    """Built-in sub-commands that live next to their feature (diagnose, bench, cache,
+    sweep); users' plugins are loaded by ``--plugin`` and :mod:`darkknowledge.plugins`."""
     import importlib
 
     for mod in ("darkknowledge.cli.diagnose", "darkknowledge.cli.bench", "darkknowledge.cli.cache", "darkknowledge.cli.sweep"):
@@ -275,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     handler = COMMANDS[args.command][3]
     try:
+        load_plugins(args.plugin)
         return handler(args) or 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

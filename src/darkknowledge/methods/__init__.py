@@ -11,6 +11,7 @@ from darkknowledge.methods.base import (
     StepContext,
     build_method,
     describe_params,
+    param_defaults,
     register_method,
     validate_params,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "StepContext",
     "build_method",
     "describe_params",
+    "param_defaults",
     "register_method",
     "validate_params",
 ]
