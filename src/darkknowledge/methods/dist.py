@@ -36,18 +36,8 @@ class DISTParams(MethodParams):
 
 
 @param_defaults(DISTParams)
-def dist_loss(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    targets: Tensor,
-    *,
-    ce_weight: float,
-    kd_weight: float,
-    temperature: float,
-    inter_weight: float,
-    intra_weight: float,
-    eps: float,
-) -> dict[str, Tensor]:
+def dist_loss(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, *, ce_weight: float, kd_weight: float,
+              temperature: float, inter_weight: float, intra_weight: float, eps: float) -> dict[str, Tensor]:
     """DIST as named, weighted terms ``{"ce", "inter", "intra"}`` (defaults: :class:`DISTParams`)."""
     check_logits(student_logits, teacher_logits, targets)
     v = as_float(student_logits)

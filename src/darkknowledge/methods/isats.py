@@ -114,17 +114,9 @@ def isats_temperatures(
     refine_size: int,
 ) -> tuple[Tensor, Tensor]:
     """Per-row ``(target_temperature, nontarget_temperature)``, both ``(B,)``, no grad."""
-    tau = isats_search(
-        teacher_logits,
-        targets,
-        search_rule=search_rule,
-        tau_min=tau_min,
-        tau_max=tau_max,
-        target_ratio=target_ratio,
-        target_temperature=target_temperature,
-        grid_size=grid_size,
-        refine_size=refine_size,
-    )
+    tau = isats_search(teacher_logits, targets, search_rule=search_rule, tau_min=tau_min, tau_max=tau_max,
+                       target_ratio=target_ratio, target_temperature=target_temperature, grid_size=grid_size,
+                       refine_size=refine_size)
     if search_rule == "C":
         tau1 = torch.full_like(tau, target_temperature)
     elif search_rule == "B" or target_rule == "ratio":
