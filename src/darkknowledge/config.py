@@ -32,6 +32,9 @@ class DataConfig(_Strict):
     classes: list[int] | None = Field(None, description="Keep only these class ids (relabelled 0..k-1 in this order).")
     train_per_class: int | None = Field(None, ge=1, description="Deterministic seeded subset: at most this many training images per class.")
     test_per_class: int | None = Field(None, ge=1, description="Deterministic seeded subset of the evaluation split per class.")
+    val_per_class: int | None = Field(
+        None, ge=1, description="Hold this many training images per class out as a validation split (seeded by subset_seed): "
+        "best.pt and model selection then use it, and the test split is evaluated only after training.")
     image_size: int | None = Field(None, ge=4, description="Resize images to this square size (e.g. 16 for fast CPU runs).")
     subset_seed: int = Field(0, description="Seed of the per-class subsets (independent of the training seed).")
     batch_size: int = Field(64, ge=1, description="Training batch size (per process).")

@@ -17,7 +17,7 @@ def _add_diagnose(p):
     p.add_argument("--student", "-s", action="append", default=[], metavar="CKPT", help="student checkpoint (repeatable)")
     p.add_argument("--logits", metavar="FILE", help="diagnose a .npy/.npz of logits instead of checkpoints (see docs/diagnostics.md)")
     p.add_argument("overrides", nargs="*", metavar="data.key=value", help="dataset (default: the first teacher's training data)")
-    p.add_argument("--split", choices=["train", "test"], default="train", help="split to diagnose (default train: what distillation sees)")
+    p.add_argument("--split", choices=["train", "val", "test"], default="train", help="split to diagnose (default train: what distillation sees)")
     p.add_argument("--temperatures", default=None, help="comma-separated temperatures, e.g. 1,2,4,8")
     p.add_argument("--out", default="runs/diagnose", help="output directory (diagnostics.json, CSV, PNG, report.html)")
     p.add_argument("--device", default="cpu")

@@ -90,7 +90,7 @@ def cmd_distill(args) -> int:
 def _add_evaluate(p):
     p.add_argument("checkpoint", help="a best.pt / last.pt written by darkknowledge")
     p.add_argument("overrides", nargs="*", metavar="data.key=value", help="data overrides (default: the checkpoint's dataset)")
-    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--split", choices=["test", "val", "train"], default="test", help="val: data.val_per_class images per class held out of training")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32")
     p.add_argument("--device", default="cpu")
 
@@ -109,7 +109,7 @@ def cmd_evaluate(args) -> int:
     device = resolve_device(args.device)
     model, ckpt = load_model(args.checkpoint, device)
     d = checkpoint_data_config(ckpt, args.overrides, "evaluate")
-    ds = build_split(d, train=args.split == "train")
+    ds = build_split(d, args.split)
     check_teacher_fits(ckpt, ds.spec, args.checkpoint)
     metrics = evaluate(model, eval_batches(ds, d.eval_batch_size, device), args.precision)
     print(json.dumps({"checkpoint": args.checkpoint, "model": ckpt["model_name"], "dataset": d.name, "split": args.split, **metrics}, indent=2))

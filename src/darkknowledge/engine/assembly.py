@@ -33,18 +33,60 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_split(data: DataConfig, train: bool) -> ArrayDataset:
-    """One split of the configured dataset (subset by ``train_per_class`` / ``test_per_class``)."""
+SPLITS = ("train", "val", "test")
+
+
+def build_split(data: DataConfig, split: str) -> ArrayDataset:
+    """One split of the configured dataset: ``train`` (without the validation images),
+    ``val`` (``data.val_per_class`` images per class held out of the training split) or ``test``."""
     from darkknowledge.data import build_dataset
 
-    return build_dataset(data.name, root=data.root, train=train, download=data.download, classes=data.classes,
-                         train_per_class=data.train_per_class if train else data.test_per_class,
-                         image_size=data.image_size, seed=data.subset_seed)
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if split == "val" and not data.val_per_class:
+        raise UserError("there is no validation split: set data.val_per_class=N (images per class held out of training)")
+    if split == "test":
+        return build_dataset(data.name, root=data.root, train=False, download=data.download, classes=data.classes,
+                             train_per_class=data.test_per_class, image_size=data.image_size, seed=data.subset_seed)
+    full = build_dataset(data.name, root=data.root, train=True, download=data.download, classes=data.classes,
+                         train_per_class=data.train_per_class, image_size=data.image_size, seed=data.subset_seed)
+    train, val = split_validation(full, data.val_per_class, data.subset_seed)
+    return val if split == "val" else train
+
+
+def split_validation(full: ArrayDataset, per_class: int | None, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:
+    """(training rows, validation rows): ``per_class`` rows of each class, chosen by a generator
+    seeded with (seed, class) — the same rows for every run, model and method."""
+    if not per_class:
+        return full, None
+    held = []
+    for c in range(full.spec.num_classes):
+        rows = (full.targets == c).nonzero().flatten()
+        if len(rows) <= per_class:
+            raise UserError(f"data.val_per_class={per_class} leaves no training image of class {c} "
+                            f"({len(rows)} in the training split); lower it")
+        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + c * 7919 + 424_242) % (2**63 - 1))
+        held.append(rows[torch.randperm(len(rows), generator=g)[:per_class]])
+    val_rows = torch.cat(held).sort().values
+    keep = torch.ones(len(full), dtype=torch.bool)
+    keep[val_rows] = False
+    return full.subset(keep.nonzero().flatten()), full.subset(val_rows)
+
+
+def load_splits(data: DataConfig) -> tuple[ArrayDataset, ArrayDataset | None, ArrayDataset]:
+    """(train, val or None, test), reading the training files once."""
+    from darkknowledge.data import build_dataset
+
+    full = build_dataset(data.name, root=data.root, train=True, download=data.download, classes=data.classes,
+                         train_per_class=data.train_per_class, image_size=data.image_size, seed=data.subset_seed)
+    train, val = split_validation(full, data.val_per_class, data.subset_seed)
+    return train, val, build_split(data, "test")
 
 
 def load_datasets(cfg: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
-    """The configured training and evaluation splits."""
-    return build_split(cfg.data, True), build_split(cfg.data, False)
+    """The configured training split (validation images removed) and the test split."""
+    train, _, test = load_splits(cfg.data)
+    return train, test
 
 
 def checkpoint_data_config(ckpt: dict[str, Any], overrides: list[str], command: str) -> DataConfig:
@@ -73,7 +115,7 @@ def _saved_section(ckpt: dict[str, Any], section: str, where: str) -> dict[str, 
 
 
 # The keys that say which data a model was trained on (not how it was batched).
-DATASET_KEYS = ("name", "root", "download", "classes", "train_per_class", "test_per_class", "image_size", "subset_seed")
+DATASET_KEYS = ("name", "root", "download", "classes", "train_per_class", "test_per_class", "val_per_class", "image_size", "subset_seed")
 
 
 def teacher_data_section(path: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ def diagnose_checkpoints(teachers: list[str], students: list[str], data_override
     made only when the student was distilled from that teacher or trained without one."""
     models = [(p, *load_model(p, device)) for p in teachers + students]
     d = checkpoint_data_config(models[0][2], data_overrides, "diagnose")
-    ds = build_split(d, train=split == "train")
+    ds = build_split(d, split)
     outputs, used = [], set()
     for i, (path, model, ckpt) in enumerate(models):
         check_teacher_fits(ckpt, ds.spec, path)
