@@ -218,13 +218,16 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
 
 
 def test_local_processes_match_inline(tmp_path):
-    small = parse_spec(spec_dict(teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0]))
+    # with a validation split: best.pt is chosen on it, the test split is read once per run
+    base = {**BASE, "data": {**BASE["data"], "val_per_class": 5}}
+    small = parse_spec(spec_dict(base=base, teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0]))
     inline = open_sweep(small, tmp_path / "a", log=quiet)
     local = open_sweep(small, tmp_path / "b", executor="local", jobs=2, log=quiet)
     assert inline.run() == {"done": 3} and local.run() == {"done": 3}
     for a, b in zip(inline.stages(), local.stages()):
         assert a.key == b.key
         assert a.summary()["final"] == b.summary()["final"], a.name
+        assert a.summary()["selection"] == "val" and "val/top1" in a.summary()["best"]
     threads = yaml.safe_load((local.stages()[0].dir / "config.yaml").read_text())["engine"]["threads"]
     assert threads == max(1, (os.cpu_count() or 1) // 2)  # cores split between the jobs
 

@@ -35,3 +35,21 @@ def test_val_errors():
         build_split(DataConfig(name="digits", train_per_class=5, val_per_class=5), "train")
     with pytest.raises(UserError, match="unknown split"):
         build_split(DataConfig(name="digits"), "dev")
+
+
+def test_training_selects_on_validation_and_reports_test_once(tmp_path):
+    from conftest import fast_config, read_metrics
+    from darkknowledge.engine.checkpoint import load_checkpoint
+    from darkknowledge.engine.trainer import train
+
+    summary = train(fast_config(tmp_path, "model.name=mlp_h32", "optim.epochs=3", "data.val_per_class=15", "name=v"))
+    records = read_metrics(tmp_path / "v")
+    assert all("val/top1" in r for r in records)
+    assert [("test/top1" in r) for r in records] == [False, False, True]  # test only after training
+    assert summary["selection"] == "val"
+    best_epoch = max(range(3), key=lambda e: (records[e]["val/top1"], -e))
+    assert summary["best"]["epoch"] == best_epoch and summary["best"]["val/top1"] == records[best_epoch]["val/top1"]
+    assert 0 <= summary["best"]["test/top1"] <= 100 and "test/top1" in summary["final"]
+    assert load_checkpoint(tmp_path / "v" / "best.pt")["epoch"] == best_epoch + 1
+    if best_epoch == 2:  # the best checkpoint is the last one: the same test accuracy
+        assert summary["best"]["test/top1"] == summary["final"]["test/top1"]

@@ -35,7 +35,7 @@ from darkknowledge.config import RunConfig
 from darkknowledge.data.augment import identity_params
 from darkknowledge.data.base import ArrayDataset
 from darkknowledge.data.loader import BatchLoader, eval_batches
-from darkknowledge.engine.assembly import build_teacher_signal, load_datasets, load_initial_weights, resolve_device
+from darkknowledge.engine.assembly import build_split, build_teacher_signal, load_initial_weights, load_splits, resolve_device
 from darkknowledge.engine import distributed
 from darkknowledge.engine.checkpoint import FORMAT, VERSION, atomic_torch_save, load_checkpoint, spec_to_dict
 from darkknowledge.engine.loggers import build_loggers, json_safe
@@ -78,6 +78,7 @@ class Trainer:
         *,
         train_set: ArrayDataset | None = None,
         test_set: ArrayDataset | None = None,
+        val_set: ArrayDataset | None = None,
         teacher: TeacherSignal | None = None,
         run_dir: str | Path | None = None,
     ):
@@ -92,10 +93,13 @@ class Trainer:
             torch.set_num_threads(cfg.engine.threads)
 
         if train_set is None or test_set is None:
-            loaded = load_datasets(cfg)
-            train_set = train_set or loaded[0]
-            test_set = test_set or loaded[1]
-        self.train_set, self.test_set = train_set, test_set
+            loaded = load_splits(cfg.data)
+            train_set, val_set, test_set = train_set or loaded[0], val_set or loaded[1], test_set or loaded[2]
+        elif val_set is None and cfg.data.val_per_class:
+            val_set = build_split(cfg.data, "val")
+        self.train_set, self.val_set, self.test_set = train_set, val_set, test_set
+        # model selection (best.pt) uses the validation split when there is one, else the test split
+        self.selection = "val" if val_set is not None else "test"
         spec = train_set.spec
         self.spec = spec
         if spec.num_classes < 2:
@@ -159,7 +163,7 @@ class Trainer:
         self.start_epoch = 0
         self.best_top1 = -1.0
         self.history: list[dict[str, Any]] = []
-        self._teacher_eval: tuple[Tensor, Tensor] | None = None
+        self._teacher_eval: dict[str, Tensor | None] = {}
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -353,33 +357,35 @@ class Trainer:
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         return bool(finite.item())
 
-    def evaluate(self) -> dict[str, float]:
-        batches = eval_batches(self.test_set, self.cfg.data.eval_batch_size, self.device, self.cfg.engine.channels_last)
-        logits, targets = collect_logits(self.model, batches, self.precision)
+    def evaluate(self, split: str = "test", model: torch.nn.Module | None = None) -> dict[str, float]:
+        """Metrics of ``model`` (default: the student) on the ``test`` or ``val`` split, keys ``<split>/...``."""
+        dataset = self.test_set if split == "test" else self.val_set
+        batches = eval_batches(dataset, self.cfg.data.eval_batch_size, self.device, self.cfg.engine.channels_last)
+        logits, targets = collect_logits(model or self.model, batches, self.precision)
         if not bool(torch.isfinite(logits).all()):
             raise UserError(f"the model's outputs became non-finite (evaluation after epoch {len(self.history) + 1}): "
                             "training diverged; lower optim.lr (nothing of this epoch was saved)")
         meter = ClassificationMeter()
         meter.update(logits, targets)
-        out = {f"test/{k}": v for k, v in meter.compute().items()}
-        teacher_logits = self._teacher_eval_logits()
+        out = {f"{split}/{k}": v for k, v in meter.compute().items()}
+        teacher_logits = self._teacher_eval_logits(split, dataset)
         if teacher_logits is not None:
-            out["test/teacher_agreement"] = 100.0 * logits.argmax(1).eq(teacher_logits.argmax(1)).float().mean().item()
+            out[f"{split}/teacher_agreement"] = 100.0 * logits.argmax(1).eq(teacher_logits.argmax(1)).float().mean().item()
             if logits.shape[1] > 2:  # with one non-target class there is no ranking
                 from darkknowledge.diagnostics.ranks import rank_fidelity
 
-                out["test/rank_fidelity"] = float(rank_fidelity(logits, teacher_logits, targets))
+                out[f"{split}/rank_fidelity"] = float(rank_fidelity(logits, teacher_logits, targets))
         return out
 
-    def _teacher_eval_logits(self) -> Tensor | None:
+    def _teacher_eval_logits(self, split: str, dataset: ArrayDataset) -> Tensor | None:
         """The teacher signal's test-set logits (asked once; None if it has none) for
         agreement / rank fidelity."""
         if self.teacher is None:
             return None
-        if self._teacher_eval is None:
-            batches = eval_batches(self.test_set, self.cfg.data.eval_batch_size, self.device, self.cfg.engine.channels_last)
-            self._teacher_eval = (self.teacher.eval_logits(self.test_set, batches),)
-        return self._teacher_eval[0]
+        if split not in self._teacher_eval:
+            batches = eval_batches(dataset, self.cfg.data.eval_batch_size, self.device, self.cfg.engine.channels_last)
+            self._teacher_eval[split] = self.teacher.eval_logits(dataset, batches)
+        return self._teacher_eval[split]
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
         source = self._resume_source(resume)
@@ -402,15 +408,17 @@ class Trainer:
             record.update(self.train_epoch(epoch))
             final = epoch == cfg.optim.epochs - 1
             if (epoch + 1) % cfg.engine.eval_every == 0 or final:
-                record.update(self.evaluate())
+                record.update(self.evaluate(self.selection))
+            if final and self.selection == "val":  # the test split is looked at once, after training
+                record.update(self.evaluate("test"))
             self.history.append(record)
             last_metrics = record
             if self.rank == 0:
                 for logger in loggers:
                     logger.log_epoch(record)
-                improved = record.get("test/top1", -1.0) > self.best_top1
+                improved = record.get(f"{self.selection}/top1", -1.0) > self.best_top1
                 if improved:
-                    self.best_top1 = record["test/top1"]
+                    self.best_top1 = record[f"{self.selection}/top1"]
                 if (epoch + 1) % cfg.engine.save_every == 0 or final or improved:
                     if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
                         raise UserError(f"the weights became non-finite in epoch {epoch + 1}: training diverged; lower optim.lr "
@@ -430,8 +438,27 @@ class Trainer:
             atomic_write_json(self.run_dir / "summary.json", summary)
         return summary
 
+    def _best_on_validation(self) -> dict[str, Any]:
+        """Test metrics of best.pt (chosen on the validation split), with its validation metrics and epoch."""
+        import copy
+
+        path = self.run_dir / "best.pt"
+        if self.selection != "val" or not path.is_file():
+            return {}
+        ckpt = load_checkpoint(path, map_location=self.device)
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(ckpt["model"])
+        out = self.evaluate("test", model=model)
+        out.update({k: v for k, v in ckpt["metrics"].items() if k.startswith("val/")})
+        return out | {"epoch": ckpt["epoch"] - 1}
+
     def summary(self, last: dict[str, Any], wall_s: float) -> dict[str, Any]:
-        best = max((h for h in self.history if "test/top1" in h), key=lambda h: h["test/top1"], default={})
+        key = f"{self.selection}/top1"
+        if self.selection == "val":
+            best = self._best_on_validation()
+        else:
+            record = max((h for h in self.history if key in h), key=lambda h: h[key], default={})
+            best = {k: v for k, v in record.items() if k.startswith("test/")} | ({"epoch": record["epoch"]} if record else {})
         return {
             "run_dir": str(self.run_dir),
             "model": self.cfg.model.name,
@@ -442,8 +469,9 @@ class Trainer:
             "epochs": self.cfg.optim.epochs,
             "precision": self.precision,
             "teacher": self.teacher.describe() if self.teacher is not None else None,
-            "final": {k: v for k, v in last.items() if k.startswith("test/")},
-            "best": {k: v for k, v in best.items() if k.startswith("test/")} | ({"epoch": best["epoch"]} if best else {}),
+            "selection": self.selection,
+            "final": {k: v for k, v in last.items() if k.startswith(("test/", "val/"))},
+            "best": best,
             "wall_time_s": wall_s,
         }
 
@@ -489,6 +517,8 @@ def _comparable_config(config_yaml: str) -> str:
 
 def _print_epoch(record: dict[str, Any], epochs: int) -> None:
     parts = [f"epoch {record['epoch'] + 1}/{epochs}", f"loss {record['loss/total']:.4f}"]
+    if "val/top1" in record:
+        parts.append(f"val_top1 {record['val/top1']:.3f}")
     for k in ("test/top1", "test/top5", "test/nll", "test/ece"):
         if k in record:
             parts.append(f"{k[5:]} {record[k]:.3f}")

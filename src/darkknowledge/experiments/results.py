@@ -86,9 +86,12 @@ def markdown_table(sweep: Sweep, teachers: list[dict[str, Any]], students: list[
     lines = [
         f"# Sweep: student {spec.student.model}, {len(teachers)} teachers, methods {', '.join(methods)}",
         "",
-        f"Dataset `{data.get('name', 'digits')}`; seeds {spec.seeds}; student top-1 (%) on the evaluation split, "
-        "mean ± std over seeds. *Last* is the final epoch; *best* is the best epoch on the evaluation split "
-        "(an optimistic, selected number: report it only beside *last*).",
+        f"Dataset `{data.get('name', 'digits')}`; seeds {spec.seeds}; student top-1 (%) on the test split, "
+        "mean ± std over seeds. *Last* is the final epoch; *best* is "
+        + ("the checkpoint with the best validation accuracy (`data.val_per_class` held out of training), "
+           "evaluated once on the test split." if data.get("val_per_class") else
+           "the best epoch on the test split itself (an optimistic, selected number: report it only beside *last*; "
+           "set `data.val_per_class` to select on a validation split)."),
         "",
     ]
     for col, title in (("last_top1", "Last epoch"), ("best_top1", "Best epoch")):

@@ -186,7 +186,7 @@ def record_failure(stage_dir: Path, error: str) -> None:
 
 
 def _execute(request: dict[str, Any], stage_dir: Path, datasets: dict[str, Any] | None) -> None:
-    from darkknowledge.engine.assembly import load_datasets, open_cache_for_run
+    from darkknowledge.engine.assembly import load_splits, open_cache_for_run
 
     config = copy.deepcopy(request["config"])
     for role, (section, k) in INPUT_KEYS.items():
@@ -199,11 +199,11 @@ def _execute(request: dict[str, Any], stage_dir: Path, datasets: dict[str, Any] 
     cfg = validate_config(config, source=f"stage {request['name']}")
     key = json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True)
     if datasets is not None and key in datasets:
-        train_set, test_set = datasets[key]
+        train_set, val_set, test_set = datasets[key]
     else:
-        train_set, test_set = load_datasets(cfg)
+        train_set, val_set, test_set = load_splits(cfg.data)
         if datasets is not None:
-            datasets[key] = (train_set, test_set)
+            datasets[key] = (train_set, val_set, test_set)
     if cfg.engine.threads:
         import torch
 
@@ -218,7 +218,7 @@ def _execute(request: dict[str, Any], stage_dir: Path, datasets: dict[str, Any] 
     resume = (stage_dir / "last.pt").is_file()
     if resume:
         print(f"resuming {stage_dir} from last.pt", flush=True)
-    Trainer(cfg, train_set=train_set, test_set=test_set).fit(resume=resume)
+    Trainer(cfg, train_set=train_set, val_set=val_set, test_set=test_set).fit(resume=resume)
 
 
 def main(argv: list[str] | None = None) -> int:
