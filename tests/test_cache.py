@@ -392,7 +392,7 @@ def test_cached_run_logs_teacher_agreement_and_rank_fidelity(tmp_path, teacher_c
     assert "eval_logits.npy" in {p.name for p in cache_dir.iterdir()}
     cached = Trainer(fast_config(tmp_path, *DISTILL, f"teacher.cache={cache_dir}", "name=cached"))
     live = Trainer(live_cfg)
-    torch.testing.assert_close(cached._teacher_eval_logits(), live._teacher_eval_logits(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cached.evaluator.teacher_logits("test"), live.evaluator.teacher_logits("test"), rtol=1e-5, atol=1e-5)
     metrics = cached.evaluate()
     assert 0 <= metrics["test/teacher_agreement"] <= 100 and -1 <= metrics["test/rank_fidelity"] <= 1
     summary = cached.fit()
@@ -408,3 +408,13 @@ def test_cache_without_or_with_other_eval_split_gives_no_test_logits(tmp_path, t
     assert plain.eval_logits(other_test) is None and with_eval.eval_logits(other_test) is None
     metrics = Trainer(fast_config(tmp_path, *DISTILL, f"teacher.cache={tmp_path / 'plain'}", "name=p")).evaluate()
     assert "test/teacher_agreement" not in metrics  # said in docs/teachers.md: build the cache with the test split
+
+
+def test_cache_built_on_the_fly_and_by_the_cli_keeps_test_logits(tmp_path, teacher_ckpt):
+    from darkknowledge.cli.main import main
+
+    summary = train(fast_config(tmp_path, *DISTILL, f"teacher.checkpoint={teacher_ckpt}", f"teacher.cache={tmp_path / 'fly'}",
+                                "teacher.cache_views=1", "name=fly"))
+    assert summary["teacher"]["eval_logits"] is True and "test/teacher_agreement" in summary["final"]
+    assert main(["cache", "build", str(tmp_path / "cli"), f"teacher.checkpoint={teacher_ckpt}", "--views", "1", *DISTILL]) == 0
+    assert (tmp_path / "cli" / "eval_logits.npy").is_file()

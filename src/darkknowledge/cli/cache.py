@@ -55,7 +55,7 @@ def cmd_cache(args) -> int:
             raise UserError(f"--overwrite: {target} is not a teacher cache (no meta.json); it is left as it is: choose another path")
         read_cache_meta(target)  # a damaged meta.json is an error too: only a readable cache is replaced
     device = resolve_device(cfg.engine.device)
-    train_set, _ = load_datasets(cfg)
+    train_set, test_set = load_datasets(cfg)
     model, ckpt = load_model(cfg.teacher.checkpoint, device)
     check_teacher_fits(ckpt, train_set.spec, cfg.teacher.checkpoint)
     path = build_cache(
@@ -63,7 +63,7 @@ def cmd_cache(args) -> int:
         num_views=args.views or cfg.teacher.cache_views, view_seed=cfg.teacher.cache_view_seed,
         storage=args.storage, topk=args.topk, dtype=args.dtype, precision=cfg.engine.precision,
         batch_size=cfg.data.eval_batch_size, device=device, channels_last=cfg.engine.channels_last,
-        fold_batchnorm=cfg.teacher.fold_batchnorm,
+        fold_batchnorm=cfg.teacher.fold_batchnorm, eval_dataset=test_set,
         overwrite=args.overwrite, progress=cfg.engine.progress,
     )
     print(json.dumps(CachedTeacher(path, verify=False).meta, indent=2))

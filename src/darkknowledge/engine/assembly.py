@@ -124,11 +124,12 @@ def teacher_data_section(path: str) -> dict[str, Any]:
     return {k: data[k] for k in DATASET_KEYS if k in data and k in DataConfig.model_fields}
 
 
-def build_teacher_signal(cfg: RunConfig, train_set: ArrayDataset, device: torch.device) -> TeacherSignal:
-    """Live teacher from ``teacher.checkpoint`` or a cache from ``teacher.cache``."""
+def build_teacher_signal(cfg: RunConfig, train_set: ArrayDataset, device: torch.device,
+                         eval_set: ArrayDataset | None = None) -> TeacherSignal:
+    """Live teacher from ``teacher.checkpoint`` or a cache from ``teacher.cache`` (built with ``eval_set`` logits)."""
     spec = train_set.spec
     if cfg.teacher.cache:
-        return open_cache_for_run(cfg, train_set, device)
+        return open_cache_for_run(cfg, train_set, device, eval_set)
     if not cfg.teacher.checkpoint:
         raise UserError(
             f"method {cfg.method.name!r} needs a teacher: set teacher.checkpoint=PATH "
@@ -164,9 +165,10 @@ def check_teacher_fits(ckpt: dict[str, Any], spec, where: str) -> None:
         raise UserError(f"teacher {where} takes {ckpt['in_channels']}-channel images but dataset {spec.name!r} has {spec.in_channels}")
 
 
-def open_cache_for_run(cfg, train_set: ArrayDataset, device: torch.device) -> CachedTeacher:
+def open_cache_for_run(cfg, train_set: ArrayDataset, device: torch.device, eval_set: ArrayDataset | None = None) -> CachedTeacher:
     """``teacher.cache`` of a run: open it (building it first from ``teacher.checkpoint``
-    if it does not exist yet) and check that it belongs to this run's teacher and data."""
+    if it does not exist yet, with the teacher's logits on ``eval_set`` for agreement and
+    rank fidelity) and check that it belongs to this run's teacher and data."""
     path = Path(cfg.teacher.cache)
     digest = None
     if cfg.teacher.checkpoint:
@@ -176,7 +178,7 @@ def open_cache_for_run(cfg, train_set: ArrayDataset, device: torch.device) -> Ca
         if not (path / "meta.json").exists():
             build_cache(model, train_set, path, num_views=cfg.teacher.cache_views, view_seed=cfg.teacher.cache_view_seed,
                         precision=cfg.engine.precision, device=device, channels_last=cfg.engine.channels_last,
-                        fold_batchnorm=cfg.teacher.fold_batchnorm,
+                        fold_batchnorm=cfg.teacher.fold_batchnorm, eval_dataset=eval_set,
                         progress=cfg.engine.progress)
     cache = CachedTeacher(path, device=device)
     cache.check_matches(train_set, digest)

@@ -66,6 +66,14 @@ def sum_across(values: dict[str, Tensor]) -> dict[str, Tensor]:
     return dict(zip(keys, stacked.unbind()))
 
 
+def all_finite(loss: Tensor) -> bool:
+    """Whether ``loss`` is finite on every rank: one decision for all, since ranks must step together."""
+    finite = torch.isfinite(loss.detach()).float().reshape(1)
+    if dist.is_initialized():
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +69,14 @@ def build_loggers(run_dir: Path, tensorboard: bool) -> list[RunLogger]:
     if tensorboard:
         loggers.append(TensorBoardLogger(run_dir / "tensorboard"))
     return loggers
+
+
+def print_epoch(record: dict[str, Any], epochs: int) -> None:
+    parts = [f"epoch {record['epoch'] + 1}/{epochs}", f"loss {record['loss/total']:.4f}"]
+    if "val/top1" in record:
+        parts.append(f"val_top1 {record['val/top1']:.3f}")
+    for k in ("test/top1", "test/top5", "test/nll", "test/ece"):
+        if k in record:
+            parts.append(f"{k[5:]} {record[k]:.3f}")
+    parts.append(f"{record['train_images_per_s']:.0f} img/s")
+    print("  ".join(parts), file=sys.stderr, flush=True)  # stdout stays for the final JSON

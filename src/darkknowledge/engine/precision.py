@@ -3,7 +3,7 @@ matching autocast context.
 
 ``auto`` means bf16 only where bf16 is *native*: on CUDA, and on CPUs with the
 AVX512_BF16 or AMX-BF16 instructions. Any other CPU computes bf16 by conversion: on
-AVX2 measured ~15x slower than fp32 (docs/performance.md), and AVX-512 CPUs without
+AVX2 several times slower than fp32 (measured in docs/performance.md), and AVX-512 CPUs without
 AVX512_BF16 (Skylake-class) are similarly slow. oneDNN's own check
 (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) is true on any AVX-512 CPU, so it is
 not used.

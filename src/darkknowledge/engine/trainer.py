@@ -21,13 +21,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -35,38 +33,20 @@ from darkknowledge.config import RunConfig
 from darkknowledge.data.augment import identity_params
 from darkknowledge.data.base import ArrayDataset
 from darkknowledge.data.loader import BatchLoader, eval_batches
+import darkknowledge.engine.distributed as distributed
 from darkknowledge.engine.assembly import build_split, build_teacher_signal, load_initial_weights, load_splits, resolve_device
-from darkknowledge.engine import distributed
 from darkknowledge.engine.checkpoint import FORMAT, VERSION, atomic_torch_save, load_checkpoint, spec_to_dict
-from darkknowledge.engine.loggers import build_loggers, json_safe
-from darkknowledge.engine.runlock import RunLock
-from darkknowledge.engine.metrics import ClassificationMeter, collect_logits
+from darkknowledge.engine.loggers import build_loggers, json_safe, print_epoch
+from darkknowledge.engine.evaluation import Evaluator
 from darkknowledge.engine.precision import autocast, resolve_precision
+from darkknowledge.engine.rundir import comparable_config, read_history, remove_stale_temporaries, saved_config
+from darkknowledge.engine.runlock import RunLock
 from darkknowledge.engine.schedule import learning_rate
+from darkknowledge.engine.seeding import rng_state, seed_everything, set_rng_state
 from darkknowledge.engine.teacher import TeacherSignal
 from darkknowledge.errors import UserError
 from darkknowledge.fileio import atomic_write_json, atomic_write_text
 from darkknowledge.methods import SetupContext, StepContext, build_method
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
-
-
-def rng_state() -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "python": repr(random.getstate()),
-        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"].cpu())  # the checkpoint may have been mapped to a GPU
-    # python/numpy states are only used by user code; torch's drives training
 
 
 class Trainer:
@@ -122,7 +102,7 @@ class Trainer:
                 first = self.world_size == 1 or not cfg.teacher.cache
                 if not first and self.rank != 0:
                     distributed.barrier()
-                self.teacher = build_teacher_signal(cfg, train_set, self.device)
+                self.teacher = build_teacher_signal(cfg, train_set, self.device, test_set)
                 if not first and self.rank == 0:
                     distributed.barrier()
 
@@ -163,27 +143,16 @@ class Trainer:
         self.start_epoch = 0
         self.best_top1 = -1.0
         self.history: list[dict[str, Any]] = []
-        self._teacher_eval: dict[str, Tensor | None] = {}
+        self.evaluator = Evaluator({"val": val_set, "test": test_set}, self.teacher, cfg.data.eval_batch_size, self.device,
+                                   self.precision, cfg.engine.channels_last)
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "version": VERSION,
-            "model_name": self.cfg.model.name,
-            "num_classes": self.spec.num_classes,
-            "in_channels": self.spec.in_channels,
-            "num_params": self.num_params,
-            "data": spec_to_dict(self.spec),
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "method": {k: v.detach().cpu() for k, v in self.method.state_dict().items()},
-            "epoch": epoch,
-            "metrics": metrics,
-            "best_top1": self.best_top1,
-            "config": self.cfg.to_yaml(),
-            "rng": rng_state(),
-        }
+        cpu = lambda module: {k: v.detach().cpu() for k, v in module.state_dict().items()}  # noqa: E731
+        return {"format": FORMAT, "version": VERSION, "model_name": self.cfg.model.name, "num_classes": self.spec.num_classes,
+                "in_channels": self.spec.in_channels, "num_params": self.num_params, "data": spec_to_dict(self.spec),
+                "model": cpu(self.model), "optimizer": self.optimizer.state_dict(), "method": cpu(self.method),
+                "epoch": epoch, "metrics": metrics, "best_top1": self.best_top1, "config": self.cfg.to_yaml(), "rng": rng_state()}
 
     def _resume_source(self, resume: bool) -> Path | None:
         """The checkpoint to continue from (read-only checks, before anything is written)."""
@@ -200,7 +169,7 @@ class Trainer:
         else:
             raise UserError(f"--resume: no checkpoint in {self.run_dir} (no last.pt or best.pt); start the run without --resume")
         ckpt = load_checkpoint(source, map_location=self.device)
-        if _comparable_config(self._saved_config(ckpt)) != _comparable_config(self.cfg.to_yaml()):
+        if comparable_config(saved_config(self.run_dir, ckpt)) != comparable_config(self.cfg.to_yaml()):
             raise UserError(f"--resume: the configuration differs from the one saved in {self.run_dir}/config.yaml (only optim.epochs, output_dir and engine.device/threads/progress/tensorboard may change)")
         self._resume_checkpoint = ckpt
         return source
@@ -214,49 +183,13 @@ class Trainer:
             set_rng_state(ckpt["rng"])
             self.start_epoch = int(ckpt["epoch"])
             self.best_top1 = float(ckpt["best_top1"])
-            self.history = [h for h in self._read_history() if h["epoch"] < self.start_epoch]
+            self.history = [h for h in read_history(self.run_dir / "metrics.jsonl") if h["epoch"] < self.start_epoch]
         elif self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             remove_stale_temporaries(self.run_dir)
             self._write_metrics()  # on a fresh start: drop lines of an attempt killed before its first checkpoint
             atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
-
-    def _saved_config(self, ckpt: dict[str, Any]) -> str:
-        """config.yaml of the run, or the checkpoint's copy when the file is missing or damaged."""
-        import yaml
-
-        path = self.run_dir / "config.yaml"
-        try:
-            text = path.read_text()
-            if isinstance(yaml.safe_load(text), dict):
-                return text
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            pass
-        if path.exists():
-            print(f"warning: {path} is damaged; using the configuration stored in the checkpoint (rewritten)", file=sys.stderr)
-        return ckpt["config"]
-
-    def _read_history(self) -> list[dict[str, Any]]:
-        """metrics.jsonl records; lines a crash left half-written (or edited into garbage) are dropped, with a warning."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.is_file():
-            return []
-        records, dropped = [], 0
-        for line in path.read_text(errors="replace").splitlines():
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                record = None
-            if isinstance(record, dict) and isinstance(record.get("epoch"), int):
-                records.append(record)
-            else:
-                dropped += 1
-        if dropped:
-            print(f"warning: {path}: dropped {dropped} unreadable line(s) (e.g. a crash mid-write); the file is rewritten", file=sys.stderr)
-        return records
 
     def _write_metrics(self) -> None:
         if self.rank == 0:
@@ -309,7 +242,7 @@ class Trainer:
                 student_logits = self.train_model(batch.images)
             terms = self.method(student_logits, teacher_logits, batch.targets, ctx)
             loss = sum(terms.values())
-            if not self._finite_everywhere(loss):
+            if not distributed.all_finite(loss):
                 if cfg.engine.nonfinite == "stop":
                     raise UserError(_nonfinite_message(epoch, i, steps, terms))
                 skipped += 1
@@ -348,44 +281,9 @@ class Trainer:
         out.update({f"method/{k}": v for k, v in self.method.epoch_stats().items()})
         return out
 
-    def _finite_everywhere(self, loss: Tensor) -> bool:
-        """Whether the loss is finite on every rank (one decision for all: ranks must step together)."""
-        finite = torch.isfinite(loss.detach()).float().reshape(1)
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        return bool(finite.item())
-
     def evaluate(self, split: str = "test", model: torch.nn.Module | None = None) -> dict[str, float]:
         """Metrics of ``model`` (default: the student) on the ``test`` or ``val`` split, keys ``<split>/...``."""
-        dataset = self.test_set if split == "test" else self.val_set
-        batches = eval_batches(dataset, self.cfg.data.eval_batch_size, self.device, self.cfg.engine.channels_last)
-        logits, targets = collect_logits(model or self.model, batches, self.precision)
-        if not bool(torch.isfinite(logits).all()):
-            raise UserError(f"the model's outputs became non-finite (evaluation after epoch {len(self.history) + 1}): "
-                            "training diverged; lower optim.lr (nothing of this epoch was saved)")
-        meter = ClassificationMeter()
-        meter.update(logits, targets)
-        out = {f"{split}/{k}": v for k, v in meter.compute().items()}
-        teacher_logits = self._teacher_eval_logits(split, dataset)
-        if teacher_logits is not None:
-            out[f"{split}/teacher_agreement"] = 100.0 * logits.argmax(1).eq(teacher_logits.argmax(1)).float().mean().item()
-            if logits.shape[1] > 2:  # with one non-target class there is no ranking
-                from darkknowledge.diagnostics.ranks import rank_fidelity
-
-                out[f"{split}/rank_fidelity"] = float(rank_fidelity(logits, teacher_logits, targets))
-        return out
-
-    def _teacher_eval_logits(self, split: str, dataset: ArrayDataset) -> Tensor | None:
-        """The teacher signal's test-set logits (asked once; None if it has none) for
-        agreement / rank fidelity."""
-        if self.teacher is None:
-            return None
-        if split not in self._teacher_eval:
-            batches = eval_batches(dataset, self.cfg.data.eval_batch_size, self.device, self.cfg.engine.channels_last)
-            self._teacher_eval[split] = self.teacher.eval_logits(dataset, batches)
-        return self._teacher_eval[split]
+        return self.evaluator(model or self.model, split)
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
         source = self._resume_source(resume)
@@ -429,7 +327,7 @@ class Trainer:
                         atomic_torch_save(ckpt, self.run_dir / "last.pt")
                     if improved:
                         atomic_torch_save(ckpt, self.run_dir / "best.pt")
-                _print_epoch(record, cfg.optim.epochs)
+                print_epoch(record, cfg.optim.epochs)
         for logger in loggers:
             logger.close()
         distributed.barrier()
@@ -476,18 +374,6 @@ class Trainer:
         }
 
 
-# what atomic writes leave behind when a process is killed mid-write (fileio.atomic_write)
-RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "summary.json", "config.yaml")
-
-
-def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Delete ``.<run file>.*.tmp`` left by killed writes (call only while holding the run's lock)."""
-    stale = [p for name in RUN_FILES for p in run_dir.glob(f".{name}.*.tmp")]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
-
-
 def _nonfinite_message(epoch: int, step: int, steps: int, terms: dict[str, Tensor]) -> str:
     values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
     return (f"non-finite loss at epoch {epoch + 1}, step {step + 1}/{steps} ({values}); the run stopped, nothing of this "
@@ -497,33 +383,6 @@ def _nonfinite_message(epoch: int, step: int, steps: int, terms: dict[str, Tenso
 def _has_plain_view(view_table: Tensor, spec) -> bool:
     """Whether view 0 of a cache's (N, K, 3) view table is the un-augmented image of every sample."""
     return bool(torch.equal(view_table[:, 0], identity_params(view_table.shape[0], spec.augment).to(view_table.device)))
-
-
-# Keys that may differ between a run and its resumption: they change neither the
-# result nor the batches (the run may be moved, resumed on another device, run longer).
-RESUMABLE_CHANGES = {"optim": ("epochs",), "engine": ("progress", "device", "threads", "tensorboard"), "": ("output_dir",)}
-
-
-def _comparable_config(config_yaml: str) -> str:
-    import yaml
-
-    d = yaml.safe_load(config_yaml)
-    for section, keys in RESUMABLE_CHANGES.items():
-        node = d if section == "" else d.get(section, {})
-        for k in keys:
-            node.pop(k, None)
-    return json.dumps(d, sort_keys=True)
-
-
-def _print_epoch(record: dict[str, Any], epochs: int) -> None:
-    parts = [f"epoch {record['epoch'] + 1}/{epochs}", f"loss {record['loss/total']:.4f}"]
-    if "val/top1" in record:
-        parts.append(f"val_top1 {record['val/top1']:.3f}")
-    for k in ("test/top1", "test/top5", "test/nll", "test/ece"):
-        if k in record:
-            parts.append(f"{k[5:]} {record[k]:.3f}")
-    parts.append(f"{record['train_images_per_s']:.0f} img/s")
-    print("  ".join(parts), file=sys.stderr, flush=True)  # stdout stays for the final JSON
 
 
 def train(cfg: RunConfig, resume: bool = False, **kwargs) -> dict[str, Any]:

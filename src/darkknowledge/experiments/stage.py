@@ -211,7 +211,7 @@ def _execute(request: dict[str, Any], stage_dir: Path, datasets: dict[str, Any] 
     if request["kind"] == "cache":
         import torch
 
-        open_cache_for_run(cfg, train_set, torch.device(cfg.engine.device))
+        open_cache_for_run(cfg, train_set, torch.device(cfg.engine.device), test_set)
         return
     from darkknowledge.engine.trainer import Trainer
 
