@@ -116,3 +116,13 @@ def test_schedule_warning_printed_at_start(tmp_path, two_teachers, capsys):
     train(fast_config(tmp_path, *STUDENT, f"teacher.checkpoint={two_teachers[0]}", "method.name=dkd", "method.warmup_epochs=20"))
     err = capsys.readouterr().err
     assert err.count("warning:") == 1 and "warmup_epochs" in err
+
+
+def test_keep_epochs_writes_snapshots(tmp_path):
+    from darkknowledge.engine.checkpoint import load_checkpoint
+
+    s = train(fast_config(tmp_path, *STUDENT, "optim.epochs=3", "engine.keep_epochs=[1,3]", "name=k"))
+    run = Path(s["run_dir"])
+    assert sorted(p.name for p in run.glob("epoch-*.pt")) == ["epoch-1.pt", "epoch-3.pt"]
+    assert load_checkpoint(run / "epoch-1.pt")["epoch"] == 1
+    assert state_equal(load_checkpoint(run / "epoch-3.pt")["model"], load_checkpoint(run / "last.pt")["model"])

@@ -109,6 +109,7 @@ class EngineConfig(_Strict):
     tensorboard: bool = Field(False, description="Also write TensorBoard event files to <run_dir>/tensorboard (needs the `tensorboard` package).")
     nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="A non-finite loss: `stop` the run naming epoch, step and loss terms, or `skip` the batch (counted per epoch as `nonfinite_skipped`).")
+    keep_epochs: list[int] = Field([], description="Also keep a checkpoint `epoch-E.pt` after each of these epochs (1-based): early-stopped teachers (ESKD), teacher snapshots.")
     eval_every: int = Field(1, ge=1, description="Evaluate every N epochs (and always after the last).")
     save_every: int = Field(1, ge=1, description="Write last.pt every N epochs (and always after the last).")
 

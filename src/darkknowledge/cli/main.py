@@ -49,6 +49,12 @@ def _run_training(args: argparse.Namespace, base: dict, inherit_teacher_data: bo
         cfg = load_config(args.config, args.overrides, base={**base, "data": inherited})
         default = type(cfg.data)()
         report["data_from_teacher"] = {k: v for k, v in inherited.items() if getattr(cfg.data, k) == v != getattr(default, k)}
+    if getattr(args, "assistant", None):
+        from darkknowledge.experiments.chain import run_assistant
+
+        # TAKD: the student learns from an assistant distilled from the teacher (reused when done)
+        report["assistant"] = run_assistant(cfg, args.assistant, log=lambda m: print(m, file=sys.stderr))
+        cfg = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"checkpoint": report["assistant"]})})
     summary = train(cfg, resume=args.resume)
     from darkknowledge.engine.distributed import is_main_process
 
@@ -74,13 +80,16 @@ def cmd_train(args) -> int:
 
 def _add_distill(p):
     _config_args(p)
+    p.add_argument("--assistant", metavar="MODEL", help="TAKD: first distil a teacher assistant of this architecture from the "
+                   "teacher (same method and settings; reused when done), then the student from it")
 
 
 @command(
     "distill",
     "distil a student from a teacher checkpoint (or cache) with a method (default: kd); data settings default to the teacher's",
     "darkknowledge distill teacher.checkpoint=runs/teacher-w64/best.pt model.name=cnn_w8 method.name=kd method.temperature=4\n"
-    "  darkknowledge distill --config cifar100_kd teacher.checkpoint=runs/r32x4/best.pt method.name=dkd method.nckd_weight=8",
+    "  darkknowledge distill --config cifar100_kd teacher.checkpoint=runs/r32x4/best.pt method.name=dkd method.nckd_weight=8\n"
+    "  darkknowledge distill teacher.checkpoint=runs/r110/last.pt model.name=resnet8 --assistant resnet32   # TAKD",
     add_args=_add_distill)
 def cmd_distill(args) -> int:
     return _run_training(args, base={"method": {"name": "kd"}}, inherit_teacher_data=True)

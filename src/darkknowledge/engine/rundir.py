@@ -15,7 +15,7 @@ RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "summary.json", "config.yaml
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     """Delete ``.<run file>.*.tmp`` left by killed writes (call only while holding the run's lock)."""
-    stale = [p for name in RUN_FILES for p in run_dir.glob(f".{name}.*.tmp")]
+    stale = [p for name in (*RUN_FILES, "epoch-*.pt") for p in run_dir.glob(f".{name}.*.tmp")]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
@@ -23,7 +23,7 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
 
 # Keys that may differ between a run and its resumption: they change neither the
 # result nor the batches (the run may be moved, resumed on another device, run longer).
-RESUMABLE_CHANGES = {"optim": ("epochs",), "engine": ("progress", "device", "threads", "tensorboard"), "": ("output_dir",)}
+RESUMABLE_CHANGES = {"optim": ("epochs",), "engine": ("progress", "device", "threads", "tensorboard", "keep_epochs"), "": ("output_dir",)}
 
 
 def comparable_config(config_yaml: str) -> str:

@@ -201,7 +201,7 @@ class Trainer:
 
         def train_batches():
             batches = eval_batches(self.train_set, self.cfg.data.eval_batch_size, self.device, self.cfg.engine.channels_last)
-            table = teacher.replay_views()
+            table = teacher.replay_views() if teacher is not None else None
             if table is None:
                 return batches
             if not _has_plain_view(table, self.spec):
@@ -209,14 +209,8 @@ class Trainer:
             # a cache replays views: view 0 is the un-augmented image these batches hold
             return (dataclasses.replace(b, views=torch.zeros_like(b.indices)) for b in batches)
 
-        self.method.setup(
-            SetupContext(
-                num_classes=self.spec.num_classes,
-                teacher_logits_fn=teacher,
-                train_batches=train_batches,
-                device=self.device,
-            )
-        )
+        self.method.setup(SetupContext(num_classes=self.spec.num_classes, teacher_logits_fn=teacher,
+                                       train_batches=train_batches, device=self.device, student=self.model))
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg = self.cfg
@@ -296,8 +290,7 @@ class Trainer:
         if self.rank == 0:
             for warning in self.method.check_schedule(cfg.optim.epochs):
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
-        if self.method.needs_teacher:
-            self._setup_method()
+        self._setup_method()
         loggers = build_loggers(self.run_dir, cfg.engine.tensorboard) if self.rank == 0 else []
         t_start = time.perf_counter()
         last_metrics: dict[str, Any] = self.history[-1] if self.history else {}
@@ -327,6 +320,8 @@ class Trainer:
                         atomic_torch_save(ckpt, self.run_dir / "last.pt")
                     if improved:
                         atomic_torch_save(ckpt, self.run_dir / "best.pt")
+                if epoch + 1 in cfg.engine.keep_epochs:  # e.g. an early-stopped teacher (ESKD)
+                    atomic_torch_save(self._checkpoint(epoch + 1, record), self.run_dir / f"epoch-{epoch + 1}.pt")
                 print_epoch(record, cfg.optim.epochs)
         for logger in loggers:
             logger.close()

@@ -44,8 +44,10 @@ def _check_label(label: str, what: str) -> str:
 
 
 class TeacherSpec(_Strict):
-    model: str | None = Field(None, description="Architecture of a teacher the sweep trains (with method ce).")
+    model: str | None = Field(None, description="Architecture of a teacher the sweep trains (with method ce unless its `config` sets `method`, e.g. regt).")
     checkpoint: str | None = Field(None, description="A trained teacher checkpoint to use as it is (instead of `model`).")
+    epoch: int | None = Field(None, ge=1, description="Early-stopped teacher (ESKD): use the sweep-trained teacher's checkpoint after this epoch "
+                              "(one training run serves every entry with the same model and config).")
     label: str | None = Field(None, description="Name in tables and run directories; default: the model name or the checkpoint's run name.")
     config: dict[str, Any] = Field(default_factory=dict, description="Run-config overrides for this teacher's training (merged over `teacher_config`).")
 
@@ -53,8 +55,11 @@ class TeacherSpec(_Strict):
     def _one_source(self) -> "TeacherSpec":
         if (self.model is None) == (self.checkpoint is None):
             raise ValueError("give exactly one of model (trained by the sweep) or checkpoint (given)")
+        if self.epoch is not None and self.model is None:
+            raise ValueError("epoch applies to a teacher the sweep trains (model), not to a given checkpoint")
         if self.label is None:
-            self.label = self.model or Path(self.checkpoint).parent.name or Path(self.checkpoint).stem
+            base = self.model or Path(self.checkpoint).parent.name or Path(self.checkpoint).stem
+            self.label = f"{base}-e{self.epoch}" if self.epoch else base
         _check_label(self.label, "teacher")
         return self
 
@@ -64,16 +69,36 @@ class StudentSpec(_Strict):
     config: dict[str, Any] = Field(default_factory=dict, description="Run-config overrides for every student run (merged over `base`).")
 
 
+class AssistantSpec(_Strict):
+    """TAKD: distil an assistant from the teacher with this entry's method, then the student from the assistant."""
+
+    model: str = Field(..., description="Architecture of the teacher assistant (between teacher and student in size).")
+    config: dict[str, Any] = Field(default_factory=dict, description="Run-config overrides for the assistant's training.")
+
+
+class AdaptSpec(_Strict):
+    """AID: fine-tune the teacher towards the pre-trained student (the CE student of the first seed) before distilling."""
+
+    method: dict[str, Any] = Field(default_factory=lambda: {"name": "aid"}, description="The adaptation method and its parameters (default: aid).")
+    config: dict[str, Any] = Field(default_factory=lambda: {"optim": {"epochs": 5, "lr": 0.01, "warmup_epochs": 0}},
+                                   description="Run-config overrides for the adaptation (a short fine-tuning by default).")
+
+
 class MethodSpec(BaseModel):
-    """``name`` and the method's parameters, flat, plus an optional ``label``."""
+    """``name`` and the method's parameters, flat, plus an optional ``label`` and a
+    teacher-side remedy (``assistant`` for TAKD, ``adapt`` for AID)."""
 
     model_config = ConfigDict(extra="allow")
     name: str = Field(..., description="Method name (see `darkknowledge methods`).")
     label: str | None = Field(None, description="Column name in the results; default: the method name. Must be unique.")
+    assistant: AssistantSpec | None = Field(None, description="TAKD chain: teacher -> assistant -> student, each step with this method.")
+    adapt: AdaptSpec | None = Field(None, description="AID: distil from the teacher adapted to the pre-trained student.")
 
     @model_validator(mode="after")
     def _default_label(self) -> "MethodSpec":
         self.label = _check_label(self.label or self.name, "method")
+        if self.assistant and self.adapt:
+            raise ValueError(f"method {self.label!r}: give assistant (TAKD) or adapt (AID), not both")
         return self
 
     def params(self) -> dict[str, Any]:
@@ -126,6 +151,10 @@ def parse_spec(data: dict[str, Any], source: str = "spec") -> SweepSpec:
     # every run configuration it implies must validate too: fail before anything runs
     implied = [(f"methods[{i}]", deep_merge(deep_merge(spec.base, spec.student.config), {"method": m.params()}))
                for i, m in enumerate(spec.methods)]
+    implied += [(f"methods[{i}].assistant", deep_merge(deep_merge(spec.base, m.assistant.config), {"model": {"name": m.assistant.model}, "method": m.params()}))
+                for i, m in enumerate(spec.methods) if m.assistant]
+    implied += [(f"methods[{i}].adapt", deep_merge(deep_merge(spec.base, m.adapt.config), {"method": m.adapt.method}))
+                for i, m in enumerate(spec.methods) if m.adapt]
     implied += [(f"teachers[{i}]", deep_merge(deep_merge(deep_merge(spec.base, spec.teacher_config), t.config), {"model": {"name": t.model}}))
                 for i, t in enumerate(spec.teachers) if t.model]
     for where, config in implied:

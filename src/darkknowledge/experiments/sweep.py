@@ -3,8 +3,9 @@
 Waves (a stage's inputs exist before it is planned, so its key can name their weights):
 
 1. the teachers the sweep trains, and the student alone (CE) for every seed;
-2. one teacher-output cache per teacher (when ``teacher_cache``);
-3. every (teacher, method, seed) student.
+2. teacher-side steps of method entries: TAKD assistants, AID-adapted teachers;
+3. one teacher-output cache per teacher a student learns from (when ``teacher_cache``);
+4. every (teacher, method, seed) student.
 
 Finished stages are reused; a killed sweep re-run continues where it stopped (a
 partly trained stage resumes from its ``last.pt``); a failed stage is reported with
@@ -21,7 +22,7 @@ from typing import Any, Callable
 from darkknowledge.config import deep_merge
 from darkknowledge.errors import UserError
 from darkknowledge.experiments.executors import Executor, InlineExecutor
-from darkknowledge.experiments.spec import SweepSpec, TeacherSpec
+from darkknowledge.experiments.spec import MethodSpec, SweepSpec, TeacherSpec
 from darkknowledge.experiments.stage import Stage
 from darkknowledge.fileio import atomic_write_json
 
@@ -41,6 +42,17 @@ class Blocked:
     state: str = "waiting"  # "waiting" (input pending) or "blocked" (input failed)
 
 
+def _output(stage: Stage, filename: str) -> str | Blocked:
+    """The path of a done stage's output file, or why it is not there."""
+    state = stage.state()
+    if state != "done":
+        return Blocked(stage.kind, stage.name, stage.name, "blocked" if state == "failed" else "waiting")
+    path = stage.dir / filename
+    if not path.exists():
+        return Blocked(stage.kind, stage.name, f"{stage.name}/{filename} (missing: the stage did not write it)", "blocked")
+    return str(path.resolve())
+
+
 class Sweep:
     def __init__(self, spec: SweepSpec, out_dir: str | Path, executor: Executor | None = None, log: Callable[[str], None] = print):
         self.spec = spec
@@ -57,10 +69,18 @@ class Sweep:
             engine["threads"] = threads
         return {"engine": engine}
 
+    def _teacher_group(self, t: TeacherSpec) -> list[TeacherSpec]:
+        """Entries trained by one run: same model and config (e.g. a full and an early-stopped teacher)."""
+        return [u for u in self.spec.teachers if u.model == t.model and u.config == t.config]
+
     def teacher_stage(self, t: TeacherSpec) -> Stage:
+        group = self._teacher_group(t)
         config = deep_merge(deep_merge(deep_merge(self.spec.base, self._engine()), self.spec.teacher_config), t.config)
-        config = deep_merge(config, {"model": {"name": t.model}, "method": {"name": "ce"}, "seed": self.spec.teacher_seed})
-        return Stage("teacher", f"teacher-{t.label}", config, self.runs, meta={"role": "teacher", "teacher": t.label})
+        config = deep_merge({"method": {"name": "ce"}}, config)  # ce unless the config says otherwise (e.g. regt)
+        keep = sorted({u.epoch for u in group if u.epoch})
+        extra = {"engine": {"keep_epochs": keep}} if keep else {}
+        config = deep_merge(config, {"model": {"name": t.model}, "seed": self.spec.teacher_seed, **extra})
+        return Stage("teacher", f"teacher-{group[0].label}", config, self.runs, meta={"role": "teacher", "teacher": group[0].label})
 
     def teacher_checkpoint(self, t: TeacherSpec) -> str | Blocked:
         """The checkpoint the students of ``t`` learn from, or why it is not there yet."""
@@ -69,56 +89,82 @@ class Sweep:
                 raise UserError(f"teacher {t.label!r}: checkpoint {t.checkpoint} does not exist; fix teachers[].checkpoint")
             return str(Path(t.checkpoint).resolve())
         stage = self.teacher_stage(t)
-        state = stage.state()
-        if state != "done":
-            return Blocked("teacher", stage.name, stage.name, "blocked" if state == "failed" else "waiting")
-        return str((stage.dir / f"{self.spec.teacher_checkpoint}.pt").resolve())
+        name = f"epoch-{t.epoch}.pt" if t.epoch else f"{self.spec.teacher_checkpoint}.pt"
+        return _output(stage, name)
 
     def _student_config(self, method: dict[str, Any], seed: int) -> dict[str, Any]:
         config = deep_merge(deep_merge(self.spec.base, self._engine()), self.spec.student.config)
         return deep_merge(config, {"model": {"name": self.spec.student.model}, "method": method, "seed": seed})
 
-    def cache_stage(self, t: TeacherSpec, checkpoint: str) -> Stage:
+    def cache_stage(self, label: str, checkpoint: str) -> Stage:
         config = deep_merge(self._student_config({"name": "ce"}, 0), {"teacher": {"checkpoint": checkpoint}})
         config.pop("seed")
-        return Stage("cache", f"cache-{t.label}", config, self.runs, meta={"role": "cache", "teacher": t.label})
+        return Stage("cache", f"cache-{label}", config, self.runs, meta={"role": "cache", "teacher": label})
 
     def ce_stages(self) -> list[Stage]:
         return [Stage("student", f"student-{self.spec.student.model}-ce-s{seed}", self._student_config({"name": "ce"}, seed),
                       self.runs, meta={"role": "student", "teacher": None, "method": "ce", "method_params": {}, "seed": seed})
                 for seed in self.spec.seeds]
 
+    def intermediate_stage(self, t: TeacherSpec, m: MethodSpec, teacher_ckpt: str) -> Stage | Blocked:
+        """The teacher-side step of a method entry: a TAKD assistant, or the AID-adapted teacher."""
+        base = deep_merge(self.spec.base, self._engine())
+        if m.assistant:
+            config = deep_merge(deep_merge(base, m.assistant.config), {
+                "model": {"name": m.assistant.model}, "method": m.params(), "seed": self.spec.teacher_seed,
+                "teacher": {"checkpoint": teacher_ckpt}})
+            return Stage("assistant", f"assistant-{m.assistant.model}-{m.label}-from-{t.label}", config, self.runs,
+                         meta={"role": "assistant", "teacher": t.label, "method": m.label})
+        student = _output(self.ce_stages()[0], "last.pt")  # AID adapts to a pre-trained student: the CE student of the first seed
+        if isinstance(student, Blocked):
+            return Blocked("adapted", f"adapted-{t.label}-{m.label}", student.waits_for, student.state)
+        from darkknowledge.engine.checkpoint import load_checkpoint
+
+        config = deep_merge(deep_merge(deep_merge(base, self.spec.teacher_config), m.adapt.config), {
+            "model": {"name": load_checkpoint(teacher_ckpt)["model_name"], "init": teacher_ckpt}, "method": m.adapt.method,
+            "seed": self.spec.teacher_seed, "teacher": {"checkpoint": student}})
+        return Stage("adapted", f"adapted-{t.label}-{m.label}", config, self.runs,
+                     meta={"role": "adapted", "teacher": t.label, "method": m.label})
+
     def waves(self) -> list[list[Stage | Blocked]]:
-        """The stages in dependency order; stages whose inputs are missing are :class:`Blocked`."""
+        """The stages in dependency order: (1) teachers and CE students, (2) assistants and
+        adapted teachers, (3) caches, (4) distilled students; a stage whose input is not
+        done yet is :class:`Blocked`."""
         spec = self.spec
-        teachers: list[Stage | Blocked] = [self.teacher_stage(t) for t in spec.teachers if t.model]
-        caches: list[Stage | Blocked] = []
+        seen: set[str] = set()
+        teachers: list[Stage | Blocked] = []
+        for t in spec.teachers:
+            if t.model and (stage := self.teacher_stage(t)).name not in seen:
+                seen.add(stage.name)
+                teachers.append(stage)
+        middle: list[Stage | Blocked] = []
+        caches: dict[str, Stage | Blocked] = {}
         students: list[Stage | Blocked] = []
         for t in spec.teachers:
-            ckpt = self.teacher_checkpoint(t)
-            source: dict[str, Any] | Blocked
-            if isinstance(ckpt, Blocked):
-                source = ckpt
-                if spec.teacher_cache:
-                    caches.append(Blocked("cache", f"cache-{t.label}", ckpt.waits_for, ckpt.state))
-            elif spec.teacher_cache:
-                cache = self.cache_stage(t, ckpt)
-                caches.append(cache)
-                state = cache.state()
-                source = ({"checkpoint": ckpt, "cache": str(cache.cache_dir)} if state == "done"
-                          else Blocked("cache", cache.name, cache.name, "blocked" if state == "failed" else "waiting"))
-            else:
-                source = {"checkpoint": ckpt}
+            teacher_ckpt = self.teacher_checkpoint(t)
             for m in spec.methods:
+                source, source_label = teacher_ckpt, t.label
+                if (m.assistant or m.adapt) and isinstance(teacher_ckpt, str):
+                    stage = self.intermediate_stage(t, m, teacher_ckpt)
+                    middle.append(stage)
+                    source, source_label = (_output(stage, "last.pt") if isinstance(stage, Stage) else stage), stage.name
+                elif m.assistant or m.adapt:
+                    middle.append(Blocked("assistant" if m.assistant else "adapted", f"{'assistant' if m.assistant else 'adapted'}-of-{t.label}-{m.label}",
+                                          teacher_ckpt.waits_for, teacher_ckpt.state))
+                teacher: dict[str, Any] | Blocked = {"checkpoint": source} if isinstance(source, str) else source
+                if spec.teacher_cache and isinstance(source, str):
+                    cache = caches.setdefault(source, self.cache_stage(source_label, source))
+                    ready = _output(cache, "cache/meta.json")
+                    teacher = {"checkpoint": source, "cache": str(cache.cache_dir)} if isinstance(ready, str) else ready
                 for seed in spec.seeds:
                     name = f"student-{spec.student.model}-{m.label}-from-{t.label}-s{seed}"
-                    if isinstance(source, Blocked):
-                        students.append(Blocked("student", name, source.waits_for, source.state))
+                    if isinstance(teacher, Blocked):
+                        students.append(Blocked("student", name, teacher.waits_for, teacher.state))
                         continue
-                    config = deep_merge(self._student_config(m.params(), seed), {"teacher": source})
+                    config = deep_merge(self._student_config(m.params(), seed), {"teacher": teacher})
                     students.append(Stage("student", name, config, self.runs, meta={
                         "role": "student", "teacher": t.label, "method": m.label, "method_params": m.params(), "seed": seed}))
-        return [teachers + self.ce_stages(), caches, students]
+        return [teachers + self.ce_stages(), middle, list(caches.values()), students]
 
     def stages(self) -> list[Stage | Blocked]:
         return [s for wave in self.waves() for s in wave]
@@ -168,7 +214,7 @@ class Sweep:
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.out / MARKER, {"spec": self.spec.model_dump(mode="json"), "written_by": "darkknowledge sweep"})
         t0 = time.perf_counter()
-        for i in range(3):
+        for i in range(len(self.waves())):
             wave = [s for s in self.waves()[i] if isinstance(s, Stage)]
             todo = [s for s in wave if s.state() in ("pending", "partial") or (retry_failed and s.state() == "failed")]
             if not todo:

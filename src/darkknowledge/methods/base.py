@@ -100,14 +100,15 @@ class SetupContext:
     """Given to :meth:`DistillMethod.setup` once before training.
 
     ``teacher_logits_fn(batch) -> Tensor`` returns the teacher signal for a batch
-    (live or cached, the method cannot tell); ``train_batches()`` iterates the training
-    set once (un-augmented, in order).
+    (live or cached, the method cannot tell; None without a teacher); ``train_batches()``
+    iterates the training set once (un-augmented, in order); ``student`` is the model trained.
     """
 
     num_classes: int
     teacher_logits_fn: Any = None
     train_batches: Any = None
     device: torch.device | str = "cpu"
+    student: nn.Module | None = None  # the model being trained (e.g. for gradient-based gates)
 
 
 class DistillMethod(nn.Module):
