@@ -18,7 +18,7 @@ from darkknowledge.fileio import atomic_write_bytes, atomic_write_json, atomic_w
 
 RESULT_COLUMNS = ["teacher", "teacher_params", "teacher_top1", "method", "method_params", "seed", "best_top1", "best_epoch",
                   "last_top1", "last_nll", "last_ece", "last_rank_fidelity", "last_teacher_agreement", "wall_time_s", "run_dir"]
-TEACHER_COLUMNS = ["teacher", "model", "params", "top1", "checkpoint", "run_dir"]
+TEACHER_COLUMNS = ["teacher", "role", "of", "method", "model", "params", "top1", "val_top1", "checkpoint", "run_dir"]
 
 
 def teacher_rows(sweep: Sweep) -> list[dict[str, Any]]:
@@ -30,12 +30,24 @@ def teacher_rows(sweep: Sweep) -> list[dict[str, Any]]:
             continue
         ckpt = load_checkpoint(ckpt_path)
         metrics = ckpt.get("metrics") or {}
-        rows.append({
-            "teacher": t.label, "model": ckpt["model_name"], "params": int(ckpt.get("num_params") or 0),
-            "top1": metrics.get("test/top1"),
-            "checkpoint": ckpt_path, "run_dir": str(Path(ckpt_path).parent),
-        })
+        rows.append(_checkpoint_row(t.label, "teacher", "", "", ckpt_path))
     return sorted(rows, key=lambda r: r["params"])
+
+
+def intermediate_rows(sweep: Sweep) -> list[dict[str, Any]]:
+    """TAKD assistants and AID-adapted teachers that finished."""
+    return [_checkpoint_row(s.name, s.kind, s.meta["teacher"], s.meta["method"], str(s.dir / "last.pt"))
+            for s in sweep.stages() if isinstance(s, Stage) and s.kind in ("assistant", "adapted") and s.state() == "done"]
+
+
+def _checkpoint_row(label: str, role: str, of: str, method: str, path: str) -> dict[str, Any]:
+    """A checkpoint's size and accuracies as recorded when it was written (test top-1 only
+    where that epoch was evaluated on the test split)."""
+    ckpt = load_checkpoint(path)
+    metrics = ckpt.get("metrics") or {}
+    return {"teacher": label, "role": role, "of": of, "method": method, "model": ckpt["model_name"],
+            "params": int(ckpt.get("num_params") or 0), "top1": metrics.get("test/top1"), "val_top1": metrics.get("val/top1"),
+            "checkpoint": path, "run_dir": str(Path(path).parent)}
 
 
 def student_rows(sweep: Sweep, teachers: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -200,7 +212,7 @@ def write_results(sweep: Sweep) -> dict[str, Any]:
     out = sweep.out
     report = run_diagnostics(sweep, teachers)
     atomic_write_text(out / "results.csv", _csv(students, RESULT_COLUMNS))
-    atomic_write_text(out / "teachers.csv", _csv(teachers, TEACHER_COLUMNS))
+    atomic_write_text(out / "teachers.csv", _csv(teachers + intermediate_rows(sweep), TEACHER_COLUMNS))
     table = markdown_table(sweep, teachers, students, report)
     atomic_write_text(out / "results.md", table)
     files = {"results_csv": str(out / "results.csv"), "teachers_csv": str(out / "teachers.csv"), "results_md": str(out / "results.md")}
