@@ -741,7 +741,7 @@ def test_fgcr_fusion_keeps_target_mass_and_normalises(eta):
 # ----------------------------------------------------------------------------- schedule warnings
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if n not in ("dkd", "ctkd")])
+@pytest.mark.parametrize("name", [n for n in ALL if n not in ("dkd", "ctkd", "eskd")])
 def test_methods_without_epoch_parameters_never_warn(name):
     assert build_method(name, {}, num_classes=10).check_schedule(1) == []
 
@@ -768,11 +768,16 @@ def test_ctkd_warns_when_curriculum_exceeds_the_run():
 
 from darkknowledge.methods.ce import ce_loss  # noqa: E402
 from darkknowledge.methods.ctkd import ctkd_loss  # noqa: E402
+from darkknowledge.methods.aid import aid_loss  # noqa: E402
+from darkknowledge.methods.eskd import eskd_loss  # noqa: E402
+from darkknowledge.methods.regt import regt_loss  # noqa: E402
+from darkknowledge.methods.sckd import sckd_loss  # noqa: E402
 
 # The public function of every method, called as a user would.
 FUNCTIONS = {
     "ce": ce_loss, "kd": kd_loss, "lskd": lskd_loss, "ats": ats_loss, "isats": isats_loss, "fgcr": fgcr_loss,
     "rckd": rckd_loss, "dkd": dkd_loss, "dist": dist_loss, "ctkd": ctkd_loss, "ttm": ttm_loss, "wttm": wttm_loss,
+    "regt": regt_loss, "aid": aid_loss, "eskd": eskd_loss, "sckd": sckd_loss,
 }
 # Non-default parameters: together the sets of a method change every field.
 NON_DEFAULT = {
@@ -796,6 +801,13 @@ NON_DEFAULT = {
               "curriculum_epochs": 4.0}],
     "ttm": [{"ce_weight": 0.5, "kd_weight": 3.0, "temperature": 2.0}],
     "wttm": [{"ce_weight": 0.5, "kd_weight": 2.0, "temperature": 5.0}],
+    "regt": [{"ce_weight": 0.5, "variance_weight": 2.0, "variance_temperature": 2.0, "confidence_weight": 0.1,
+              "label_smoothing": 0.1}],
+    "aid": [{"ce_weight": 0.5, "kd_weight": 2.0, "temperature": 2.0, "part": "intra_class"}, {"part": "full"}],
+    "eskd": [{"ce_weight": 0.3, "kd_weight": 2.0, "temperature": 2.5, "logit_standardization": True, "stop_epoch": 5},
+             {"stop_epoch": 1, "ce_weight_after_stop": 0.5}],  # ROUTE_CTX is epoch 2: after the stop
+    "sckd": [{"ce_weight": 0.3, "kd_weight": 2.0, "temperature": 2.5, "threshold": -0.5, "gate_scope": "logits"},
+             {"threshold": 0.5, "gate_scope": "last_layer"}],
 }
 ROUTE_CASES = [(n, None) for n in ALL] + [(n, p) for n in sorted(NON_DEFAULT) for p in NON_DEFAULT[n]]
 ROUTE_CTX = StepContext(epoch=2, num_epochs=10, step_in_epoch=1, steps_per_epoch=4)
@@ -817,8 +829,12 @@ def function_route(name, s, t, y, params, relation_data):
     kw = dict(params or {})
     given = params is not None
     defaults = METHODS.get(name).Params()
-    if name == "ce":
+    if name in ("ce", "regt"):
         return fn(s, y, **kw), {}
+    if name == "eskd":
+        kw["epoch"] = ROUTE_CTX.epoch
+    if name == "sckd":  # without a student model the module's gate uses the logits, as the function does
+        kw.pop("gate_scope", None)
     if name == "dkd":
         warmup = kw.pop("warmup_epochs", defaults.warmup_epochs)
         kw["warmup_factor"] = dkd_warmup(ROUTE_CTX.epoch, ROUTE_CTX.step_in_epoch, ROUTE_CTX.steps_per_epoch, warmup)

@@ -28,6 +28,7 @@ from darkknowledge.methods import (  # noqa: F401  (registration)
     ttm,
     wttm,
 )
+from darkknowledge.methods import aid, eskd, regt, sckd  # noqa: F401  (registration: teacher-side remedies)
 
 __all__ = [
     "METHODS",
