@@ -263,3 +263,35 @@ def test_job_that_died_is_recorded_as_failed(tmp_path):
     assert stage_main([str(stage.dir)]) == 0 and stage.state() == "done"
     record_failure(stage.dir, "late report")  # a finished job's own result is kept
     assert stage.state() == "done"
+
+
+def test_records_make_a_sweep_resumable_on_a_fresh_machine(tmp_path):
+    specdir = tmp_path / "spec"
+    specdir.mkdir()
+    spec = write_spec(specdir / "s.yaml", teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0], records="rec")
+    first = open_sweep(str(spec), tmp_path / "a", log=quiet)
+    assert first.run() == {"done": 3}
+    records = sorted(p.name for p in (specdir / "rec").iterdir())
+    assert len(records) == 3 and all(r.endswith(".json") for r in records)
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "a"), "--report"]) == 0
+    rows_a = (tmp_path / "a" / "results.csv").read_text()
+
+    # a fresh machine: no run directories, only the committed spec and records
+    lines = []
+    fresh = open_sweep(str(spec), tmp_path / "b", log=lines.append)
+    assert fresh.counts() == {"recorded": 3}
+    assert fresh.run() == {"recorded": 3} and not any("stage(s) to run" in l for l in lines)
+    from darkknowledge.experiments.results import write_results
+
+    write_results(fresh)
+    strip = lambda text: [l.rsplit(",", 2)[0] for l in text.splitlines()]  # wall time and run dir differ  # noqa: E731
+    assert strip((tmp_path / "b" / "results.csv").read_text()) == strip(rows_a)
+
+    # one more seed there: the recorded teacher is retrained (it is needed), the old student is not
+    more = write_spec(specdir / "s.yaml", teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0, 1], records="rec")
+    lines.clear()
+    grown = open_sweep(str(more), tmp_path / "b", log=lines.append)
+    assert grown.run() == {"done": 3, "recorded": 2}
+    ran = [l.split()[1] for l in lines if l.startswith("  done")]
+    assert sorted(ran) == ["student-mlp_h16-ce-s1", "student-mlp_h16-kd-from-mlp_h32-s1", "teacher-mlp_h32"]
+    assert len(list((specdir / "rec").iterdir())) == 5

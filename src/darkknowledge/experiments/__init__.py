@@ -31,13 +31,14 @@ def open_sweep(spec: str | SweepSpec, out: str | Path | None = None, *, executor
                cluster: str | None = None, submitit_params: dict[str, Any] | None = None, log=print) -> Sweep:
     """A :class:`Sweep` of a spec file / bundled name / parsed spec, writing under ``out``."""
     if isinstance(spec, SweepSpec):
-        parsed, name = spec, "sweep"
+        parsed, name, base = spec, "sweep", Path.cwd()
     else:
         path = resolve_spec_path(spec)
-        parsed, name = load_spec(path), path.stem
+        parsed, name, base = load_spec(path), path.stem, path.parent
     out = Path(out) if out else Path("runs") / "sweeps" / name
     ex = make_executor(executor, jobs=jobs, folder=out / "submitit", cluster=cluster, parameters=submitit_params)
-    return Sweep(parsed, out, executor=ex, log=log)
+    records = base / parsed.records if parsed.records else None
+    return Sweep(parsed, out, executor=ex, log=log, records=records)
 
 
 __all__ = ["Sweep", "SweepSpec", "load_spec", "open_sweep", "resolve_spec_path"]

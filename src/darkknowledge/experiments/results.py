@@ -22,22 +22,40 @@ TEACHER_COLUMNS = ["teacher", "role", "of", "method", "model", "params", "top1",
 
 
 def teacher_rows(sweep: Sweep) -> list[dict[str, Any]]:
-    """One row per teacher whose checkpoint exists: params and test top-1 of the checkpoint used."""
+    """One row per teacher that exists (here or in the records): params, test and validation
+    top-1 of the checkpoint the students use."""
     rows = []
     for t in sweep.spec.teachers:
-        ckpt_path = sweep.teacher_checkpoint(t)
-        if not isinstance(ckpt_path, str):
+        if t.checkpoint:
+            rows.append(_checkpoint_row(t.label, "teacher", "", "", str(Path(t.checkpoint).resolve())))
             continue
-        ckpt = load_checkpoint(ckpt_path)
-        metrics = ckpt.get("metrics") or {}
-        rows.append(_checkpoint_row(t.label, "teacher", "", "", ckpt_path))
+        stage = sweep.teacher_stage(t)
+        if stage.state() not in ("done", "recorded"):
+            continue
+        if t.epoch or sweep.spec.teacher_checkpoint == "best":
+            file = f"epoch-{t.epoch}.pt" if t.epoch else "best.pt"
+            if (stage.dir / file).is_file():
+                rows.append(_checkpoint_row(t.label, "teacher", "", "", str(stage.dir / file)))
+            else:  # recorded elsewhere: the epoch's record
+                epoch = t.epoch or (stage.summary() or {}).get("best", {}).get("epoch", -1) + 1
+                record = next((h for h in stage.history() if h["epoch"] == epoch - 1), {})
+                rows.append(_stage_row(t.label, "teacher", "", "", stage, record))
+        else:
+            rows.append(_stage_row(t.label, "teacher", "", "", stage, (stage.summary() or {}).get("final", {})))
     return sorted(rows, key=lambda r: r["params"])
 
 
 def intermediate_rows(sweep: Sweep) -> list[dict[str, Any]]:
     """TAKD assistants and AID-adapted teachers that finished."""
-    return [_checkpoint_row(s.name, s.kind, s.meta["teacher"], s.meta["method"], str(s.dir / "last.pt"))
-            for s in sweep.stages() if isinstance(s, Stage) and s.kind in ("assistant", "adapted") and s.state() == "done"]
+    return [_stage_row(s.name, s.kind, s.meta["teacher"], s.meta["method"], s, (s.summary() or {}).get("final", {}))
+            for s in sweep.stages() if isinstance(s, Stage) and s.kind in ("assistant", "adapted") and s.state() in ("done", "recorded")]
+
+
+def _stage_row(label: str, role: str, of: str, method: str, stage: Stage, metrics: dict[str, Any]) -> dict[str, Any]:
+    summary = stage.summary() or {}
+    return {"teacher": label, "role": role, "of": of, "method": method, "model": summary.get("model"),
+            "params": int(summary.get("num_params") or 0), "top1": metrics.get("test/top1"), "val_top1": metrics.get("val/top1"),
+            "checkpoint": str(stage.dir / "last.pt"), "run_dir": str(stage.dir)}
 
 
 def _checkpoint_row(label: str, role: str, of: str, method: str, path: str) -> dict[str, Any]:
@@ -54,7 +72,7 @@ def student_rows(sweep: Sweep, teachers: list[dict[str, Any]]) -> list[dict[str,
     by_label = {t["teacher"]: t for t in teachers}
     rows = []
     for s in sweep.stages():
-        if not isinstance(s, Stage) or s.kind != "student" or s.state() != "done":
+        if not isinstance(s, Stage) or s.kind != "student" or s.state() not in ("done", "recorded"):
             continue
         summary = s.summary() or {}
         final, best = summary.get("final", {}), summary.get("best", {})
@@ -196,6 +214,9 @@ def run_diagnostics(sweep: Sweep, teachers: list[dict[str, Any]]) -> str | None:
     out = sweep.out / "diagnostics"
     ce = [s for s in sweep.ce_stages() if s.state() == "done"][:1]
     paths = [t["checkpoint"] for t in teachers]
+    if not all(Path(p).is_file() for p in paths):  # teachers recorded elsewhere: keep the report there is
+        sweep.log("diagnostics: some teacher checkpoints are not here (recorded elsewhere); the existing report is kept")
+        return "diagnostics/report.html" if (out / "report.html").is_file() else None
     students = [str(s.dir / "last.pt") for s in ce]
     inputs = {"teachers": [weight_digest(p) for p in paths], "students": [weight_digest(p) for p in students]}
     if read_json(out / "inputs.json") != inputs or not (out / "report.html").is_file():
@@ -207,6 +228,7 @@ def run_diagnostics(sweep: Sweep, teachers: list[dict[str, Any]]) -> str | None:
 
 def write_results(sweep: Sweep) -> dict[str, Any]:
     """Write every results file of the sweep from its stage directories; return their paths."""
+    sweep.write_records()
     teachers = teacher_rows(sweep)
     students = student_rows(sweep, teachers)
     out = sweep.out

@@ -118,6 +118,8 @@ class SweepSpec(_Strict):
     methods: list[MethodSpec] = Field(..., min_length=1, description="Distillation methods; the student trained alone (ce) is always added.")
     seeds: list[int] = Field([0], min_length=1, description="Student seeds: every (teacher, method) and the CE baseline run once per seed.")
     diagnose: bool = Field(True, description="Run the dark-knowledge diagnostics on the teacher ladder (training split) after training it.")
+    records: str | None = Field(None, description="Directory (relative to the spec file) of compact per-stage records to commit with the spec: "
+                                "a stage with a record is done on any machine; run directories are needed only for what still runs.")
 
     @model_validator(mode="after")
     def _unique(self) -> "SweepSpec":

@@ -86,13 +86,16 @@ class Stage:
     root: Path
     meta: dict[str, Any] = field(default_factory=dict)
     key: str = ""
-    inputs: dict[str, str] = field(default_factory=dict)  # role -> weight digest
+    # role -> identity of an input checkpoint: its weight digest, or "stage:<key>/<file>" for an
+    # output of another stage of the same sweep (portable: a retrained teacher stands for itself)
+    inputs: dict[str, str] = field(default_factory=dict)
+    records: Path | None = None  # directory of compact records (committed results) or None
 
     def __post_init__(self) -> None:
         self.config = validate_config(self.config, source=f"stage {self.name}").model_dump(mode="json")
         for role, (section, k) in INPUT_KEYS.items():
             path = self.config[section].get(k)
-            if path:
+            if path and role not in self.inputs:
                 self.inputs[role] = weight_digest(path)
         self.key = stage_key(self.kind, self.config, self.inputs)
 
@@ -108,9 +111,23 @@ class Stage:
     def cache_dir(self) -> Path:
         return self.dir / CACHE_SUBDIR
 
+    @property
+    def record_path(self) -> Path | None:
+        return self.records / f"{self.name}-{self.key[:8]}.json" if self.records is not None else None
+
+    def record(self) -> dict[str, Any] | None:
+        """The committed compact record of this stage (same key), if any."""
+        rec = read_json(self.record_path) if self.record_path is not None else None
+        return rec if rec and rec.get("key") == self.key else None
+
     def state(self) -> str:
-        """``done`` | ``failed`` | ``partial`` (killed: resumable) | ``pending``."""
+        """``done`` | ``recorded`` (done elsewhere: a record, no run files here) | ``failed`` |
+        ``partial`` (killed: resumable) | ``pending``."""
         result = read_json(self.dir / RESULT_FILE)
+        if result and result.get("key") == self.key and result["status"] == "done":
+            return "done"
+        if self.record() is not None:
+            return "recorded"
         if result and result.get("key") == self.key:
             return result["status"]
         if (self.dir / "last.pt").is_file() or (self.dir / STAGE_FILE).is_file():
@@ -118,10 +135,39 @@ class Stage:
         return "pending"
 
     def result(self) -> dict[str, Any] | None:
-        return read_json(self.dir / RESULT_FILE)
+        result = read_json(self.dir / RESULT_FILE)
+        if result is None and (rec := self.record()) is not None:
+            return rec["result"]
+        return result
 
     def summary(self) -> dict[str, Any] | None:
-        return read_json(self.dir / "summary.json")
+        summary = read_json(self.dir / "summary.json")
+        if summary is None and (rec := self.record()) is not None:
+            return rec["summary"]
+        return summary
+
+    def history(self) -> list[dict[str, Any]]:
+        """Per-epoch records (metrics.jsonl, or the record's copy for teachers)."""
+        from darkknowledge.engine.rundir import read_history
+
+        path = self.dir / "metrics.jsonl"
+        if path.is_file():
+            return read_history(path)
+        rec = self.record()
+        return rec.get("history", []) if rec else []
+
+    def write_record(self) -> Path | None:
+        """Save the compact record of a finished stage: identity, summary, wall time (and
+        the per-epoch history of teachers, for early-stopped snapshots)."""
+        if self.record_path is None or self.state() != "done":
+            return None
+        from darkknowledge.fileio import atomic_write_json
+
+        record = {"key": self.key, "kind": self.kind, "name": self.name, "meta": self.meta, "inputs": self.inputs,
+                  "config": identity_config(self.config), "result": self.result(), "summary": self.summary()}
+        if self.kind != "student":
+            record["history"] = self.history()
+        return atomic_write_json(self.record_path, record)
 
     def write_request(self) -> Path:
         """Write ``stage.json``: everything a job needs, so it can run anywhere."""
@@ -191,7 +237,7 @@ def _execute(request: dict[str, Any], stage_dir: Path, datasets: dict[str, Any] 
     config = copy.deepcopy(request["config"])
     for role, (section, k) in INPUT_KEYS.items():
         path = config[section].get(k)
-        if path and weight_digest(path) != request["inputs"].get(role):
+        if path and not str(request["inputs"].get(role, "")).startswith("stage:") and weight_digest(path) != request["inputs"].get(role):
             raise UserError(f"{section}.{k}={path} changed since this stage was planned; run the sweep again to re-plan it")
     config["output_dir"], config["name"] = str(stage_dir.parent), stage_dir.name
     if request["kind"] == "cache":

@@ -23,7 +23,7 @@ from darkknowledge.config import deep_merge
 from darkknowledge.errors import UserError
 from darkknowledge.experiments.executors import Executor, InlineExecutor
 from darkknowledge.experiments.spec import MethodSpec, SweepSpec, TeacherSpec
-from darkknowledge.experiments.stage import Stage
+from darkknowledge.experiments.stage import INPUT_KEYS, Stage
 from darkknowledge.fileio import atomic_write_json
 
 MARKER = "sweep.json"
@@ -42,24 +42,54 @@ class Blocked:
     state: str = "waiting"  # "waiting" (input pending) or "blocked" (input failed)
 
 
-def _output(stage: Stage, filename: str) -> str | Blocked:
-    """The path of a done stage's output file, or why it is not there."""
-    state = stage.state()
-    if state != "done":
-        return Blocked(stage.kind, stage.name, stage.name, "blocked" if state == "failed" else "waiting")
-    path = stage.dir / filename
-    if not path.exists():
-        return Blocked(stage.kind, stage.name, f"{stage.name}/{filename} (missing: the stage did not write it)", "blocked")
-    return str(path.resolve())
-
-
 class Sweep:
-    def __init__(self, spec: SweepSpec, out_dir: str | Path, executor: Executor | None = None, log: Callable[[str], None] = print):
+    def __init__(self, spec: SweepSpec, out_dir: str | Path, executor: Executor | None = None, log: Callable[[str], None] = print,
+                 records: str | Path | None = None):
         self.spec = spec
         self.out = Path(out_dir)
         self.runs = self.out / "runs"
         self.executor = executor or InlineExecutor()
         self.log = log
+        self.records = Path(records) if records else None
+        self._identity: dict[str, str] = {}  # checkpoint path -> "stage:<key>/<file>" for outputs of this sweep
+        self._virtual: dict[str, Stage] = {}  # output paths of recorded stages not materialised here
+
+    def _stage(self, kind: str, name: str, config: dict[str, Any], meta: dict[str, Any]) -> Stage:
+        """A stage whose inputs produced by this sweep are identified by their stage, not their bytes."""
+        inputs = {role: self._identity[path] for role, (section, k) in INPUT_KEYS.items()
+                  if (path := (config.get(section) or {}).get(k)) in self._identity}
+        return Stage(kind, name, config, self.runs, meta=meta, inputs=inputs, records=self.records)
+
+    def _output(self, stage: Stage, filename: str) -> str | Blocked:
+        """The path of a finished stage's output file, or why it is not there. A stage done
+        elsewhere (``recorded``: a committed record, no files here) gives the path its files
+        will have: stages that need them make it run again here (:meth:`_needed`)."""
+        state = stage.state()
+        if state not in ("done", "recorded"):
+            return Blocked(stage.kind, stage.name, stage.name, "blocked" if state == "failed" else "waiting")
+        path = stage.dir / filename
+        resolved = str(path.resolve())
+        if state == "recorded" and not path.exists():
+            self._virtual[resolved] = stage
+            self._virtual[str(stage.cache_dir.resolve())] = stage
+        elif not path.exists():
+            return Blocked(stage.kind, stage.name, f"{stage.name}/{filename} (missing: the stage did not write it)", "blocked")
+        self._identity[resolved] = f"stage:{stage.key}/{filename}"
+        return resolved
+
+    def _needed(self, plan: list[Stage | Blocked]) -> set[str]:
+        """Keys of recorded stages whose files a stage still to run needs (transitively)."""
+        needed: set[str] = set()
+        todo = [s for s in plan if isinstance(s, Stage) and s.state() not in ("done", "recorded")]
+        while todo:
+            stage = todo.pop()
+            for section, k in [*INPUT_KEYS.values(), ("teacher", "cache")]:
+                path = (stage.config.get(section) or {}).get(k)
+                producer = self._virtual.get(str(Path(path).resolve())) if path else None
+                if producer is not None and producer.key not in needed:
+                    needed.add(producer.key)
+                    todo.append(producer)
+        return needed
 
     # ------------------------------------------------------------------ planning
     def _engine(self) -> dict[str, Any]:
@@ -80,7 +110,7 @@ class Sweep:
         keep = sorted({u.epoch for u in group if u.epoch})
         extra = {"engine": {"keep_epochs": keep}} if keep else {}
         config = deep_merge(config, {"model": {"name": t.model}, "seed": self.spec.teacher_seed, **extra})
-        return Stage("teacher", f"teacher-{group[0].label}", config, self.runs, meta={"role": "teacher", "teacher": group[0].label})
+        return self._stage("teacher", f"teacher-{group[0].label}", config, {"role": "teacher", "teacher": group[0].label})
 
     def teacher_checkpoint(self, t: TeacherSpec) -> str | Blocked:
         """The checkpoint the students of ``t`` learn from, or why it is not there yet."""
@@ -90,7 +120,7 @@ class Sweep:
             return str(Path(t.checkpoint).resolve())
         stage = self.teacher_stage(t)
         name = f"epoch-{t.epoch}.pt" if t.epoch else f"{self.spec.teacher_checkpoint}.pt"
-        return _output(stage, name)
+        return self._output(stage, name)
 
     def _student_config(self, method: dict[str, Any], seed: int) -> dict[str, Any]:
         config = deep_merge(deep_merge(self.spec.base, self._engine()), self.spec.student.config)
@@ -99,11 +129,11 @@ class Sweep:
     def cache_stage(self, label: str, checkpoint: str) -> Stage:
         config = deep_merge(self._student_config({"name": "ce"}, 0), {"teacher": {"checkpoint": checkpoint}})
         config.pop("seed")
-        return Stage("cache", f"cache-{label}", config, self.runs, meta={"role": "cache", "teacher": label})
+        return self._stage("cache", f"cache-{label}", config, {"role": "cache", "teacher": label})
 
     def ce_stages(self) -> list[Stage]:
-        return [Stage("student", f"student-{self.spec.student.model}-ce-s{seed}", self._student_config({"name": "ce"}, seed),
-                      self.runs, meta={"role": "student", "teacher": None, "method": "ce", "method_params": {}, "seed": seed})
+        return [self._stage("student", f"student-{self.spec.student.model}-ce-s{seed}", self._student_config({"name": "ce"}, seed),
+                            {"role": "student", "teacher": None, "method": "ce", "method_params": {}, "seed": seed})
                 for seed in self.spec.seeds]
 
     def intermediate_stage(self, t: TeacherSpec, m: MethodSpec, teacher_ckpt: str) -> Stage | Blocked:
@@ -113,9 +143,9 @@ class Sweep:
             config = deep_merge(deep_merge(base, m.assistant.config), {
                 "model": {"name": m.assistant.model}, "method": m.params(), "seed": self.spec.teacher_seed,
                 "teacher": {"checkpoint": teacher_ckpt}})
-            return Stage("assistant", f"assistant-{m.assistant.model}-{m.label}-from-{t.label}", config, self.runs,
-                         meta={"role": "assistant", "teacher": t.label, "method": m.label})
-        student = _output(self.ce_stages()[0], "last.pt")  # AID adapts to a pre-trained student: the CE student of the first seed
+            return self._stage("assistant", f"assistant-{m.assistant.model}-{m.label}-from-{t.label}", config,
+                               {"role": "assistant", "teacher": t.label, "method": m.label})
+        student = self._output(self.ce_stages()[0], "last.pt")  # AID adapts to a pre-trained student: the CE student of the first seed
         if isinstance(student, Blocked):
             return Blocked("adapted", f"adapted-{t.label}-{m.label}", student.waits_for, student.state)
         from darkknowledge.engine.checkpoint import load_checkpoint
@@ -123,8 +153,8 @@ class Sweep:
         config = deep_merge(deep_merge(deep_merge(base, self.spec.teacher_config), m.adapt.config), {
             "model": {"name": load_checkpoint(teacher_ckpt)["model_name"], "init": teacher_ckpt}, "method": m.adapt.method,
             "seed": self.spec.teacher_seed, "teacher": {"checkpoint": student}})
-        return Stage("adapted", f"adapted-{t.label}-{m.label}", config, self.runs,
-                     meta={"role": "adapted", "teacher": t.label, "method": m.label})
+        return self._stage("adapted", f"adapted-{t.label}-{m.label}", config,
+                           {"role": "adapted", "teacher": t.label, "method": m.label})
 
     def waves(self) -> list[list[Stage | Blocked]]:
         """The stages in dependency order: (1) teachers and CE students, (2) assistants and
@@ -147,14 +177,14 @@ class Sweep:
                 if (m.assistant or m.adapt) and isinstance(teacher_ckpt, str):
                     stage = self.intermediate_stage(t, m, teacher_ckpt)
                     middle.append(stage)
-                    source, source_label = (_output(stage, "last.pt") if isinstance(stage, Stage) else stage), stage.name
+                    source, source_label = (self._output(stage, "last.pt") if isinstance(stage, Stage) else stage), stage.name
                 elif m.assistant or m.adapt:
                     middle.append(Blocked("assistant" if m.assistant else "adapted", f"{'assistant' if m.assistant else 'adapted'}-of-{t.label}-{m.label}",
                                           teacher_ckpt.waits_for, teacher_ckpt.state))
                 teacher: dict[str, Any] | Blocked = {"checkpoint": source} if isinstance(source, str) else source
                 if spec.teacher_cache and isinstance(source, str):
                     cache = caches.setdefault(source, self.cache_stage(source_label, source))
-                    ready = _output(cache, "cache/meta.json")
+                    ready = self._output(cache, "cache/meta.json")
                     teacher = {"checkpoint": source, "cache": str(cache.cache_dir)} if isinstance(ready, str) else ready
                 for seed in spec.seeds:
                     name = f"student-{spec.student.model}-{m.label}-from-{t.label}-s{seed}"
@@ -162,7 +192,7 @@ class Sweep:
                         students.append(Blocked("student", name, teacher.waits_for, teacher.state))
                         continue
                     config = deep_merge(self._student_config(m.params(), seed), {"teacher": teacher})
-                    students.append(Stage("student", name, config, self.runs, meta={
+                    students.append(self._stage("student", name, config, {
                         "role": "student", "teacher": t.label, "method": m.label, "method_params": m.params(), "seed": seed}))
         return [teachers + self.ce_stages(), middle, list(caches.values()), students]
 
@@ -208,6 +238,10 @@ class Sweep:
             self.out.rmdir()
         return removed
 
+    def write_records(self) -> int:
+        """Write the compact record of every finished stage (when the sweep keeps records)."""
+        return sum(1 for s in self.stages() if isinstance(s, Stage) and s.write_record() is not None)
+
     def run(self, retry_failed: bool = True) -> dict[str, int]:
         """Run every missing stage, wave by wave; return counts of final states."""
         self.check_out_dir()
@@ -215,8 +249,11 @@ class Sweep:
         atomic_write_json(self.out / MARKER, {"spec": self.spec.model_dump(mode="json"), "written_by": "darkknowledge sweep"})
         t0 = time.perf_counter()
         for i in range(len(self.waves())):
-            wave = [s for s in self.waves()[i] if isinstance(s, Stage)]
-            todo = [s for s in wave if s.state() in ("pending", "partial") or (retry_failed and s.state() == "failed")]
+            waves = self.waves()
+            needed = self._needed([s for w in waves for s in w])
+            wave = [s for s in waves[i] if isinstance(s, Stage)]
+            todo = [s for s in wave if s.state() in ("pending", "partial") or (retry_failed and s.state() == "failed")
+                    or (s.state() == "recorded" and s.key in needed)]
             if not todo:
                 continue
             self.log(f"wave {i + 1}: {len(todo)} stage(s) to run, {len(wave) - len(todo)} done "
@@ -237,6 +274,8 @@ class Sweep:
                     line += f"  error: {res.get('error')}  log: {s.log}"
                 self.log(line)
             self.log(f"wave {i + 1} finished in {time.perf_counter() - start:.1f}s")
+            for st in todo:
+                st.write_record()
         counts = self.counts()
         self.log(f"sweep: {counts} in {time.perf_counter() - t0:.1f}s")
         return counts
@@ -254,6 +293,8 @@ class Sweep:
                 detail = f"{res.get('error')}  log: {s.log}"
             elif state == "partial":
                 detail = f"started, resumable; log: {s.log}"
+            elif state == "recorded":
+                detail = f"done elsewhere: {s.record_path}"
             rows.append({"stage": s.name, "kind": s.kind, "state": state, "detail": detail})
         return rows
 
