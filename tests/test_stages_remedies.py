@@ -105,3 +105,15 @@ def test_remedy_spec_errors():
         parse_spec(spec_dict(teachers=[{"checkpoint": "x.pt", "epoch": 3}]))
     with pytest.raises(UserError, match="methods\\[0\\].assistant"):
         parse_spec(spec_dict(methods=[{"name": "kd", "assistant": {"model": "nosuch_model", "config": {"optim": {"lrr": 1}}}}]))
+
+
+def test_recorded_remedy_stages_plan_on_a_fresh_directory(tmp_path):
+    from test_sweep import write_spec
+
+    adapt = {"method": {"name": "aid"}, "config": {"optim": {"epochs": 1, "lr": 0.01}}}
+    (tmp_path / "spec").mkdir()
+    spec = write_spec(tmp_path / "spec" / "s.yaml", teachers=[{"model": "mlp_h64"}], seeds=[0], records="rec",
+                      methods=[{"label": "aid-kd", "name": "kd", "adapt": adapt}])
+    assert open_sweep(str(spec), tmp_path / "a", log=quiet).run() == {"done": 4}
+    # no teacher file here: the adapted teacher is still planned (architecture from the spec) and recorded
+    assert open_sweep(str(spec), tmp_path / "b", log=quiet).counts() == {"recorded": 4}

@@ -48,10 +48,16 @@ def build_split(data: DataConfig, split: str) -> ArrayDataset:
     if split == "test":
         return build_dataset(data.name, root=data.root, train=False, download=data.download, classes=data.classes,
                              train_per_class=data.test_per_class, image_size=data.image_size, seed=data.subset_seed)
-    full = build_dataset(data.name, root=data.root, train=True, download=data.download, classes=data.classes,
-                         train_per_class=data.train_per_class, image_size=data.image_size, seed=data.subset_seed)
-    train, val = split_validation(full, data.val_per_class, data.subset_seed)
+    train, val = split_validation(_training_files(data), data.val_per_class, data.subset_seed)
     return val if split == "val" else train
+
+
+def _training_files(data: DataConfig) -> ArrayDataset:
+    """The training split as read (``train_per_class`` applied), before the validation rows are held out."""
+    from darkknowledge.data import build_dataset
+
+    return build_dataset(data.name, root=data.root, train=True, download=data.download, classes=data.classes,
+                         train_per_class=data.train_per_class, image_size=data.image_size, seed=data.subset_seed)
 
 
 def split_validation(full: ArrayDataset, per_class: int | None, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:
@@ -75,11 +81,7 @@ def split_validation(full: ArrayDataset, per_class: int | None, seed: int) -> tu
 
 def load_splits(data: DataConfig) -> tuple[ArrayDataset, ArrayDataset | None, ArrayDataset]:
     """(train, val or None, test), reading the training files once."""
-    from darkknowledge.data import build_dataset
-
-    full = build_dataset(data.name, root=data.root, train=True, download=data.download, classes=data.classes,
-                         train_per_class=data.train_per_class, image_size=data.image_size, seed=data.subset_seed)
-    train, val = split_validation(full, data.val_per_class, data.subset_seed)
+    train, val = split_validation(_training_files(data), data.val_per_class, data.subset_seed)
     return train, val, build_split(data, "test")
 
 

@@ -150,8 +150,10 @@ class Sweep:
             return Blocked("adapted", f"adapted-{t.label}-{m.label}", student.waits_for, student.state)
         from darkknowledge.engine.checkpoint import load_checkpoint
 
+        # a sweep-trained teacher's file may not be here yet (recorded elsewhere): its architecture is in the spec
+        architecture = t.model or load_checkpoint(teacher_ckpt)["model_name"]
         config = deep_merge(deep_merge(deep_merge(base, self.spec.teacher_config), m.adapt.config), {
-            "model": {"name": load_checkpoint(teacher_ckpt)["model_name"], "init": teacher_ckpt}, "method": m.adapt.method,
+            "model": {"name": architecture, "init": teacher_ckpt}, "method": m.adapt.method,
             "seed": self.spec.teacher_seed, "teacher": {"checkpoint": student}})
         return self._stage("adapted", f"adapted-{t.label}-{m.label}", config,
                            {"role": "adapted", "teacher": t.label, "method": m.label})
@@ -183,7 +185,9 @@ class Sweep:
                                           teacher_ckpt.waits_for, teacher_ckpt.state))
                 teacher: dict[str, Any] | Blocked = {"checkpoint": source} if isinstance(source, str) else source
                 if spec.teacher_cache and isinstance(source, str):
-                    cache = caches.setdefault(source, self.cache_stage(source_label, source))
+                    if source not in caches:
+                        caches[source] = self.cache_stage(source_label, source)
+                    cache = caches[source]
                     ready = self._output(cache, "cache/meta.json")
                     teacher = {"checkpoint": source, "cache": str(cache.cache_dir)} if isinstance(ready, str) else ready
                 for seed in spec.seeds:
@@ -251,9 +255,9 @@ class Sweep:
         for i in range(len(self.waves())):
             waves = self.waves()
             needed = self._needed([s for w in waves for s in w])
-            wave = [s for s in waves[i] if isinstance(s, Stage)]
-            todo = [s for s in wave if s.state() in ("pending", "partial") or (retry_failed and s.state() == "failed")
-                    or (s.state() == "recorded" and s.key in needed)]
+            wave = [(s, s.state()) for s in waves[i] if isinstance(s, Stage)]
+            todo = [s for s, state in wave if state in ("pending", "partial") or (retry_failed and state == "failed")
+                    or (state == "recorded" and s.key in needed)]
             if not todo:
                 continue
             self.log(f"wave {i + 1}: {len(todo)} stage(s) to run, {len(wave) - len(todo)} done "
