@@ -422,6 +422,10 @@ def test_isats_temperature_rules():
     assert torch.allclose(tau1, 3.0 * tau2)
     tau1, tau2 = isats_temperatures(z, y, search_rule="C", target_temperature=2.5)
     assert (tau1 == 2.5).all() and (tau2 <= 2.5 + 1e-5).all()
+    tau1, tau2 = isats_temperatures(z, y, temperature_scope="batch")
+    per_row = isats_search(z, y)
+    assert torch.allclose(tau2, per_row.median().expand_as(tau2)) and torch.allclose(tau1, 2.0 * tau2)
+    assert per_row.unique().numel() > 1  # the batch scope really replaced different temperatures
     # the rules are genuinely different searches
     a = isats_search(z, y, search_rule="A")
     b = isats_search(z, y, search_rule="B", target_ratio=2.0)

@@ -19,6 +19,7 @@ import yaml
 from darkknowledge.cli.main import main
 from darkknowledge.errors import UserError
 from darkknowledge.experiments import open_sweep
+from darkknowledge.experiments.results import write_results
 from darkknowledge.experiments.spec import parse_spec
 from darkknowledge.experiments.stage import Stage, identity_config, stage_key
 
@@ -228,6 +229,9 @@ def test_local_processes_match_inline(tmp_path):
         assert a.key == b.key
         assert a.summary()["final"] == b.summary()["final"], a.name
         assert a.summary()["selection"] == "val" and "val/top1" in a.summary()["best"]
+    write_results(inline)
+    rows = list(csv.DictReader((tmp_path / "a" / "results.csv").open()))
+    assert rows and all(float(r["best_val_top1"]) >= float(r["last_val_top1"]) for r in rows)  # chosen on val
     threads = yaml.safe_load((local.stages()[0].dir / "config.yaml").read_text())["engine"]["threads"]
     assert threads == max(1, (os.cpu_count() or 1) // 2)  # cores split between the jobs
 
@@ -281,8 +285,6 @@ def test_records_make_a_sweep_resumable_on_a_fresh_machine(tmp_path):
     fresh = open_sweep(str(spec), tmp_path / "b", log=lines.append)
     assert fresh.counts() == {"recorded": 3}
     assert fresh.run() == {"recorded": 3} and not any("stage(s) to run" in l for l in lines)
-    from darkknowledge.experiments.results import write_results
-
     write_results(fresh)
     strip = lambda text: [l.rsplit(",", 2)[0] for l in text.splitlines()]  # wall time and run dir differ  # noqa: E731
     assert strip((tmp_path / "b" / "results.csv").read_text()) == strip(rows_a)

@@ -17,7 +17,7 @@ from darkknowledge.experiments.sweep import Sweep
 from darkknowledge.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 RESULT_COLUMNS = ["teacher", "teacher_params", "teacher_top1", "method", "method_params", "seed", "best_top1", "best_epoch",
-                  "last_top1", "last_nll", "last_ece", "last_rank_fidelity", "last_teacher_agreement", "wall_time_s", "run_dir"]
+                  "best_val_top1", "last_top1", "last_val_top1", "last_nll", "last_ece", "last_rank_fidelity", "last_teacher_agreement", "wall_time_s", "run_dir"]
 TEACHER_COLUMNS = ["teacher", "role", "of", "method", "model", "params", "top1", "val_top1", "checkpoint", "run_dir"]
 
 
@@ -81,7 +81,7 @@ def student_rows(sweep: Sweep, teachers: list[dict[str, Any]]) -> list[dict[str,
             "teacher": s.meta["teacher"] or "", "teacher_params": t.get("params", ""), "teacher_top1": t.get("top1", ""),
             "method": s.meta["method"], "method_params": json.dumps(s.meta["method_params"], sort_keys=True),
             "seed": s.meta["seed"], "best_top1": best.get("test/top1"), "best_epoch": best["epoch"] + 1 if "epoch" in best else None,
-            "last_top1": final.get("test/top1"), "last_nll": final.get("test/nll"), "last_ece": final.get("test/ece"),
+            "best_val_top1": best.get("val/top1", ""), "last_top1": final.get("test/top1"), "last_val_top1": final.get("val/top1", ""), "last_nll": final.get("test/nll"), "last_ece": final.get("test/ece"),
             "last_rank_fidelity": final.get("test/rank_fidelity", ""), "last_teacher_agreement": final.get("test/teacher_agreement", ""),
             "wall_time_s": summary.get("wall_time_s"), "run_dir": str(s.dir),
         })

@@ -34,6 +34,7 @@ from darkknowledge.nontarget import (
 )
 
 TargetRule = Literal["ratio", "fixed"]
+TemperatureScope = Literal["instance", "batch"]
 
 
 class ISATSParams(MethodParams):
@@ -75,6 +76,10 @@ class ISATSParams(MethodParams):
     target_temperature: float = Field(
         TARGET_TEMPERATURE, gt=0, description="Fixed target temperature tau1 (rule A with target_rule='fixed', and rule C)."
     )
+    temperature_scope: TemperatureScope = Field(
+        "instance",
+        description="'instance': each sample gets its own tau*; 'batch': every sample gets the batch's median tau* (an ablation).",
+    )
     center_logits: bool = Field(
         False, description="Subtract each row's mean teacher logit first (asymmetric scaling is not shift-invariant)."
     )
@@ -112,11 +117,16 @@ def isats_temperatures(
     tau_max: float,
     grid_size: int,
     refine_size: int,
+    temperature_scope: TemperatureScope,
 ) -> tuple[Tensor, Tensor]:
     """Per-row ``(target_temperature, nontarget_temperature)``, both ``(B,)``, no grad."""
     tau = isats_search(teacher_logits, targets, search_rule=search_rule, tau_min=tau_min, tau_max=tau_max,
                        target_ratio=target_ratio, target_temperature=target_temperature, grid_size=grid_size,
                        refine_size=refine_size)
+    if temperature_scope == "batch" and tau.numel():
+        tau = torch.full_like(tau, tau.median().item())
+    elif temperature_scope != "instance":
+        raise ValueError(f"unknown ISATS temperature scope {temperature_scope!r} (use 'instance' or 'batch')")
     if search_rule == "C":
         tau1 = torch.full_like(tau, target_temperature)
     elif search_rule == "B" or target_rule == "ratio":
@@ -145,6 +155,7 @@ def isats_loss_and_temperature(
     target_rule: TargetRule,
     target_ratio: float,
     target_temperature: float,
+    temperature_scope: TemperatureScope,
     center_logits: bool,
     logit_standardization: bool,
 ) -> tuple[dict[str, Tensor], Tensor]:
@@ -161,7 +172,7 @@ def isats_loss_and_temperature(
     tau1, tau2 = isats_temperatures(
         z_t, targets, search_rule=search_rule, target_rule=target_rule, target_ratio=target_ratio,
         target_temperature=target_temperature, tau_min=tau_min, tau_max=tau_max, grid_size=grid_size,
-        refine_size=refine_size,
+        refine_size=refine_size, temperature_scope=temperature_scope,
     )
     log_q = ats_teacher_log_probs(z_t, targets, target_temperature=tau1, nontarget_temperature=tau2, center_logits=False)
     terms = soft_label_terms(
