@@ -70,6 +70,8 @@ def stage_log_lines(sweep) -> dict[str, str]:
     ({"teachers": []}, "teachers"),
     ({"students": {}}, "students: unknown key"),
     ({"methods": [{"name": "kd", "label": "a/b"}]}, "must be letters"),
+    ({"teachers": [{"model": "mlp_h32", "methods": ["kd"]}]}, "teacher 'mlp_h32': methods names 'kd', which is not a method label"),
+    ({"methods": [{"name": "kd", "teachers": ["big"]}]}, "method 'kd': teachers names 'big', which is not a teacher label"),
 ])
 def test_spec_errors_name_the_key(change, message):
     with pytest.raises(UserError, match=None) as exc:
@@ -84,6 +86,15 @@ def test_one_method_twice_with_labels_and_always_ce(tmp_path):
     assert names[:4] == ["teacher-mlp_h32", "teacher-mlp_h128", "student-mlp_h16-ce-s0", "student-mlp_h16-ce-s1"]
     assert len(names) == 2 + 2 + 2 * 2 * 2
     assert "student-mlp_h16-kd-T8-from-mlp_h128-s1" in names
+
+
+def test_teacher_and_method_filters_choose_the_pairs(tmp_path):
+    spec = spec_dict(teachers=[{"model": "mlp_h32"}, {"model": "mlp_h128"}, {"model": "mlp_h128", "epoch": 2, "methods": ["kd-T4"]}],
+                     methods=[{"label": "kd-T4", "name": "kd"}, {"label": "kd-T8", "name": "kd", "temperature": 8, "teachers": ["mlp_h128"]}],
+                     seeds=[0])
+    names = {s.name for s in open_sweep(parse_spec(spec), tmp_path / "sw", log=quiet).stages() if s.name.startswith("student") and "-ce-" not in s.name}
+    assert names == {"student-mlp_h16-kd-T4-from-mlp_h32-s0", "student-mlp_h16-kd-T4-from-mlp_h128-s0",
+                     "student-mlp_h16-kd-T4-from-mlp_h128-e2-s0", "student-mlp_h16-kd-T8-from-mlp_h128-s0"}
 
 
 # ----------------------------------------------------------------------------- stage identity

@@ -50,6 +50,7 @@ class TeacherSpec(_Strict):
                               "(one training run serves every entry with the same model and config).")
     label: str | None = Field(None, description="Name in tables and run directories; default: the model name or the checkpoint's run name.")
     config: dict[str, Any] = Field(default_factory=dict, description="Run-config overrides for this teacher's training (merged over `teacher_config`).")
+    methods: list[str] | None = Field(None, description="Distil from this teacher only with these method labels (e.g. KD alone from an ESKD or RegT teacher); default: every method.")
 
     @model_validator(mode="after")
     def _one_source(self) -> "TeacherSpec":
@@ -93,6 +94,7 @@ class MethodSpec(BaseModel):
     label: str | None = Field(None, description="Column name in the results; default: the method name. Must be unique.")
     assistant: AssistantSpec | None = Field(None, description="TAKD chain: teacher -> assistant -> student, each step with this method.")
     adapt: AdaptSpec | None = Field(None, description="AID: distil from the teacher adapted to the pre-trained student.")
+    teachers: list[str] | None = Field(None, description="Run this method only from these teacher labels (e.g. a TAKD chain from the largest teacher); default: every teacher.")
 
     @model_validator(mode="after")
     def _default_label(self) -> "MethodSpec":
@@ -127,11 +129,23 @@ class SweepSpec(_Strict):
             dup = sorted({x for x in labels if labels.count(x) > 1})
             if dup:
                 raise ValueError(f"{what} labels must be unique, {dup[0]!r} appears twice (set `label:`)")
+        teacher_labels, method_labels = {t.label for t in self.teachers}, {m.label for m in self.methods}
+        for t in self.teachers:
+            for label in set(t.methods or []) - method_labels:
+                raise ValueError(f"teacher {t.label!r}: methods names {label!r}, which is not a method label of this spec")
+        for m in self.methods:
+            for label in set(m.teachers or []) - teacher_labels:
+                raise ValueError(f"method {m.label!r}: teachers names {label!r}, which is not a teacher label of this spec")
         if any(m.label == "ce" for m in self.methods):
             raise ValueError("the CE baseline (label 'ce') is always run: remove it from methods")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds must be distinct")
         return self
+
+
+def pairs(teacher: TeacherSpec, method: MethodSpec) -> bool:
+    """Whether the sweep distils from ``teacher`` with ``method`` (both filters allow it)."""
+    return (teacher.methods is None or method.label in teacher.methods) and (method.teachers is None or teacher.label in method.teachers)
 
 
 def load_spec(path: str | Path) -> SweepSpec:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 from darkknowledge.config import deep_merge
 from darkknowledge.errors import UserError
 from darkknowledge.experiments.executors import Executor, InlineExecutor
-from darkknowledge.experiments.spec import MethodSpec, SweepSpec, TeacherSpec
+from darkknowledge.experiments.spec import MethodSpec, SweepSpec, TeacherSpec, pairs
 from darkknowledge.experiments.stage import INPUT_KEYS, Stage
 from darkknowledge.fileio import atomic_write_json
 
@@ -175,6 +175,8 @@ class Sweep:
         for t in spec.teachers:
             teacher_ckpt = self.teacher_checkpoint(t)
             for m in spec.methods:
+                if not pairs(t, m):
+                    continue
                 source, source_label = teacher_ckpt, t.label
                 if (m.assistant or m.adapt) and isinstance(teacher_ckpt, str):
                     stage = self.intermediate_stage(t, m, teacher_ckpt)
