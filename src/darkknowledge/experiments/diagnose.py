@@ -20,18 +20,23 @@ from darkknowledge.models import count_parameters
 
 
 def diagnose_checkpoints(teachers: list[str], students: list[str], data_overrides: list[str], *, split: str = "train",
-                         out_dir: str | Path = "runs/diagnose", options=None, device: str = "cpu"):
+                         out_dir: str | Path = "runs/diagnose", options=None, device: str = "cpu",
+                         names: list[str] | None = None):
     """Load checkpoints, run them over the (un-augmented) split once, and diagnose.
 
     The result records the data it was computed on; a (teacher, student) report card is
-    made only when the student was distilled from that teacher or trained without one."""
+    made only when the student was distilled from that teacher or trained without one.
+    ``names``: one distinct name per checkpoint (teachers, then students); default: the
+    run directory's name."""
+    if names is not None and (len(names) != len(teachers) + len(students) or len(set(names)) != len(names)):
+        raise UserError(f"diagnose: give one distinct name per checkpoint ({len(teachers) + len(students)}), got {names}")
     models = [(p, *load_model(p, device)) for p in teachers + students]
     d = checkpoint_data_config(models[0][2], data_overrides, "diagnose")
     ds = build_split(d, split)
     outputs, used = [], set()
     for i, (path, model, ckpt) in enumerate(models):
         check_teacher_fits(ckpt, ds.spec, path)
-        name = Path(path).parent.name or Path(path).stem
+        name = names[i] if names is not None else Path(path).parent.name or Path(path).stem
         if name in used:  # the same run given twice (e.g. as teacher and student), or two best.pt of one dir
             name = f"{name}-{'student' if i >= len(teachers) else 'teacher'}{i}"
         used.add(name)

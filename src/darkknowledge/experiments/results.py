@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from darkknowledge.engine.checkpoint import load_checkpoint
+from darkknowledge.experiments.calibration import CALIBRATION_COLUMNS, card_checks, checks_markdown
 from darkknowledge.experiments.stage import Stage, read_json
 from darkknowledge.experiments.sweep import Sweep
 from darkknowledge.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -218,12 +219,23 @@ def run_diagnostics(sweep: Sweep, teachers: list[dict[str, Any]]) -> str | None:
         sweep.log("diagnostics: some teacher checkpoints are not here (recorded elsewhere); the existing report is kept")
         return "diagnostics/report.html" if (out / "report.html").is_file() else None
     students = [str(s.dir / "last.pt") for s in ce]
-    inputs = {"teachers": [weight_digest(p) for p in paths], "students": [weight_digest(p) for p in students]}
+    inputs = {"teachers": [weight_digest(p) for p in paths], "students": [weight_digest(p) for p in students],
+              "names": [t["teacher"] for t in teachers]}
     if read_json(out / "inputs.json") != inputs or not (out / "report.html").is_file():
         sweep.log("diagnosing the teacher ladder ...")
-        diagnose_checkpoints(paths, students, [], split="train", out_dir=out, options=DiagnoseOptions(temperatures=(1.0, 2.0, 4.0, 8.0)))
+        diagnose_checkpoints(paths, students, [], split="train", out_dir=out, options=DiagnoseOptions(temperatures=(1.0, 2.0, 4.0, 8.0)),
+                             names=[t["teacher"] for t in teachers] + [s.name for s in ce])
         atomic_write_json(out / "inputs.json", inputs)
     return "diagnostics/report.html"
+
+
+def card_checks_of(sweep: Sweep, students: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The diagnostics' report cards checked against the measured KD students (needs a
+    method labelled ``kd``)."""
+    cards = (read_json(sweep.out / "diagnostics" / "diagnostics.json") or {}).get("cards") or []
+    plain = sorted((m for m in sweep.spec.methods if not (m.assistant or m.adapt or m.teachers)), key=lambda m: m.label != m.name)
+    methods = [(m.label, m.name, {k: v for k, v in m.params().items() if k != "name"}) for m in plain]
+    return card_checks(cards, students, methods) if any(m.label == "kd" for m in sweep.spec.methods) else []
 
 
 def write_results(sweep: Sweep) -> dict[str, Any]:
@@ -236,8 +248,14 @@ def write_results(sweep: Sweep) -> dict[str, Any]:
     atomic_write_text(out / "results.csv", _csv(students, RESULT_COLUMNS))
     atomic_write_text(out / "teachers.csv", _csv(teachers + intermediate_rows(sweep), TEACHER_COLUMNS))
     table = markdown_table(sweep, teachers, students, report)
-    atomic_write_text(out / "results.md", table)
     files = {"results_csv": str(out / "results.csv"), "teachers_csv": str(out / "teachers.csv"), "results_md": str(out / "results.md")}
+    checks = card_checks_of(sweep, students) if report else []
+    if checks:
+        table += "\n" + checks_markdown(checks)
+        atomic_write_text(out / "card_check.csv", _csv([{**r, "card_method_params": json.dumps(r["card_method_params"], sort_keys=True)}
+                                                       for r in checks], CALIBRATION_COLUMNS))
+        files["card_check_csv"] = str(out / "card_check.csv")
+    atomic_write_text(out / "results.md", table)
     if plot(sweep, teachers, students, out / "student_vs_teacher.png"):
         files["plot"] = str(out / "student_vs_teacher.png")
     if report:
