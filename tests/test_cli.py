@@ -237,6 +237,10 @@ def test_demo_small(capsys, tmp_path, monkeypatch):
     rows = list(csv.DictReader((tmp_path / "d/results.csv").open()))
     assert len(rows) == 3 * 3 * 2 + 3  # teachers x seeds x methods + CE per seed
     assert (tmp_path / "d/student_vs_teacher.png").is_file() and (tmp_path / "d/diagnostics/report.html").is_file()
+    # the cards, named by the spec's labels, checked against the measured KD students
+    checks = list(csv.DictReader((tmp_path / "d/card_check.csv").open()))
+    assert [(c["teacher"], c["reference"], c["seeds"]) for c in checks] == [("mlp_h256", "mlp_h64", "3"), ("mlp_h1024", "mlp_h256", "3")]
+    assert "## The report card against the measurements" in table and "Verdicts agreeing with the measurement" in table
     # run again: every stage is reused, nothing retrained
     code, out, err = run(capsys, "demo", "--out", "d", "--epochs", "1")
     assert code == 0 and "stage(s) to run" not in out
