@@ -426,6 +426,12 @@ def test_isats_temperature_rules():
     per_row = isats_search(z, y)
     assert torch.allclose(tau2, per_row.median().expand_as(tau2)) and torch.allclose(tau1, 2.0 * tau2)
     assert per_row.unique().numel() > 1  # the batch scope really replaced different temperatures
+    # rows the teacher gets wrong: the search always ends at tau_min there; a fixed symmetric T replaces it
+    wrong = z.argmax(-1) != y
+    assert wrong.any() and (~wrong).any() and torch.allclose(per_row[wrong], torch.full_like(per_row[wrong], 0.5))
+    tau1, tau2 = isats_temperatures(z, y, misclassified_temperature=4.0)
+    assert (tau1[wrong] == 4.0).all() and (tau2[wrong] == 4.0).all()
+    assert torch.allclose(tau2[~wrong], per_row[~wrong]) and torch.allclose(tau1[~wrong], 2.0 * per_row[~wrong])
     # the rules are genuinely different searches
     a = isats_search(z, y, search_rule="A")
     b = isats_search(z, y, search_rule="B", target_ratio=2.0)

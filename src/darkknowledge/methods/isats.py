@@ -80,6 +80,15 @@ class ISATSParams(MethodParams):
         "instance",
         description="'instance': each sample gets its own tau*; 'batch': every sample gets the batch's median tau* (an ablation).",
     )
+    misclassified_temperature: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Rows the teacher gets wrong (argmax != target) get plain temperature scaling at this T (tau1 = tau2 = T) "
+            "instead of the search, whose optimum there is always tau_min (the label collapses on the wrong class); "
+            "None: searched like the others."
+        ),
+    )
     center_logits: bool = Field(
         False, description="Subtract each row's mean teacher logit first (asymmetric scaling is not shift-invariant)."
     )
@@ -118,6 +127,7 @@ def isats_temperatures(
     grid_size: int,
     refine_size: int,
     temperature_scope: TemperatureScope,
+    misclassified_temperature: float | None,
 ) -> tuple[Tensor, Tensor]:
     """Per-row ``(target_temperature, nontarget_temperature)``, both ``(B,)``, no grad."""
     tau = isats_search(teacher_logits, targets, search_rule=search_rule, tau_min=tau_min, tau_max=tau_max,
@@ -135,6 +145,10 @@ def isats_temperatures(
         tau1 = tau.clamp(min=target_temperature)
     else:
         raise ValueError(f"unknown ISATS target rule {target_rule!r} (use 'ratio' or 'fixed')")
+    if misclassified_temperature is not None:
+        wrong = teacher_logits.argmax(-1) != targets.reshape(-1)
+        tau1 = torch.where(wrong, torch.full_like(tau1, misclassified_temperature), tau1)
+        tau = torch.where(wrong, torch.full_like(tau, misclassified_temperature), tau)
     return tau1, tau
 
 
@@ -156,6 +170,7 @@ def isats_loss_and_temperature(
     target_ratio: float,
     target_temperature: float,
     temperature_scope: TemperatureScope,
+    misclassified_temperature: float | None,
     center_logits: bool,
     logit_standardization: bool,
 ) -> tuple[dict[str, Tensor], Tensor]:
@@ -172,7 +187,7 @@ def isats_loss_and_temperature(
     tau1, tau2 = isats_temperatures(
         z_t, targets, search_rule=search_rule, target_rule=target_rule, target_ratio=target_ratio,
         target_temperature=target_temperature, tau_min=tau_min, tau_max=tau_max, grid_size=grid_size,
-        refine_size=refine_size, temperature_scope=temperature_scope,
+        refine_size=refine_size, temperature_scope=temperature_scope, misclassified_temperature=misclassified_temperature,
     )
     log_q = ats_teacher_log_probs(z_t, targets, target_temperature=tau1, nontarget_temperature=tau2, center_logits=False)
     terms = soft_label_terms(
