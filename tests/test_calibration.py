@@ -33,14 +33,14 @@ def test_recommendation_matches_a_label_after_defaults():
     assert matching_label(METHODS, "kd", {"temperature": 4.0}) == "kd"  # 4 is KD's default
     assert matching_label(METHODS, "kd", {"temperature": 8}) == "kd-T8"
     assert matching_label(METHODS, "kd", {"temperature": 2.0}) is None
-    assert matching_label(METHODS, "isats", {"tau_min": 0.5, "tau_max": 20.0, "target_ratio": 2.0}) == "isats"
+    assert matching_label(METHODS, "isats", {"tau_min": 0.5, "tau_max": 20.0}) == "isats"
     assert matching_label(METHODS, "nosuch", {}) is None
 
 
 def test_card_checks_and_agreement_rate():
     cards = [
         {"teacher": "small", "reference": None, "mismatch": None, "method": "kd", "method_params": {}},
-        {"teacher": "big", "reference": "small", "mismatch": True, "method": "isats", "method_params": {"target_ratio": 2.0}},
+        {"teacher": "big", "reference": "small", "mismatch": True, "method": "isats", "method_params": {"tau_min": 0.5}},
         {"teacher": "huge", "reference": "big", "mismatch": True, "method": "kd", "method_params": {"temperature": 2.0}},
     ]
     checks = card_checks(cards, STUDENTS, METHODS)

@@ -24,8 +24,8 @@ from darkknowledge.methods.dist import dist_loss
 from darkknowledge.methods.dkd import dkd_components, dkd_loss, dkd_warmup
 from darkknowledge.methods.fgcr import class_relation_matrix, fgcr_loss, fgcr_teacher_log_probs
 from darkknowledge.methods.functional import tempered_kl
-from darkknowledge.methods.isats import isats_loss, isats_loss_and_temperature, isats_temperatures
-from darkknowledge.nontarget import isats_search
+from darkknowledge.methods.isats import ISATSParams, isats_loss, isats_loss_and_temperature, isats_temperatures
+from darkknowledge.nontarget import TARGET_RATIO, isats_search
 from darkknowledge.methods.kd import kd_loss
 from darkknowledge.methods.lskd import lskd_loss
 from darkknowledge.methods.rckd import rckd_loss
@@ -387,7 +387,7 @@ def test_isats_logit_standardization_uses_z_scores_but_raw_ce():
     zs, zt = standardize_logits(s), standardize_logits(t)
     ref = isats_loss(zs, zt, y)
     assert torch.allclose(got["kd"], ref["kd"], atol=1e-6)
-    assert torch.allclose(got["ce"], 0.5 * F.cross_entropy(s, y))
+    assert torch.allclose(got["ce"], ISATSParams().ce_weight * F.cross_entropy(s, y))
     # z-scoring makes the method invariant to positive affine maps of the teacher
     again = isats_loss(s, 4.0 * t + 3.0, y, logit_standardization=True)
     assert torch.allclose(got["kd"], again["kd"], atol=1e-5)
@@ -424,14 +424,14 @@ def test_isats_temperature_rules():
     assert (tau1 == 2.5).all() and (tau2 <= 2.5 + 1e-5).all()
     tau1, tau2 = isats_temperatures(z, y, temperature_scope="batch")
     per_row = isats_search(z, y)
-    assert torch.allclose(tau2, per_row.median().expand_as(tau2)) and torch.allclose(tau1, 2.0 * tau2)
+    assert torch.allclose(tau2, per_row.median().expand_as(tau2)) and torch.allclose(tau1, TARGET_RATIO * tau2)
     assert per_row.unique().numel() > 1  # the batch scope really replaced different temperatures
     # rows the teacher gets wrong: the search always ends at tau_min there; a fixed symmetric T replaces it
     wrong = z.argmax(-1) != y
     assert wrong.any() and (~wrong).any() and torch.allclose(per_row[wrong], torch.full_like(per_row[wrong], 0.5))
     tau1, tau2 = isats_temperatures(z, y, misclassified_temperature=4.0)
     assert (tau1[wrong] == 4.0).all() and (tau2[wrong] == 4.0).all()
-    assert torch.allclose(tau2[~wrong], per_row[~wrong]) and torch.allclose(tau1[~wrong], 2.0 * per_row[~wrong])
+    assert torch.allclose(tau2[~wrong], per_row[~wrong]) and torch.allclose(tau1[~wrong], TARGET_RATIO * per_row[~wrong])
     # the rules are genuinely different searches
     a = isats_search(z, y, search_rule="A")
     b = isats_search(z, y, search_rule="B", target_ratio=2.0)
@@ -441,7 +441,9 @@ def test_isats_temperature_rules():
 def test_isats_loss_equals_ats_at_searched_temperatures_and_records():
     s, t, y = random_batch(batch=12, classes=20, seed=6)
     tau1, tau2 = isats_temperatures(t, y)
-    expected = ats_loss(s, t, y, target_temperature=tau1, nontarget_temperature=tau2)
+    d = ISATSParams()
+    expected = ats_loss(s, t, y, target_temperature=tau1, nontarget_temperature=tau2, ce_weight=d.ce_weight,
+                        kd_weight=d.kd_weight, student_temperature=d.student_temperature)
     got = isats_loss(s, t, y)
     for key in expected:
         assert torch.allclose(got[key], expected[key])
@@ -799,7 +801,8 @@ NON_DEFAULT = {
     "isats": [
         {"ce_weight": 0.3, "kd_weight": 0.7, "student_temperature": 2.0, "tau_min": 0.3, "tau_max": 30.0,
          "grid_size": 16, "refine_size": 5, "target_rule": "fixed", "target_temperature": 3.0, "center_logits": True},
-        {"search_rule": "B", "target_ratio": 1.5, "logit_standardization": True, "tau_min": 0.02, "tau_max": 2.0},
+        {"search_rule": "B", "target_ratio": 1.5, "logit_standardization": True, "tau_min": 0.02, "tau_max": 2.0,
+         "temperature_scope": "batch", "misclassified_temperature": 3.0},
     ],
     "fgcr": [{"ce_weight": 0.2, "kd_weight": 1.5, "temperature": 3.0, "fusion_weight": 0.3, "relation_temperature": 2.0}],
     "rckd": [{"ce_weight": 0.5, "kd_weight": 2.0, "temperature": 3.0, "eps": 1e-6}],
@@ -933,10 +936,11 @@ def test_drifted_defaults_are_refused_at_import():
             return {}
 
 
-def _isats_reference(s, t, y, tau_min=0.5, tau_max=20.0, grid=64, ratio=2.0):
+def _isats_reference(s, t, y, tau_min=0.5, tau_max=20.0, grid=64, ratio=1.0, student_t=4.0, ce_w=0.1, kd_w=0.9):
     """ISATS at its defaults in float64 NumPy: per row, the log non-target variance on a
     64-point log grid, the vertex of the parabola through the best point's neighbourhood
-    (kept if better), then ATS with tau1 = 2 tau*, tau2 = tau* and the soft CE."""
+    (kept if better), then ATS with tau1 = ratio * tau*, tau2 = tau* and the tau_s^2-scaled
+    soft CE against the student at tau_s."""
     s, t = np.asarray(s, np.float64), np.asarray(t, np.float64)
 
     def log_var(row, yi, u):
@@ -964,10 +968,12 @@ def _isats_reference(s, t, y, tau_min=0.5, tau_max=20.0, grid=64, ratio=2.0):
         scaled[yi] = row_t[yi] / (ratio * tau)
         q = np.exp(scaled - scaled.max())
         q /= q.sum()
-        log_ps = row_s - row_s.max() - np.log(np.exp(row_s - row_s.max()).sum())
-        ce.append(-log_ps[yi])
-        kd.append(-(q * log_ps).sum())
-    return {"ce": 0.5 * np.mean(ce), "kd": 0.5 * np.mean(kd)}, np.array(taus)
+        def log_softmax(v):
+            return v - v.max() - np.log(np.exp(v - v.max()).sum())
+
+        ce.append(-log_softmax(row_s)[yi])
+        kd.append(-(q * log_softmax(row_s / student_t)).sum())
+    return {"ce": ce_w * np.mean(ce), "kd": kd_w * student_t**2 * np.mean(kd)}, np.array(taus)
 
 
 def test_golden_isats():
