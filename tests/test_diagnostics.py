@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from darkknowledge.diagnostics import (
+    CALIBRATION,
     DISCLAIMER,
     DecompositionAccumulator,
     DiagnoseOptions,
@@ -401,7 +402,7 @@ def test_diagnose_writes_report(tmp_path):
     assert len(res.decompositions) == 2 and len(res.cards) == 2
     card = res.card("large", "student")
     assert card.reference == "small" and DISCLAIMER in card.to_text()
-    assert "HEURISTIC" in card.to_text() and "capacity-sweep" in card.to_text()
+    assert "CALIBRATED" in card.to_text() and "capacity sweep" in card.to_text()
     assert DISCLAIMER in html.replace("&#x27;", "'")
     # stream == in-memory
     batches = (OutputsBatch(targets=teachers[0].targets[i : i + 50],
@@ -478,11 +479,15 @@ def test_card_verdicts():
     large = teacher_stats(teachers[1].logits, teachers[1].targets, name="large", num_params=50000)
     card = make_card(large, reference=small, temperature=4.0)
     assert large.at(4.0, "nt_var") < small.at(4.0, "nt_var")  # the constructed over-confident teacher
-    assert card.mismatch is True and card.method == "isats" and "ATS" in card.recommendation
+    # calibrated on the capacity sweeps: the lower variance is reported as a warning sign, not a mismatch
+    assert card.mismatch is False and card.method == "kd" and card.method_params == {"temperature": 4.0}
+    assert "warning sign" in card.verdict and f"{CALIBRATION['lower_variance']} measured pairs" in card.verdict
     assert card.disclaimer == DISCLAIMER and DISCLAIMER in card.to_text()
     back = make_card(small, reference=large, temperature=4.0)
-    assert back.mismatch is False and back.method == "kd"
-    assert "tau*" in card.to_text()
+    assert back.mismatch is False and back.method == "kd" and "warning sign" not in back.verdict
+    alone = make_card(large, temperature=4.0)
+    assert alone.mismatch is None and alone.verdict.startswith("No verdict")
+    assert "tau*" in card.to_text() and any(a.startswith("ISATS") for a in card.alternatives)
 
 
 def test_logits_file_roundtrip(tmp_path):

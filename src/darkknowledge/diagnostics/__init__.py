@@ -20,7 +20,7 @@ from darkknowledge.diagnostics.result import (
     OutputsBatch,
     TeacherOutputs,
 )
-from darkknowledge.diagnostics.card import DISCLAIMER, TeacherCard, make_card
+from darkknowledge.diagnostics.card import CALIBRATION, DISCLAIMER, TeacherCard, make_card
 from darkknowledge.diagnostics.decompose import (
     Decomposition,
     DecompositionAccumulator,
@@ -44,6 +44,7 @@ from darkknowledge.diagnostics.stats import DEFAULT_TEMPERATURES, TeacherStats, 
 
 __all__ = [
     "DEFAULT_TEMPERATURES",
+    "CALIBRATION",
     "DISCLAIMER",
     "Decomposition",
     "DecompositionAccumulator",
