@@ -208,7 +208,7 @@ def run_diagnostics(sweep: Sweep, teachers: list[dict[str, Any]]) -> str | None:
     while the teachers' weights are unchanged."""
     if not sweep.spec.diagnose or not teachers:
         return None
-    from darkknowledge.diagnostics import DiagnoseOptions
+    from darkknowledge.diagnostics import CALIBRATION, DISCLAIMER, DiagnoseOptions
     from darkknowledge.experiments.diagnose import diagnose_checkpoints
     from darkknowledge.experiments.stage import weight_digest
 
@@ -220,7 +220,7 @@ def run_diagnostics(sweep: Sweep, teachers: list[dict[str, Any]]) -> str | None:
         return "diagnostics/report.html" if (out / "report.html").is_file() else None
     students = [str(s.dir / "last.pt") for s in ce]
     inputs = {"teachers": [weight_digest(p) for p in paths], "students": [weight_digest(p) for p in students],
-              "names": [t["teacher"] for t in teachers]}
+              "names": [t["teacher"] for t in teachers], "card_rules": [DISCLAIMER, CALIBRATION]}  # new rules: new cards
     if read_json(out / "inputs.json") != inputs or not (out / "report.html").is_file():
         sweep.log("diagnosing the teacher ladder ...")
         diagnose_checkpoints(paths, students, [], split="train", out_dir=out, options=DiagnoseOptions(temperatures=(1.0, 2.0, 4.0, 8.0)),
