@@ -66,9 +66,14 @@ def main(path: str) -> None:
     print("\n#### paired differences, test top-1, last epoch (mean ± std over seeds, seeds > 0)\n")
     print("| comparison | difference |")
     print("|---|---:|")
-    for i, t in enumerate(order[1:], 1):
-        print(f"| kd from {t} − kd from {order[i - 1]} | {signed(paired((t, 'kd'), (order[i - 1], 'kd')))} |")
-    big = order[-1]
+    ladder = [t for i, t in enumerate(order) if i == 0 or teachers[t] != teachers[order[i - 1]]]  # first of each size
+    for i, t in enumerate(ladder[1:], 1):
+        print(f"| kd from {t} − kd from {ladder[i - 1]} | {signed(paired((t, 'kd'), (ladder[i - 1], 'kd')))} |")
+    for t in order:
+        base = next(b for b in ladder if teachers[b] == teachers[t])
+        if t != base:  # a remedy teacher of the same size (ESKD, RegT): against the plain one
+            print(f"| kd from {t} − kd from {base} | {signed(paired((t, 'kd'), (base, 'kd')))} |")
+    big = ladder[-1]
     for m in methods:
         if m not in ("ce", "kd") and values(big, m, "last_top1"):
             print(f"| {m} from {big} − kd from {big} | {signed(paired((big, m), (big, 'kd')))} |")
