@@ -14,6 +14,8 @@ import statistics
 import sys
 from collections import defaultdict
 
+from darkknowledge.experiments.calibration import paired as paired_by_seed
+
 
 def mean_std(values: list[float]) -> str:
     if not values:
@@ -59,9 +61,8 @@ def main(path: str) -> None:
                 continue
             print(f"| {m} | " + " | ".join(mean_std(values(t, m, col)) for t in order) + " |")
 
-    def paired(a: tuple[str, str], b: tuple[str, str], col: str = "last_top1") -> list[float]:
-        va, vb = cell.get((*a, col), {}), cell.get((*b, col), {})
-        return [va[s] - vb[s] for s in va if s in vb]
+    def paired(a: tuple[str, str], b: tuple[str, str]) -> list[float]:
+        return paired_by_seed(rows, a, b, "last_top1")
 
     print("\n#### paired differences, test top-1, last epoch (mean ± std over seeds, seeds > 0)\n")
     print("| comparison | difference |")

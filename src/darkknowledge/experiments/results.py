@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from darkknowledge.engine.checkpoint import load_checkpoint
-from darkknowledge.experiments.calibration import CALIBRATION_COLUMNS, card_checks, checks_markdown
+from darkknowledge.experiments.calibration import CALIBRATION_COLUMNS, card_checks, checks_markdown, paired
 from darkknowledge.experiments.stage import Stage, read_json
 from darkknowledge.experiments.sweep import Sweep
 from darkknowledge.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -146,8 +146,7 @@ def markdown_table(sweep: Sweep, teachers: list[dict[str, Any]], students: list[
 def paired_table(teachers: list[dict[str, Any]], students: list[dict[str, Any]], methods: list[str]) -> list[str]:
     """Last-epoch top-1 minus the CE student's of the same seed (same initialisation and
     batches by construction): mean ± std of the paired differences, and wins out of seeds."""
-    ce = {r["seed"]: r["last_top1"] for r in students if r["method"] == "ce" and r["last_top1"] is not None}
-    if not ce:
+    if not any(r["method"] == "ce" and r["last_top1"] is not None for r in students):
         return []
     lines = ["## Paired with the student alone (last epoch)", "",
              "Difference to the CE student of the same seed (same initial weights and batches), "
@@ -156,8 +155,7 @@ def paired_table(teachers: list[dict[str, Any]], students: list[dict[str, Any]],
     for t in teachers:
         cells = []
         for m in methods:
-            diffs = [r["last_top1"] - ce[r["seed"]] for r in students
-                     if r["teacher"] == t["teacher"] and r["method"] == m and r["seed"] in ce and r["last_top1"] is not None]
+            diffs = paired(students, (t["teacher"], m), ("", "ce"))
             cells.append("–" if not diffs else f"{mean_std(diffs, signed=True).replace(' (1 seed)', '')} ({sum(d > 0 for d in diffs)}/{len(diffs)})")
         lines.append(f"| {t['teacher']} | " + " | ".join(cells) + " |")
     return lines + [""]
@@ -219,12 +217,13 @@ def run_diagnostics(sweep: Sweep, teachers: list[dict[str, Any]]) -> str | None:
         sweep.log("diagnostics: some teacher checkpoints are not here (recorded elsewhere); the existing report is kept")
         return "diagnostics/report.html" if (out / "report.html").is_file() else None
     students = [str(s.dir / "last.pt") for s in ce]
+    names = [t["teacher"] for t in teachers]
     inputs = {"teachers": [weight_digest(p) for p in paths], "students": [weight_digest(p) for p in students],
-              "names": [t["teacher"] for t in teachers], "card_rules": [DISCLAIMER, CALIBRATION]}  # new rules: new cards
+              "names": names, "card_rules": [DISCLAIMER, CALIBRATION]}  # new rules: new cards
     if read_json(out / "inputs.json") != inputs or not (out / "report.html").is_file():
         sweep.log("diagnosing the teacher ladder ...")
         diagnose_checkpoints(paths, students, [], split="train", out_dir=out, options=DiagnoseOptions(temperatures=(1.0, 2.0, 4.0, 8.0)),
-                             names=[t["teacher"] for t in teachers] + [s.name for s in ce])
+                             names=names + [s.name for s in ce])
         atomic_write_json(out / "inputs.json", inputs)
     return "diagnostics/report.html"
 
@@ -232,10 +231,12 @@ def run_diagnostics(sweep: Sweep, teachers: list[dict[str, Any]]) -> str | None:
 def card_checks_of(sweep: Sweep, students: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The diagnostics' report cards checked against the measured KD students (needs a
     method labelled ``kd``)."""
+    if not any(m.label == "kd" for m in sweep.spec.methods):
+        return []
     cards = (read_json(sweep.out / "diagnostics" / "diagnostics.json") or {}).get("cards") or []
     plain = sorted((m for m in sweep.spec.methods if not (m.assistant or m.adapt or m.teachers)), key=lambda m: m.label != m.name)
     methods = [(m.label, m.name, {k: v for k, v in m.params().items() if k != "name"}) for m in plain]
-    return card_checks(cards, students, methods) if any(m.label == "kd" for m in sweep.spec.methods) else []
+    return card_checks(cards, students, methods)
 
 
 def write_results(sweep: Sweep) -> dict[str, Any]:

@@ -141,7 +141,7 @@ def isats_temperatures(
                        target_ratio=target_ratio, target_temperature=target_temperature, grid_size=grid_size,
                        refine_size=refine_size)
     if temperature_scope == "batch" and tau.numel():
-        tau = torch.full_like(tau, tau.median().item())
+        tau = tau.median().expand_as(tau).clone()  # no host sync
     elif temperature_scope != "instance":
         raise ValueError(f"unknown ISATS temperature scope {temperature_scope!r} (use 'instance' or 'batch')")
     if search_rule == "C":
