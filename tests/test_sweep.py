@@ -247,6 +247,21 @@ def test_local_processes_match_inline(tmp_path):
     assert threads == max(1, (os.cpu_count() or 1) // 2)  # cores split between the jobs
 
 
+def test_parallel_jobs_never_oversubscribe_the_spec_threads(tmp_path):
+    # a spec written for one inline run (engine.threads = every core) must not give each of
+    # N local jobs that many threads: N x threads on the same cores collapses
+    base = {**BASE, "engine": {**BASE["engine"], "threads": 64}}
+    spec = parse_spec(spec_dict(base=base, teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0]))
+    inline = open_sweep(spec, tmp_path / "a", log=quiet)
+    local = open_sweep(spec, tmp_path / "b", executor="local", jobs=2, log=quiet)
+    per_job = max(1, (os.cpu_count() or 1) // 2)
+    planned = [[s for s in sweep.stages() if hasattr(s, "config")] for sweep in (inline, local)]
+    assert len(planned[0]) == 2  # the teacher and the CE student (the KD student waits for the teacher)
+    assert {s.config["engine"]["threads"] for s in planned[0]} == {64}  # inline: the spec's choice
+    assert {s.config["engine"]["threads"] for s in planned[1]} == {per_job}
+    assert [s.key for s in planned[0]] == [s.key for s in planned[1]]  # threads are not identity
+
+
 def test_submitit_local_cluster_runs_the_same_stages(tmp_path):
     pytest.importorskip("submitit")
     small = parse_spec(spec_dict(teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0]))

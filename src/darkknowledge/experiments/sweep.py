@@ -58,6 +58,11 @@ class Sweep:
         """A stage whose inputs produced by this sweep are identified by their stage, not their bytes."""
         inputs = {role: self._identity[path] for role, (section, k) in INPUT_KEYS.items()
                   if (path := (config.get(section) or {}).get(k)) in self._identity}
+        cap = self.executor.threads_per_job()
+        if cap:  # jobs running side by side: a spec's engine.threads is an upper bound, never oversubscribed
+            engine = dict(config.get("engine") or {})
+            engine["threads"] = min(engine.get("threads") or cap, cap)
+            config = {**config, "engine": engine}
         return Stage(kind, name, config, self.runs, meta=meta, inputs=inputs, records=self.records)
 
     def _output(self, stage: Stage, filename: str) -> str | Blocked:
@@ -93,11 +98,7 @@ class Sweep:
 
     # ------------------------------------------------------------------ planning
     def _engine(self) -> dict[str, Any]:
-        threads = self.executor.threads_per_job()
-        engine = {"progress": False}
-        if threads and not (self.spec.base.get("engine") or {}).get("threads"):
-            engine["threads"] = threads
-        return {"engine": engine}
+        return {"engine": {"progress": False}}
 
     def _teacher_group(self, t: TeacherSpec) -> list[TeacherSpec]:
         """Entries trained by one run: same model and config (e.g. a full and an early-stopped teacher)."""
