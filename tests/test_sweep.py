@@ -323,3 +323,26 @@ def test_records_make_a_sweep_resumable_on_a_fresh_machine(tmp_path):
     ran = [l.split()[1] for l in lines if l.startswith("  done")]
     assert sorted(ran) == ["student-mlp_h16-ce-s1", "student-mlp_h16-kd-from-mlp_h32-s1", "teacher-mlp_h32"]
     assert len(list((specdir / "rec").iterdir())) == 5
+
+
+def test_the_same_run_under_two_labels_runs_once(tmp_path):
+    # "kd" at its default temperature and an explicit "kd-T4" are one run: trained once, both reported
+    specdir = tmp_path / "spec"
+    specdir.mkdir()
+    methods = [{"name": "kd"}, {"label": "kd-T4", "name": "kd", "temperature": 4.0}]
+    spec = write_spec(specdir / "s.yaml", teachers=[{"model": "mlp_h32"}], methods=methods, seeds=[0], records="rec")
+    lines = []
+    sweep = open_sweep(str(spec), tmp_path / "a", log=lines.append)
+    assert sweep.run() == {"done": 4}
+    ran = [l.split()[1] for l in lines if l.startswith("  done") and "the same run as" not in l]
+    assert sorted(ran) == ["student-mlp_h16-ce-s0", "student-mlp_h16-kd-from-mlp_h32-s0", "teacher-mlp_h32"]
+    assert sorted(p.name.split("-from")[0] for p in (tmp_path / "a" / "runs").iterdir() if "kd" in p.name) == ["student-mlp_h16-kd"]
+    write_results(sweep)
+    rows = {r["method"]: r for r in csv.DictReader((tmp_path / "a" / "results.csv").open())}
+    assert rows["kd-T4"]["last_top1"] == rows["kd"]["last_top1"] and rows["kd-T4"]["run_dir"] == rows["kd"]["run_dir"]
+    assert len(list((specdir / "rec").iterdir())) == 4  # each label keeps its own record
+
+    fresh = open_sweep(str(spec), tmp_path / "b", log=quiet)  # a fresh machine: both come from the records
+    assert fresh.counts() == {"recorded": 4}
+    twin = [r for r in fresh.status_rows() if "kd-T4" in r["stage"]][0]
+    assert "the same run as student-mlp_h16-kd-from-mlp_h32-s0" in twin["detail"]

@@ -56,7 +56,7 @@ def _stage_row(label: str, role: str, of: str, method: str, stage: Stage, metric
     summary = stage.summary() or {}
     return {"teacher": label, "role": role, "of": of, "method": method, "model": summary.get("model"),
             "params": int(summary.get("num_params") or 0), "top1": metrics.get("test/top1"), "val_top1": metrics.get("val/top1"),
-            "checkpoint": str(stage.dir / "last.pt"), "run_dir": str(stage.dir)}
+            "checkpoint": str(stage.files_dir / "last.pt"), "run_dir": str(stage.files_dir)}
 
 
 def _checkpoint_row(label: str, role: str, of: str, method: str, path: str) -> dict[str, Any]:
@@ -84,7 +84,7 @@ def student_rows(sweep: Sweep, teachers: list[dict[str, Any]]) -> list[dict[str,
             "seed": s.meta["seed"], "best_top1": best.get("test/top1"), "best_epoch": best["epoch"] + 1 if "epoch" in best else None,
             "best_val_top1": best.get("val/top1", ""), "last_top1": final.get("test/top1"), "last_val_top1": final.get("val/top1", ""), "last_nll": final.get("test/nll"), "last_ece": final.get("test/ece"),
             "last_rank_fidelity": final.get("test/rank_fidelity", ""), "last_teacher_agreement": final.get("test/teacher_agreement", ""),
-            "wall_time_s": summary.get("wall_time_s"), "run_dir": str(s.dir),
+            "wall_time_s": summary.get("wall_time_s"), "run_dir": str(s.files_dir),
         })
     return rows
 

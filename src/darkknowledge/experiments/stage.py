@@ -90,6 +90,9 @@ class Stage:
     # output of another stage of the same sweep (portable: a retrained teacher stands for itself)
     inputs: dict[str, str] = field(default_factory=dict)
     records: Path | None = None  # directory of compact records (committed results) or None
+    # an earlier stage of the sweep with the same key (the same run under another label): this
+    # one is not run again and reads its outcome from that stage until it has its own
+    same_as: Stage | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.config = validate_config(self.config, source=f"stage {self.name}").model_dump(mode="json")
@@ -102,6 +105,13 @@ class Stage:
     @property
     def dir(self) -> Path:
         return self.root / f"{self.name}-{self.key[:8]}"
+
+    @property
+    def files_dir(self) -> Path:
+        """Where this stage's run files are: its own directory, or its twin's (``same_as``)."""
+        if self.same_as is not None and not (self.dir / RESULT_FILE).is_file():
+            return self.same_as.files_dir
+        return self.dir
 
     @property
     def log(self) -> Path:
@@ -123,6 +133,12 @@ class Stage:
     def state(self) -> str:
         """``done`` | ``recorded`` (done elsewhere: a record, no run files here) | ``failed`` |
         ``partial`` (killed: resumable) | ``pending``."""
+        own = self._own_state()
+        if self.same_as is not None and (own not in ("done", "recorded") or self.same_as.state() == "done"):
+            return self.same_as.state()
+        return own
+
+    def _own_state(self) -> str:
         result = read_json(self.dir / RESULT_FILE)
         if result and result.get("key") == self.key and result["status"] == "done":
             return "done"
@@ -138,12 +154,16 @@ class Stage:
         result = read_json(self.dir / RESULT_FILE)
         if result is None and (rec := self.record()) is not None:
             return rec["result"]
+        if result is None and self.same_as is not None:
+            return self.same_as.result()
         return result
 
     def summary(self) -> dict[str, Any] | None:
         summary = read_json(self.dir / "summary.json")
         if summary is None and (rec := self.record()) is not None:
             return rec["summary"]
+        if summary is None and self.same_as is not None:
+            return self.same_as.summary()
         return summary
 
     def history(self) -> list[dict[str, Any]]:
@@ -154,6 +174,8 @@ class Stage:
         if path.is_file():
             return read_history(path)
         rec = self.record()
+        if rec is None and self.same_as is not None:
+            return self.same_as.history()
         return rec.get("history", []) if rec else []
 
     def write_record(self) -> Path | None:

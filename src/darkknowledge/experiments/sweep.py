@@ -69,6 +69,7 @@ class Sweep:
         """The path of a finished stage's output file, or why it is not there. A stage done
         elsewhere (``recorded``: a committed record, no files here) gives the path its files
         will have: stages that need them make it run again here (:meth:`_needed`)."""
+        stage = stage.same_as or stage  # the same run under another label: its files
         state = stage.state()
         if state not in ("done", "recorded"):
             return Blocked(stage.kind, stage.name, stage.name, "blocked" if state == "failed" else "waiting")
@@ -85,7 +86,7 @@ class Sweep:
     def _needed(self, plan: list[Stage | Blocked]) -> set[str]:
         """Keys of recorded stages whose files a stage still to run needs (transitively)."""
         needed: set[str] = set()
-        todo = [s for s in plan if isinstance(s, Stage) and s.state() not in ("done", "recorded")]
+        todo = [s for s in plan if isinstance(s, Stage) and s.same_as is None and s.state() not in ("done", "recorded")]
         while todo:
             stage = todo.pop()
             for section, k in [*INPUT_KEYS.values(), ("teacher", "cache")]:
@@ -201,7 +202,12 @@ class Sweep:
                     config = deep_merge(self._student_config(m.params(), seed), {"teacher": teacher})
                     students.append(self._stage("student", name, config, {
                         "role": "student", "teacher": t.label, "method": m.label, "method_params": m.params(), "seed": seed}))
-        return [teachers + self.ce_stages(), middle, list(caches.values()), students]
+        waves = [teachers + self.ce_stages(), middle, list(caches.values()), students]
+        first: dict[str, Stage] = {}
+        for s in (s for w in waves for s in w if isinstance(s, Stage)):
+            original = first.setdefault(s.key, s)
+            s.same_as = original if original is not s else None
+        return waves
 
     def stages(self) -> list[Stage | Blocked]:
         return [s for wave in self.waves() for s in wave]
@@ -259,8 +265,8 @@ class Sweep:
             waves = self.waves()
             needed = self._needed([s for w in waves for s in w])
             wave = [(s, s.state()) for s in waves[i] if isinstance(s, Stage)]
-            todo = [s for s, state in wave if state in ("pending", "partial") or (retry_failed and state == "failed")
-                    or (state == "recorded" and s.key in needed)]
+            todo = [s for s, state in wave if s.same_as is None and (
+                    state in ("pending", "partial") or (retry_failed and state == "failed") or (state == "recorded" and s.key in needed))]
             if not todo:
                 continue
             self.log(f"wave {i + 1}: {len(todo)} stage(s) to run, {len(wave) - len(todo)} done "
@@ -283,6 +289,9 @@ class Sweep:
             self.log(f"wave {i + 1} finished in {time.perf_counter() - start:.1f}s")
             for st in todo:
                 st.write_record()
+            for twin in (s for s, _ in wave if s.same_as in todo):
+                twin.write_record()
+                self.log(f"  {twin.state():7s} {twin.name}  (the same run as {twin.same_as.name})")
         counts = self.counts()
         self.log(f"sweep: {counts} in {time.perf_counter() - t0:.1f}s")
         return counts
@@ -302,6 +311,8 @@ class Sweep:
                 detail = f"started, resumable; log: {s.log}"
             elif state == "recorded":
                 detail = f"done elsewhere: {s.record_path}"
+            if s.same_as is not None:
+                detail = f"the same run as {s.same_as.name} (identical configuration and inputs)"
             rows.append({"stage": s.name, "kind": s.kind, "state": state, "detail": detail})
         return rows
 
