@@ -346,3 +346,18 @@ def test_the_same_run_under_two_labels_runs_once(tmp_path):
     assert fresh.counts() == {"recorded": 4}
     twin = [r for r in fresh.status_rows() if "kd-T4" in r["stage"]][0]
     assert "the same run as student-mlp_h16-kd-from-mlp_h32-s0" in twin["detail"]
+
+
+def test_the_plot_draws_methods_across_teachers_and_leaves_ablations_to_the_tables():
+    from darkknowledge.experiments.results import plotted_methods
+
+    spec = parse_spec(spec_dict(teachers=[{"model": "mlp_h32"}, {"model": "mlp_h64"}], methods=[
+        {"name": "kd"}, {"label": "kd-T2", "name": "kd", "temperature": 2.0, "teachers": ["mlp_h64"]},
+        {"name": "dist", "teachers": ["mlp_h64"]}, {"label": "takd", "name": "kd", "assistant": {"model": "mlp_h16"}, "teachers": ["mlp_h64"]},
+        {"name": "dkd"}]))
+    teachers = [{"teacher": "mlp_h32", "params": 10}, {"teacher": "mlp_h64", "params": 20}]
+    row = lambda teacher, method: {"teacher": teacher, "method": method, "last_top1": 50.0}  # noqa: E731
+    students = [row("mlp_h32", "kd"), row("mlp_h64", "kd"), row("mlp_h64", "kd-T2"), row("mlp_h64", "dist"), row("mlp_h64", "takd")]
+    # kd spans both teachers; kd-T2 is a one-teacher variant of it; dist is the only dist entry;
+    # takd has a teacher-side step; dkd has no results
+    assert plotted_methods(spec.methods, teachers, students) == ["kd", "dist", "takd"]

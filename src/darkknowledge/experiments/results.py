@@ -161,8 +161,23 @@ def paired_table(teachers: list[dict[str, Any]], students: list[dict[str, Any]],
     return lines + [""]
 
 
+def plotted_methods(methods: list[Any], teachers: list[dict[str, Any]], students: list[dict[str, Any]]) -> list[str]:
+    """Labels of the method entries :func:`plot` draws (see there)."""
+    measured = {m.label: sum(1 for t in teachers if _values(students, "last_top1", teacher=t["teacher"], method=m.label))
+                for m in methods}
+    spanning = {m.name for m in methods if measured[m.label] > 1}
+    return [m.label for m in methods if measured[m.label] > 1 or (measured[m.label] and (
+        m.name not in spanning or m.assistant or m.adapt))]  # TAKD, AID: a teacher-side step
+
+
 def plot(sweep: Sweep, teachers: list[dict[str, Any]], students: list[dict[str, Any]], path: Path) -> bool:
-    """Student top-1 (last epoch, mean ± std) vs teacher parameters; CE as a horizontal band."""
+    """Student top-1 (last epoch, mean ± std) vs teacher parameters; CE as a horizontal band.
+
+    One line per method through the ladder (the first teacher of each size); other teachers
+    of the same size (an early-stopped or re-trained variant) are unconnected markers named
+    beside them. An entry measured from one teacher only is drawn unless another entry of the
+    same method spans several teachers (an ablation variant: left to the tables); entries with
+    a teacher-side step (an assistant, an adapted teacher) are always drawn."""
     if not teachers or not students:
         return False
     import matplotlib
@@ -170,28 +185,45 @@ def plot(sweep: Sweep, teachers: list[dict[str, Any]], students: list[dict[str, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    ladder: dict[int, str] = {}
+    for t in teachers:
+        ladder.setdefault(t["params"], t["teacher"])
+    variants = [t for t in teachers if ladder[t["params"]] != t["teacher"]]
+
+    def point(teacher: str, method: str) -> tuple[float, float] | None:
+        v = _values(students, "last_top1", teacher=teacher, method=method)
+        return (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0) if v else None
+
+    shown = plotted_methods(sweep.spec.methods, teachers, students)
+    height = max(4.2, 1.0 + 0.22 * (len(shown) + 1))
+    fig, ax = plt.subplots(figsize=(8.4, height), dpi=120)
     ce = _values(students, "last_top1", method="ce")
     if ce:
         mu = statistics.mean(ce)
         sd = statistics.stdev(ce) if len(ce) > 1 else 0.0
         ax.axhspan(mu - sd, mu + sd, color="0.85", label=f"student alone (CE) {mu:.1f}")
         ax.axhline(mu, color="0.5", lw=1)
-    for m in sweep.spec.methods:
-        xs, ys, es = [], [], []
-        for t in teachers:
-            v = _values(students, "last_top1", teacher=t["teacher"], method=m.label)
-            if v:
-                xs.append(t["params"])
-                ys.append(statistics.mean(v))
-                es.append(statistics.stdev(v) if len(v) > 1 else 0.0)
-        if xs:
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m.label)
+    markers = "osD^v<>p*h"
+    for k, m in enumerate(shown):
+        line = [(t["params"], point(t["teacher"], m)) for t in teachers if ladder[t["params"]] == t["teacher"]]
+        line = [(x, p) for x, p in line if p]
+        style = {"marker": markers[k // 10 % len(markers)], "capsize": 3}
+        handle = None
+        if line:
+            handle = ax.errorbar([x for x, _ in line], [p[0] for _, p in line], yerr=[p[1] for _, p in line], label=m, **style)
+        for n, t in enumerate(variants):
+            if (p := point(t["teacher"], m)):
+                x = t["params"] * 1.06 ** (n + 1)  # beside the ladder point of the same size
+                color = handle[0].get_color() if handle else None
+                ax.errorbar([x], [p[0]], yerr=[p[1]], fmt="x", color=color, capsize=3, label=None if handle else m)
+                ax.annotate(t["teacher"], (x, p[0]), fontsize=6, xytext=(3, -3), textcoords="offset points")
     ax.set_xscale("log")
+    sizes = [t["params"] for t in teachers]
+    ax.set_xlim(min(sizes) / 1.4, max(sizes) * (1.4 + 0.1 * len(variants)))
     ax.set_xlabel("teacher parameters")
     ax.set_ylabel("student top-1 (%), last epoch")
     ax.set_title(f"student {sweep.spec.student.model} vs teacher capacity")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(alpha=0.3)
     buf = io.BytesIO()
     fig.tight_layout()
