@@ -556,3 +556,13 @@ def test_collect_outputs():
     assert torch.allclose(out.logits, ref, atol=1e-6)
     with pytest.raises(UserError):
         collect_outputs(nn.Linear(2, 2), batches)
+
+
+def test_capacity_plots_join_the_ladder_and_set_same_size_variants_apart():
+    from darkknowledge.diagnostics.plots import _ladder
+
+    # sizes 10, 20, 40, 40, 40 (a teacher and two variants of it): lines through 10, 20, 40
+    ladder, variants = _ladder([10.0, 20.0, 40.0, 40.0, 40.0], log_x=True)
+    assert ladder == [0, 1, 2]
+    assert [j for j, _ in variants] == [3, 4] and 40.0 < variants[0][1] < variants[1][1]
+    assert _ladder([0.0, 1.0, 2.0], log_x=False) == ([0, 1, 2], [])  # no sizes: given order, all joined

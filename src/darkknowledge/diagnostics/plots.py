@@ -41,15 +41,36 @@ def _ordered_teachers(result: DiagnosticsResult) -> list[TeacherStats]:
     return ts
 
 
+def _ladder(xs: list[float], log_x: bool) -> tuple[list[int], list[tuple[int, float]]]:
+    """Indices of the ladder (the first teacher of each size, joined by lines) and of the other
+    teachers of an already-seen size (e.g. an early-stopped or re-trained variant), each with
+    an x beside its ladder point, drawn unconnected."""
+    if not log_x:
+        return list(range(len(xs))), []
+    seen: dict[float, int] = {}
+    ladder, variants = [], []
+    for i, x in enumerate(xs):
+        if x in seen:
+            seen[x] += 1
+            variants.append((i, x * 1.06 ** seen[x]))
+        else:
+            seen[x] = 0
+            ladder.append(i)
+    return ladder, variants
+
+
 def _plot_var_vs_capacity(result: DiagnosticsResult) -> bytes | None:
     ts = _ordered_teachers(result)
     if not ts:
         return None
     xs, xlabel, log_x = _capacity_axis(ts)
+    ladder, variants = _ladder(xs, log_x)
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
     for i, temp in enumerate(ts[0].temperatures):
-        ax.plot(xs, [s.per_temperature[i]["nt_var"] for s in ts], marker="o", label=f"T={temp:g}")
+        (line,) = ax.plot([xs[j] for j in ladder], [ts[j].per_temperature[i]["nt_var"] for j in ladder], marker="o", label=f"T={temp:g}")
+        for j, x in variants:
+            ax.plot([x], [ts[j].per_temperature[i]["nt_var"]], "x", color=line.get_color())
     if log_x:
         ax.set_xscale("log")
     else:
@@ -59,9 +80,11 @@ def _plot_var_vs_capacity(result: DiagnosticsResult) -> bytes | None:
     ax.set_ylabel("mean non-target variance (full softmax)")
     ax.set_title("Non-target variance vs teacher capacity")
     if log_x:
-        for x, s in zip(xs, ts):
-            ax.annotate(s.name, (x, s.per_temperature[0]["nt_var"]), fontsize=7, alpha=0.7,
+        for j, x in [(j, xs[j]) for j in ladder] + variants:
+            ax.annotate(ts[j].name, (x, ts[j].per_temperature[0]["nt_var"]), fontsize=7, alpha=0.7,
                         xytext=(2, 4), textcoords="offset points")  # fmt: skip
+        if variants:
+            ax.set_xlim(min(xs) / 1.4, max(x for _, x in variants) * 1.6)
     ax.legend(fontsize=8, ncol=2)
     ax.grid(True, which="both", alpha=0.3)
     return _png(fig)
@@ -121,10 +144,15 @@ def _plot_angles(result: DiagnosticsResult) -> bytes | None:
     if not ts:
         return None
     xs, xlabel, log_x = _capacity_axis(ts)
+    ladder, variants = _ladder(xs, log_x)
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
-    ax.plot(xs, [result.geometry[s.name].intra_angle for s in ts], marker="o", label="intra-class")
-    ax.plot(xs, [result.geometry[s.name].inter_angle for s in ts], marker="s", label="inter-class")
+    for attr, marker, label in [("intra_angle", "o", "intra-class"), ("inter_angle", "s", "inter-class")]:
+        (line,) = ax.plot([xs[j] for j in ladder], [getattr(result.geometry[ts[j].name], attr) for j in ladder], marker=marker, label=label)
+        for j, x in variants:
+            ax.plot([x], [getattr(result.geometry[ts[j].name], attr)], "x", color=line.get_color())
+            ax.annotate(ts[j].name, (x, getattr(result.geometry[ts[j].name], attr)), fontsize=7, alpha=0.7,
+                        xytext=(2, 4), textcoords="offset points")  # fmt: skip
     if log_x:
         ax.set_xscale("log")
     else:
