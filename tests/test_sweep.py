@@ -347,6 +347,13 @@ def test_the_same_run_under_two_labels_runs_once(tmp_path):
     twin = [r for r in fresh.status_rows() if "kd-T4" in r["stage"]][0]
     assert "the same run as student-mlp_h16-kd-from-mlp_h32-s0" in twin["detail"]
 
+    # an entry added in front that equals a finished one reads it instead of running again
+    ahead = write_spec(specdir / "s.yaml", teachers=[{"model": "mlp_h32"}], records="rec", seeds=[0],
+                       methods=[{"label": "kd-default", "name": "kd"}, *methods])
+    lines.clear()
+    grown = open_sweep(str(ahead), tmp_path / "a", log=lines.append)
+    assert grown.run() == {"done": 5} and not any("stage(s) to run" in l for l in lines[:-1])
+
 
 def test_the_plot_draws_methods_across_teachers_and_leaves_ablations_to_the_tables():
     from darkknowledge.experiments.results import plotted_methods

@@ -203,10 +203,13 @@ class Sweep:
                     students.append(self._stage("student", name, config, {
                         "role": "student", "teacher": t.label, "method": m.label, "method_params": m.params(), "seed": seed}))
         waves = [teachers + self.ce_stages(), middle, list(caches.values()), students]
-        first: dict[str, Stage] = {}
+        groups: dict[str, list[Stage]] = {}
         for s in (s for w in waves for s in w if isinstance(s, Stage)):
-            original = first.setdefault(s.key, s)
-            s.same_as = original if original is not s else None
+            groups.setdefault(s.key, []).append(s)
+        for group in (g for g in groups.values() if len(g) > 1):  # one run: a finished one if any, else the first
+            original = next((s for s in group if s._own_state() in ("done", "recorded")), group[0])
+            for s in group:
+                s.same_as = original if s is not original else None
         return waves
 
     def stages(self) -> list[Stage | Blocked]:
