@@ -186,7 +186,7 @@ def test_tau_star_agrees_with_the_isats_loss():
 
     z, y = _teacher_logits(n=200, c=30, margin=10.0, scale=2.0, seed=7)
     mine = optimal_nontarget_temperature(z, y, 0.5, 20.0)
-    method = build_method("isats", {"tau_min": 0.5, "tau_max": 20.0}, num_classes=30)
+    method = build_method("isats", {"tau_min": 0.5, "tau_max": 20.0, "misclassified_temperature": None}, num_classes=30)
     method(z.float(), z.float(), y, StepContext())
     recorded = torch.cat(method._stats["isats_tau"])
     assert ((mine > 0.6) & (mine < 19.0)).float().mean() > 0.9  # interior optima, not bounds

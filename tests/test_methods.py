@@ -414,22 +414,22 @@ def test_isats_rule_c_stays_in_bounds_and_matches_brute_force():
 
 def test_isats_temperature_rules():
     z, y = _confidence_ladder(batch=16)
-    tau1, tau2 = isats_temperatures(z, y, search_rule="A", target_rule="ratio", target_ratio=1.5)
+    tau1, tau2 = isats_temperatures(z, y, search_rule="A", target_rule="ratio", target_ratio=1.5, misclassified_temperature=None)
     assert torch.allclose(tau1, 1.5 * tau2)
-    tau1, tau2 = isats_temperatures(z, y, search_rule="A", target_rule="fixed", target_temperature=4.0)
+    tau1, tau2 = isats_temperatures(z, y, search_rule="A", target_rule="fixed", target_temperature=4.0, misclassified_temperature=None)
     assert torch.allclose(tau1, tau2.clamp(min=4.0)) and (tau1 >= tau2).all()
-    tau1, tau2 = isats_temperatures(z, y, search_rule="B", target_ratio=3.0)
+    tau1, tau2 = isats_temperatures(z, y, search_rule="B", target_ratio=3.0, misclassified_temperature=None)
     assert torch.allclose(tau1, 3.0 * tau2)
-    tau1, tau2 = isats_temperatures(z, y, search_rule="C", target_temperature=2.5)
+    tau1, tau2 = isats_temperatures(z, y, search_rule="C", target_temperature=2.5, misclassified_temperature=None)
     assert (tau1 == 2.5).all() and (tau2 <= 2.5 + 1e-5).all()
-    tau1, tau2 = isats_temperatures(z, y, temperature_scope="batch")
+    tau1, tau2 = isats_temperatures(z, y, temperature_scope="batch", misclassified_temperature=None)
     per_row = isats_search(z, y)
     assert torch.allclose(tau2, per_row.median().expand_as(tau2)) and torch.allclose(tau1, TARGET_RATIO * tau2)
     assert per_row.unique().numel() > 1  # the batch scope really replaced different temperatures
     # rows the teacher gets wrong: the search always ends at tau_min there; a fixed symmetric T replaces it
     wrong = z.argmax(-1) != y
     assert wrong.any() and (~wrong).any() and torch.allclose(per_row[wrong], torch.full_like(per_row[wrong], 0.5))
-    tau1, tau2 = isats_temperatures(z, y, misclassified_temperature=4.0)
+    tau1, tau2 = isats_temperatures(z, y)  # the default: misclassified rows at T = 4
     assert (tau1[wrong] == 4.0).all() and (tau2[wrong] == 4.0).all()
     assert torch.allclose(tau2[~wrong], per_row[~wrong]) and torch.allclose(tau1[~wrong], TARGET_RATIO * per_row[~wrong])
     # the rules are genuinely different searches

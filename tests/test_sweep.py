@@ -347,6 +347,11 @@ def test_the_same_run_under_two_labels_runs_once(tmp_path):
     twin = [r for r in fresh.status_rows() if "kd-T4" in r["stage"]][0]
     assert "the same run as student-mlp_h16-kd-from-mlp_h32-s0" in twin["detail"]
 
+    # relabelled on a fresh machine: the record of the same key under the old label serves
+    renamed = write_spec(specdir / "s.yaml", teachers=[{"model": "mlp_h32"}], records="rec", seeds=[0],
+                         methods=[{"label": "kd-renamed", "name": "kd"}])
+    assert open_sweep(str(renamed), tmp_path / "c", log=quiet).counts() == {"recorded": 3}
+
     # an entry added in front that equals a finished one reads it instead of running again
     ahead = write_spec(specdir / "s.yaml", teachers=[{"model": "mlp_h32"}], records="rec", seeds=[0],
                        methods=[{"label": "kd-default", "name": "kd"}, *methods])

@@ -126,9 +126,18 @@ class Stage:
         return self.records / f"{self.name}-{self.key[:8]}.json" if self.records is not None else None
 
     def record(self) -> dict[str, Any] | None:
-        """The committed compact record of this stage (same key), if any."""
-        rec = read_json(self.record_path) if self.record_path is not None else None
-        return rec if rec and rec.get("key") == self.key else None
+        """The committed compact record of this stage (same key), if any; also one written
+        under another name with the same key (a relabelled entry: the same run)."""
+        if self.record_path is None:
+            return None
+        rec = read_json(self.record_path)
+        if rec and rec.get("key") == self.key:
+            return rec
+        for path in sorted(self.records.glob(f"*-{self.key[:8]}.json")) if self.records.is_dir() else []:
+            rec = read_json(path)
+            if rec and rec.get("key") == self.key and rec.get("kind") == self.kind:
+                return rec
+        return None
 
     def state(self) -> str:
         """``done`` | ``recorded`` (done elsewhere: a record, no run files here) | ``failed`` |

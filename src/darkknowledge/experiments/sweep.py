@@ -206,8 +206,10 @@ class Sweep:
         groups: dict[str, list[Stage]] = {}
         for s in (s for w in waves for s in w if isinstance(s, Stage)):
             groups.setdefault(s.key, []).append(s)
-        for group in (g for g in groups.values() if len(g) > 1):  # one run: a finished one if any, else the first
-            original = next((s for s in group if s._own_state() in ("done", "recorded")), group[0])
+        for group in (g for g in groups.values() if len(g) > 1):  # one run: one finished here, else recorded, else the first
+            states = [s._own_state() for s in group]
+            original = next((s for s, st in zip(group, states) if st == "done"),
+                            next((s for s, st in zip(group, states) if st == "recorded"), group[0]))
             for s in group:
                 s.same_as = original if s is not original else None
         return waves
