@@ -350,7 +350,10 @@ def test_the_same_run_under_two_labels_runs_once(tmp_path):
     # relabelled on a fresh machine: the record of the same key under the old label serves
     renamed = write_spec(specdir / "s.yaml", teachers=[{"model": "mlp_h32"}], records="rec", seeds=[0],
                          methods=[{"label": "kd-renamed", "name": "kd"}])
-    assert open_sweep(str(renamed), tmp_path / "c", log=quiet).counts() == {"recorded": 3}
+    relabelled = open_sweep(str(renamed), tmp_path / "c", log=quiet)
+    assert relabelled.counts() == {"recorded": 3}
+    row = [r for r in relabelled.status_rows() if "kd-renamed" in r["stage"]][0]
+    assert row["detail"].endswith(".json") and Path(row["detail"].split(": ", 1)[1]).is_file()
 
     # an entry added in front that equals a finished one reads it instead of running again
     ahead = write_spec(specdir / "s.yaml", teachers=[{"model": "mlp_h32"}], records="rec", seeds=[0],

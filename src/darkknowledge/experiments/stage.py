@@ -125,19 +125,22 @@ class Stage:
     def record_path(self) -> Path | None:
         return self.records / f"{self.name}-{self.key[:8]}.json" if self.records is not None else None
 
-    def record(self) -> dict[str, Any] | None:
-        """The committed compact record of this stage (same key), if any; also one written
-        under another name with the same key (a relabelled entry: the same run)."""
+    def record_file(self) -> Path | None:
+        """The record file of this stage (same key): its own, or one written under another
+        name with the same key (a relabelled entry: the same run); None if there is none."""
         if self.record_path is None:
             return None
-        rec = read_json(self.record_path)
-        if rec and rec.get("key") == self.key:
-            return rec
-        for path in sorted(self.records.glob(f"*-{self.key[:8]}.json")) if self.records.is_dir() else []:
+        candidates = [self.record_path] + (sorted(self.records.glob(f"*-{self.key[:8]}.json")) if self.records.is_dir() else [])
+        for path in candidates:
             rec = read_json(path)
             if rec and rec.get("key") == self.key and rec.get("kind") == self.kind:
-                return rec
+                return path
         return None
+
+    def record(self) -> dict[str, Any] | None:
+        """The committed compact record of this stage (see :meth:`record_file`), if any."""
+        path = self.record_file()
+        return read_json(path) if path is not None else None
 
     def state(self) -> str:
         """``done`` | ``recorded`` (done elsewhere: a record, no run files here) | ``failed`` |

@@ -315,7 +315,7 @@ class Sweep:
             elif state == "partial":
                 detail = f"started, resumable; log: {s.log}"
             elif state == "recorded":
-                detail = f"done elsewhere: {s.record_path}"
+                detail = f"done elsewhere: {s.record_file()}"
             if s.same_as is not None:
                 detail = f"the same run as {s.same_as.name} (identical configuration and inputs)"
             rows.append({"stage": s.name, "kind": s.kind, "state": state, "detail": detail})
