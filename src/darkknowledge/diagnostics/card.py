@@ -235,8 +235,8 @@ def make_card(
     )
     if math.isfinite(tau_med):
         alternatives.append(
-            f"ISATS (per-sample temperature tau*(x), median {_fmt(tau_med)} here, student at T=4): 1.1 points above "
-            f"KD from the measured protocol's largest teacher, 2 below it with converged teachers (docs/results.md); "
+            f"ISATS (per-sample temperature tau*(x), median {_fmt(tau_med)} here, student at T=4): level with KD "
+            f"from the measured protocol's largest teacher (8 seeds), 2 below it with converged teachers (docs/results.md); "
             f"the asymmetric setting (target at 2 tau*, student at T=1) lost 4 points."
         )
     if agree:
