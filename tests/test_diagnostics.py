@@ -559,10 +559,10 @@ def test_collect_outputs():
 
 
 def test_capacity_plots_join_the_ladder_and_set_same_size_variants_apart():
-    from darkknowledge.diagnostics.plots import _ladder
+    from darkknowledge.diagnostics.plots import ladder_positions
 
     # sizes 10, 20, 40, 40, 40 (a teacher and two variants of it): lines through 10, 20, 40
-    ladder, variants = _ladder([10.0, 20.0, 40.0, 40.0, 40.0], log_x=True)
+    ladder, variants = ladder_positions([10.0, 20.0, 40.0, 40.0, 40.0], log_x=True)
     assert ladder == [0, 1, 2]
     assert [j for j, _ in variants] == [3, 4] and 40.0 < variants[0][1] < variants[1][1]
-    assert _ladder([0.0, 1.0, 2.0], log_x=False) == ([0, 1, 2], [])  # no sizes: given order, all joined
+    assert ladder_positions([0.0, 1.0, 2.0], log_x=False) == ([0, 1, 2], [])  # no sizes: given order, all joined

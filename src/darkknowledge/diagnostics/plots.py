@@ -41,7 +41,7 @@ def _ordered_teachers(result: DiagnosticsResult) -> list[TeacherStats]:
     return ts
 
 
-def _ladder(xs: list[float], log_x: bool) -> tuple[list[int], list[tuple[int, float]]]:
+def ladder_positions(xs: list[float], log_x: bool = True) -> tuple[list[int], list[tuple[int, float]]]:
     """Indices of the ladder (the first teacher of each size, joined by lines) and of the other
     teachers of an already-seen size (e.g. an early-stopped or re-trained variant), each with
     an x beside its ladder point, drawn unconnected."""
@@ -64,7 +64,7 @@ def _plot_var_vs_capacity(result: DiagnosticsResult) -> bytes | None:
     if not ts:
         return None
     xs, xlabel, log_x = _capacity_axis(ts)
-    ladder, variants = _ladder(xs, log_x)
+    ladder, variants = ladder_positions(xs, log_x)
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
     for i, temp in enumerate(ts[0].temperatures):
@@ -144,7 +144,7 @@ def _plot_angles(result: DiagnosticsResult) -> bytes | None:
     if not ts:
         return None
     xs, xlabel, log_x = _capacity_axis(ts)
-    ladder, variants = _ladder(xs, log_x)
+    ladder, variants = ladder_positions(xs, log_x)
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
     for attr, marker, label in [("intra_angle", "o", "intra-class"), ("inter_angle", "s", "inter-class")]:

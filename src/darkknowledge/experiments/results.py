@@ -185,10 +185,9 @@ def plot(sweep: Sweep, teachers: list[dict[str, Any]], students: list[dict[str, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ladder: dict[int, str] = {}
-    for t in teachers:
-        ladder.setdefault(t["params"], t["teacher"])
-    variants = [t for t in teachers if ladder[t["params"]] != t["teacher"]]
+    from darkknowledge.diagnostics.plots import ladder_positions
+
+    ladder, variants = ladder_positions([float(t["params"]) for t in teachers])
 
     def point(teacher: str, method: str) -> tuple[float, float] | None:
         v = _values(students, "last_top1", teacher=teacher, method=method)
@@ -205,18 +204,16 @@ def plot(sweep: Sweep, teachers: list[dict[str, Any]], students: list[dict[str, 
         ax.axhline(mu, color="0.5", lw=1)
     markers = "osD^v<>p*h"
     for k, m in enumerate(shown):
-        line = [(t["params"], point(t["teacher"], m)) for t in teachers if ladder[t["params"]] == t["teacher"]]
-        line = [(x, p) for x, p in line if p]
+        line = [(teachers[j]["params"], p) for j in ladder if (p := point(teachers[j]["teacher"], m))]
         style = {"marker": markers[k // 10 % len(markers)], "capsize": 3}
         handle = None
         if line:
             handle = ax.errorbar([x for x, _ in line], [p[0] for _, p in line], yerr=[p[1] for _, p in line], label=m, **style)
-        for n, t in enumerate(variants):
-            if (p := point(t["teacher"], m)):
-                x = t["params"] * 1.06 ** (n + 1)  # beside the ladder point of the same size
+        for j, x in variants:  # beside the ladder point of the same size
+            if (p := point(teachers[j]["teacher"], m)):
                 color = handle[0].get_color() if handle else None
                 ax.errorbar([x], [p[0]], yerr=[p[1]], fmt="x", color=color, capsize=3, label=None if handle else m)
-                ax.annotate(t["teacher"], (x, p[0]), fontsize=6, xytext=(3, -3), textcoords="offset points")
+                ax.annotate(teachers[j]["teacher"], (x, p[0]), fontsize=6, xytext=(3, -3), textcoords="offset points")
     ax.set_xscale("log")
     sizes = [t["params"] for t in teachers]
     ax.set_xlim(min(sizes) / 1.4, max(sizes) * (1.4 + 0.1 * len(variants)))

@@ -125,30 +125,34 @@ class Stage:
     def record_path(self) -> Path | None:
         return self.records / f"{self.name}-{self.key[:8]}.json" if self.records is not None else None
 
-    def record_file(self) -> Path | None:
-        """The record file of this stage (same key): its own, or one written under another
-        name with the same key (a relabelled entry: the same run); None if there is none."""
+    def _find_record(self) -> tuple[Path, dict[str, Any]] | tuple[None, None]:
+        """This stage's record file (same key) and its content: its own, else one written under
+        another name with the same key (a relabelled entry: the same run)."""
         if self.record_path is None:
-            return None
-        candidates = [self.record_path] + (sorted(self.records.glob(f"*-{self.key[:8]}.json")) if self.records.is_dir() else [])
-        for path in candidates:
+            return None, None
+        others = sorted(self.records.glob(f"*-{self.key[:8]}.json")) if self.records.is_dir() else []
+        for path in [self.record_path, *(p for p in others if p != self.record_path)]:
             rec = read_json(path)
             if rec and rec.get("key") == self.key and rec.get("kind") == self.kind:
-                return path
-        return None
+                return path, rec
+        return None, None
+
+    def record_file(self) -> Path | None:
+        """The record file of this stage (see :meth:`_find_record`), if any."""
+        return self._find_record()[0]
 
     def record(self) -> dict[str, Any] | None:
-        """The committed compact record of this stage (see :meth:`record_file`), if any."""
-        path = self.record_file()
-        return read_json(path) if path is not None else None
+        """The committed compact record of this stage (see :meth:`_find_record`), if any."""
+        return self._find_record()[1]
 
     def state(self) -> str:
         """``done`` | ``recorded`` (done elsewhere: a record, no run files here) | ``failed`` |
         ``partial`` (killed: resumable) | ``pending``."""
         own = self._own_state()
-        if self.same_as is not None and (own not in ("done", "recorded") or self.same_as.state() == "done"):
-            return self.same_as.state()
-        return own
+        if self.same_as is None:
+            return own
+        twin = self.same_as.state()
+        return twin if own not in ("done", "recorded") or twin == "done" else own
 
     def _own_state(self) -> str:
         result = read_json(self.dir / RESULT_FILE)

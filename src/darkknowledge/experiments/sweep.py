@@ -294,7 +294,8 @@ class Sweep:
             self.log(f"wave {i + 1} finished in {time.perf_counter() - start:.1f}s")
             for st in todo:
                 st.write_record()
-            for twin in (s for s, _ in wave if s.same_as in todo):
+            ran = {s.key for s in todo}
+            for twin in (s for s, _ in wave if s.same_as is not None and s.key in ran):
                 twin.write_record()
                 self.log(f"  {twin.state():7s} {twin.name}  (the same run as {twin.same_as.name})")
         counts = self.counts()
