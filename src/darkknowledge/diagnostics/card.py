@@ -227,7 +227,8 @@ def make_card(
     method = "kd"
     params: dict[str, Any] = {"temperature": temp}
     recommendation = (
-        f"Standard KD at T={_fmt(temp)}: no method beat it by more than the seed noise in the measured capacity sweeps."
+        f"Standard KD at T={_fmt(temp)}: no capacity-mismatch method beat it by more than the seed noise in the "
+        f"measured capacity sweeps (the methods that did are the alternatives below)."
     )
     alternatives.append(
         "DIST or TTM/WTTM: 2.6 / 2.0 / 1.9 points above KD from the largest teacher of the capacity protocol "
