@@ -50,12 +50,17 @@ def main(path: str) -> None:
     def values(t: str, m: str, col: str) -> list[float]:
         return list(cell.get((t, m, col), {}).values())
 
-    for col, title in (("last_top1", "test top-1, last epoch"), ("best_top1", "test top-1 of the best-on-validation checkpoint"),
-                       ("best_val_top1", "validation top-1, best epoch")):
+    for col, title in (
+        ("last_top1", "test top-1, last epoch"),
+        ("best_top1", "test top-1 of the best-on-validation checkpoint"),
+        ("best_val_top1", "validation top-1, best epoch"),
+    ):
         print(f"\n#### {title} (mean ± std over seeds)\n")
         print("| method | " + " | ".join(order) + " |")
         print("|---|" + "---:|" * len(order))
-        print("| ce (student alone) | " + " | ".join([mean_std(values("", "ce", col))] + [""] * (len(order) - 1)) + " |")
+        print(
+            "| ce (student alone) | " + " | ".join([mean_std(values("", "ce", col))] + [""] * (len(order) - 1)) + " |"
+        )
         for m in methods:
             if m == "ce":
                 continue

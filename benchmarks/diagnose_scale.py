@@ -48,7 +48,9 @@ def generate(out: Path, n: int, c: int, seed: int = 0, chunk: int = 5000) -> Non
     np.save(out / "targets.npy", targets)
     # (scale of the shared affinity, private noise, target margin mean, margin spread)
     specs = {"small": (6.0, 1.0, 7.0, 2.5), "large": (7.0, 0.8, 12.0, 3.0)}
-    files = {k: np.lib.format.open_memmap(out / f"teacher_{k}.npy", mode="w+", dtype=np.float16, shape=(n, c)) for k in specs}
+    files = {
+        k: np.lib.format.open_memmap(out / f"teacher_{k}.npy", mode="w+", dtype=np.float16, shape=(n, c)) for k in specs
+    }
     for start in range(0, n, chunk):
         y = targets[start : start + chunk]
         b = y.shape[0]
@@ -81,8 +83,8 @@ def run(args: argparse.Namespace) -> dict:
         optimal_nontarget_temperature,
         write_report,
     )
-    from darkknowledge.diagnostics.stats import summarize_tau_star
     from darkknowledge.diagnostics.api import _resolve_options
+    from darkknowledge.diagnostics.stats import summarize_tau_star
 
     work = Path(args.workdir)
     rss_after_import = peak_rss_bytes()
@@ -92,8 +94,7 @@ def run(args: argparse.Namespace) -> dict:
     params = {"small": 1_000_000, "large": 20_000_000}
     opts = _resolve_options(None, DiagnoseOptions(chunk_size=args.chunk))
     stats = {
-        k: TeacherStatsAccumulator(opts.temperatures, name=k, num_params=params[k], tau_star=False)
-        for k in logits
+        k: TeacherStatsAccumulator(opts.temperatures, name=k, num_params=params[k], tau_star=False) for k in logits
     }
     ranks = RankConsistencyAccumulator(list(logits), ks=opts.ks, kendall=True)
     timers = {"read": 0.0, "stats": 0.0, "tau_star": 0.0, "ranks": 0.0}
@@ -196,7 +197,9 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--workdir", default=None, help="where to write the synthetic files (default: a temp dir)")
-    ap.add_argument("--write-docs", action="store_true", help="write the numbers under '## Scale' in docs/diagnostics.md")
+    ap.add_argument(
+        "--write-docs", action="store_true", help="write the numbers under '## Scale' in docs/diagnostics.md"
+    )
     ap.add_argument("--generate-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--measure-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -25,8 +25,18 @@ def main() -> None:
     args = ap.parse_args()
     names = args.methods.split(",") if args.methods else [m for m in METHODS.names() if METHODS.get(m).needs_teacher]
     names = ["kd"] + [n for n in names if n != "kd"]
-    out = loss_overhead(names, args.student, args.batch_size, args.steps, args.repeats, 100, 32, 3,
-                        resolve_precision("auto", "cpu"), True)
+    out = loss_overhead(
+        names,
+        args.student,
+        args.batch_size,
+        args.steps,
+        args.repeats,
+        100,
+        32,
+        3,
+        resolve_precision("auto", "cpu"),
+        True,
+    )
     print("\n| method | training step (ms) | loss fwd+bwd (ms) | extra time over KD, % of a KD step |")
     print("|---|---|---|---|")
     for name, v in out.items():

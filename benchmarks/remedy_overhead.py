@@ -44,8 +44,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(tempfile.mkdtemp(prefix="dk-remedy-bench-"))
     bs = f"data.batch_size={args.batch_size}"
-    t_ckpt = Path(train(_cfg(out, f"model.name={args.teacher}", "method.name=ce", "optim.epochs=1", bs, "name=t"))["run_dir"]) / "last.pt"
-    s_ckpt = Path(train(_cfg(out, f"model.name={args.student}", "method.name=ce", "optim.epochs=1", bs, "name=s"))["run_dir"]) / "last.pt"
+    t_ckpt = (
+        Path(
+            train(_cfg(out, f"model.name={args.teacher}", "method.name=ce", "optim.epochs=1", bs, "name=t"))["run_dir"]
+        )
+        / "last.pt"
+    )
+    s_ckpt = (
+        Path(
+            train(_cfg(out, f"model.name={args.student}", "method.name=ce", "optim.epochs=1", bs, "name=s"))["run_dir"]
+        )
+        / "last.pt"
+    )
 
     pair = [f"model.name={args.student}", f"teacher.checkpoint={t_ckpt}"]
     configs = {
@@ -57,8 +67,12 @@ def main() -> None:
         "sckd, gate_scope=logits": [*pair, "method.name=sckd", "method.gate_scope=logits"],
         "ce on the teacher": [f"model.name={args.teacher}", "method.name=ce"],
         "regt on the teacher": [f"model.name={args.teacher}", "method.name=regt", "method.confidence_weight=0.1"],
-        "aid (teacher adapted to student)": [f"model.name={args.teacher}", f"model.init={t_ckpt}",
-                                             f"teacher.checkpoint={s_ckpt}", "method.name=aid"],
+        "aid (teacher adapted to student)": [
+            f"model.name={args.teacher}",
+            f"model.init={t_ckpt}",
+            f"teacher.checkpoint={s_ckpt}",
+            "method.name=aid",
+        ],
     }
     trainers = {}
     for i, (name, overrides) in enumerate(configs.items()):
@@ -74,8 +88,10 @@ def main() -> None:
             times[name].append((time.perf_counter() - t0) / len(tr.loader))
     med = {name: statistics.median(v) for name, v in times.items()}
     steps = len(trainers["kd (baseline)"].loader)
-    print(f"\nteacher {args.teacher}, student {args.student}, digits, batch {args.batch_size} ({steps} steps/epoch), "
-          f"fp32, {args.threads} thread(s), median of {args.repeats} epochs")
+    print(
+        f"\nteacher {args.teacher}, student {args.student}, digits, batch {args.batch_size} ({steps} steps/epoch), "
+        f"fp32, {args.threads} thread(s), median of {args.repeats} epochs"
+    )
     print("\n| configuration | ms / step | vs KD step | vs CE step of the teacher |")
     print("|---|---|---|---|")
     for name, value in med.items():

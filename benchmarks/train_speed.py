@@ -28,8 +28,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="steps per measured epoch")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {bf16_is_fast('cpu')}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu capability "
+        f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {bf16_is_fast('cpu')}"
+    )
     ds = synthetic_dataset(args.steps * args.batch_size, 100, 32)
     rows = []
     for model in args.models.split(","):
@@ -38,7 +40,8 @@ def main() -> None:
             tr = _trainer(model, {"name": "ce"}, ds, args.batch_size, None, precision, cl)
             tr.train_epoch(0)  # warm-up
             rates[(precision, cl)] = statistics.median(
-                tr.train_epoch(e + 1)["train_images_per_s"] for e in range(args.repeats))
+                tr.train_epoch(e + 1)["train_images_per_s"] for e in range(args.repeats)
+            )
             print(f"  {model} {precision} channels_last={cl}: {rates[(precision, cl)]:.1f} img/s", flush=True)
         rows.append((model, rates))
     print()

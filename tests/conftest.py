@@ -21,8 +21,15 @@ torch.set_num_threads(int(os.environ.get("DARKKNOWLEDGE_TEST_THREADS", "1")))
 FAST = ["engine.precision=fp32", "engine.channels_last=false", "engine.progress=false"]
 
 # The shared teacher: cnn_w16, 3 epochs at a constant lr 0.1, batch 32 (~88 % top-1 on digits).
-TEACHER = ["model.name=cnn_w16", "method.name=ce", "optim.epochs=3", "optim.lr=0.1",
-           "optim.schedule=constant", "data.batch_size=32", "seed=0"]
+TEACHER = [
+    "model.name=cnn_w16",
+    "method.name=ce",
+    "optim.epochs=3",
+    "optim.lr=0.1",
+    "optim.schedule=constant",
+    "data.batch_size=32",
+    "seed=0",
+]
 
 
 def fast_config(output_dir, *overrides: str):
@@ -64,8 +71,18 @@ def teacher3_ckpt(tmp_path_factory) -> Path:
     from darkknowledge.engine.trainer import train
 
     out = tmp_path_factory.mktemp("teacher3")
-    summary = train(fast_config(out, "model.name=cnn_w4", "method.name=ce", "optim.epochs=1",
-                                "data.classes=[0,1,2]", "data.train_per_class=20", "data.batch_size=16", "name=t3"))
+    summary = train(
+        fast_config(
+            out,
+            "model.name=cnn_w4",
+            "method.name=ce",
+            "optim.epochs=1",
+            "data.classes=[0,1,2]",
+            "data.train_per_class=20",
+            "data.batch_size=16",
+            "name=t3",
+        )
+    )
     return Path(summary["run_dir"]) / "last.pt"
 
 

@@ -19,8 +19,14 @@ from darkknowledge.engine.trainer import Trainer
 from darkknowledge.errors import UserError
 from darkknowledge.experiments.diagnose import diagnose_modules
 
-DISTILL = ["model.name=cnn_w4", "data.train_per_class=10", "data.test_per_class=5", "data.batch_size=16",
-           "optim.epochs=1", "method.name=kd"]
+DISTILL = [
+    "model.name=cnn_w4",
+    "data.train_per_class=10",
+    "data.test_per_class=5",
+    "data.batch_size=16",
+    "optim.epochs=1",
+    "method.name=kd",
+]
 
 
 class PlainNet(nn.Module):
@@ -80,8 +86,9 @@ def test_wrong_output_width_is_a_clear_error(tmp_path):
 
 def test_cache_builder_takes_a_plain_module(tmp_path, digits_small):
     model = PlainNet()
-    path = build_cache(model, digits_small, tmp_path / "c", num_views=2, precision="fp32", channels_last=False,
-                       dtype="float32")
+    path = build_cache(
+        model, digits_small, tmp_path / "c", num_views=2, precision="fp32", channels_last=False, dtype="float32"
+    )
     cache = CachedTeacher(path)
     view0 = cache.logits(torch.arange(len(digits_small)), torch.zeros(len(digits_small), dtype=torch.long))
     batch = next(eval_batches(digits_small, len(digits_small), channels_last=False))
@@ -103,8 +110,16 @@ def test_adapter_fits_a_model_from_another_library(tmp_path, digits_small):
     hub = HubClassifier()
     picked = [7, 42, 100, 205, 311, 404, 512, 640, 777, 999]  # the hub model's index of each digit class
     spec = digits_small.spec
-    adapter = TeacherAdapter(hub, classes=picked, input_size=(16, 16), in_channels=3, data_mean=spec.mean,
-                             data_std=spec.std, model_mean=HubClassifier.mean, model_std=HubClassifier.std)
+    adapter = TeacherAdapter(
+        hub,
+        classes=picked,
+        input_size=(16, 16),
+        in_channels=3,
+        data_mean=spec.mean,
+        data_std=spec.std,
+        model_mean=HubClassifier.mean,
+        model_std=HubClassifier.std,
+    )
     batch = next(eval_batches(digits_small, 8, channels_last=False))
     # by hand: back to pixels, grey to RGB, resize, the hub's normalisation, its logits at the picked classes
     pixels = batch.images * spec.std[0] + spec.mean[0]

@@ -51,11 +51,23 @@ def test_reference_loop_and_trainer_reach_comparable_accuracy(tmp_path, digits_s
     teacher, _ = load_model(teacher_ckpt)
     acc_ours, acc_ref = [], []
     for seed in SEEDS:
-        cfg = fast_config(tmp_path, "model.name=cnn_w8", "method.name=kd", f"optim.epochs={EPOCHS}", f"optim.lr={LR}",
-                          "optim.schedule=multistep", f"optim.milestones=[{EPOCHS - 1}]", "optim.gamma=0.1",
-                          "data.batch_size=64", f"teacher.checkpoint={teacher_ckpt}", f"seed={seed}", f"name=ours{seed}")
-        ours = Trainer(cfg, train_set=train, test_set=test,
-                       teacher=LiveTeacher(teacher, precision="fp32", channels_last=False))
+        cfg = fast_config(
+            tmp_path,
+            "model.name=cnn_w8",
+            "method.name=kd",
+            f"optim.epochs={EPOCHS}",
+            f"optim.lr={LR}",
+            "optim.schedule=multistep",
+            f"optim.milestones=[{EPOCHS - 1}]",
+            "optim.gamma=0.1",
+            "data.batch_size=64",
+            f"teacher.checkpoint={teacher_ckpt}",
+            f"seed={seed}",
+            f"name=ours{seed}",
+        )
+        ours = Trainer(
+            cfg, train_set=train, test_set=test, teacher=LiveTeacher(teacher, precision="fp32", channels_last=False)
+        )
         acc_ours.append(ours.fit()["final"]["test/top1"])
         torch.manual_seed(seed)
         student = build_model("cnn_w8", 10, 1)
@@ -80,15 +92,33 @@ def test_reference_loop_and_trainer_reach_comparable_accuracy(tmp_path, digits_s
 def test_bench_runs_end_to_end(digits_splits):
     train, _ = digits_splits
     logs = []
-    result = run_bench(teacher="cnn_w8", student="cnn_w4", batch_size=32, steps=2, repeats=1, cache_views=2,
-                       loss_student="cnn_w4", loss_batch_size=32, loss_steps=2, methods=["kd", "isats", "dkd"],
-                       dataset=train, workers=0, precision="fp32", channels_last=False, log=logs.append)
+    result = run_bench(
+        teacher="cnn_w8",
+        student="cnn_w4",
+        batch_size=32,
+        steps=2,
+        repeats=1,
+        cache_views=2,
+        loss_student="cnn_w4",
+        loss_batch_size=32,
+        loss_steps=2,
+        methods=["kd", "isats", "dkd"],
+        dataset=train,
+        workers=0,
+        precision="fp32",
+        channels_last=False,
+        log=logs.append,
+    )
     ips = result["images_per_s"]
     assert set(ips) == {"reference", "live", "cached", "student_only"}
     assert all(v > 0 for v in ips.values())
     assert set(result["loss_overhead"]) == {"kd", "isats", "dkd"}
     assert result["loss_overhead"]["kd"]["overhead_pct"] == 0.0
     report = format_report(result)
-    for line in ("ratio live/reference:", "ratio cached/reference:", "ratio cached epoch / student-only epoch:",
-                 "isats overhead over kd:"):
+    for line in (
+        "ratio live/reference:",
+        "ratio cached/reference:",
+        "ratio cached epoch / student-only epoch:",
+        "isats overhead over kd:",
+    ):
         assert line in report

@@ -16,13 +16,13 @@ from conftest import FAST, fast_config, read_metrics
 from darkknowledge.data import build_dataset
 from darkknowledge.data.augment import identity_params
 from darkknowledge.data.loader import BatchLoader
+from darkknowledge.engine.assembly import open_cache_for_run
 from darkknowledge.engine.cache import (
     CachedTeacher,
     build_cache,
     expand_topk,
     make_view_table,
 )
-from darkknowledge.engine.assembly import open_cache_for_run
 from darkknowledge.engine.checkpoint import atomic_torch_save, load_checkpoint, load_model, state_digest
 from darkknowledge.engine.teacher import LiveTeacher
 from darkknowledge.engine.trainer import Trainer, train
@@ -44,8 +44,9 @@ def teacher_model(teacher_ckpt):
 
 
 def _build(model, ds, path, **kw):
-    opts = dict(num_views=K, view_seed=0, storage="full", dtype="float32", precision="fp32",
-                channels_last=False, batch_size=64)
+    opts = dict(
+        num_views=K, view_seed=0, storage="full", dtype="float32", precision="fp32", channels_last=False, batch_size=64
+    )
     opts.update(kw)
     return build_cache(model, ds, path, **opts)
 
@@ -74,7 +75,7 @@ def _all_views(ds, cache: CachedTeacher, live: LiveTeacher):
     """(cached, live) logits of every (sample, view), batches built by the loader's view replay."""
     cached, ref = [], []
     for v in range(cache.view_table.shape[1]):
-        one_view = cache.view_table[:, v:v + 1]  # the loader replays exactly view v of every sample
+        one_view = cache.view_table[:, v : v + 1]  # the loader replays exactly view v of every sample
         loader = BatchLoader(ds, 16, train=True, drop_last=False, seed=v, view_table=one_view, channels_last=False)
         seen = []
         for b in loader.epoch(0):
@@ -151,7 +152,13 @@ def test_fp16_storage_is_the_rounded_live_logits(cache_fp16, subset, teacher_ckp
 
 def test_topk_storage(cache_topk, subset, teacher_ckpt):
     cache = CachedTeacher(cache_topk)
-    assert sorted(p.name for p in cache_topk.iterdir()) == ["lse.npy", "meta.json", "topk_indices.npy", "topk_values.npy", "views.npy"]
+    assert sorted(p.name for p in cache_topk.iterdir()) == [
+        "lse.npy",
+        "meta.json",
+        "topk_indices.npy",
+        "topk_values.npy",
+        "views.npy",
+    ]
     expanded, live = _all_views(subset, cache, _live(teacher_ckpt))
     p_cache, p_live = F.softmax(expanded, 1), F.softmax(live, 1)
     top_live = live.topk(3, dim=1)
@@ -209,15 +216,21 @@ def test_cache_of_another_teacher_is_refused(tmp_path, cache_fp32, subset, teach
     model_b, _ = load_model(teacher_b)
     with pytest.raises(UserError, match="other teacher"):
         CachedTeacher(cache_fp32).check_matches(subset, state_digest(model_b.state_dict()))
-    cfg = fast_config(tmp_path, "data.train_per_class=5", f"teacher.checkpoint={teacher_b}", f"teacher.cache={cache_fp32}")
+    cfg = fast_config(
+        tmp_path, "data.train_per_class=5", f"teacher.checkpoint={teacher_b}", f"teacher.cache={cache_fp32}"
+    )
     with pytest.raises(UserError, match="other teacher"):
         open_cache_for_run(cfg, subset, torch.device("cpu"))
     # teacher A is fine
-    cfg = fast_config(tmp_path, "data.train_per_class=5", f"teacher.checkpoint={teacher_ckpt}", f"teacher.cache={cache_fp32}")
+    cfg = fast_config(
+        tmp_path, "data.train_per_class=5", f"teacher.checkpoint={teacher_ckpt}", f"teacher.cache={cache_fp32}"
+    )
     assert open_cache_for_run(cfg, subset, torch.device("cpu")).num_classes == 10
 
 
-@pytest.mark.parametrize("change", [dict(train_per_class=6), dict(train_per_class=5, seed=1), dict(train_per_class=5, image_size=10)])
+@pytest.mark.parametrize(
+    "change", [dict(train_per_class=6), dict(train_per_class=5, seed=1), dict(train_per_class=5, image_size=10)]
+)
 def test_cache_of_other_data_is_refused(cache_fp32, change):
     other = build_dataset("digits", train=True, **change)
     with pytest.raises(UserError, match="other data"):
@@ -292,8 +305,15 @@ def test_cache_missing_for_run_without_checkpoint(tmp_path, subset):
 # ----------------------------------------------------------------------------- distillation from a cache
 
 
-DISTILL = ["model.name=cnn_w4", "data.train_per_class=10", "data.test_per_class=5", "data.batch_size=16",
-           "optim.epochs=1", "method.name=kd", "teacher.cache_views=2"]
+DISTILL = [
+    "model.name=cnn_w4",
+    "data.train_per_class=10",
+    "data.test_per_class=5",
+    "data.batch_size=16",
+    "optim.epochs=1",
+    "method.name=kd",
+    "teacher.cache_views=2",
+]
 
 
 def test_distill_from_cache_built_on_the_fly_and_reused(tmp_path, teacher_ckpt):
@@ -318,7 +338,9 @@ def test_distill_from_cache_built_on_the_fly_and_reused(tmp_path, teacher_ckpt):
 
 def test_cached_and_live_distillation_see_the_same_teacher(tmp_path, teacher_ckpt):
     """The kd loss on every batch of a cached run equals the live teacher's on the same images."""
-    cfg = fast_config(tmp_path, *DISTILL, f"teacher.checkpoint={teacher_ckpt}", f"teacher.cache={tmp_path / 'c'}", "name=x")
+    cfg = fast_config(
+        tmp_path, *DISTILL, f"teacher.checkpoint={teacher_ckpt}", f"teacher.cache={tmp_path / 'c'}", "name=x"
+    )
     trainer = Trainer(cfg)
     live = _live(teacher_ckpt)
     for b in trainer.loader.epoch(0):
@@ -326,8 +348,14 @@ def test_cached_and_live_distillation_see_the_same_teacher(tmp_path, teacher_ckp
 
 
 def test_cache_with_augmentation_off_replays_the_plain_view(tmp_path, teacher_ckpt):
-    cfg = fast_config(tmp_path, *DISTILL, "data.augment=false", f"teacher.checkpoint={teacher_ckpt}",
-                      f"teacher.cache={tmp_path / 'c'}", "name=noaug")
+    cfg = fast_config(
+        tmp_path,
+        *DISTILL,
+        "data.augment=false",
+        f"teacher.checkpoint={teacher_ckpt}",
+        f"teacher.cache={tmp_path / 'c'}",
+        "name=noaug",
+    )
     trainer = Trainer(cfg)
     n = 0
     for b in trainer.loader.epoch(0):
@@ -339,8 +367,14 @@ def test_cache_with_augmentation_off_replays_the_plain_view(tmp_path, teacher_ck
 
 def test_method_with_setup_pass_works_from_a_cache(tmp_path, teacher_ckpt):
     # fgcr runs the teacher over the un-augmented training set in setup()
-    cfg = fast_config(tmp_path, *[o for o in DISTILL if not o.startswith("method.")], "method.name=fgcr",
-                      f"teacher.checkpoint={teacher_ckpt}", f"teacher.cache={tmp_path / 'c'}", "name=fgcr")
+    cfg = fast_config(
+        tmp_path,
+        *[o for o in DISTILL if not o.startswith("method.")],
+        "method.name=fgcr",
+        f"teacher.checkpoint={teacher_ckpt}",
+        f"teacher.cache={tmp_path / 'c'}",
+        "name=fgcr",
+    )
     summary = train(cfg)
     assert summary["teacher"]["kind"] == "cache"
 
@@ -380,8 +414,14 @@ def _cache_for_run(cfg, teacher_model, path, with_eval: bool):
     from darkknowledge.engine.assembly import load_datasets
 
     train_set, test_set = load_datasets(cfg)
-    return _build(teacher_model, train_set, path, num_views=cfg.teacher.cache_views,
-                  view_seed=cfg.teacher.cache_view_seed, eval_dataset=test_set if with_eval else None)
+    return _build(
+        teacher_model,
+        train_set,
+        path,
+        num_views=cfg.teacher.cache_views,
+        view_seed=cfg.teacher.cache_view_seed,
+        eval_dataset=test_set if with_eval else None,
+    )
 
 
 def test_cached_run_logs_teacher_agreement_and_rank_fidelity(tmp_path, teacher_ckpt, teacher_model):
@@ -392,7 +432,9 @@ def test_cached_run_logs_teacher_agreement_and_rank_fidelity(tmp_path, teacher_c
     assert "eval_logits.npy" in {p.name for p in cache_dir.iterdir()}
     cached = Trainer(fast_config(tmp_path, *DISTILL, f"teacher.cache={cache_dir}", "name=cached"))
     live = Trainer(live_cfg)
-    torch.testing.assert_close(cached.evaluator.teacher_logits("test"), live.evaluator.teacher_logits("test"), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        cached.evaluator.teacher_logits("test"), live.evaluator.teacher_logits("test"), rtol=1e-5, atol=1e-5
+    )
     metrics = cached.evaluate()
     assert 0 <= metrics["test/teacher_agreement"] <= 100 and -1 <= metrics["test/rank_fidelity"] <= 1
     summary = cached.fit()
@@ -413,8 +455,19 @@ def test_cache_without_or_with_other_eval_split_gives_no_test_logits(tmp_path, t
 def test_cache_built_on_the_fly_and_by_the_cli_keeps_test_logits(tmp_path, teacher_ckpt):
     from darkknowledge.cli.main import main
 
-    summary = train(fast_config(tmp_path, *DISTILL, f"teacher.checkpoint={teacher_ckpt}", f"teacher.cache={tmp_path / 'fly'}",
-                                "teacher.cache_views=1", "name=fly"))
+    summary = train(
+        fast_config(
+            tmp_path,
+            *DISTILL,
+            f"teacher.checkpoint={teacher_ckpt}",
+            f"teacher.cache={tmp_path / 'fly'}",
+            "teacher.cache_views=1",
+            "name=fly",
+        )
+    )
     assert summary["teacher"]["eval_logits"] is True and "test/teacher_agreement" in summary["final"]
-    assert main(["cache", "build", str(tmp_path / "cli"), f"teacher.checkpoint={teacher_ckpt}", "--views", "1", *DISTILL]) == 0
+    assert (
+        main(["cache", "build", str(tmp_path / "cli"), f"teacher.checkpoint={teacher_ckpt}", "--views", "1", *DISTILL])
+        == 0
+    )
     assert (tmp_path / "cli" / "eval_logits.npy").is_file()

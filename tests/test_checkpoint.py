@@ -27,8 +27,16 @@ from darkknowledge.models import build_model
 
 def _ckpt(model=None, **extra) -> dict:
     model = model or build_model("cnn_w4", num_classes=10, in_channels=1)
-    return {"format": FORMAT, "version": VERSION, "model_name": "cnn_w4", "num_classes": 10, "in_channels": 1,
-            "model": model.state_dict(), "config": "", **extra}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_name": "cnn_w4",
+        "num_classes": 10,
+        "in_channels": 1,
+        "model": model.state_dict(),
+        "config": "",
+        **extra,
+    }
 
 
 class Payload:

@@ -14,8 +14,14 @@ import pytest
 from conftest import FAST
 from darkknowledge.cli.main import COMMANDS, _load_plugins, main
 
-TINY = ["model.name=cnn_w4", "data.train_per_class=10", "data.test_per_class=5", "data.batch_size=32",
-        "optim.epochs=1", *FAST]
+TINY = [
+    "model.name=cnn_w4",
+    "data.train_per_class=10",
+    "data.test_per_class=5",
+    "data.batch_size=32",
+    "optim.epochs=1",
+    *FAST,
+]
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +64,9 @@ def test_help_shows_an_example(capsys, name):
 
 
 def test_core_commands_are_registered():
-    assert {"train", "distill", "evaluate", "methods", "models", "datasets", "configs", "demo", "cache"} <= set(_commands())
+    assert {"train", "distill", "evaluate", "methods", "models", "datasets", "configs", "demo", "cache"} <= set(
+        _commands()
+    )
 
 
 def test_top_level_help_and_version(capsys):
@@ -97,7 +105,10 @@ def test_models_listing_states_its_sizes_and_the_name_families(capsys):
     for family in model_patterns():  # e.g. "mlp_hN": any N, not only the registered sizes
         assert f"  {family}\n" in out
     assert "any name of these forms" in out
-    for name in [demo.student.model, *(t.model for t in demo.teachers)]:  # the demo's models (mlp_h16, mlp_h1024 are not registered)
+    for name in [
+        demo.student.model,
+        *(t.model for t in demo.teachers),
+    ]:  # the demo's models (mlp_h16, mlp_h1024 are not registered)
         assert name in rows, name
     code, out, _ = run(capsys, "models")
     assert out.startswith("Parameter counts for 100 classes and 3 input channels ")
@@ -149,7 +160,13 @@ def test_batch_larger_than_dataset(capsys):
 
 
 def test_missing_teacher_checkpoint(capsys):
-    assert_user_error(capsys, "distill", *TINY, "teacher.checkpoint=runs/nope/best.pt", contains=("runs/nope/best.pt", "does not exist"))
+    assert_user_error(
+        capsys,
+        "distill",
+        *TINY,
+        "teacher.checkpoint=runs/nope/best.pt",
+        contains=("runs/nope/best.pt", "does not exist"),
+    )
 
 
 def test_distill_without_teacher(capsys):
@@ -165,7 +182,14 @@ def test_corrupted_checkpoint(capsys, tmp_path, teacher_ckpt):
 
 def test_teacher_for_other_classes(capsys, teacher3_ckpt):
     # the teacher's classes are the default (inherited); other classes must be refused
-    assert_user_error(capsys, "distill", *TINY, "data.classes=[0,1,2,3]", f"teacher.checkpoint={teacher3_ckpt}", contains=("3 classes",))
+    assert_user_error(
+        capsys,
+        "distill",
+        *TINY,
+        "data.classes=[0,1,2,3]",
+        f"teacher.checkpoint={teacher3_ckpt}",
+        contains=("3 classes",),
+    )
 
 
 def test_existing_run_without_resume(capsys, tmp_path):
@@ -239,7 +263,10 @@ def test_demo_small(capsys, tmp_path, monkeypatch):
     assert (tmp_path / "d/student_vs_teacher.png").is_file() and (tmp_path / "d/diagnostics/report.html").is_file()
     # the cards, named by the spec's labels, checked against the measured KD students
     checks = list(csv.DictReader((tmp_path / "d/card_check.csv").open()))
-    assert [(c["teacher"], c["reference"], c["seeds"]) for c in checks] == [("mlp_h256", "mlp_h64", "3"), ("mlp_h1024", "mlp_h256", "3")]
+    assert [(c["teacher"], c["reference"], c["seeds"]) for c in checks] == [
+        ("mlp_h256", "mlp_h64", "3"),
+        ("mlp_h1024", "mlp_h256", "3"),
+    ]
     assert "## The report card against the measurements" in table and "Verdicts agreeing with the measurement" in table
     # run again: every stage is reused, nothing retrained
     code, out, err = run(capsys, "demo", "--out", "d", "--epochs", "1")
@@ -268,8 +295,15 @@ def _teacher_methods() -> list[str]:
 @pytest.mark.parametrize("method", _teacher_methods())
 def test_distill_works_for_every_method(capsys, tmp_path, teacher_ckpt, method):
     """`darkknowledge distill method.name=<name>` trains and logs every registered method."""
-    code, out, err = run(capsys, "distill", *TINY, f"method.name={method}", f"teacher.checkpoint={teacher_ckpt}",
-                         f"output_dir={tmp_path}", f"name={method}")
+    code, out, err = run(
+        capsys,
+        "distill",
+        *TINY,
+        f"method.name={method}",
+        f"teacher.checkpoint={teacher_ckpt}",
+        f"output_dir={tmp_path}",
+        f"name={method}",
+    )
     assert code == 0, err
     lines = [json.loads(l) for l in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
     losses = {k: v for k, v in lines[-1].items() if k.startswith("loss/")}

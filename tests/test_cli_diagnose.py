@@ -18,8 +18,17 @@ def small_teacher(tmp_path_factory) -> Path:
     from darkknowledge.engine.trainer import train
 
     out = tmp_path_factory.mktemp("small_teacher")
-    summary = train(fast_config(out, "model.name=cnn_w4", "method.name=ce", "optim.epochs=2", "optim.lr=0.1",
-                                "data.batch_size=32", "name=t4"))
+    summary = train(
+        fast_config(
+            out,
+            "model.name=cnn_w4",
+            "method.name=ce",
+            "optim.epochs=2",
+            "optim.lr=0.1",
+            "data.batch_size=32",
+            "name=t4",
+        )
+    )
     return Path(summary["run_dir"]) / "last.pt"
 
 
@@ -29,8 +38,17 @@ def kd_student(tmp_path_factory, teacher_ckpt) -> Path:
     from darkknowledge.engine.trainer import train
 
     out = tmp_path_factory.mktemp("kd_student")
-    summary = train(fast_config(out, "model.name=cnn_w4", "method.name=kd", "optim.epochs=1", "data.train_per_class=20",
-                                f"teacher.checkpoint={teacher_ckpt}", "name=kd4"))
+    summary = train(
+        fast_config(
+            out,
+            "model.name=cnn_w4",
+            "method.name=kd",
+            "optim.epochs=1",
+            "data.train_per_class=20",
+            f"teacher.checkpoint={teacher_ckpt}",
+            "name=kd4",
+        )
+    )
     return Path(summary["run_dir"]) / "last.pt"
 
 
@@ -43,8 +61,21 @@ def run(capsys, *argv):
 def test_diagnose_ladder_with_student(capsys, tmp_path, teacher_ckpt, small_teacher):
     out_dir = tmp_path / "diag"
     # the larger teacher first: the CLI sorts the ladder by parameter count
-    code, out, err = run(capsys, "diagnose", "-t", str(teacher_ckpt), "-t", str(small_teacher), "-s", str(small_teacher),
-                         "--temperatures", "1,4", "--out", str(out_dir), "data.test_per_class=5")
+    code, out, err = run(
+        capsys,
+        "diagnose",
+        "-t",
+        str(teacher_ckpt),
+        "-t",
+        str(small_teacher),
+        "-s",
+        str(small_teacher),
+        "--temperatures",
+        "1,4",
+        "--out",
+        str(out_dir),
+        "data.test_per_class=5",
+    )
     assert code == 0, err
     result = json.loads((out_dir / "diagnostics.json").read_text())
     names = [t["name"] for t in result["teachers"]]
@@ -56,20 +87,43 @@ def test_diagnose_ladder_with_student(capsys, tmp_path, teacher_ckpt, small_teac
     assert "CALIBRATED ON FEW LADDERS" in out
     # the train split is diagnosed by default: 1,438 digits training images
     assert result["teachers"][0]["num_samples"] == 1438
-    assert result["data"] == {"dataset": "digits", "root": None, "split": "train", "num_samples": 1438, "num_classes": 10,
-                              "classes": None, "per_class": None, "subset_seed": 0, "image_size": None,
-                              "image_shape": [1, 8, 8]}  # data.test_per_class does not touch the train split
+    assert result["data"] == {
+        "dataset": "digits",
+        "root": None,
+        "split": "train",
+        "num_samples": 1438,
+        "num_classes": 10,
+        "classes": None,
+        "per_class": None,
+        "subset_seed": 0,
+        "image_size": None,
+        "image_shape": [1, 8, 8],
+    }  # data.test_per_class does not touch the train split
     assert "Data: digits, train split, 1,438 samples; images 8x8 (native size); no per-class subset." in html
 
 
 def test_diagnose_test_split_subset(capsys, tmp_path, teacher_ckpt, small_teacher):
     out_dir = tmp_path / "diag"
-    code, _, err = run(capsys, "diagnose", "-t", str(small_teacher), "-t", str(teacher_ckpt), "--split", "test",
-                       "data.test_per_class=3", "--no-plots", "--out", str(out_dir))
+    code, _, err = run(
+        capsys,
+        "diagnose",
+        "-t",
+        str(small_teacher),
+        "-t",
+        str(teacher_ckpt),
+        "--split",
+        "test",
+        "data.test_per_class=3",
+        "--no-plots",
+        "--out",
+        str(out_dir),
+    )
     assert code == 0, err
     result = json.loads((out_dir / "diagnostics.json").read_text())
     assert result["teachers"][0]["num_samples"] == 30
-    assert result["data"]["split"] == "test" and result["data"]["per_class"] == 3 and result["data"]["num_samples"] == 30
+    assert (
+        result["data"]["split"] == "test" and result["data"]["per_class"] == 3 and result["data"]["num_samples"] == 30
+    )
     assert not list(out_dir.glob("*.png"))
 
 
@@ -77,18 +131,39 @@ def test_diagnose_from_logits_file(capsys, tmp_path):
     rng = np.random.default_rng(0)
     targets = rng.integers(0, 5, size=200)
     path = tmp_path / "logits.npz"
-    np.savez(path, targets=targets, logits_small=rng.normal(size=(200, 5)).astype(np.float32),
-             logits_large=(3 * rng.normal(size=(200, 5))).astype(np.float32))
+    np.savez(
+        path,
+        targets=targets,
+        logits_small=rng.normal(size=(200, 5)).astype(np.float32),
+        logits_large=(3 * rng.normal(size=(200, 5))).astype(np.float32),
+    )
     code, _, err = run(capsys, "diagnose", "--logits", str(path), "--no-plots", "--out", str(tmp_path / "d"))
     assert code == 0, err
     assert (tmp_path / "d" / "diagnostics.json").is_file()
 
 
-def test_cards_only_for_a_students_own_teacher_or_a_ce_baseline(capsys, tmp_path, teacher_ckpt, small_teacher, kd_student):
+def test_cards_only_for_a_students_own_teacher_or_a_ce_baseline(
+    capsys, tmp_path, teacher_ckpt, small_teacher, kd_student
+):
     out_dir = tmp_path / "diag"
     # kd4 was distilled from t16; the t4 run (method ce, no teacher) doubles as a CE baseline student
-    code, out, err = run(capsys, "diagnose", "-t", str(teacher_ckpt), "-t", str(small_teacher), "-s", str(kd_student),
-                         "-s", str(small_teacher), "--temperatures", "4", "--no-plots", "--out", str(out_dir))
+    code, out, err = run(
+        capsys,
+        "diagnose",
+        "-t",
+        str(teacher_ckpt),
+        "-t",
+        str(small_teacher),
+        "-s",
+        str(kd_student),
+        "-s",
+        str(small_teacher),
+        "--temperatures",
+        "4",
+        "--no-plots",
+        "--out",
+        str(out_dir),
+    )
     assert code == 0, err
     result = json.loads((out_dir / "diagnostics.json").read_text())
     pairs = [(c["teacher"], c["student"]) for c in result["cards"]]
@@ -97,7 +172,9 @@ def test_cards_only_for_a_students_own_teacher_or_a_ce_baseline(capsys, tmp_path
     # a barely trained student is so unsure that variance rises as tau falls below 0.5 for all its
     # samples: its tau* sits on the lower search bound, which is warned about on stderr and on file
     assert any(w.startswith("kd4: ") and "lower search bound 0.5" in w for w in result["warnings"])
-    assert [line for line in err.splitlines() if line.startswith("warning: ")] == [f"warning: {w}" for w in result["warnings"]]
+    assert [line for line in err.splitlines() if line.startswith("warning: ")] == [
+        f"warning: {w}" for w in result["warnings"]
+    ]
     assert "Warnings" in (out_dir / "report.html").read_text()
 
 
@@ -105,8 +182,19 @@ def test_student_teacher_match_by_weights_when_the_teacher_was_copied(capsys, tm
     copy = tmp_path / "t16-copy" / "last.pt"
     copy.parent.mkdir()
     copy.write_bytes(teacher_ckpt.read_bytes())
-    code, _, err = run(capsys, "diagnose", "-t", str(copy), "-s", str(kd_student), "--temperatures", "4", "--no-plots",
-                       "--out", str(tmp_path / "diag"))
+    code, _, err = run(
+        capsys,
+        "diagnose",
+        "-t",
+        str(copy),
+        "-s",
+        str(kd_student),
+        "--temperatures",
+        "4",
+        "--no-plots",
+        "--out",
+        str(tmp_path / "diag"),
+    )
     assert code == 0, err
     result = json.loads((tmp_path / "diag" / "diagnostics.json").read_text())
     assert [(c["teacher"], c["student"]) for c in result["cards"]] == [("t16-copy", "kd4")]
@@ -118,7 +206,11 @@ def test_taught_by_reads_method_teacher_path_and_cache_digest(tmp_path):
     from darkknowledge.experiments.diagnose import taught_by
 
     def student(method, checkpoint=None, cache=None):
-        return {"config": yaml.safe_dump({"method": {"name": method}, "teacher": {"checkpoint": checkpoint, "cache": cache}})}
+        return {
+            "config": yaml.safe_dump(
+                {"method": {"name": method}, "teacher": {"checkpoint": checkpoint, "cache": cache}}
+            )
+        }
 
     teacher = tmp_path / "t" / "last.pt"
     assert taught_by(student("ce"), teacher, "d1")  # no teacher: comparable with every teacher

@@ -16,7 +16,6 @@ from darkknowledge.config import (
 from darkknowledge.engine.schedule import learning_rate
 from darkknowledge.errors import UserError
 
-
 # ----------------------------------------------------------------------------- defaults / loading
 
 
@@ -37,17 +36,20 @@ def test_yaml_file_and_overrides(tmp_path):
         "optim:\n  lr: 0.2\n  epochs: 7\n"
         "method:\n  name: kd\n  temperature: 2\n"
     )
-    cfg = load_config(str(f), [
-        "optim.lr=0.1",                 # override beats the file
-        "optim.milestones=[3, 5]",      # list
-        "engine.progress=false",        # bool
-        "engine.channels_last=False",
-        "data.classes=[0,1,2]",
-        "seed=7",                       # int at top level
-        "method.kd_weight=0.5",
-        "optim.weight_decay=1e-4",      # YAML 1.1 reads this as a string; pydantic must still give a float
-    ])
-    assert cfg.data.batch_size == 32            # from the file
+    cfg = load_config(
+        str(f),
+        [
+            "optim.lr=0.1",  # override beats the file
+            "optim.milestones=[3, 5]",  # list
+            "engine.progress=false",  # bool
+            "engine.channels_last=False",
+            "data.classes=[0,1,2]",
+            "seed=7",  # int at top level
+            "method.kd_weight=0.5",
+            "optim.weight_decay=1e-4",  # YAML 1.1 reads this as a string; pydantic must still give a float
+        ],
+    )
+    assert cfg.data.batch_size == 32  # from the file
     assert cfg.optim.epochs == 7
     assert cfg.optim.lr == 0.1
     assert cfg.optim.milestones == [3, 5]
@@ -56,9 +58,9 @@ def test_yaml_file_and_overrides(tmp_path):
     assert cfg.seed == 7
     assert cfg.optim.weight_decay == pytest.approx(1e-4)
     assert cfg.method.name == "kd"
-    assert cfg.method.params.temperature == 2.0   # from the file
-    assert cfg.method.params.kd_weight == 0.5      # override
-    assert cfg.method.params.ce_weight == 0.1      # method default filled in
+    assert cfg.method.params.temperature == 2.0  # from the file
+    assert cfg.method.params.kd_weight == 0.5  # override
+    assert cfg.method.params.ce_weight == 0.1  # method default filled in
 
 
 def test_parse_override_values():
@@ -203,10 +205,17 @@ def test_preset_with_overrides():
 
 
 def test_to_yaml_round_trips(tmp_path):
-    cfg = load_config("cifar100_kd", [
-        "model.name=resnet20", "method.logit_standardization=true", "data.classes=[3,1]",
-        "optim.warmup_epochs=2.5", "engine.threads=2", "name=x",
-    ])
+    cfg = load_config(
+        "cifar100_kd",
+        [
+            "model.name=resnet20",
+            "method.logit_standardization=true",
+            "data.classes=[3,1]",
+            "optim.warmup_epochs=2.5",
+            "engine.threads=2",
+            "name=x",
+        ],
+    )
     f = tmp_path / "config.yaml"
     f.write_text(cfg.to_yaml())
     again = load_config(str(f))

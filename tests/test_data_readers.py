@@ -45,12 +45,19 @@ def write_cifar10(root: Path, per_batch: int = 4, n_test: int = 6) -> Path:
     d.mkdir(parents=True)
     for b in range(1, 6):
         labels = [(b * per_batch + i) % 10 for i in range(per_batch)]
-        batch = {"batch_label": f"training batch {b} of 5", "labels": labels,
-                 "data": _cifar_rows(per_batch, b * per_batch),
-                 "filenames": [f"f{b}_{i}.png" for i in range(per_batch)]}
+        batch = {
+            "batch_label": f"training batch {b} of 5",
+            "labels": labels,
+            "data": _cifar_rows(per_batch, b * per_batch),
+            "filenames": [f"f{b}_{i}.png" for i in range(per_batch)],
+        }
         (d / f"data_batch_{b}").write_bytes(pickle.dumps(batch, protocol=2))
-    test = {"batch_label": "testing batch 1 of 1", "labels": [i % 10 for i in range(n_test)],
-            "data": _cifar_rows(n_test, 0), "filenames": [f"t{i}.png" for i in range(n_test)]}
+    test = {
+        "batch_label": "testing batch 1 of 1",
+        "labels": [i % 10 for i in range(n_test)],
+        "data": _cifar_rows(n_test, 0),
+        "filenames": [f"t{i}.png" for i in range(n_test)],
+    }
     (d / "test_batch").write_bytes(pickle.dumps(test, protocol=2))
     meta = {"label_names": C10_NAMES, "num_cases_per_batch": per_batch, "num_vis": 3072}
     (d / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
@@ -63,11 +70,18 @@ def write_cifar100(root: Path) -> Path:
     d.mkdir(parents=True)
     for split, n in (("train", 12), ("test", 5)):
         fine = [(7 * i) % 100 for i in range(n)]
-        obj = {b"filenames": [b"x.png"] * n, b"batch_label": b"b", b"fine_labels": fine,
-               b"coarse_labels": [f // 5 for f in fine], b"data": _cifar_rows(n, 10)}
+        obj = {
+            b"filenames": [b"x.png"] * n,
+            b"batch_label": b"b",
+            b"fine_labels": fine,
+            b"coarse_labels": [f // 5 for f in fine],
+            b"data": _cifar_rows(n, 10),
+        }
         (d / split).write_bytes(pickle.dumps(obj, protocol=2))
-    meta = {b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
-            b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)]}
+    meta = {
+        b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
+        b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)],
+    }
     (d / "meta").write_bytes(pickle.dumps(meta, protocol=2))
     return d
 
@@ -115,8 +129,19 @@ def write_imagefolder(root: Path, classes=("cat", "dog", "eel"), per_class=(3, 2
 
 
 def test_registered_names():
-    expected = {"cifar10", "cifar100", "cifar100_coarse", "mnist", "fashion_mnist", "imagefolder", "imagenet",
-                "cub200", "stanford_dogs", "tinyimagenet", "digits"}
+    expected = {
+        "cifar10",
+        "cifar100",
+        "cifar100_coarse",
+        "mnist",
+        "fashion_mnist",
+        "imagefolder",
+        "imagenet",
+        "cub200",
+        "stanford_dogs",
+        "tinyimagenet",
+        "digits",
+    }
     assert expected <= set(DATASETS.names())
     with pytest.raises(UserError, match="unknown dataset"):
         build_dataset("no_such_dataset")
@@ -561,8 +586,10 @@ _CONVERTER = Path("/work/shared/data/cifar10_jpeg/to_cifar_python.py")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("DK_REAL_DATA") != "1" or not _CONVERTER.is_file(),
-                    reason="real CIFAR-10 copy: set DK_REAL_DATA=1 (needs the local JPEG copy)")
+@pytest.mark.skipif(
+    os.environ.get("DK_REAL_DATA") != "1" or not _CONVERTER.is_file(),
+    reason="real CIFAR-10 copy: set DK_REAL_DATA=1 (needs the local JPEG copy)",
+)
 def test_real_cifar10_copy(tmp_path):
     subprocess.run([sys.executable, str(_CONVERTER), str(tmp_path)], check=True, capture_output=True)
     tr = build_dataset("cifar10", tmp_path)

@@ -40,9 +40,9 @@ from darkknowledge.diagnostics import (
     spearman_rows,
     teacher_stats,
 )
-from darkknowledge.nontarget import nontarget_log_variance, split_nontarget
 from darkknowledge.diagnostics.ranks import count_inversions
 from darkknowledge.errors import UserError
+from darkknowledge.nontarget import nontarget_log_variance, split_nontarget
 
 
 @pytest.fixture(autouse=True)
@@ -200,8 +200,16 @@ def test_tau_star_is_the_methods_search_with_nan_for_undefined():
     z, y = _teacher_logits(n=64, c=12, margin=8.0, scale=2.0, seed=17)
     z[5] = 0.0  # no optimum
     mine = optimal_nontarget_temperature(z, y, 0.5, 20.0)
-    theirs = isats_search(z.float(), y, search_rule="A", tau_min=0.5, tau_max=20.0, grid_size=GRID_SIZE,
-                          refine_size=REFINE_SIZE, undefined=float("nan"))
+    theirs = isats_search(
+        z.float(),
+        y,
+        search_rule="A",
+        tau_min=0.5,
+        tau_max=20.0,
+        grid_size=GRID_SIZE,
+        refine_size=REFINE_SIZE,
+        undefined=float("nan"),
+    )
     assert torch.allclose(mine, theirs, rtol=0, atol=0, equal_nan=True)  # the same function
     assert torch.isnan(mine[5]) and torch.isfinite(torch.cat([mine[:5], mine[6:]])).all()
 
@@ -365,7 +373,9 @@ def test_aid_identity_and_streaming():
     assert a.aid["inter"] + a.aid["intra"] == pytest.approx(a.aid["kd"], rel=1e-10)
     assert a.aid["kd"] == pytest.approx(a.dkd["kd"], rel=1e-10)  # both are the dataset-mean KD
     assert a.dkd["tckd"] + a.dkd["weighted_nckd"] == pytest.approx(a.dkd["kd"], rel=1e-10)
-    assert sum(a.ats[k] for k in ("correct_guidance", "smoothing", "discriminability")) == pytest.approx(a.ats["soft_ce"])
+    assert sum(a.ats[k] for k in ("correct_guidance", "smoothing", "discriminability")) == pytest.approx(
+        a.ats["soft_ce"]
+    )
 
 
 # -- api, report, card -------------------------------------------------------------------------------
@@ -388,13 +398,25 @@ def _ladder(n=256, c=12, d=6):
 
 def test_diagnose_writes_report(tmp_path):
     teachers, student = _ladder()
-    res = diagnose(teachers, [student], temperatures=[1.0, 4.0], out_dir=tmp_path, options=DiagnoseOptions(chunk_size=100))
+    res = diagnose(
+        teachers, [student], temperatures=[1.0, 4.0], out_dir=tmp_path, options=DiagnoseOptions(chunk_size=100)
+    )
     html = (tmp_path / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4 and "<table>" in html and "report card" in html.lower()
     data = json.loads((tmp_path / "diagnostics.json").read_text())
     assert [t["name"] for t in data["teachers"]] == ["small", "large"] and data["students"][0]["name"] == "student"
-    for name in ("teacher_stats.csv", "model_summary.csv", "rank_spearman.csv", "rank_kendall.csv", "angles.csv",
-                 "decompositions.csv", "tau_star_hist.csv", "cards.md", "nt_var_vs_capacity.png", "tau_star_hist.png"):
+    for name in (
+        "teacher_stats.csv",
+        "model_summary.csv",
+        "rank_spearman.csv",
+        "rank_kendall.csv",
+        "angles.csv",
+        "decompositions.csv",
+        "tau_star_hist.csv",
+        "cards.md",
+        "nt_var_vs_capacity.png",
+        "tau_star_hist.png",
+    ):
         assert (tmp_path / name).stat().st_size > 0, name
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
     assert set(res.geometry) == {"small", "large", "student"}
@@ -417,8 +439,9 @@ def test_diagnose_writes_report(tmp_path):
 def test_result_records_the_data_in_json_and_report(tmp_path):
     teachers, student = _ladder(n=64)
     data = {"dataset": "digits", "split": "test", "per_class": 5, "image_size": 16, "image_shape": [1, 16, 16]}
-    res = diagnose(teachers, [student], temperatures=[4.0], out_dir=tmp_path, options=DiagnoseOptions(plots=False),
-                   data=data)
+    res = diagnose(
+        teachers, [student], temperatures=[4.0], out_dir=tmp_path, options=DiagnoseOptions(plots=False), data=data
+    )
     assert res.data == {**data, "num_samples": 64}  # the count is the number of rows diagnosed
     assert json.loads((tmp_path / "diagnostics.json").read_text())["data"] == res.data
     html = (tmp_path / "report.html").read_text()

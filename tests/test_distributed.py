@@ -18,13 +18,35 @@ from darkknowledge.engine.checkpoint import load_checkpoint
 # mlp_h64 has no BatchNorm (whose statistics are per process under DDP), so one process
 # with batch 64 and two with batch 32 each see the same samples per step and average the
 # same gradients: only the order of float additions differs.
-RUN = ["model.name=mlp_h64", "optim.epochs=3", "optim.lr=0.05", "data.train_per_class=60", "data.test_per_class=20", *FAST]
+RUN = [
+    "model.name=mlp_h64",
+    "optim.epochs=3",
+    "optim.lr=0.05",
+    "data.train_per_class=60",
+    "data.test_per_class=20",
+    *FAST,
+]
 
 
 def _torchrun(args: list[str], tmp_path: Path, nproc: int = 2) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                           "-m", "darkknowledge", *args], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "darkknowledge",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
@@ -57,8 +79,20 @@ def test_resume_under_torchrun(tmp_path):
 
 def test_distill_under_torchrun_with_a_method_that_learns(tmp_path, teacher_ckpt):
     # CTKD learns its temperature: its gradients are averaged across ranks by hand (not in DDP)
-    proc = _torchrun(["distill", f"teacher.checkpoint={teacher_ckpt}", "model.name=cnn_w4", "method.name=ctkd",
-                      "optim.epochs=1", "data.batch_size=32", f"output_dir={tmp_path}", "name=d", *FAST], tmp_path)
+    proc = _torchrun(
+        [
+            "distill",
+            f"teacher.checkpoint={teacher_ckpt}",
+            "model.name=cnn_w4",
+            "method.name=ctkd",
+            "optim.epochs=1",
+            "data.batch_size=32",
+            f"output_dir={tmp_path}",
+            "name=d",
+            *FAST,
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = read_metrics(tmp_path / "d")[0]
     assert "test/teacher_agreement" in record and record["loss/total"] == record["loss/total"]

@@ -19,8 +19,15 @@ from darkknowledge.engine.trainer import Trainer, train
 from darkknowledge.errors import UserError
 
 # A tiny, quick run: cnn_w4 on 20 digits per class (200 images), batch 32 -> 6 steps per epoch.
-TINY = ["model.name=cnn_w4", "data.train_per_class=20", "data.test_per_class=10", "data.batch_size=32",
-        "optim.lr=0.05", "optim.schedule=multistep", "optim.milestones=[1]"]
+TINY = [
+    "model.name=cnn_w4",
+    "data.train_per_class=20",
+    "data.test_per_class=10",
+    "data.batch_size=32",
+    "optim.lr=0.05",
+    "optim.schedule=multistep",
+    "optim.milestones=[1]",
+]
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -115,7 +122,9 @@ def test_teacher_training_reaches_accuracy_and_writes_run_dir(teacher_run):
     assert summary["final"]["test/n"] == 359
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "last.pt", "best.pt"):
         assert (run_dir / name).is_file(), name
-    assert [p.name for p in run_dir.iterdir() if p.name.startswith(".")] == [".lock"]  # no temp files left, only the run lock
+    assert [p.name for p in run_dir.iterdir() if p.name.startswith(".")] == [
+        ".lock"
+    ]  # no temp files left, only the run lock
     lines = read_metrics(run_dir)
     assert [line["epoch"] for line in lines] == [0, 1, 2]
     for line in lines:
@@ -143,7 +152,9 @@ def test_teacher_training_reaches_accuracy_and_writes_run_dir(teacher_run):
 
     model, _ = load_model(run_dir / "last.pt")
     test = build_dataset("digits", train=False)
-    assert evaluate(model, eval_batches(test, 512, channels_last=False))["top1"] == pytest.approx(lines[-1]["test/top1"])
+    assert evaluate(model, eval_batches(test, 512, channels_last=False))["top1"] == pytest.approx(
+        lines[-1]["test/top1"]
+    )
 
 
 # ----------------------------------------------------------------------------- distillation
@@ -152,8 +163,15 @@ def test_teacher_training_reaches_accuracy_and_writes_run_dir(teacher_run):
 def test_kd_distillation_leaves_teacher_untouched(tmp_path, teacher_ckpt):
     before = teacher_ckpt.read_bytes()
     # unfolded, so the teacher's BatchNorm running statistics are there to check
-    cfg = fast_config(tmp_path, *TINY, "optim.epochs=1", "method.name=kd", f"teacher.checkpoint={teacher_ckpt}",
-                      "teacher.fold_batchnorm=false", "name=kd")
+    cfg = fast_config(
+        tmp_path,
+        *TINY,
+        "optim.epochs=1",
+        "method.name=kd",
+        f"teacher.checkpoint={teacher_ckpt}",
+        "teacher.fold_batchnorm=false",
+        "name=kd",
+    )
     trainer = Trainer(cfg)
     teacher = trainer.teacher.model
     start = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -196,16 +214,31 @@ def test_folded_teacher_gives_the_same_logits(teacher_ckpt, digits_splits):
 
 
 def test_kd_through_library_train_with_channels_last(tmp_path, teacher_ckpt):
-    cfg = fast_config(tmp_path, *TINY, "optim.epochs=1", "method.name=kd", f"teacher.checkpoint={teacher_ckpt}",
-                      "engine.channels_last=true", "name=kdcl")
+    cfg = fast_config(
+        tmp_path,
+        *TINY,
+        "optim.epochs=1",
+        "method.name=kd",
+        f"teacher.checkpoint={teacher_ckpt}",
+        "engine.channels_last=true",
+        "name=kdcl",
+    )
     summary = train(cfg)
     assert math.isfinite(read_metrics(summary["run_dir"])[0]["loss/kd"])
 
 
 def test_bf16_training_and_distillation_give_finite_losses(tmp_path, teacher_ckpt):
     for method in ("ce", "kd"):
-        cfg = fast_config(tmp_path, *TINY, "optim.epochs=1", f"method.name={method}", f"teacher.checkpoint={teacher_ckpt}",
-                          "engine.precision=bf16", "engine.channels_last=true", f"name=bf16-{method}")
+        cfg = fast_config(
+            tmp_path,
+            *TINY,
+            "optim.epochs=1",
+            f"method.name={method}",
+            f"teacher.checkpoint={teacher_ckpt}",
+            "engine.precision=bf16",
+            "engine.channels_last=true",
+            f"name=bf16-{method}",
+        )
         summary = train(cfg)
         line = read_metrics(summary["run_dir"])[0]
         losses = {k: v for k, v in line.items() if k.startswith("loss/")}
@@ -214,7 +247,9 @@ def test_bf16_training_and_distillation_give_finite_losses(tmp_path, teacher_ckp
 
 
 def test_teacher_with_other_classes_is_refused(tmp_path, teacher3_ckpt):
-    cfg = fast_config(tmp_path, *TINY, "optim.epochs=1", "method.name=kd", f"teacher.checkpoint={teacher3_ckpt}", "name=bad")
+    cfg = fast_config(
+        tmp_path, *TINY, "optim.epochs=1", "method.name=kd", f"teacher.checkpoint={teacher3_ckpt}", "name=bad"
+    )
     with pytest.raises(UserError) as exc:
         train(cfg)
     assert "3 classes" in str(exc.value) and "10" in str(exc.value)
@@ -222,8 +257,15 @@ def test_teacher_with_other_classes_is_refused(tmp_path, teacher3_ckpt):
 
 
 def test_teacher_of_matching_class_subset_is_accepted(tmp_path, teacher3_ckpt):
-    cfg = fast_config(tmp_path, *TINY, "optim.epochs=1", "method.name=kd", f"teacher.checkpoint={teacher3_ckpt}",
-                      "data.classes=[0,1,2]", "name=ok3")
+    cfg = fast_config(
+        tmp_path,
+        *TINY,
+        "optim.epochs=1",
+        "method.name=kd",
+        f"teacher.checkpoint={teacher3_ckpt}",
+        "data.classes=[0,1,2]",
+        "name=ok3",
+    )
     summary = train(cfg)
     assert summary["final"]["test/n"] == 30
 
@@ -304,7 +346,10 @@ def test_resume_with_changed_config_is_refused(tmp_path, one_epoch_run):
     before = _snapshot(run)
     for change in ("optim.lr=0.2", "model.name=cnn_w8", "seed=1", "data.train_per_class=21"):
         with pytest.raises(UserError, match="config"):
-            train(fast_config(tmp_path, *TINY, "optim.epochs=2", "engine.deterministic=true", "name=r", change), resume=True)
+            train(
+                fast_config(tmp_path, *TINY, "optim.epochs=2", "engine.deterministic=true", "name=r", change),
+                resume=True,
+            )
         assert _snapshot(run) == before, change
 
 

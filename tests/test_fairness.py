@@ -15,7 +15,13 @@ from darkknowledge.engine.checkpoint import load_checkpoint
 from darkknowledge.engine.trainer import Trainer, train
 from darkknowledge.errors import UserError
 
-STUDENT = ["model.name=mlp_h16", "data.train_per_class=20", "data.test_per_class=10", "data.batch_size=32", "optim.epochs=1"]
+STUDENT = [
+    "model.name=mlp_h16",
+    "data.train_per_class=20",
+    "data.test_per_class=10",
+    "data.batch_size=32",
+    "optim.epochs=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +30,18 @@ def two_teachers(tmp_path_factory) -> list[Path]:
     out = tmp_path_factory.mktemp("fair-teachers")
     paths = []
     for name in ("mlp_h32", "mlp_h256"):
-        s = train(fast_config(out, f"model.name={name}", "method.name=ce", "optim.epochs=1",
-                              "data.train_per_class=20", "data.test_per_class=10", f"name={name}", "seed=5"))
+        s = train(
+            fast_config(
+                out,
+                f"model.name={name}",
+                "method.name=ce",
+                "optim.epochs=1",
+                "data.train_per_class=20",
+                "data.test_per_class=10",
+                f"name={name}",
+                "seed=5",
+            )
+        )
         paths.append(Path(s["run_dir"]) / "last.pt")
     return paths
 
@@ -61,8 +77,17 @@ def test_global_rng_after_setup_is_independent_of_teacher(tmp_path, two_teachers
 
 def test_cached_teacher_sees_same_batch_order_as_live(tmp_path, two_teachers):
     live = Trainer(fast_config(tmp_path, *STUDENT, "seed=3", f"teacher.checkpoint={two_teachers[0]}", "method.name=kd"))
-    cached = Trainer(fast_config(tmp_path, *STUDENT, "seed=3", f"teacher.checkpoint={two_teachers[0]}", "method.name=kd",
-                                 f"teacher.cache={tmp_path / 'cache'}", "teacher.cache_views=2"))
+    cached = Trainer(
+        fast_config(
+            tmp_path,
+            *STUDENT,
+            "seed=3",
+            f"teacher.checkpoint={two_teachers[0]}",
+            "method.name=kd",
+            f"teacher.cache={tmp_path / 'cache'}",
+            "teacher.cache_views=2",
+        )
+    )
     assert state_equal(live.model.state_dict(), cached.model.state_dict())
     # same samples in the same order; a cache replays one of its stored views of each
     assert all(torch.equal(a, b) for a, b in zip(_batches(live), _batches(cached)))
@@ -82,7 +107,11 @@ def test_model_init_errors(tmp_path, two_teachers):
     with pytest.raises(UserError, match="does not exist"):
         Trainer(fast_config(tmp_path, *STUDENT, f"model.init={tmp_path / 'nope.pt'}"))
     with pytest.raises(UserError, match="do not fit"):  # 3 classes instead of 10
-        Trainer(fast_config(tmp_path, *STUDENT, "model.name=mlp_h32", "data.classes=[0,1,2]", f"model.init={two_teachers[0]}"))
+        Trainer(
+            fast_config(
+                tmp_path, *STUDENT, "model.name=mlp_h32", "data.classes=[0,1,2]", f"model.init={two_teachers[0]}"
+            )
+        )
 
 
 def test_epoch_line_printed_without_progress_bar(tmp_path, capsys):
@@ -113,7 +142,11 @@ def test_metrics_lines_stay_valid_json_with_non_finite_values(tmp_path):
 
 
 def test_schedule_warning_printed_at_start(tmp_path, two_teachers, capsys):
-    train(fast_config(tmp_path, *STUDENT, f"teacher.checkpoint={two_teachers[0]}", "method.name=dkd", "method.warmup_epochs=20"))
+    train(
+        fast_config(
+            tmp_path, *STUDENT, f"teacher.checkpoint={two_teachers[0]}", "method.name=dkd", "method.warmup_epochs=20"
+        )
+    )
     err = capsys.readouterr().err
     assert err.count("warning:") == 1 and "warmup_epochs" in err
 

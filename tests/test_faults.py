@@ -22,7 +22,14 @@ from conftest import FAST, read_metrics
 from darkknowledge.cli.main import main
 from darkknowledge.engine.checkpoint import atomic_torch_save, load_checkpoint
 
-TINY = ["model.name=cnn_w4", "data.train_per_class=20", "data.test_per_class=10", "data.batch_size=32", "optim.epochs=1", *FAST]
+TINY = [
+    "model.name=cnn_w4",
+    "data.train_per_class=20",
+    "data.test_per_class=10",
+    "data.batch_size=32",
+    "optim.epochs=1",
+    *FAST,
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +47,20 @@ def workspace(tmp_path_factory, teacher_run) -> Path:
     (ws / "file.txt").write_text("a user's file\n")
     (ws / "mine" / "sub").mkdir(parents=True)
     (ws / "mine" / "sub" / "f").write_text("hi\n")
-    (ws / "bad_spec.yaml").write_text(yaml.safe_dump({"teachers": [{"model": "mlp_h32"}], "student": {"model": "mlp_h16"},
-                                                      "methods": [{"name": "kd"}, {"name": "kd"}]}))
-    (ws / "good_spec.yaml").write_text(yaml.safe_dump({"teachers": [{"model": "mlp_h32"}], "student": {"model": "mlp_h16"},
-                                                       "methods": [{"name": "kd"}]}))
+    (ws / "bad_spec.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "teachers": [{"model": "mlp_h32"}],
+                "student": {"model": "mlp_h16"},
+                "methods": [{"name": "kd"}, {"name": "kd"}],
+            }
+        )
+    )
+    (ws / "good_spec.yaml").write_text(
+        yaml.safe_dump(
+            {"teachers": [{"model": "mlp_h32"}], "student": {"model": "mlp_h16"}, "methods": [{"name": "kd"}]}
+        )
+    )
     assert main(["cache", "build", str(ws / "cache"), f"teacher.checkpoint={teacher}", "--views", "1", *FAST]) == 0
     return ws
 
@@ -68,7 +85,10 @@ CATALOGUE = [
     (["train", *TINY, "optim.warmup_epochs=inf"], ["optim.warmup_epochs", "finite"]),
     (["distill", *TINY, "teacher.checkpoint=T.pt", "method.temperature=inf"], ["method.temperature", "finite"]),
     (["distill", *TINY, "teacher.checkpoint=T.pt", "method.kd_weight=.nan"], ["method.kd_weight", "finite"]),
-    (["distill", *TINY, "teacher.checkpoint=T.pt", "method.name=isats", "method.tau_max=inf"], ["method.tau_max", "finite"]),
+    (
+        ["distill", *TINY, "teacher.checkpoint=T.pt", "method.name=isats", "method.tau_max=inf"],
+        ["method.tau_max", "finite"],
+    ),
     (["train", *TINY, "optim.epochs=0"], ["optim.epochs"]),
     (["train", *TINY, "optim.lrr=1"], ["optim.lrr: unknown key"]),
     (["train", *TINY, "engine.precision=fp16"], ["engine.precision"]),
@@ -85,7 +105,10 @@ CATALOGUE = [
     # runs and resume
     (["train", *TINY, "name=nothing", "--resume"], ["no checkpoint", "without --resume"]),
     (["train", *TINY, "output_dir=runs", "name=teacher"], ["already holds a run", "--resume"]),
-    (["train", "model.name=cnn_w16", "output_dir=runs", "name=teacher", "optim.lr=0.5", "--resume", *FAST], ["configuration differs"]),
+    (
+        ["train", "model.name=cnn_w16", "output_dir=runs", "name=teacher", "optim.lr=0.5", "--resume", *FAST],
+        ["configuration differs"],
+    ),
     (["train", *TINY, "model.init=missing.pt"], ["missing.pt", "does not exist"]),
     (["train", *TINY, "model.init=T.pt"], ["holds a 'cnn_w16' but model.name is 'cnn_w4'"]),
     # teachers and checkpoints
@@ -101,8 +124,14 @@ CATALOGUE = [
     (["evaluate", "T.pt", "model.name=x"], ["only takes data.* overrides"]),
     (["evaluate", "no_model_name.pt"], ["no model_name"]),
     # caches
-    (["cache", "build", "mine", "--overwrite", "teacher.checkpoint=T.pt", *FAST], ["not a teacher cache", "left as it is"]),
-    (["cache", "build", "runs/teacher", "--overwrite", "teacher.checkpoint=runs/teacher/best.pt", *FAST], ["not a teacher cache"]),
+    (
+        ["cache", "build", "mine", "--overwrite", "teacher.checkpoint=T.pt", *FAST],
+        ["not a teacher cache", "left as it is"],
+    ),
+    (
+        ["cache", "build", "runs/teacher", "--overwrite", "teacher.checkpoint=runs/teacher/best.pt", *FAST],
+        ["not a teacher cache"],
+    ),
     (["cache", "build", "new", "--views", "-3", "teacher.checkpoint=T.pt"], ["--views must be at least 1"]),
     (["cache", "build", "new", "--views", "0", "teacher.checkpoint=T.pt"], ["--views must be at least 1"]),
     (["cache", "build", "file.txt", "teacher.checkpoint=T.pt", *FAST], ["is a file"]),
@@ -148,13 +177,16 @@ def test_catalogue_size():
     assert len(CATALOGUE) >= 40
 
 
-@pytest.mark.parametrize("argv", [
-    ["train", *TINY, "output_dir=/proc/darkknowledge-test"],
-    ["cache", "build", "/proc/darkknowledge-test", "teacher.checkpoint=T.pt", *FAST],
-    ["diagnose", "-t", "T.pt", "--out", "/proc/darkknowledge-test"],
-    ["demo", "--out", "/proc/darkknowledge-test", "--epochs", "1"],
-    ["sweep", "good_spec.yaml", "--out", "/proc/darkknowledge-test"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", *TINY, "output_dir=/proc/darkknowledge-test"],
+        ["cache", "build", "/proc/darkknowledge-test", "teacher.checkpoint=T.pt", *FAST],
+        ["diagnose", "-t", "T.pt", "--out", "/proc/darkknowledge-test"],
+        ["demo", "--out", "/proc/darkknowledge-test", "--epochs", "1"],
+        ["sweep", "good_spec.yaml", "--out", "/proc/darkknowledge-test"],
+    ],
+)
 def test_unwritable_output_is_one_line(workspace, monkeypatch, capsys, argv):
     # root may write anywhere on a normal file system; /proc refuses everyone
     monkeypatch.chdir(workspace)
@@ -169,7 +201,9 @@ def test_unwritable_output_is_one_line(workspace, monkeypatch, capsys, argv):
 
 
 def test_divergence_stops_naming_epoch_step_and_terms(tmp_path, capsys):
-    code = main(["train", "model.name=mlp_h32", "optim.epochs=4", "optim.lr=1e6", f"output_dir={tmp_path}", "name=d", *FAST])
+    code = main(
+        ["train", "model.name=mlp_h32", "optim.epochs=4", "optim.lr=1e6", f"output_dir={tmp_path}", "name=d", *FAST]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("error: ")
     assert "non-finite" in err[-1] and "epoch 1" in err[-1] and ("step" in err[-1] or "evaluation" in err[-1])
@@ -248,9 +282,23 @@ def test_resume_from_best_when_last_is_missing(tmp_path, capsys):
 
 def test_ctrl_c_exits_130_with_one_line(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "darkknowledge", "train", "model.name=mlp_h32", "optim.epochs=200",
-                             f"output_dir={tmp_path}", "name=c", *FAST],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "darkknowledge",
+            "train",
+            "model.name=mlp_h32",
+            "optim.epochs=200",
+            f"output_dir={tmp_path}",
+            "name=c",
+            *FAST,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not (tmp_path / "c" / "last.pt").exists():
         time.sleep(0.05)

@@ -15,12 +15,21 @@ from darkknowledge.data.loader import BatchLoader, epoch_generator, eval_batches
 MEAN, STD = (0.5, 0.25, 0.1), (0.2, 0.3, 0.4)
 
 
-def synthetic(n: int = 50, c: int = 3, h: int = 5, w: int = 7, pad: int = 2, flip: bool = True, classes: int = 5) -> ArrayDataset:
+def synthetic(
+    n: int = 50, c: int = 3, h: int = 5, w: int = 7, pad: int = 2, flip: bool = True, classes: int = 5
+) -> ArrayDataset:
     g = torch.Generator().manual_seed(123)
     images = torch.randint(0, 256, (n, c, h, w), generator=g, dtype=torch.uint8)
     targets = torch.arange(n, dtype=torch.int64) % classes
-    spec = DataSpec(name="synthetic", num_classes=classes, in_channels=c, image_size=(h, w),
-                    mean=MEAN[:c], std=STD[:c], augment=AugmentSpec(pad=pad, flip=flip))
+    spec = DataSpec(
+        name="synthetic",
+        num_classes=classes,
+        in_channels=c,
+        image_size=(h, w),
+        mean=MEAN[:c],
+        std=STD[:c],
+        augment=AugmentSpec(pad=pad, flip=flip),
+    )
     return ArrayDataset(images, targets, spec)
 
 
@@ -28,7 +37,7 @@ def reference_augment(img: np.ndarray, dy: int, dx: int, flip: int, pad: int) ->
     """torchvision semantics: zero-pad, crop an H x W window at (dy, dx), then mirror."""
     c, h, w = img.shape
     padded = np.pad(img, ((0, 0), (pad, pad), (pad, pad)))
-    crop = padded[:, dy:dy + h, dx:dx + w]
+    crop = padded[:, dy : dy + h, dx : dx + w]
     return crop[:, :, ::-1] if flip else crop
 
 
@@ -96,7 +105,9 @@ def test_normalizer_mean_std():
     x = torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8)
     out = Normalizer(MEAN, STD, "cpu", channels_last=False)(x)
     assert out.dtype == torch.float32
-    np.testing.assert_allclose(out.numpy(), np.stack([reference_normalize(i, MEAN, STD) for i in x.numpy()]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        out.numpy(), np.stack([reference_normalize(i, MEAN, STD) for i in x.numpy()]), rtol=1e-5, atol=1e-5
+    )
     # pixel value mean*255 maps to 0
     mid = torch.full((1, 1, 1, 1), 51, dtype=torch.uint8)  # 51/255 = 0.2
     assert Normalizer((0.2,), (0.5,), "cpu", False)(mid).abs().max() < 1e-6
@@ -118,7 +129,10 @@ def test_digits_statistics_match_spec(digits_splits):
 
 
 def _epoch(loader, e):
-    return [(b.indices.clone(), b.images.clone(), None if b.aug_params is None else b.aug_params.clone()) for b in loader.epoch(e)]
+    return [
+        (b.indices.clone(), b.images.clone(), None if b.aug_params is None else b.aug_params.clone())
+        for b in loader.epoch(e)
+    ]
 
 
 def test_same_seed_and_epoch_give_identical_batches():
@@ -201,7 +215,9 @@ def test_shards_are_disjoint_and_cover(train, world_size):
     ds = synthetic(n=50)
     shards = []
     for rank in range(world_size):
-        loader = BatchLoader(ds, 4, train=train, drop_last=False, seed=7, rank=rank, world_size=world_size, channels_last=False)
+        loader = BatchLoader(
+            ds, 4, train=train, drop_last=False, seed=7, rank=rank, world_size=world_size, channels_last=False
+        )
         idx = torch.cat([b.indices for b in loader.epoch(1)]).tolist()
         # training shards are equal (every rank takes the same steps); evaluation covers everything
         assert len(idx) == len(set(idx)) == (50 // world_size if train else len(range(rank, 50, world_size)))
@@ -216,8 +232,10 @@ def test_shards_are_disjoint_and_cover(train, world_size):
 def test_ranks_split_the_single_process_batches():
     ds = synthetic(n=50)
     single = [b.indices for b in BatchLoader(ds, 8, train=True, seed=3, channels_last=False).epoch(2)]
-    ranks = [[b.indices for b in BatchLoader(ds, 4, train=True, seed=3, rank=r, world_size=2, channels_last=False).epoch(2)]
-             for r in range(2)]
+    ranks = [
+        [b.indices for b in BatchLoader(ds, 4, train=True, seed=3, rank=r, world_size=2, channels_last=False).epoch(2)]
+        for r in range(2)
+    ]
     assert len(ranks[0]) == len(ranks[1]) == len(single)
     for i, whole in enumerate(single):
         assert sorted(torch.cat([ranks[0][i], ranks[1][i]]).tolist()) == sorted(whole.tolist())
@@ -244,7 +262,10 @@ def test_view_table_replay():
     common = views_per_epoch[0].keys() & views_per_epoch[1].keys()
     assert any(views_per_epoch[0][i] != views_per_epoch[1][i] for i in common)  # a new draw each epoch
     # replay is deterministic
-    again = [(b.indices, b.views) for b in BatchLoader(ds, 6, train=True, seed=2, view_table=table, channels_last=False).epoch(1)]
+    again = [
+        (b.indices, b.views)
+        for b in BatchLoader(ds, 6, train=True, seed=2, view_table=table, channels_last=False).epoch(1)
+    ]
     first = [(b.indices, b.views) for b in loader.epoch(1)]
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(again, first))
 

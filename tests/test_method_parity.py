@@ -71,7 +71,9 @@ def test_logit_standardised_kd_matches_torchdistill(temperature, ce_weight, kd_w
     s, t = 2.0 * s + 1.0, t - 3.0  # LS-KD is scale/shift invariant; torchdistill must agree anyway
     theirs = mid_level.LogitStdKDLoss(PATH, IO, PATH, IO, temperature=temperature, alpha=ce_weight, beta=kd_weight)
     expected = theirs(io(s), io(t), y).item()
-    ours = kd_loss(s, t, y, ce_weight=ce_weight, kd_weight=kd_weight, temperature=temperature, logit_standardization=True)
+    ours = kd_loss(
+        s, t, y, ce_weight=ce_weight, kd_weight=kd_weight, temperature=temperature, logit_standardization=True
+    )
     assert total(ours).item() == pytest.approx(expected, rel=1e-9)
     ours_ls = lskd_loss(s, t, y, ce_weight=ce_weight, kd_weight=kd_weight, temperature=temperature)
     assert total(ours_ls).item() == pytest.approx(expected, rel=1e-9)

@@ -25,12 +25,12 @@ from darkknowledge.methods.dkd import dkd_components, dkd_loss, dkd_warmup
 from darkknowledge.methods.fgcr import class_relation_matrix, fgcr_loss, fgcr_teacher_log_probs
 from darkknowledge.methods.functional import tempered_kl
 from darkknowledge.methods.isats import ISATSParams, isats_loss, isats_loss_and_temperature, isats_temperatures
-from darkknowledge.nontarget import TARGET_RATIO, isats_search
 from darkknowledge.methods.kd import kd_loss
 from darkknowledge.methods.lskd import lskd_loss
 from darkknowledge.methods.rckd import rckd_loss
 from darkknowledge.methods.ttm import ttm_loss
 from darkknowledge.methods.wttm import wttm_loss, wttm_weights
+from darkknowledge.nontarget import TARGET_RATIO, isats_search
 
 # ---------------------------------------------------------------------------------------
 # fixtures and helpers
@@ -162,11 +162,21 @@ def test_isats_param_cross_checks():
 
 def _extreme_cases():
     g = torch.Generator().manual_seed(1)
-    yield "c2", torch.randn(6, 2, generator=g) * 3, torch.randn(6, 2, generator=g) * 3, torch.randint(0, 2, (6,), generator=g)
+    yield (
+        "c2",
+        torch.randn(6, 2, generator=g) * 3,
+        torch.randn(6, 2, generator=g) * 3,
+        torch.randint(0, 2, (6,), generator=g),
+    )
     sign_s = torch.randint(0, 2, (6, 7), generator=g).float() * 2 - 1
     sign_t = torch.randint(0, 2, (6, 7), generator=g).float() * 2 - 1
     yield "huge", sign_s * 1e4, sign_t * 1e4, torch.randint(0, 7, (6,), generator=g)
-    yield "huge_c2", torch.tensor([[1e4, -1e4], [-1e4, 1e4]]), torch.tensor([[-1e4, 1e4], [-1e4, 1e4]]), torch.tensor([0, 1])
+    yield (
+        "huge_c2",
+        torch.tensor([[1e4, -1e4], [-1e4, 1e4]]),
+        torch.tensor([[-1e4, 1e4], [-1e4, 1e4]]),
+        torch.tensor([0, 1]),
+    )
     s, t, y = random_batch(batch=5, classes=9, seed=2)
     yield "bf16", s.bfloat16(), t.bfloat16(), y
     yield "constant_rows", torch.zeros(3, 4), torch.ones(3, 4), torch.tensor([0, 1, 2])
@@ -364,8 +374,15 @@ def test_isats_loss_default_search_matches_dense_brute_force(classes):
     setting for training) keep tau* within 1 % of a dense brute force."""
     p = build_method("isats", {}, num_classes=classes).params
     z, y = _confidence_ladder(classes=classes, seed=classes + 1)
-    tau = isats_search(z, y, search_rule=p.search_rule, tau_min=p.tau_min, tau_max=p.tau_max,
-                       grid_size=p.grid_size, refine_size=p.refine_size)
+    tau = isats_search(
+        z,
+        y,
+        search_rule=p.search_rule,
+        tau_min=p.tau_min,
+        tau_max=p.tau_max,
+        grid_size=p.grid_size,
+        refine_size=p.refine_size,
+    )
     reference = np.array([_brute_force_tau(z[i].double().numpy(), int(y[i]), "A") for i in range(len(y))])
     assert np.abs(tau.numpy() / reference - 1).max() < 0.01
 
@@ -414,9 +431,13 @@ def test_isats_rule_c_stays_in_bounds_and_matches_brute_force():
 
 def test_isats_temperature_rules():
     z, y = _confidence_ladder(batch=16)
-    tau1, tau2 = isats_temperatures(z, y, search_rule="A", target_rule="ratio", target_ratio=1.5, misclassified_temperature=None)
+    tau1, tau2 = isats_temperatures(
+        z, y, search_rule="A", target_rule="ratio", target_ratio=1.5, misclassified_temperature=None
+    )
     assert torch.allclose(tau1, 1.5 * tau2)
-    tau1, tau2 = isats_temperatures(z, y, search_rule="A", target_rule="fixed", target_temperature=4.0, misclassified_temperature=None)
+    tau1, tau2 = isats_temperatures(
+        z, y, search_rule="A", target_rule="fixed", target_temperature=4.0, misclassified_temperature=None
+    )
     assert torch.allclose(tau1, tau2.clamp(min=4.0)) and (tau1 >= tau2).all()
     tau1, tau2 = isats_temperatures(z, y, search_rule="B", target_ratio=3.0, misclassified_temperature=None)
     assert torch.allclose(tau1, 3.0 * tau2)
@@ -431,7 +452,9 @@ def test_isats_temperature_rules():
     assert wrong.any() and (~wrong).any() and torch.allclose(per_row[wrong], torch.full_like(per_row[wrong], 0.5))
     tau1, tau2 = isats_temperatures(z, y)  # the default: misclassified rows at T = 4
     assert (tau1[wrong] == 4.0).all() and (tau2[wrong] == 4.0).all()
-    assert torch.allclose(tau2[~wrong], per_row[~wrong]) and torch.allclose(tau1[~wrong], TARGET_RATIO * per_row[~wrong])
+    assert torch.allclose(tau2[~wrong], per_row[~wrong]) and torch.allclose(
+        tau1[~wrong], TARGET_RATIO * per_row[~wrong]
+    )
     # the rules are genuinely different searches
     a = isats_search(z, y, search_rule="A")
     b = isats_search(z, y, search_rule="B", target_ratio=2.0)
@@ -442,8 +465,16 @@ def test_isats_loss_equals_ats_at_searched_temperatures_and_records():
     s, t, y = random_batch(batch=12, classes=20, seed=6)
     tau1, tau2 = isats_temperatures(t, y)
     d = ISATSParams()
-    expected = ats_loss(s, t, y, target_temperature=tau1, nontarget_temperature=tau2, ce_weight=d.ce_weight,
-                        kd_weight=d.kd_weight, student_temperature=d.student_temperature)
+    expected = ats_loss(
+        s,
+        t,
+        y,
+        target_temperature=tau1,
+        nontarget_temperature=tau2,
+        ce_weight=d.ce_weight,
+        kd_weight=d.kd_weight,
+        student_temperature=d.student_temperature,
+    )
     got = isats_loss(s, t, y)
     for key in expected:
         assert torch.allclose(got[key], expected[key])
@@ -778,49 +809,117 @@ def test_ctkd_warns_when_curriculum_exceeds_the_run():
 # one definition per method: the plain function and the registered module agree
 # ---------------------------------------------------------------------------------------
 
+from darkknowledge.methods.aid import aid_loss  # noqa: E402
 from darkknowledge.methods.ce import ce_loss  # noqa: E402
 from darkknowledge.methods.ctkd import ctkd_loss  # noqa: E402
-from darkknowledge.methods.aid import aid_loss  # noqa: E402
 from darkknowledge.methods.eskd import eskd_loss  # noqa: E402
 from darkknowledge.methods.regt import regt_loss  # noqa: E402
 from darkknowledge.methods.sckd import sckd_loss  # noqa: E402
 
 # The public function of every method, called as a user would.
 FUNCTIONS = {
-    "ce": ce_loss, "kd": kd_loss, "lskd": lskd_loss, "ats": ats_loss, "isats": isats_loss, "fgcr": fgcr_loss,
-    "rckd": rckd_loss, "dkd": dkd_loss, "dist": dist_loss, "ctkd": ctkd_loss, "ttm": ttm_loss, "wttm": wttm_loss,
-    "regt": regt_loss, "aid": aid_loss, "eskd": eskd_loss, "sckd": sckd_loss,
+    "ce": ce_loss,
+    "kd": kd_loss,
+    "lskd": lskd_loss,
+    "ats": ats_loss,
+    "isats": isats_loss,
+    "fgcr": fgcr_loss,
+    "rckd": rckd_loss,
+    "dkd": dkd_loss,
+    "dist": dist_loss,
+    "ctkd": ctkd_loss,
+    "ttm": ttm_loss,
+    "wttm": wttm_loss,
+    "regt": regt_loss,
+    "aid": aid_loss,
+    "eskd": eskd_loss,
+    "sckd": sckd_loss,
 }
 # Non-default parameters: together the sets of a method change every field.
 NON_DEFAULT = {
     "ce": [{"ce_weight": 0.7, "label_smoothing": 0.1}],
     "kd": [{"ce_weight": 0.3, "kd_weight": 2.0, "temperature": 2.5, "logit_standardization": True}],
     "lskd": [{"ce_weight": 0.2, "kd_weight": 4.0, "temperature": 3.0}],
-    "ats": [{"ce_weight": 0.3, "kd_weight": 0.7, "target_temperature": 5.0, "nontarget_temperature": 1.5,
-             "student_temperature": 2.0, "center_logits": True}],
-    "isats": [
-        {"ce_weight": 0.3, "kd_weight": 0.7, "student_temperature": 2.0, "tau_min": 0.3, "tau_max": 30.0,
-         "grid_size": 16, "refine_size": 5, "target_rule": "fixed", "target_temperature": 3.0, "center_logits": True},
-        {"search_rule": "B", "target_ratio": 1.5, "logit_standardization": True, "tau_min": 0.02, "tau_max": 2.0,
-         "temperature_scope": "batch", "misclassified_temperature": 3.0},
+    "ats": [
+        {
+            "ce_weight": 0.3,
+            "kd_weight": 0.7,
+            "target_temperature": 5.0,
+            "nontarget_temperature": 1.5,
+            "student_temperature": 2.0,
+            "center_logits": True,
+        }
     ],
-    "fgcr": [{"ce_weight": 0.2, "kd_weight": 1.5, "temperature": 3.0, "fusion_weight": 0.3, "relation_temperature": 2.0}],
+    "isats": [
+        {
+            "ce_weight": 0.3,
+            "kd_weight": 0.7,
+            "student_temperature": 2.0,
+            "tau_min": 0.3,
+            "tau_max": 30.0,
+            "grid_size": 16,
+            "refine_size": 5,
+            "target_rule": "fixed",
+            "target_temperature": 3.0,
+            "center_logits": True,
+        },
+        {
+            "search_rule": "B",
+            "target_ratio": 1.5,
+            "logit_standardization": True,
+            "tau_min": 0.02,
+            "tau_max": 2.0,
+            "temperature_scope": "batch",
+            "misclassified_temperature": 3.0,
+        },
+    ],
+    "fgcr": [
+        {"ce_weight": 0.2, "kd_weight": 1.5, "temperature": 3.0, "fusion_weight": 0.3, "relation_temperature": 2.0}
+    ],
     "rckd": [{"ce_weight": 0.5, "kd_weight": 2.0, "temperature": 3.0, "eps": 1e-6}],
-    "dkd": [{"ce_weight": 0.5, "tckd_weight": 2.0, "nckd_weight": 3.0, "temperature": 2.0, "warmup_epochs": 5.0,
-             "logit_standardization": True}],
-    "dist": [{"ce_weight": 0.5, "kd_weight": 1.0, "temperature": 2.0, "inter_weight": 0.5, "intra_weight": 2.0,
-              "eps": 1e-6}],
-    "ctkd": [{"ce_weight": 0.2, "kd_weight": 0.5, "t_start": 2.0, "t_range": 10.0, "init_theta": -0.5,
-              "curriculum_epochs": 4.0}],
+    "dkd": [
+        {
+            "ce_weight": 0.5,
+            "tckd_weight": 2.0,
+            "nckd_weight": 3.0,
+            "temperature": 2.0,
+            "warmup_epochs": 5.0,
+            "logit_standardization": True,
+        }
+    ],
+    "dist": [
+        {"ce_weight": 0.5, "kd_weight": 1.0, "temperature": 2.0, "inter_weight": 0.5, "intra_weight": 2.0, "eps": 1e-6}
+    ],
+    "ctkd": [
+        {
+            "ce_weight": 0.2,
+            "kd_weight": 0.5,
+            "t_start": 2.0,
+            "t_range": 10.0,
+            "init_theta": -0.5,
+            "curriculum_epochs": 4.0,
+        }
+    ],
     "ttm": [{"ce_weight": 0.5, "kd_weight": 3.0, "temperature": 2.0}],
     "wttm": [{"ce_weight": 0.5, "kd_weight": 2.0, "temperature": 5.0}],
-    "regt": [{"ce_weight": 0.5, "variance_weight": 2.0, "variance_temperature": 2.0, "confidence_weight": 0.1,
-              "label_smoothing": 0.1}],
+    "regt": [
+        {
+            "ce_weight": 0.5,
+            "variance_weight": 2.0,
+            "variance_temperature": 2.0,
+            "confidence_weight": 0.1,
+            "label_smoothing": 0.1,
+        }
+    ],
     "aid": [{"ce_weight": 0.5, "kd_weight": 2.0, "temperature": 2.0, "part": "intra_class"}, {"part": "full"}],
-    "eskd": [{"ce_weight": 0.3, "kd_weight": 2.0, "temperature": 2.5, "logit_standardization": True, "stop_epoch": 5},
-             {"stop_epoch": 1, "ce_weight_after_stop": 0.5}],  # ROUTE_CTX is epoch 2: after the stop
-    "sckd": [{"ce_weight": 0.3, "kd_weight": 2.0, "temperature": 2.5, "threshold": -0.5, "gate_scope": "logits"},
-             {"threshold": 0.5, "gate_scope": "last_layer"}],
+    "eskd": [
+        {"ce_weight": 0.3, "kd_weight": 2.0, "temperature": 2.5, "logit_standardization": True, "stop_epoch": 5},
+        {"stop_epoch": 1, "ce_weight_after_stop": 0.5},
+    ],  # ROUTE_CTX is epoch 2: after the stop
+    "sckd": [
+        {"ce_weight": 0.3, "kd_weight": 2.0, "temperature": 2.5, "threshold": -0.5, "gate_scope": "logits"},
+        {"threshold": 0.5, "gate_scope": "last_layer"},
+    ],
 }
 ROUTE_CASES = [(n, None) for n in ALL] + [(n, p) for n in sorted(NON_DEFAULT) for p in NON_DEFAULT[n]]
 ROUTE_CTX = StepContext(epoch=2, num_epochs=10, step_in_epoch=1, steps_per_epoch=4)
@@ -857,14 +956,24 @@ def function_route(name, s, t, y, params, relation_data):
     if name == "ctkd":
         p = METHODS.get(name).Params(**kw)
         theta = torch.tensor(p.init_theta, requires_grad=True)
-        lam = ctkd_lambda(ROUTE_CTX.epoch, curriculum_epochs=p.curriculum_epochs) if given else ctkd_lambda(ROUTE_CTX.epoch)
-        temp = ctkd_temperature(theta, lam, t_start=p.t_start, t_range=p.t_range) if given else ctkd_temperature(theta, lam)
+        lam = (
+            ctkd_lambda(ROUTE_CTX.epoch, curriculum_epochs=p.curriculum_epochs)
+            if given
+            else ctkd_lambda(ROUTE_CTX.epoch)
+        )
+        temp = (
+            ctkd_temperature(theta, lam, t_start=p.t_start, t_range=p.t_range)
+            if given
+            else ctkd_temperature(theta, lam)
+        )
         kw = {k: v for k, v in kw.items() if k in ("ce_weight", "kd_weight")}
         return fn(s, t, y, temperature=temp, **kw), {"theta": theta}
     return fn(s, t, y, **kw), {}
 
 
-@pytest.mark.parametrize("name,params", ROUTE_CASES, ids=[f"{n}-{'default' if p is None else i}" for i, (n, p) in enumerate(ROUTE_CASES)])
+@pytest.mark.parametrize(
+    "name,params", ROUTE_CASES, ids=[f"{n}-{'default' if p is None else i}" for i, (n, p) in enumerate(ROUTE_CASES)]
+)
 def test_function_and_module_routes_are_identical(name, params):
     s, t, y = route_inputs()
     g = torch.Generator().manual_seed(9)
@@ -905,8 +1014,16 @@ def test_route_inputs_put_isats_tau_inside_the_search_range():
             from darkknowledge.methods.functional import standardize_logits
 
             z = standardize_logits(t)
-        tau = isats_search(z, y, search_rule=p.search_rule, tau_min=p.tau_min, tau_max=p.tau_max,
-                           target_ratio=p.target_ratio, grid_size=p.grid_size, refine_size=p.refine_size)
+        tau = isats_search(
+            z,
+            y,
+            search_rule=p.search_rule,
+            tau_min=p.tau_min,
+            tau_max=p.tau_max,
+            target_ratio=p.target_ratio,
+            grid_size=p.grid_size,
+            refine_size=p.refine_size,
+        )
         inside = (tau > p.tau_min * 1.05) & (tau < p.tau_max / 1.05)
         assert inside.float().mean() >= 0.75, (params, tau)
 
@@ -927,10 +1044,13 @@ def test_drifted_defaults_are_refused_at_import():
     from darkknowledge.methods.kd import KDParams
 
     with pytest.raises(TypeError, match="belong in KDParams"):
+
         @param_defaults(KDParams)
         def drifted(s, t, y, *, ce_weight=0.2, kd_weight, temperature, logit_standardization):
             return {}
+
     with pytest.raises(TypeError, match="missing"):
+
         @param_defaults(KDParams)
         def incomplete(s, t, y, *, ce_weight, kd_weight):
             return {}
@@ -968,6 +1088,7 @@ def _isats_reference(s, t, y, tau_min=0.5, tau_max=20.0, grid=64, ratio=1.0, stu
         scaled[yi] = row_t[yi] / (ratio * tau)
         q = np.exp(scaled - scaled.max())
         q /= q.sum()
+
         def log_softmax(v):
             return v - v.max() - np.log(np.exp(v - v.max()).sum())
 

@@ -24,8 +24,9 @@ def run_cli(*args: str, pythonpath: list[Path] = (), env_extra: dict | None = No
     env = {k: v for k, v in os.environ.items() if k != "DARKKNOWLEDGE_PLUGINS"}
     env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(str(p) for p in pythonpath)})
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "darkknowledge", *args], capture_output=True, text=True,
-                          env=env, timeout=300, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "darkknowledge", *args], capture_output=True, text=True, env=env, timeout=300, cwd=REPO
+    )
 
 
 def test_docs_show_the_tested_example():
@@ -35,14 +36,31 @@ def test_docs_show_the_tested_example():
 
 
 def test_cli_trains_with_a_plugin_method_and_model(tmp_path):
-    common = [f"output_dir={tmp_path}", *FAST, "model.name=pooled_mlp", "data.train_per_class=10",
-              "data.test_per_class=5", "data.batch_size=16", "optim.epochs=1"]
-    teacher = run_cli("--plugin", "dk_example_plugin", "train", *common, "method.name=ce", "name=t",
-                      pythonpath=[PLUGINS])
+    common = [
+        f"output_dir={tmp_path}",
+        *FAST,
+        "model.name=pooled_mlp",
+        "data.train_per_class=10",
+        "data.test_per_class=5",
+        "data.batch_size=16",
+        "optim.epochs=1",
+    ]
+    teacher = run_cli(
+        "--plugin", "dk_example_plugin", "train", *common, "method.name=ce", "name=t", pythonpath=[PLUGINS]
+    )
     assert teacher.returncode == 0, teacher.stderr
     ckpt = tmp_path / "t" / "last.pt"
-    student = run_cli("--plugin", "dk_example_plugin", "distill", *common, f"teacher.checkpoint={ckpt}",
-                      "method.name=logit_mse", "method.kd_weight=0.2", "name=s", pythonpath=[PLUGINS])
+    student = run_cli(
+        "--plugin",
+        "dk_example_plugin",
+        "distill",
+        *common,
+        f"teacher.checkpoint={ckpt}",
+        "method.name=logit_mse",
+        "method.kd_weight=0.2",
+        "name=s",
+        pythonpath=[PLUGINS],
+    )
     assert student.returncode == 0, student.stderr
     lines = [json.loads(x) for x in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["loss/kd"] > 0 and "test/teacher_agreement" in lines[-1]

@@ -23,7 +23,6 @@ from darkknowledge.methods.functional import tempered_kl
 from darkknowledge.methods.kd import kd_loss
 from darkknowledge.methods.regt import nontarget_spread, prediction_entropy, regt_loss
 from darkknowledge.methods.sckd import gradient_cosine, last_linear, sckd_loss, sckd_loss_and_cosine
-
 from test_methods import GOLD_S, GOLD_T, GOLD_Y, gold_inputs
 
 # ---------------------------------------------------------------------------------------
@@ -43,7 +42,9 @@ def _nontarget(p, y):
     return [r / r.sum() for r in rows]
 
 
-def np_regt(z, y, ce_weight=1.0, variance_weight=0.5, variance_temperature=1.0, confidence_weight=0.0, label_smoothing=0.0):
+def np_regt(
+    z, y, ce_weight=1.0, variance_weight=0.5, variance_temperature=1.0, confidence_weight=0.0, label_smoothing=0.0
+):
     z = np.asarray(z, np.float64)
     c = z.shape[1]
     p = _softmax(z)
@@ -86,8 +87,19 @@ def np_aid(v, s, y, part, ce_weight=1.0, kd_weight=1.0, temperature=4.0):
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kw", [{}, {"variance_weight": 2.0, "variance_temperature": 3.0, "confidence_weight": 0.3,
-                                     "label_smoothing": 0.1, "ce_weight": 0.5}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {
+            "variance_weight": 2.0,
+            "variance_temperature": 3.0,
+            "confidence_weight": 0.3,
+            "label_smoothing": 0.1,
+            "ce_weight": 0.5,
+        },
+    ],
+)
 def test_regt_golden(kw):
     s, _, y = gold_inputs()
     terms = regt_loss(s, y, **kw)
@@ -154,7 +166,14 @@ def _nontarget_variance(logits, targets, temperature):
 
 # A stable small recipe (cosine schedule): with the constant-lr shared teacher recipe the
 # accuracy, and with it the variance, moves by several points between seeds.
-RECIPE = ["model.name=cnn_w16", "optim.epochs=5", "optim.lr=0.05", "optim.schedule=cosine", "data.batch_size=32", "seed=0"]
+RECIPE = [
+    "model.name=cnn_w16",
+    "optim.epochs=5",
+    "optim.lr=0.05",
+    "optim.schedule=cosine",
+    "data.batch_size=32",
+    "seed=0",
+]
 
 
 def test_regt_raises_teacher_nontarget_variance_against_plain_ce(tmp_path, digits_splits):
@@ -220,13 +239,33 @@ def test_aid_moves_teacher_towards_student_and_keeps_accuracy(tmp_path, teacher_
     (3.2 -> 0.8 when written) and the teacher's accuracy stays within 3 points."""
     from darkknowledge.engine.trainer import train
 
-    student = train(fast_config(tmp_path, "model.name=cnn_w4", "method.name=ce", "optim.epochs=5", "optim.lr=0.05",
-                                "optim.schedule=cosine", "data.batch_size=32", "name=student"))
+    student = train(
+        fast_config(
+            tmp_path,
+            "model.name=cnn_w4",
+            "method.name=ce",
+            "optim.epochs=5",
+            "optim.lr=0.05",
+            "optim.schedule=cosine",
+            "data.batch_size=32",
+            "name=student",
+        )
+    )
     teacher_pt = teacher_run["last"]
-    adapted = train(fast_config(tmp_path, "model.name=cnn_w16", f"model.init={teacher_pt}",
-                                f"teacher.checkpoint={Path(student['run_dir']) / 'last.pt'}", "method.name=aid",
-                                "optim.epochs=2", "optim.lr=0.01", "optim.schedule=constant", "data.batch_size=32",
-                                "name=adapted"))
+    adapted = train(
+        fast_config(
+            tmp_path,
+            "model.name=cnn_w16",
+            f"model.init={teacher_pt}",
+            f"teacher.checkpoint={Path(student['run_dir']) / 'last.pt'}",
+            "method.name=aid",
+            "optim.epochs=2",
+            "optim.lr=0.01",
+            "optim.schedule=constant",
+            "data.batch_size=32",
+            "name=adapted",
+        )
+    )
     test = digits_splits[1]
     z_t, y = _test_logits(teacher_run["run_dir"], test)
     z_s, _ = _test_logits(student["run_dir"], test)
@@ -265,7 +304,9 @@ def test_eskd_module_follows_the_epoch_and_warns_on_schedule():
     assert method(s, t, y, StepContext(epoch=2, num_epochs=4))["kd"].item() == 0.0
     assert method.check_schedule(4) == []
     (warning,) = method.check_schedule(2)
-    assert "stop_epoch=2" in warning and "2 epochs" in warning and "method.stop_epoch" in warning and "\n" not in warning
+    assert (
+        "stop_epoch=2" in warning and "2 epochs" in warning and "method.stop_epoch" in warning and "\n" not in warning
+    )
     (warning,) = build_method("eskd", {"stop_epoch": 0}, num_classes=5).check_schedule(4)
     assert "never distils" in warning
     assert len(build_method("eskd", {}, num_classes=5).check_schedule(30)) == 1  # default 60 epochs
@@ -350,7 +391,9 @@ def test_sckd_gate_over_parameters_follows_the_gradients(scope):
         model.zero_grad()
         sum(terms.values()).backward()
         fresh = model(x)  # the reference step on a fresh graph: CE (+ KD when open)
-        reference = 0.1 * F.cross_entropy(fresh, y) + (0.9 * 16 * tempered_kl(fresh, teacher, 4.0).mean() if opened[-1] else 0.0)
+        reference = 0.1 * F.cross_entropy(fresh, y) + (
+            0.9 * 16 * tempered_kl(fresh, teacher, 4.0).mean() if opened[-1] else 0.0
+        )
         ref_grads = torch.autograd.grad(reference, list(model.parameters()))
         for p, g in zip(model.parameters(), ref_grads):
             assert torch.allclose(p.grad, g, atol=1e-6)
@@ -385,37 +428,89 @@ TINY = ["data.train_per_class=10", "data.test_per_class=5", "data.batch_size=32"
 def _cli(capsys, *argv) -> dict:
     assert main(list(argv)) == 0
     out = capsys.readouterr().out
-    return json.loads(out[out.index("{"):])
+    return json.loads(out[out.index("{") :])
 
 
 def test_cli_train_regt(tmp_path, capsys):
-    out = _cli(capsys, "train", *TINY, "model.name=cnn_w4", "method.name=regt", "method.confidence_weight=0.1",
-               "optim.epochs=1", f"output_dir={tmp_path}", "name=regt")
+    out = _cli(
+        capsys,
+        "train",
+        *TINY,
+        "model.name=cnn_w4",
+        "method.name=regt",
+        "method.confidence_weight=0.1",
+        "optim.epochs=1",
+        f"output_dir={tmp_path}",
+        "name=regt",
+    )
     (m,) = read_metrics(out["run_dir"])
     assert {"loss/ce", "loss/spread", "loss/confidence", "method/nontarget_spread/mean"} <= set(m)
 
 
 def test_cli_aid_adapts_a_teacher_checkpoint_towards_a_student(tmp_path, teacher3_ckpt, capsys):
-    student = _cli(capsys, "train", "model.name=cnn_w4", "data.classes=[0,1,2]", "data.train_per_class=20",
-                   "data.batch_size=16", "optim.epochs=1", *FAST, f"output_dir={tmp_path}", "name=student")
-    out = _cli(capsys, "distill", "model.name=cnn_w4", f"model.init={teacher3_ckpt}",
-               f"teacher.checkpoint={Path(student['run_dir']) / 'last.pt'}", "method.name=aid", "method.part=intra_class",
-               "optim.epochs=1", "optim.lr=0.01", "data.batch_size=16", *FAST, f"output_dir={tmp_path}", "name=adapted")
+    student = _cli(
+        capsys,
+        "train",
+        "model.name=cnn_w4",
+        "data.classes=[0,1,2]",
+        "data.train_per_class=20",
+        "data.batch_size=16",
+        "optim.epochs=1",
+        *FAST,
+        f"output_dir={tmp_path}",
+        "name=student",
+    )
+    out = _cli(
+        capsys,
+        "distill",
+        "model.name=cnn_w4",
+        f"model.init={teacher3_ckpt}",
+        f"teacher.checkpoint={Path(student['run_dir']) / 'last.pt'}",
+        "method.name=aid",
+        "method.part=intra_class",
+        "optim.epochs=1",
+        "optim.lr=0.01",
+        "data.batch_size=16",
+        *FAST,
+        f"output_dir={tmp_path}",
+        "name=adapted",
+    )
     (m,) = read_metrics(out["run_dir"])
     assert {"loss/ce", "loss/kd", "method/kl_to_signal/mean"} <= set(m)
 
 
 def test_cli_distill_eskd_stops_distilling(tmp_path, teacher3_ckpt, capsys):
-    out = _cli(capsys, "distill", f"teacher.checkpoint={teacher3_ckpt}", "model.name=cnn_w4", "method.name=eskd",
-               "method.stop_epoch=1", "optim.epochs=2", "data.batch_size=16", *FAST, f"output_dir={tmp_path}", "name=eskd")
+    out = _cli(
+        capsys,
+        "distill",
+        f"teacher.checkpoint={teacher3_ckpt}",
+        "model.name=cnn_w4",
+        "method.name=eskd",
+        "method.stop_epoch=1",
+        "optim.epochs=2",
+        "data.batch_size=16",
+        *FAST,
+        f"output_dir={tmp_path}",
+        "name=eskd",
+    )
     first, second = read_metrics(out["run_dir"])
     assert first["loss/kd"] > 0 and second["loss/kd"] == 0.0
 
 
 @pytest.mark.parametrize("scope", ["model", "last_layer"])
 def test_cli_distill_sckd_logs_the_open_fraction(tmp_path, teacher3_ckpt, capsys, scope):
-    out = _cli(capsys, "distill", f"teacher.checkpoint={teacher3_ckpt}", "model.name=cnn_w4", "method.name=sckd",
-               f"method.gate_scope={scope}", "optim.epochs=1", "data.batch_size=16", *FAST, f"output_dir={tmp_path}",
-               "name=sckd")
+    out = _cli(
+        capsys,
+        "distill",
+        f"teacher.checkpoint={teacher3_ckpt}",
+        "model.name=cnn_w4",
+        "method.name=sckd",
+        f"method.gate_scope={scope}",
+        "optim.epochs=1",
+        "data.batch_size=16",
+        *FAST,
+        f"output_dir={tmp_path}",
+        "name=sckd",
+    )
     (m,) = read_metrics(out["run_dir"])
     assert 0.0 <= m["method/gate_open/mean"] <= 1.0 and -1.0 <= m["method/grad_cosine/mean"] <= 1.0

@@ -15,7 +15,7 @@ from darkknowledge.engine.checkpoint import load_checkpoint
 from darkknowledge.experiments import open_sweep
 from darkknowledge.experiments.spec import parse_spec
 from darkknowledge.experiments.stage import Stage
-from test_sweep import BASE, quiet, spec_dict
+from test_sweep import quiet, spec_dict
 
 
 def stages_of(sweep, kind):
@@ -23,7 +23,11 @@ def stages_of(sweep, kind):
 
 
 def test_early_stopped_teacher_shares_the_full_teachers_run(tmp_path):
-    spec = parse_spec(spec_dict(teachers=[{"model": "mlp_h32"}, {"model": "mlp_h32", "epoch": 1}], methods=[{"name": "kd"}], seeds=[0]))
+    spec = parse_spec(
+        spec_dict(
+            teachers=[{"model": "mlp_h32"}, {"model": "mlp_h32", "epoch": 1}], methods=[{"name": "kd"}], seeds=[0]
+        )
+    )
     sweep = open_sweep(spec, tmp_path, log=quiet)
     assert sweep.run() == {"done": 4}  # one teacher run, CE, two students
     (teacher,) = stages_of(sweep, "teacher")
@@ -36,14 +40,21 @@ def test_early_stopped_teacher_shares_the_full_teachers_run(tmp_path):
 
 
 def test_takd_chain_trains_the_assistant_once_and_reuses_it(tmp_path):
-    spec = parse_spec(spec_dict(teachers=[{"model": "mlp_h128"}],
-                                methods=[{"label": "takd", "name": "kd", "temperature": 4, "assistant": {"model": "mlp_h32"}}],
-                                seeds=[0, 1]))
+    spec = parse_spec(
+        spec_dict(
+            teachers=[{"model": "mlp_h128"}],
+            methods=[{"label": "takd", "name": "kd", "temperature": 4, "assistant": {"model": "mlp_h32"}}],
+            seeds=[0, 1],
+        )
+    )
     sweep = open_sweep(spec, tmp_path, log=quiet)
     assert sweep.run() == {"done": 1 + 2 + 1 + 2}
     (assistant,) = stages_of(sweep, "assistant")
     assert assistant.config["model"]["name"] == "mlp_h32" and assistant.config["method"]["temperature"] == 4
-    assert assistant.config["teacher"]["checkpoint"].endswith("last.pt") and "teacher-mlp_h128" in assistant.config["teacher"]["checkpoint"]
+    assert (
+        assistant.config["teacher"]["checkpoint"].endswith("last.pt")
+        and "teacher-mlp_h128" in assistant.config["teacher"]["checkpoint"]
+    )
     for s in stages_of(sweep, "student"):
         if s.meta["method"] == "takd":
             assert s.config["teacher"]["checkpoint"] == str((assistant.dir / "last.pt").resolve())
@@ -59,8 +70,19 @@ def test_takd_chain_trains_the_assistant_once_and_reuses_it(tmp_path):
 
 
 def test_takd_from_the_cli_reuses_the_assistant(tmp_path, teacher_ckpt, capsys):
-    args = ["distill", f"teacher.checkpoint={teacher_ckpt}", "model.name=cnn_w4", "optim.epochs=1", "data.train_per_class=20",
-            "data.test_per_class=10", "data.batch_size=32", f"output_dir={tmp_path}", "--assistant", "cnn_w8", *FAST]
+    args = [
+        "distill",
+        f"teacher.checkpoint={teacher_ckpt}",
+        "model.name=cnn_w4",
+        "optim.epochs=1",
+        "data.train_per_class=20",
+        "data.test_per_class=10",
+        "data.batch_size=32",
+        f"output_dir={tmp_path}",
+        "--assistant",
+        "cnn_w8",
+        *FAST,
+    ]
     assert main([*args, "name=s1"]) == 0
     out = json.loads(capsys.readouterr().out)
     assistant = Path(out["assistant"])
@@ -74,7 +96,11 @@ def test_takd_from_the_cli_reuses_the_assistant(tmp_path, teacher_ckpt, capsys):
 
 def test_aid_adapts_the_teacher_to_the_ce_student_before_distilling(tmp_path):
     adapt = {"method": {"name": "aid"}, "config": {"optim": {"epochs": 1, "lr": 0.01}}}
-    spec = parse_spec(spec_dict(teachers=[{"model": "mlp_h64"}], methods=[{"label": "aid-kd", "name": "kd", "adapt": adapt}], seeds=[0]))
+    spec = parse_spec(
+        spec_dict(
+            teachers=[{"model": "mlp_h64"}], methods=[{"label": "aid-kd", "name": "kd", "adapt": adapt}], seeds=[0]
+        )
+    )
     sweep = open_sweep(spec, tmp_path, log=quiet)
     assert sweep.run() == {"done": 4}  # teacher, CE, adapted teacher, student
     (adapted,) = stages_of(sweep, "adapted")
@@ -87,9 +113,16 @@ def test_aid_adapts_the_teacher_to_the_ce_student_before_distilling(tmp_path):
 
 
 def test_regularised_teacher_in_a_sweep(tmp_path):
-    spec = parse_spec(spec_dict(teachers=[{"model": "mlp_h32", "label": "plain"},
-                                          {"model": "mlp_h32", "label": "regt", "config": {"method": {"name": "regt"}}}],
-                                methods=[{"name": "kd"}], seeds=[0]))
+    spec = parse_spec(
+        spec_dict(
+            teachers=[
+                {"model": "mlp_h32", "label": "plain"},
+                {"model": "mlp_h32", "label": "regt", "config": {"method": {"name": "regt"}}},
+            ],
+            methods=[{"name": "kd"}],
+            seeds=[0],
+        )
+    )
     sweep = open_sweep(spec, tmp_path, log=quiet)
     teachers = stages_of(sweep, "teacher")
     assert [t.config["method"]["name"] for t in teachers] == ["ce", "regt"]
@@ -104,7 +137,9 @@ def test_remedy_spec_errors():
     with pytest.raises(UserError, match="epoch applies to a teacher the sweep trains"):
         parse_spec(spec_dict(teachers=[{"checkpoint": "x.pt", "epoch": 3}]))
     with pytest.raises(UserError, match="methods\\[0\\].assistant"):
-        parse_spec(spec_dict(methods=[{"name": "kd", "assistant": {"model": "nosuch_model", "config": {"optim": {"lrr": 1}}}}]))
+        parse_spec(
+            spec_dict(methods=[{"name": "kd", "assistant": {"model": "nosuch_model", "config": {"optim": {"lrr": 1}}}}])
+        )
 
 
 def test_recorded_remedy_stages_plan_on_a_fresh_directory(tmp_path):
@@ -112,8 +147,13 @@ def test_recorded_remedy_stages_plan_on_a_fresh_directory(tmp_path):
 
     adapt = {"method": {"name": "aid"}, "config": {"optim": {"epochs": 1, "lr": 0.01}}}
     (tmp_path / "spec").mkdir()
-    spec = write_spec(tmp_path / "spec" / "s.yaml", teachers=[{"model": "mlp_h64"}], seeds=[0], records="rec",
-                      methods=[{"label": "aid-kd", "name": "kd", "adapt": adapt}])
+    spec = write_spec(
+        tmp_path / "spec" / "s.yaml",
+        teachers=[{"model": "mlp_h64"}],
+        seeds=[0],
+        records="rec",
+        methods=[{"label": "aid-kd", "name": "kd", "adapt": adapt}],
+    )
     assert open_sweep(str(spec), tmp_path / "a", log=quiet).run() == {"done": 4}
     # no teacher file here: the adapted teacher is still planned (architecture from the spec) and recorded
     assert open_sweep(str(spec), tmp_path / "b", log=quiet).counts() == {"recorded": 4}

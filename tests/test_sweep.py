@@ -35,7 +35,10 @@ def spec_dict(**changes) -> dict:
         "base": BASE,
         "teachers": [{"model": "mlp_h32"}, {"model": "mlp_h128"}],
         "student": {"model": "mlp_h16"},
-        "methods": [{"label": "kd-T4", "name": "kd", "temperature": 4}, {"label": "kd-T8", "name": "kd", "temperature": 8}],
+        "methods": [
+            {"label": "kd-T4", "name": "kd", "temperature": 4},
+            {"label": "kd-T8", "name": "kd", "temperature": 8},
+        ],
         "seeds": [0, 1],
         "diagnose": False,
     }
@@ -59,20 +62,29 @@ def stage_log_lines(sweep) -> dict[str, str]:
 # ----------------------------------------------------------------------------- spec
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"teachers": [{"model": "mlp_h32", "checkpoint": "x.pt"}]}, "teachers.0: give exactly one of model"),
-    ({"methods": [{"name": "kd"}, {"name": "kd"}]}, "method labels must be unique, 'kd' appears twice"),
-    ({"methods": [{"name": "ce"}]}, "the CE baseline (label 'ce') is always run"),
-    ({"methods": [{"name": "kd", "temprature": 4}]}, "methods[0]: method 'kd': bad parameter method.temprature"),
-    ({"methods": [{"name": "nosuch"}]}, "nosuch"),
-    ({"base": {"optim": {"lrr": 1}}}, "optim.lrr: unknown key"),
-    ({"seeds": [0, 0]}, "seeds must be distinct"),
-    ({"teachers": []}, "teachers"),
-    ({"students": {}}, "students: unknown key"),
-    ({"methods": [{"name": "kd", "label": "a/b"}]}, "must be letters"),
-    ({"teachers": [{"model": "mlp_h32", "methods": ["kd"]}]}, "teacher 'mlp_h32': methods names 'kd', which is not a method label"),
-    ({"methods": [{"name": "kd", "teachers": ["big"]}]}, "method 'kd': teachers names 'big', which is not a teacher label"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"teachers": [{"model": "mlp_h32", "checkpoint": "x.pt"}]}, "teachers.0: give exactly one of model"),
+        ({"methods": [{"name": "kd"}, {"name": "kd"}]}, "method labels must be unique, 'kd' appears twice"),
+        ({"methods": [{"name": "ce"}]}, "the CE baseline (label 'ce') is always run"),
+        ({"methods": [{"name": "kd", "temprature": 4}]}, "methods[0]: method 'kd': bad parameter method.temprature"),
+        ({"methods": [{"name": "nosuch"}]}, "nosuch"),
+        ({"base": {"optim": {"lrr": 1}}}, "optim.lrr: unknown key"),
+        ({"seeds": [0, 0]}, "seeds must be distinct"),
+        ({"teachers": []}, "teachers"),
+        ({"students": {}}, "students: unknown key"),
+        ({"methods": [{"name": "kd", "label": "a/b"}]}, "must be letters"),
+        (
+            {"teachers": [{"model": "mlp_h32", "methods": ["kd"]}]},
+            "teacher 'mlp_h32': methods names 'kd', which is not a method label",
+        ),
+        (
+            {"methods": [{"name": "kd", "teachers": ["big"]}]},
+            "method 'kd': teachers names 'big', which is not a teacher label",
+        ),
+    ],
+)
 def test_spec_errors_name_the_key(change, message):
     with pytest.raises(UserError, match=None) as exc:
         parse_spec(spec_dict(**change), "s.yaml")
@@ -89,22 +101,46 @@ def test_one_method_twice_with_labels_and_always_ce(tmp_path):
 
 
 def test_teacher_and_method_filters_choose_the_pairs(tmp_path):
-    spec = spec_dict(teachers=[{"model": "mlp_h32"}, {"model": "mlp_h128"}, {"model": "mlp_h128", "epoch": 2, "methods": ["kd-T4"]}],
-                     methods=[{"label": "kd-T4", "name": "kd"}, {"label": "kd-T8", "name": "kd", "temperature": 8, "teachers": ["mlp_h128"]}],
-                     seeds=[0])
-    names = {s.name for s in open_sweep(parse_spec(spec), tmp_path / "sw", log=quiet).stages() if s.name.startswith("student") and "-ce-" not in s.name}
-    assert names == {"student-mlp_h16-kd-T4-from-mlp_h32-s0", "student-mlp_h16-kd-T4-from-mlp_h128-s0",
-                     "student-mlp_h16-kd-T4-from-mlp_h128-e2-s0", "student-mlp_h16-kd-T8-from-mlp_h128-s0"}
+    spec = spec_dict(
+        teachers=[{"model": "mlp_h32"}, {"model": "mlp_h128"}, {"model": "mlp_h128", "epoch": 2, "methods": ["kd-T4"]}],
+        methods=[
+            {"label": "kd-T4", "name": "kd"},
+            {"label": "kd-T8", "name": "kd", "temperature": 8, "teachers": ["mlp_h128"]},
+        ],
+        seeds=[0],
+    )
+    names = {
+        s.name
+        for s in open_sweep(parse_spec(spec), tmp_path / "sw", log=quiet).stages()
+        if s.name.startswith("student") and "-ce-" not in s.name
+    }
+    assert names == {
+        "student-mlp_h16-kd-T4-from-mlp_h32-s0",
+        "student-mlp_h16-kd-T4-from-mlp_h128-s0",
+        "student-mlp_h16-kd-T4-from-mlp_h128-e2-s0",
+        "student-mlp_h16-kd-T8-from-mlp_h128-s0",
+    }
 
 
 # ----------------------------------------------------------------------------- stage identity
 
 
 def test_stage_key_ignores_paths_and_display_settings_but_not_results():
-    cfg = {"data": {"name": "digits"}, "optim": {"epochs": 2}, "engine": {"progress": False, "threads": 1},
-           "teacher": {"checkpoint": "/a/t.pt"}, "output_dir": "x", "name": "n"}
-    moved = {**cfg, "output_dir": "y", "name": "m", "engine": {"progress": True, "threads": 4},
-             "teacher": {"checkpoint": "/b/t.pt"}}
+    cfg = {
+        "data": {"name": "digits"},
+        "optim": {"epochs": 2},
+        "engine": {"progress": False, "threads": 1},
+        "teacher": {"checkpoint": "/a/t.pt"},
+        "output_dir": "x",
+        "name": "n",
+    }
+    moved = {
+        **cfg,
+        "output_dir": "y",
+        "name": "m",
+        "engine": {"progress": True, "threads": 4},
+        "teacher": {"checkpoint": "/b/t.pt"},
+    }
     assert stage_key("student", cfg, {"teacher": "d1"}) == stage_key("student", moved, {"teacher": "d1"})
     assert stage_key("student", cfg, {"teacher": "d1"}) != stage_key("student", cfg, {"teacher": "d2"})
     assert stage_key("student", cfg, {}) != stage_key("student", {**cfg, "optim": {"epochs": 3}}, {})
@@ -127,11 +163,15 @@ def test_sweep_runs_reuses_and_writes_results(tmp_path, capsys):
     rows = list(csv.DictReader((sw / "results.csv").open()))
     assert len(rows) == (2 * 2 + 1) * 2
     kd = [r for r in rows if r["method"] == "kd-T8" and r["teacher"] == "mlp_h128"]
-    assert len(kd) == 2 and json.loads(kd[0]["method_params"]) == {"name": "kd", "temperature": 8} | json.loads(kd[0]["method_params"])
+    assert len(kd) == 2 and json.loads(kd[0]["method_params"]) == {"name": "kd", "temperature": 8} | json.loads(
+        kd[0]["method_params"]
+    )
     assert all(float(r["last_top1"]) >= 0 and r["run_dir"] for r in rows)
     assert all(r["last_rank_fidelity"] for r in rows if r["method"] != "ce")
     teachers = list(csv.DictReader((sw / "teachers.csv").open()))
-    assert [t["teacher"] for t in teachers] == ["mlp_h32", "mlp_h128"] and int(teachers[0]["params"]) < int(teachers[1]["params"])
+    assert [t["teacher"] for t in teachers] == ["mlp_h32", "mlp_h128"] and int(teachers[0]["params"]) < int(
+        teachers[1]["params"]
+    )
     table = (sw / "results.md").read_text()
     assert "## Last epoch" in table and "## Best epoch" in table and "Student alone (CE)" in table
     assert "| mlp_h128 |" in table and "| kd-T4 | kd-T8 |" in table and "diagnostics/report.html" in table
@@ -152,7 +192,9 @@ def test_changed_input_is_never_reused(tmp_path):
     small = spec_dict(teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0])
     assert open_sweep(parse_spec(small), sw, log=quiet).run() == {"done": 3}
     # a teacher trained longer: a new teacher stage, and its students are planned anew
-    longer = spec_dict(teachers=[{"model": "mlp_h32", "config": {"optim": {"epochs": 3}}}], methods=[{"name": "kd"}], seeds=[0])
+    longer = spec_dict(
+        teachers=[{"model": "mlp_h32", "config": {"optim": {"epochs": 3}}}], methods=[{"name": "kd"}], seeds=[0]
+    )
     sweep = open_sweep(parse_spec(longer), sw, log=quiet)
     states = {s.name: s.state() for s in sweep.stages() if isinstance(s, Stage)}
     assert states == {"teacher-mlp_h32": "pending", "student-mlp_h16-ce-s0": "done"}
@@ -164,12 +206,16 @@ def test_given_teacher_checkpoint_replaced_is_not_reused(tmp_path):
     from darkknowledge.engine.checkpoint import atomic_torch_save, load_checkpoint
 
     sw = tmp_path / "sw"
-    open_sweep(parse_spec(spec_dict(teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0])), sw, log=quiet).run()
+    open_sweep(
+        parse_spec(spec_dict(teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0])), sw, log=quiet
+    ).run()
     ckpt_path = next((sw / "runs").glob("teacher-mlp_h32-*")) / "last.pt"
     given = tmp_path / "given.pt"
     ckpt = load_checkpoint(ckpt_path)
     atomic_torch_save(ckpt, given)
-    spec = parse_spec(spec_dict(teachers=[{"checkpoint": str(given), "label": "given"}], methods=[{"name": "kd"}], seeds=[0]))
+    spec = parse_spec(
+        spec_dict(teachers=[{"checkpoint": str(given), "label": "given"}], methods=[{"name": "kd"}], seeds=[0])
+    )
     sweep = open_sweep(spec, sw, log=quiet)
     assert sweep.run() == {"done": 2}
     first = [s.dir for s in sweep.stages() if s.name.startswith("student-mlp_h16-kd-from-given")]
@@ -182,8 +228,12 @@ def test_given_teacher_checkpoint_replaced_is_not_reused(tmp_path):
 
 def test_failed_stage_is_reported_and_does_not_stop_the_others(tmp_path, capsys):
     # a teacher whose batch is larger than the training set fails at run time
-    spec = write_spec(tmp_path / "s.yaml", teachers=[{"model": "mlp_h32", "config": {"data": {"batch_size": 100000}}},
-                                                     {"model": "mlp_h64"}], methods=[{"name": "kd"}], seeds=[0])
+    spec = write_spec(
+        tmp_path / "s.yaml",
+        teachers=[{"model": "mlp_h32", "config": {"data": {"batch_size": 100000}}}, {"model": "mlp_h64"}],
+        methods=[{"name": "kd"}],
+        seeds=[0],
+    )
     code = main(["sweep", str(spec), "--out", str(tmp_path / "sw")])
     out = capsys.readouterr().out
     assert code == 1
@@ -197,12 +247,22 @@ def test_failed_stage_is_reported_and_does_not_stop_the_others(tmp_path, capsys)
 
 
 def test_killed_sweep_resumes_where_it_stopped(tmp_path):
-    spec = write_spec(tmp_path / "s.yaml", teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0, 1],
-                      base={**BASE, "optim": {"epochs": 40, "lr": 0.05, "schedule": "cosine"}})
+    spec = write_spec(
+        tmp_path / "s.yaml",
+        teachers=[{"model": "mlp_h32"}],
+        methods=[{"name": "kd"}],
+        seeds=[0, 1],
+        base={**BASE, "optim": {"epochs": 40, "lr": 0.05, "schedule": "cosine"}},
+    )
     sw = tmp_path / "sw"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "darkknowledge", "sweep", str(spec), "--out", str(sw)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "darkknowledge", "sweep", str(spec), "--out", str(sw)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     # kill as soon as the first stage is done and the second has written a checkpoint
     deadline = time.time() + 120
     killed_in = None
@@ -216,7 +276,9 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
         time.sleep(0.02)
     proc.wait()
     assert killed_in is not None, "the sweep finished before it could be killed"
-    finished_before = {d.name: (d / "result.json").read_text() for d in sw.glob("runs/*") if (d / "result.json").is_file()}
+    finished_before = {
+        d.name: (d / "result.json").read_text() for d in sw.glob("runs/*") if (d / "result.json").is_file()
+    }
 
     sweep = open_sweep(str(spec), sw, log=quiet)
     killed_stage = next(s for s in sweep.stages() if isinstance(s, Stage) and s.dir == killed_in)
@@ -265,7 +327,9 @@ def test_parallel_jobs_never_oversubscribe_the_spec_threads(tmp_path):
 def test_submitit_local_cluster_runs_the_same_stages(tmp_path):
     pytest.importorskip("submitit")
     small = parse_spec(spec_dict(teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0]))
-    sweep = open_sweep(small, tmp_path / "c", executor="submitit", cluster="local", submitit_params={"timeout_min": 10}, log=quiet)
+    sweep = open_sweep(
+        small, tmp_path / "c", executor="submitit", cluster="local", submitit_params={"timeout_min": 10}, log=quiet
+    )
     assert sweep.run() == {"done": 3}
     assert (tmp_path / "c/submitit").is_dir()
     assert all(s.result()["status"] == "done" for s in sweep.stages())
@@ -281,9 +345,12 @@ def test_sweep_refuses_a_foreign_directory(tmp_path, capsys):
 
 
 def test_job_that_died_is_recorded_as_failed(tmp_path):
-    from darkknowledge.experiments.stage import main as stage_main, record_failure
+    from darkknowledge.experiments.stage import main as stage_main
+    from darkknowledge.experiments.stage import record_failure
 
-    sweep = open_sweep(parse_spec(spec_dict(teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0])), tmp_path, log=quiet)
+    sweep = open_sweep(
+        parse_spec(spec_dict(teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0])), tmp_path, log=quiet
+    )
     stage = sweep.stages()[0]
     stage.write_request()
     record_failure(stage.dir, "node lost")
@@ -298,7 +365,9 @@ def test_job_that_died_is_recorded_as_failed(tmp_path):
 def test_records_make_a_sweep_resumable_on_a_fresh_machine(tmp_path):
     specdir = tmp_path / "spec"
     specdir.mkdir()
-    spec = write_spec(specdir / "s.yaml", teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0], records="rec")
+    spec = write_spec(
+        specdir / "s.yaml", teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0], records="rec"
+    )
     first = open_sweep(str(spec), tmp_path / "a", log=quiet)
     assert first.run() == {"done": 3}
     records = sorted(p.name for p in (specdir / "rec").iterdir())
@@ -316,7 +385,9 @@ def test_records_make_a_sweep_resumable_on_a_fresh_machine(tmp_path):
     assert strip((tmp_path / "b" / "results.csv").read_text()) == strip(rows_a)
 
     # one more seed there: the recorded teacher is retrained (it is needed), the old student is not
-    more = write_spec(specdir / "s.yaml", teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0, 1], records="rec")
+    more = write_spec(
+        specdir / "s.yaml", teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0, 1], records="rec"
+    )
     lines.clear()
     grown = open_sweep(str(more), tmp_path / "b", log=lines.append)
     assert grown.run() == {"done": 3, "recorded": 2}
@@ -336,7 +407,9 @@ def test_the_same_run_under_two_labels_runs_once(tmp_path):
     assert sweep.run() == {"done": 4}
     ran = [l.split()[1] for l in lines if l.startswith("  done") and "the same run as" not in l]
     assert sorted(ran) == ["student-mlp_h16-ce-s0", "student-mlp_h16-kd-from-mlp_h32-s0", "teacher-mlp_h32"]
-    assert sorted(p.name.split("-from")[0] for p in (tmp_path / "a" / "runs").iterdir() if "kd" in p.name) == ["student-mlp_h16-kd"]
+    assert sorted(p.name.split("-from")[0] for p in (tmp_path / "a" / "runs").iterdir() if "kd" in p.name) == [
+        "student-mlp_h16-kd"
+    ]
     write_results(sweep)
     rows = {r["method"]: r for r in csv.DictReader((tmp_path / "a" / "results.csv").open())}
     assert rows["kd-T4"]["last_top1"] == rows["kd"]["last_top1"] and rows["kd-T4"]["run_dir"] == rows["kd"]["run_dir"]
@@ -348,16 +421,26 @@ def test_the_same_run_under_two_labels_runs_once(tmp_path):
     assert "the same run as student-mlp_h16-kd-from-mlp_h32-s0" in twin["detail"]
 
     # relabelled on a fresh machine: the record of the same key under the old label serves
-    renamed = write_spec(specdir / "s.yaml", teachers=[{"model": "mlp_h32"}], records="rec", seeds=[0],
-                         methods=[{"label": "kd-renamed", "name": "kd"}])
+    renamed = write_spec(
+        specdir / "s.yaml",
+        teachers=[{"model": "mlp_h32"}],
+        records="rec",
+        seeds=[0],
+        methods=[{"label": "kd-renamed", "name": "kd"}],
+    )
     relabelled = open_sweep(str(renamed), tmp_path / "c", log=quiet)
     assert relabelled.counts() == {"recorded": 3}
     row = [r for r in relabelled.status_rows() if "kd-renamed" in r["stage"]][0]
     assert row["detail"].endswith(".json") and Path(row["detail"].split(": ", 1)[1]).is_file()
 
     # an entry added in front that equals a finished one reads it instead of running again
-    ahead = write_spec(specdir / "s.yaml", teachers=[{"model": "mlp_h32"}], records="rec", seeds=[0],
-                       methods=[{"label": "kd-default", "name": "kd"}, *methods])
+    ahead = write_spec(
+        specdir / "s.yaml",
+        teachers=[{"model": "mlp_h32"}],
+        records="rec",
+        seeds=[0],
+        methods=[{"label": "kd-default", "name": "kd"}, *methods],
+    )
     lines.clear()
     grown = open_sweep(str(ahead), tmp_path / "a", log=lines.append)
     assert grown.run() == {"done": 5} and not any("stage(s) to run" in l for l in lines[:-1])
@@ -366,13 +449,27 @@ def test_the_same_run_under_two_labels_runs_once(tmp_path):
 def test_the_plot_draws_methods_across_teachers_and_leaves_ablations_to_the_tables():
     from darkknowledge.experiments.results import plotted_methods
 
-    spec = parse_spec(spec_dict(teachers=[{"model": "mlp_h32"}, {"model": "mlp_h64"}], methods=[
-        {"name": "kd"}, {"label": "kd-T2", "name": "kd", "temperature": 2.0, "teachers": ["mlp_h64"]},
-        {"name": "dist", "teachers": ["mlp_h64"]}, {"label": "takd", "name": "kd", "assistant": {"model": "mlp_h16"}, "teachers": ["mlp_h64"]},
-        {"name": "dkd"}]))
+    spec = parse_spec(
+        spec_dict(
+            teachers=[{"model": "mlp_h32"}, {"model": "mlp_h64"}],
+            methods=[
+                {"name": "kd"},
+                {"label": "kd-T2", "name": "kd", "temperature": 2.0, "teachers": ["mlp_h64"]},
+                {"name": "dist", "teachers": ["mlp_h64"]},
+                {"label": "takd", "name": "kd", "assistant": {"model": "mlp_h16"}, "teachers": ["mlp_h64"]},
+                {"name": "dkd"},
+            ],
+        )
+    )
     teachers = [{"teacher": "mlp_h32", "params": 10}, {"teacher": "mlp_h64", "params": 20}]
     row = lambda teacher, method: {"teacher": teacher, "method": method, "last_top1": 50.0}  # noqa: E731
-    students = [row("mlp_h32", "kd"), row("mlp_h64", "kd"), row("mlp_h64", "kd-T2"), row("mlp_h64", "dist"), row("mlp_h64", "takd")]
+    students = [
+        row("mlp_h32", "kd"),
+        row("mlp_h64", "kd"),
+        row("mlp_h64", "kd-T2"),
+        row("mlp_h64", "dist"),
+        row("mlp_h64", "takd"),
+    ]
     # kd spans both teachers; kd-T2 is a one-teacher variant of it; dist is the only dist entry;
     # takd has a teacher-side step; dkd has no results
     assert plotted_methods(spec.methods, teachers, students) == ["kd", "dist", "takd"]

@@ -23,7 +23,9 @@ def test_val_is_held_out_of_train_per_class_and_deterministic():
     assert not _rows(train) & _rows(val)
     again = build_split(data, "val")
     assert torch.equal(again.images, val.images) and torch.equal(build_split(data, "train").images, train.images)
-    assert torch.equal(test.images, build_split(DataConfig(name="digits"), "test").images)  # the test split is untouched
+    assert torch.equal(
+        test.images, build_split(DataConfig(name="digits"), "test").images
+    )  # the test split is untouched
     other = build_split(DataConfig(name="digits", val_per_class=10, subset_seed=1), "val")
     assert not torch.equal(other.images, val.images)
 

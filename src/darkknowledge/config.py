@@ -26,20 +26,33 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    name: str = Field("digits", description="Dataset name (see `darkknowledge datasets`). `digits` is offline and bundled.")
+    name: str = Field(
+        "digits", description="Dataset name (see `darkknowledge datasets`). `digits` is offline and bundled."
+    )
     root: str | None = Field(None, description="Directory holding the dataset files; default ./data/<name>.")
     download: bool = Field(False, description="Download the official archive (with checksum) if files are missing.")
     classes: list[int] | None = Field(None, description="Keep only these class ids (relabelled 0..k-1 in this order).")
-    train_per_class: int | None = Field(None, ge=1, description="Deterministic seeded subset: at most this many training images per class.")
-    test_per_class: int | None = Field(None, ge=1, description="Deterministic seeded subset of the evaluation split per class.")
+    train_per_class: int | None = Field(
+        None, ge=1, description="Deterministic seeded subset: at most this many training images per class."
+    )
+    test_per_class: int | None = Field(
+        None, ge=1, description="Deterministic seeded subset of the evaluation split per class."
+    )
     val_per_class: int | None = Field(
-        None, ge=1, description="Hold this many training images per class out as a validation split (seeded by subset_seed): "
-        "best.pt and model selection then use it, and the test split is evaluated only after training.")
-    image_size: int | None = Field(None, ge=4, description="Resize images to this square size (e.g. 16 for fast CPU runs).")
+        None,
+        ge=1,
+        description="Hold this many training images per class out as a validation split (seeded by subset_seed): "
+        "best.pt and model selection then use it, and the test split is evaluated only after training.",
+    )
+    image_size: int | None = Field(
+        None, ge=4, description="Resize images to this square size (e.g. 16 for fast CPU runs)."
+    )
     subset_seed: int = Field(0, description="Seed of the per-class subsets (independent of the training seed).")
     batch_size: int = Field(64, ge=1, description="Training batch size (per process).")
     eval_batch_size: int = Field(512, ge=1, description="Evaluation batch size.")
-    augment: bool = Field(True, description="Random crop with padding + flip (dataset defaults) on the training device.")
+    augment: bool = Field(
+        True, description="Random crop with padding + flip (dataset defaults) on the training device."
+    )
 
 
 class ModelConfig(_Strict):
@@ -52,24 +65,36 @@ class ModelConfig(_Strict):
 
 
 class TeacherConfig(_Strict):
-    checkpoint: str | None = Field(None, description="Path to the teacher's checkpoint (a `best.pt`/`last.pt` of a darkknowledge run).")
-    fold_batchnorm: bool = Field(
-        True, description="Fold the frozen teacher's BatchNorms into its convolutions (same outputs up to float rounding; faster)."
+    checkpoint: str | None = Field(
+        None, description="Path to the teacher's checkpoint (a `best.pt`/`last.pt` of a darkknowledge run)."
     )
-    cache: str | None = Field(None, description="Path to a teacher-output cache (`darkknowledge cache build`); replaces the live teacher.")
-    cache_views: int = Field(8, ge=1, description="Augmentation views per sample stored when the cache is built on the fly.")
-    cache_view_seed: int = Field(0, description="Seed of the cached augmentation views (shared by all student seeds, so one cache serves them all).")
+    fold_batchnorm: bool = Field(
+        True,
+        description="Fold the frozen teacher's BatchNorms into its convolutions (same outputs up to float rounding; faster).",
+    )
+    cache: str | None = Field(
+        None, description="Path to a teacher-output cache (`darkknowledge cache build`); replaces the live teacher."
+    )
+    cache_views: int = Field(
+        8, ge=1, description="Augmentation views per sample stored when the cache is built on the fly."
+    )
+    cache_view_seed: int = Field(
+        0,
+        description="Seed of the cached augmentation views (shared by all student seeds, so one cache serves them all).",
+    )
 
 
 class MethodConfig(BaseModel):
     """``name`` plus the method's own hyperparameters, flat (validated by the method)."""
 
     model_config = ConfigDict(extra="allow")
-    name: str = Field("ce", description="Distillation method (see `darkknowledge methods`); `ce` trains without a teacher.")
+    name: str = Field(
+        "ce", description="Distillation method (see `darkknowledge methods`); `ce` trains without a teacher."
+    )
     _params: Any = PrivateAttr(None)
 
     @model_validator(mode="after")
-    def _validate_params(self) -> "MethodConfig":
+    def _validate_params(self) -> MethodConfig:
         from darkknowledge.methods import validate_params
 
         params = validate_params(self.name, dict(self.__pydantic_extra__ or {}))
@@ -89,11 +114,17 @@ class OptimConfig(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
     nesterov: bool = Field(False, description="Use Nesterov momentum.")
     weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay.")
-    schedule: Literal["multistep", "cosine", "constant"] = Field("multistep", description="Learning-rate schedule after warm-up.")
-    milestones: list[int] = Field([150, 180, 210], description="multistep: epochs (0-indexed starts) at which lr is multiplied by `gamma`.")
+    schedule: Literal["multistep", "cosine", "constant"] = Field(
+        "multistep", description="Learning-rate schedule after warm-up."
+    )
+    milestones: list[int] = Field(
+        [150, 180, 210], description="multistep: epochs (0-indexed starts) at which lr is multiplied by `gamma`."
+    )
     gamma: float = Field(0.1, gt=0, description="multistep: decay factor.")
     min_lr: float = Field(0.0, ge=0, description="cosine: final learning rate.")
-    warmup_epochs: float = Field(0.0, ge=0, description="Linear warm-up from 0 to `lr` over this many epochs (per step).")
+    warmup_epochs: float = Field(
+        0.0, ge=0, description="Linear warm-up from 0 to `lr` over this many epochs (per step)."
+    )
 
 
 class EngineConfig(_Strict):
@@ -104,24 +135,41 @@ class EngineConfig(_Strict):
     )
     channels_last: bool = Field(True, description="Use channels_last memory format for images and conv weights.")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's choice.")
-    deterministic: bool = Field(False, description="torch.use_deterministic_algorithms (slower, bit-reproducible where supported).")
+    deterministic: bool = Field(
+        False, description="torch.use_deterministic_algorithms (slower, bit-reproducible where supported)."
+    )
     progress: bool = Field(True, description="Show a progress bar (one line per epoch is printed either way).")
-    tensorboard: bool = Field(False, description="Also write TensorBoard event files to <run_dir>/tensorboard (needs the `tensorboard` package).")
+    tensorboard: bool = Field(
+        False,
+        description="Also write TensorBoard event files to <run_dir>/tensorboard (needs the `tensorboard` package).",
+    )
     nonfinite: Literal["stop", "skip"] = Field(
-        "stop", description="A non-finite loss: `stop` the run naming epoch, step and loss terms, or `skip` the batch (counted per epoch as `nonfinite_skipped`).")
-    keep_epochs: list[int] = Field([], description="Also keep a checkpoint `epoch-E.pt` after each of these epochs (1-based): early-stopped teachers (ESKD), teacher snapshots.")
+        "stop",
+        description="A non-finite loss: `stop` the run naming epoch, step and loss terms, or `skip` the batch (counted per epoch as `nonfinite_skipped`).",
+    )
+    keep_epochs: list[int] = Field(
+        [],
+        description="Also keep a checkpoint `epoch-E.pt` after each of these epochs (1-based): early-stopped teachers (ESKD), teacher snapshots.",
+    )
     eval_every: int = Field(1, ge=1, description="Evaluate every N epochs (and always after the last).")
     save_every: int = Field(1, ge=1, description="Write last.pt every N epochs (and always after the last).")
 
 
 class RunConfig(_Strict):
-    name: str | None = Field(None, description="Run name; the run directory is <output_dir>/<name> (default: <model>-<method>-s<seed>). No path separators.")
+    name: str | None = Field(
+        None,
+        description="Run name; the run directory is <output_dir>/<name> (default: <model>-<method>-s<seed>). No path separators.",
+    )
     output_dir: str = Field("runs", description="Parent directory of run directories.")
     seed: int = Field(0, description="Seed of initialisation, data order and augmentation.")
     data: DataConfig = Field(default_factory=DataConfig, description="Dataset and batching.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Model being trained.")
-    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Teacher signal (live checkpoint or cache).")
-    method: MethodConfig = Field(default_factory=MethodConfig, description="Loss / distillation method and its hyperparameters.")
+    teacher: TeacherConfig = Field(
+        default_factory=TeacherConfig, description="Teacher signal (live checkpoint or cache)."
+    )
+    method: MethodConfig = Field(
+        default_factory=MethodConfig, description="Loss / distillation method and its hyperparameters."
+    )
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimiser and schedule.")
     engine: EngineConfig = Field(default_factory=EngineConfig, description="Device, precision and logging.")
 
@@ -129,7 +177,9 @@ class RunConfig(_Strict):
     @classmethod
     def _plain_name(cls, name: str | None) -> str | None:
         if name is not None and (name in ("", ".", "..") or "/" in name or "\\" in name):
-            raise ValueError(f"{name!r} must be a plain directory name (no '/', not '.' or '..'); use output_dir= for the parent")
+            raise ValueError(
+                f"{name!r} must be a plain directory name (no '/', not '.' or '..'); use output_dir= for the parent"
+            )
         return name
 
     def run_name(self) -> str:
@@ -231,7 +281,9 @@ def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
         raise UserError(f"{source}: {loc}: {msg}") from None
 
 
-def load_config(config: str | None = None, overrides: list[str] | None = None, base: dict[str, Any] | None = None) -> RunConfig:
+def load_config(
+    config: str | None = None, overrides: list[str] | None = None, base: dict[str, Any] | None = None
+) -> RunConfig:
     """``base`` dict <- YAML file/preset <- ``key=value`` overrides, validated."""
     data: dict[str, Any] = copy.deepcopy(base or {})
     if config:
@@ -269,7 +321,9 @@ def config_reference_markdown() -> str:
         "or on the command line as `section.key=value` (values parse as YAML: `optim.milestones=[30,40]`).",
         "",
     ]
-    sections = [("", RunConfig)] + [(name, type(getattr(RunConfig(), name))) for name in ("data", "model", "teacher", "optim", "engine")]
+    sections = [("", RunConfig)] + [
+        (name, type(getattr(RunConfig(), name))) for name in ("data", "model", "teacher", "optim", "engine")
+    ]
     for prefix, model in sections:
         lines += [f"## `{prefix or 'top level'}`", "", "| key | type | default | description |", "|---|---|---|---|"]
         for fname, field in model.model_fields.items():
@@ -280,10 +334,22 @@ def config_reference_markdown() -> str:
             key = f"{prefix}.{fname}" if prefix else fname
             lines.append(f"| `{key}` | {_md(ann)} | `{default!r}` | {_md(field.description)} |")
         lines.append("")
-    lines += ["## `method`", "", "`method.name` picks the method; its parameters sit beside it (`method.temperature=2`).", ""]
+    lines += [
+        "## `method`",
+        "",
+        "`method.name` picks the method; its parameters sit beside it (`method.temperature=2`).",
+        "",
+    ]
     for name in METHODS.names():
         cls = METHODS.get(name)
-        lines += [f"### `method.name={name}`", "", cls.summary, "", "| key | type | default | description |", "|---|---|---|---|"]
+        lines += [
+            f"### `method.name={name}`",
+            "",
+            cls.summary,
+            "",
+            "| key | type | default | description |",
+            "|---|---|---|---|",
+        ]
         for pname, ptype, default, desc in describe_params(cls):
             lines.append(f"| `method.{pname}` | {_md(ptype)} | `{default!r}` | {_md(desc)} |")
         lines.append("")

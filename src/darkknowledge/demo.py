@@ -20,14 +20,18 @@ from darkknowledge.experiments.results import write_results
 from darkknowledge.experiments.spec import parse_spec
 
 
-def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, overwrite: bool = False, log=print) -> dict[str, Any]:
+def run_demo(
+    out_dir: str = "runs/demo", epochs: int | None = None, overwrite: bool = False, log=print
+) -> dict[str, Any]:
     """Run the demo sweep under ``out_dir``; finished stages of an earlier demo are reused
     unless ``overwrite`` (which deletes only what an earlier demo wrote there)."""
     if epochs is not None and epochs < 1:
         raise UserError(f"--epochs must be at least 1, got {epochs}")
     spec = load_spec(resolve_spec_path("demo"))
     if epochs is not None:
-        spec = parse_spec(deep_merge(spec.model_dump(mode="json", exclude_none=True), {"base": {"optim": {"epochs": epochs}}}), "demo")
+        spec = parse_spec(
+            deep_merge(spec.model_dump(mode="json", exclude_none=True), {"base": {"optim": {"epochs": epochs}}}), "demo"
+        )
     sweep = open_sweep(spec, out_dir, log=log)
     sweep.check_out_dir()  # everything is validated before anything is deleted
     if overwrite:
@@ -35,13 +39,20 @@ def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, overwrite: b
         if removed:
             log(f"removed {len(removed)} outputs of an earlier demo in {out_dir}")
     t0 = time.perf_counter()
-    log(f"darkknowledge demo: digits, teachers {', '.join(t.label for t in spec.teachers)}, student {spec.student.model}, "
+    log(
+        f"darkknowledge demo: digits, teachers {', '.join(t.label for t in spec.teachers)}, student {spec.student.model}, "
         f"methods {', '.join(m.label for m in spec.methods)} + ce, seeds {spec.seeds}, "
-        f"{spec.base['optim']['epochs']} epochs; writing {out_dir}")
+        f"{spec.base['optim']['epochs']} epochs; writing {out_dir}"
+    )
     counts = sweep.run()
     written = write_results(sweep)
     wall = time.perf_counter() - t0
     log("\n" + written["table"])
     log(f"wrote {Path(out_dir) / 'results.md'}, results.csv, the plot and diagnostics/report.html ({wall:.0f}s)")
-    return {"stages": counts, "files": written["files"], "teachers": written["teachers"],
-            "students": written["students"], "wall_time_s": wall}
+    return {
+        "stages": counts,
+        "files": written["files"],
+        "teachers": written["teachers"],
+        "students": written["students"],
+        "wall_time_s": wall,
+    }

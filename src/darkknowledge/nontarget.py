@@ -237,8 +237,6 @@ def isats_search(
     return torch.where(torch.isfinite(best), log_tau.exp(), fill).to(z.dtype)
 
 
-
-
 def nontarget_variance(probs: Tensor, mask: Tensor) -> Tensor:
     """Population variance (ddof = 0) of the non-target entries of each probability row.
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Iterable
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import Iterable
 
 from darkknowledge.errors import UserError
 
@@ -43,8 +43,9 @@ def _import(module: str, where: str) -> None:
     try:
         importlib.import_module(module)
     except ImportError as exc:
-        raise UserError(f"plugin {module!r} ({where}) cannot be imported: {exc}; "
-                        "install it or fix the module name") from None
+        raise UserError(
+            f"plugin {module!r} ({where}) cannot be imported: {exc}; install it or fix the module name"
+        ) from None
 
 
 def load_plugins(modules: Iterable[str] = ()) -> None:
@@ -70,7 +71,9 @@ def load_plugins(modules: Iterable[str] = ()) -> None:
             try:
                 target = ep.load()
             except ImportError as exc:
-                raise UserError(f"plugin entry point {ep.name!r} ({group} = {ep.value}) cannot be loaded: {exc}; "
-                                "reinstall the package that declares it") from None
+                raise UserError(
+                    f"plugin entry point {ep.name!r} ({group} = {ep.value}) cannot be loaded: {exc}; "
+                    "reinstall the package that declares it"
+                ) from None
             if callable(target) and not isinstance(target, (ModuleType, type)):
                 target()

@@ -5,7 +5,8 @@ listed or asked for a name it does not have."""
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from darkknowledge.errors import UserError
 from darkknowledge.plugins import load_plugins

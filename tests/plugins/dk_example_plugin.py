@@ -34,8 +34,9 @@ class PooledMLP(ClassifierModel):
 
     def __init__(self, num_classes: int, in_channels: int, hidden: int = 32):
         super().__init__(num_classes, in_channels)
-        self.features = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(16 * in_channels, hidden),
-                                      nn.ReLU())
+        self.features = nn.Sequential(
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(16 * in_channels, hidden), nn.ReLU()
+        )
         self.feature_dim = hidden
         self.classifier = nn.Linear(hidden, num_classes)
 

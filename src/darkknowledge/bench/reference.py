@@ -57,7 +57,9 @@ def _worker_init(worker_id: int) -> None:
     np.random.seed((torch.initial_seed() + worker_id) % 2**32)
 
 
-def reference_loader(ds: ArrayDataset, batch_size: int, workers: int = 2, seed: int = 0, train: bool = True) -> DataLoader:
+def reference_loader(
+    ds: ArrayDataset, batch_size: int, workers: int = 2, seed: int = 0, train: bool = True
+) -> DataLoader:
     g = torch.Generator()
     g.manual_seed(seed)
     return DataLoader(
@@ -75,8 +77,17 @@ def reference_loader(ds: ArrayDataset, batch_size: int, workers: int = 2, seed: 
 class ReferenceKDLoop:
     """KD training the mdistiller way. ``run(steps)`` returns images/s of those steps."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, loader: DataLoader, *, lr: float = 0.05,
-                 temperature: float = 4.0, ce_weight: float = 0.1, kd_weight: float = 0.9):
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        loader: DataLoader,
+        *,
+        lr: float = 0.05,
+        temperature: float = 4.0,
+        ce_weight: float = 0.1,
+        kd_weight: float = 0.9,
+    ):
         self.student, self.teacher, self.loader = student, teacher, loader
         self.optimizer = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
         self.temperature, self.ce_weight, self.kd_weight = temperature, ce_weight, kd_weight
@@ -99,7 +110,9 @@ class ReferenceKDLoop:
             self.teacher.eval()
             with torch.no_grad():
                 t_logits = self.teacher(x)
-            terms = kd_loss(logits, t_logits, y, temperature=self.temperature, ce_weight=self.ce_weight, kd_weight=self.kd_weight)
+            terms = kd_loss(
+                logits, t_logits, y, temperature=self.temperature, ce_weight=self.ce_weight, kd_weight=self.kd_weight
+            )
             loss = terms["ce"] + terms["kd"]
         else:
             loss = nn.functional.cross_entropy(logits, y)

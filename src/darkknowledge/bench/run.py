@@ -20,8 +20,9 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -50,8 +51,15 @@ def synthetic_dataset(n: int, num_classes: int, image_size: int = 32, seed: int 
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 3, image_size, image_size), generator=g, dtype=torch.uint8)
     targets = torch.arange(n) % num_classes
-    spec = DataSpec("synthetic", num_classes, 3, (image_size, image_size), (0.5071, 0.4867, 0.4408),
-                    (0.2675, 0.2565, 0.2761), AugmentSpec(pad=4, flip=True))
+    spec = DataSpec(
+        "synthetic",
+        num_classes,
+        3,
+        (image_size, image_size),
+        (0.5071, 0.4867, 0.4408),
+        (0.2675, 0.2565, 0.2761),
+        AugmentSpec(pad=4, flip=True),
+    )
     return ArrayDataset(images, targets[torch.randperm(n, generator=g)], spec)
 
 
@@ -78,16 +86,30 @@ def _peak_rss_mib() -> float:
 
 
 # ------------------------------------------------------------------------------ phases
-def _trainer(student: str, method: dict[str, Any], ds: ArrayDataset, batch_size: int, teacher: TeacherSignal | None,
-             precision: str, channels_last: bool) -> Trainer:
+def _trainer(
+    student: str,
+    method: dict[str, Any],
+    ds: ArrayDataset,
+    batch_size: int,
+    teacher: TeacherSignal | None,
+    precision: str,
+    channels_last: bool,
+) -> Trainer:
     overrides = [
-        f"model.name={student}", f"method.name={method['name']}", f"data.batch_size={batch_size}",
-        f"engine.precision={precision}", f"engine.channels_last={str(channels_last).lower()}", "engine.progress=false",
-        "optim.epochs=1000", "optim.schedule=constant",
+        f"model.name={student}",
+        f"method.name={method['name']}",
+        f"data.batch_size={batch_size}",
+        f"engine.precision={precision}",
+        f"engine.channels_last={str(channels_last).lower()}",
+        "engine.progress=false",
+        "optim.epochs=1000",
+        "optim.schedule=constant",
     ] + [f"method.{k}={v}" for k, v in method.items() if k != "name"]
     cfg = load_config(overrides=overrides)
     # the bench only calls train_epoch(); fit() (which writes the run dir) never runs
-    return Trainer(cfg, train_set=ds, test_set=ds, teacher=teacher, run_dir=Path(tempfile.gettempdir()) / "dk-bench-unused")
+    return Trainer(
+        cfg, train_set=ds, test_set=ds, teacher=teacher, run_dir=Path(tempfile.gettempdir()) / "dk-bench-unused"
+    )
 
 
 def _median_rate(fn: Callable[[], float], repeats: int) -> tuple[float, list[float]]:
@@ -116,9 +138,8 @@ def run_bench(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     from darkknowledge.bench.reference import ReferenceKDLoop, reference_loader
-    from darkknowledge.methods import METHODS
-
     from darkknowledge.engine.precision import resolve_precision
+    from darkknowledge.methods import METHODS
 
     precision = resolve_precision(precision, "cpu")
     torch.manual_seed(0)
@@ -129,12 +150,29 @@ def run_bench(
     num_classes = ds.spec.num_classes
     in_ch = ds.spec.in_channels
     result: dict[str, Any] = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "setup": {"teacher": teacher, "student": student, "batch_size": batch_size, "steps": steps, "repeats": repeats,
-                  "image_size": list(ds.spec.image_size), "num_classes": num_classes, "dataset": ds.spec.name,
-                  "precision": precision, "channels_last": channels_last, "cache_views": cache_views, "workers": workers},
-        "images_per_s": {}, "peak_rss_mib": {}, "raw": {},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        "setup": {
+            "teacher": teacher,
+            "student": student,
+            "batch_size": batch_size,
+            "steps": steps,
+            "repeats": repeats,
+            "image_size": list(ds.spec.image_size),
+            "num_classes": num_classes,
+            "dataset": ds.spec.name,
+            "precision": precision,
+            "channels_last": channels_last,
+            "cache_views": cache_views,
+            "workers": workers,
+        },
+        "images_per_s": {},
+        "peak_rss_mib": {},
+        "raw": {},
     }
     t_model = build_model(teacher, num_classes, in_ch).eval()
     result["setup"]["teacher_params"] = count_parameters(t_model)
@@ -144,8 +182,11 @@ def run_bench(
     log(f"(a) reference loop: {teacher} -> {student}, fp32, DataLoader with {workers} workers")
     _reset_peak_rss()
     torch.manual_seed(0)
-    ref = ReferenceKDLoop(build_model(student, num_classes, in_ch), build_model(teacher, num_classes, in_ch),
-                          reference_loader(ds, batch_size, workers=workers))
+    ref = ReferenceKDLoop(
+        build_model(student, num_classes, in_ch),
+        build_model(teacher, num_classes, in_ch),
+        reference_loader(ds, batch_size, workers=workers),
+    )
     ref.run(3)  # warm-up (worker start, allocator)
     med, raw = _median_rate(lambda: ref.run(steps), repeats)
     del ref
@@ -178,8 +219,9 @@ def run_bench(
     log(f"(b) our trainer, cached teacher ({cache_views} views per sample)")
     with tempfile.TemporaryDirectory(prefix="dk-bench-cache-") as tmp:
         t0 = time.perf_counter()
-        path = build_cache(t_model, ds, Path(tmp) / "cache", num_views=cache_views, precision=precision,
-                           channels_last=channels_last)
+        path = build_cache(
+            t_model, ds, Path(tmp) / "cache", num_views=cache_views, precision=precision, channels_last=channels_last
+        )
         result["cache_build_s"] = time.perf_counter() - t0
         result["cache_build_images_per_s"] = len(ds) * cache_views / result["cache_build_s"]
         _reset_peak_rss()
@@ -208,8 +250,19 @@ def run_bench(
     if "kd" not in names:
         names = ["kd"] + names
     log(f"(c) loss overhead over KD: {loss_student}, batch {loss_batch_size}, {num_classes} classes")
-    result["loss_overhead"] = loss_overhead(names, loss_student, loss_batch_size, loss_steps, repeats, num_classes,
-                                            image_size, in_ch, precision, channels_last, log)
+    result["loss_overhead"] = loss_overhead(
+        names,
+        loss_student,
+        loss_batch_size,
+        loss_steps,
+        repeats,
+        num_classes,
+        image_size,
+        in_ch,
+        precision,
+        channels_last,
+        log,
+    )
 
     ips = result["images_per_s"]
     result["ratios"] = {
@@ -220,9 +273,19 @@ def run_bench(
     return result
 
 
-def loss_overhead(names: list[str], student: str, batch_size: int, steps: int, repeats: int, num_classes: int,
-                  image_size: int, in_channels: int, precision: str, channels_last: bool,
-                  log: Callable[[str], None] = print) -> dict[str, dict[str, float]]:
+def loss_overhead(
+    names: list[str],
+    student: str,
+    batch_size: int,
+    steps: int,
+    repeats: int,
+    num_classes: int,
+    image_size: int,
+    in_channels: int,
+    precision: str,
+    channels_last: bool,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict[str, float]]:
     """Per method: median training-step time (interleaved rounds) and the loss's own extra
     cost over KD as a percentage of a KD training step."""
     from darkknowledge.methods import SetupContext
@@ -230,16 +293,32 @@ def loss_overhead(names: list[str], student: str, batch_size: int, steps: int, r
     n = steps * batch_size
     ds = synthetic_dataset(n, num_classes, image_size, seed=1)
     if in_channels != 3:
-        ds = ArrayDataset(ds.images[:, :in_channels].contiguous(), ds.targets,
-                          DataSpec("synthetic", num_classes, in_channels, ds.spec.image_size, ds.spec.mean[:in_channels],
-                                   ds.spec.std[:in_channels], ds.spec.augment))
+        ds = ArrayDataset(
+            ds.images[:, :in_channels].contiguous(),
+            ds.targets,
+            DataSpec(
+                "synthetic",
+                num_classes,
+                in_channels,
+                ds.spec.image_size,
+                ds.spec.mean[:in_channels],
+                ds.spec.std[:in_channels],
+                ds.spec.augment,
+            ),
+        )
     g = torch.Generator().manual_seed(2)
     teacher = TensorTeacher(torch.randn(n, num_classes, generator=g) * 3)
     trainers = {}
     for name in names:
         tr = _trainer(student, {"name": name}, ds, batch_size, teacher, precision, channels_last)
-        tr.method.setup(SetupContext(num_classes=num_classes, teacher_logits_fn=teacher,
-                                     train_batches=lambda tr=tr: tr.loader.epoch(0), device="cpu"))
+        tr.method.setup(
+            SetupContext(
+                num_classes=num_classes,
+                teacher_logits_fn=teacher,
+                train_batches=lambda tr=tr: tr.loader.epoch(0),
+                device="cpu",
+            )
+        )
         tr.train_epoch(0)  # warm-up
         trainers[name] = tr
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -258,8 +337,10 @@ def loss_overhead(names: list[str], student: str, batch_size: int, steps: int, r
             "loss_s": loss_s[name],
             "overhead_pct": 100.0 * (loss_s[name] - loss_s["kd"]) / step_kd,
         }
-        log(f"    {name:8s} step {1000 * out[name]['step_s']:8.2f} ms  loss {1000 * loss_s[name]:6.3f} ms  "
-            f"{out[name]['overhead_pct']:+6.2f} % of a KD step")
+        log(
+            f"    {name:8s} step {1000 * out[name]['step_s']:8.2f} ms  loss {1000 * loss_s[name]:6.3f} ms  "
+            f"{out[name]['overhead_pct']:+6.2f} % of a KD step"
+        )
     return out
 
 
@@ -300,11 +381,19 @@ def format_report(result: dict[str, Any]) -> str:
         "| loop | images/s | peak RSS (MiB) |",
         "|---|---|---|",
     ]
-    labels = {"reference": "(a) reference (mdistiller-style, fp32, DataLoader)", "live": "(b) ours, live teacher",
-              "cached": "(b) ours, cached teacher", "student_only": "(d) ours, student alone (CE)"}
+    labels = {
+        "reference": "(a) reference (mdistiller-style, fp32, DataLoader)",
+        "live": "(b) ours, live teacher",
+        "cached": "(b) ours, cached teacher",
+        "student_only": "(d) ours, student alone (CE)",
+    }
     for k, label in labels.items():
         lines.append(f"| {label} | {ips[k]:.1f} | {result['peak_rss_mib'][k]:.0f} |")
-    lines += ["", "| method | training step (ms) | loss fwd+bwd (ms) | extra time over KD, % of a KD step |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "| method | training step (ms) | loss fwd+bwd (ms) | extra time over KD, % of a KD step |",
+        "|---|---|---|---|",
+    ]
     for name, v in result["loss_overhead"].items():
         lines.append(f"| {name} | {1000 * v['step_s']:.1f} | {1000 * v['loss_s']:.3f} | {v['overhead_pct']:+.2f} % |")
     lines += [

@@ -30,8 +30,14 @@ def cmd_bench(args) -> int:
     steps = args.steps or (12 if args.quick else 40)
     repeats = args.repeats or (3 if args.quick else 5)
     result = run_bench(
-        teacher=args.teacher, student=args.student, batch_size=args.batch_size, num_classes=args.num_classes,
-        steps=steps, repeats=repeats, loss_steps=8 if args.quick else 20, workers=args.workers,
+        teacher=args.teacher,
+        student=args.student,
+        batch_size=args.batch_size,
+        num_classes=args.num_classes,
+        steps=steps,
+        repeats=repeats,
+        loss_steps=8 if args.quick else 20,
+        workers=args.workers,
         methods=args.methods.split(",") if args.methods else None,
     )
     print()

@@ -12,12 +12,31 @@ from darkknowledge.errors import UserError
 
 
 def _add_diagnose(p):
-    p.add_argument("--teacher", "-t", action="append", default=[], metavar="CKPT",
-                   help="teacher checkpoint (repeat for a ladder, smallest first or any order: sorted by size)")
-    p.add_argument("--student", "-s", action="append", default=[], metavar="CKPT", help="student checkpoint (repeatable)")
-    p.add_argument("--logits", metavar="FILE", help="diagnose a .npy/.npz of logits instead of checkpoints (see docs/diagnostics.md)")
-    p.add_argument("overrides", nargs="*", metavar="data.key=value", help="dataset (default: the first teacher's training data)")
-    p.add_argument("--split", choices=["train", "val", "test"], default="train", help="split to diagnose (default train: what distillation sees)")
+    p.add_argument(
+        "--teacher",
+        "-t",
+        action="append",
+        default=[],
+        metavar="CKPT",
+        help="teacher checkpoint (repeat for a ladder, smallest first or any order: sorted by size)",
+    )
+    p.add_argument(
+        "--student", "-s", action="append", default=[], metavar="CKPT", help="student checkpoint (repeatable)"
+    )
+    p.add_argument(
+        "--logits",
+        metavar="FILE",
+        help="diagnose a .npy/.npz of logits instead of checkpoints (see docs/diagnostics.md)",
+    )
+    p.add_argument(
+        "overrides", nargs="*", metavar="data.key=value", help="dataset (default: the first teacher's training data)"
+    )
+    p.add_argument(
+        "--split",
+        choices=["train", "val", "test"],
+        default="train",
+        help="split to diagnose (default train: what distillation sees)",
+    )
     p.add_argument("--temperatures", default=None, help="comma-separated temperatures, e.g. 1,2,4,8")
     p.add_argument("--out", default="runs/diagnose", help="output directory (diagnostics.json, CSV, PNG, report.html)")
     p.add_argument("--device", default="cpu")
@@ -51,8 +70,15 @@ def cmd_diagnose(args) -> int:
     else:
         if not args.teacher:
             raise UserError("give at least one --teacher CKPT (or --logits FILE)")
-        result = diagnose_checkpoints(args.teacher, args.student, args.overrides, split=args.split,
-                                      out_dir=args.out, options=opts, device=resolve_device(args.device))
+        result = diagnose_checkpoints(
+            args.teacher,
+            args.student,
+            args.overrides,
+            split=args.split,
+            out_dir=args.out,
+            options=opts,
+            device=resolve_device(args.device),
+        )
     for card in result.cards:
         print(card.to_text())
         print()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from darkknowledge.errors import UserError
 from darkknowledge.plugins import load_plugins
@@ -29,7 +29,9 @@ def command(name: str, help: str, example: str, add_args: Callable[[argparse.Arg
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. optim.lr=0.1 method.temperature=2")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. optim.lr=0.1 method.temperature=2"
+    )
     p.add_argument("--config", "-c", help="YAML config file or bundled preset name (see `darkknowledge configs`)")
     p.add_argument("--resume", action="store_true", help="continue the run in its run directory from last.pt")
 
@@ -48,7 +50,9 @@ def _run_training(args: argparse.Namespace, base: dict, inherit_teacher_data: bo
         inherited = teacher_data_section(cfg.teacher.checkpoint)
         cfg = load_config(args.config, args.overrides, base={**base, "data": inherited})
         default = type(cfg.data)()
-        report["data_from_teacher"] = {k: v for k, v in inherited.items() if getattr(cfg.data, k) == v != getattr(default, k)}
+        report["data_from_teacher"] = {
+            k: v for k, v in inherited.items() if getattr(cfg.data, k) == v != getattr(default, k)
+        }
     if getattr(args, "assistant", None):
         from darkknowledge.experiments.chain import run_assistant
 
@@ -60,7 +64,11 @@ def _run_training(args: argparse.Namespace, base: dict, inherit_teacher_data: bo
 
     if not is_main_process():  # under torchrun only rank 0 reports
         return 0
-    print(json.dumps({"run_dir": summary["run_dir"], **report, "final": summary["final"], "best": summary["best"]}, indent=2))
+    print(
+        json.dumps(
+            {"run_dir": summary["run_dir"], **report, "final": summary["final"], "best": summary["best"]}, indent=2
+        )
+    )
     return 0
 
 
@@ -73,15 +81,20 @@ def _add_train(p):
     "train a model with plain cross-entropy (teachers, student baselines) or any method",
     "darkknowledge train model.name=cnn_w64 optim.epochs=30 name=teacher-w64\n"
     "  darkknowledge train --config cifar100_teacher model.name=resnet56 data.root=/data/cifar",
-    add_args=_add_train)
+    add_args=_add_train,
+)
 def cmd_train(args) -> int:
     return _run_training(args, base={"method": {"name": "ce"}})
 
 
 def _add_distill(p):
     _config_args(p)
-    p.add_argument("--assistant", metavar="MODEL", help="TAKD: first distil a teacher assistant of this architecture from the "
-                   "teacher (same method and settings; reused when done), then the student from it")
+    p.add_argument(
+        "--assistant",
+        metavar="MODEL",
+        help="TAKD: first distil a teacher assistant of this architecture from the "
+        "teacher (same method and settings; reused when done), then the student from it",
+    )
 
 
 @command(
@@ -90,7 +103,8 @@ def _add_distill(p):
     "darkknowledge distill teacher.checkpoint=runs/teacher-w64/best.pt model.name=cnn_w8 method.name=kd method.temperature=4\n"
     "  darkknowledge distill --config cifar100_kd teacher.checkpoint=runs/r32x4/best.pt method.name=dkd method.nckd_weight=8\n"
     "  darkknowledge distill teacher.checkpoint=runs/r110/last.pt model.name=resnet8 --assistant resnet32   # TAKD",
-    add_args=_add_distill)
+    add_args=_add_distill,
+)
 def cmd_distill(args) -> int:
     return _run_training(args, base={"method": {"name": "kd"}}, inherit_teacher_data=True)
 
@@ -98,8 +112,15 @@ def cmd_distill(args) -> int:
 # ---------------------------------------------------------------------------- evaluate
 def _add_evaluate(p):
     p.add_argument("checkpoint", help="a best.pt / last.pt written by darkknowledge")
-    p.add_argument("overrides", nargs="*", metavar="data.key=value", help="data overrides (default: the checkpoint's dataset)")
-    p.add_argument("--split", choices=["test", "val", "train"], default="test", help="val: data.val_per_class images per class held out of training")
+    p.add_argument(
+        "overrides", nargs="*", metavar="data.key=value", help="data overrides (default: the checkpoint's dataset)"
+    )
+    p.add_argument(
+        "--split",
+        choices=["test", "val", "train"],
+        default="test",
+        help="val: data.val_per_class images per class held out of training",
+    )
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32")
     p.add_argument("--device", default="cpu")
 
@@ -108,12 +129,13 @@ def _add_evaluate(p):
     "evaluate",
     "evaluate a checkpoint on a dataset split (top-1, top-5, NLL, ECE)",
     "darkknowledge evaluate runs/teacher-w64/best.pt\n  darkknowledge evaluate runs/r56/best.pt data.name=cifar100 data.root=/data/cifar --split train",
-    add_args=_add_evaluate)
+    add_args=_add_evaluate,
+)
 def cmd_evaluate(args) -> int:
     from darkknowledge.data.loader import eval_batches
+    from darkknowledge.engine.assembly import build_split, check_teacher_fits, checkpoint_data_config, resolve_device
     from darkknowledge.engine.checkpoint import load_model
     from darkknowledge.engine.metrics import evaluate
-    from darkknowledge.engine.assembly import build_split, check_teacher_fits, checkpoint_data_config, resolve_device
 
     device = resolve_device(args.device)
     model, ckpt = load_model(args.checkpoint, device)
@@ -121,7 +143,18 @@ def cmd_evaluate(args) -> int:
     ds = build_split(d, args.split)
     check_teacher_fits(ckpt, ds.spec, args.checkpoint)
     metrics = evaluate(model, eval_batches(ds, d.eval_batch_size, device), args.precision)
-    print(json.dumps({"checkpoint": args.checkpoint, "model": ckpt["model_name"], "dataset": d.name, "split": args.split, **metrics}, indent=2))
+    print(
+        json.dumps(
+            {
+                "checkpoint": args.checkpoint,
+                "model": ckpt["model_name"],
+                "dataset": d.name,
+                "split": args.split,
+                **metrics,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -130,7 +163,12 @@ def _add_methods(p):
     p.add_argument("name", nargs="?", help="show one method only")
 
 
-@command("methods", "list distillation methods with their parameters and defaults", "darkknowledge methods\n  darkknowledge methods isats", add_args=_add_methods)
+@command(
+    "methods",
+    "list distillation methods with their parameters and defaults",
+    "darkknowledge methods\n  darkknowledge methods isats",
+    add_args=_add_methods,
+)
 def cmd_methods(args) -> int:
     from darkknowledge.methods import METHODS, describe_params
 
@@ -148,8 +186,12 @@ def _add_models(p):
     p.add_argument("--in-channels", type=int, default=3, help="input channels of the counted models (default 3)")
 
 
-@command("models", "list the model zoo with parameter counts", "darkknowledge models --num-classes 10 --in-channels 1",
-         add_args=_add_models)
+@command(
+    "models",
+    "list the model zoo with parameter counts",
+    "darkknowledge models --num-classes 10 --in-channels 1",
+    add_args=_add_models,
+)
 def cmd_models(args) -> int:
     import re
 
@@ -164,8 +206,10 @@ def cmd_models(args) -> int:
         return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
     channels = "channel" if args.in_channels == 1 else "channels"
-    print(f"Parameter counts for {args.num_classes} classes and {args.in_channels} input {channels} "
-          f"(--num-classes, --in-channels).")
+    print(
+        f"Parameter counts for {args.num_classes} classes and {args.in_channels} input {channels} "
+        f"(--num-classes, --in-channels)."
+    )
     registered = sorted(model_names(), key=natural)
     print("\nRegistered models:")
     for name in registered:
@@ -212,12 +256,19 @@ def cmd_configs(args) -> int:
 
 # ---------------------------------------------------------------------------- demo
 def _add_demo(p):
-    p.add_argument("--out", default="runs/demo", help="output directory (must not hold a previous demo unless --overwrite)")
+    p.add_argument(
+        "--out", default="runs/demo", help="output directory (must not hold a previous demo unless --overwrite)"
+    )
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo's setting)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing demo directory")
 
 
-@command("demo", "offline demo: a teacher ladder, KD students and a CE baseline on sklearn digits (~minutes)", "darkknowledge demo\n  darkknowledge demo --out runs/demo2 --epochs 20", add_args=_add_demo)
+@command(
+    "demo",
+    "offline demo: a teacher ladder, KD students and a CE baseline on sklearn digits (~minutes)",
+    "darkknowledge demo\n  darkknowledge demo --out runs/demo2 --epochs 20",
+    add_args=_add_demo,
+)
 def cmd_demo(args) -> int:
     from darkknowledge.demo import run_demo
 
@@ -236,13 +287,22 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  darkknowledge demo\n  darkknowledge distill --help",
     )
     parser.add_argument("--version", action="version", version=f"darkknowledge {__version__}")
-    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                        help="import MODULE first: it registers your own methods, models or datasets "
-                             "(repeatable; see docs/plugins.md)")
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first: it registers your own methods, models or datasets (repeatable; see docs/plugins.md)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="command")
     for name, (help_text, example, add_args, _) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         add_args(p)
     return parser
 
@@ -252,7 +312,12 @@ def _load_plugins() -> None:
     sweep); users' plugins are loaded by ``--plugin`` and :mod:`darkknowledge.plugins`."""
     import importlib
 
-    for mod in ("darkknowledge.cli.diagnose", "darkknowledge.cli.bench", "darkknowledge.cli.cache", "darkknowledge.cli.sweep"):
+    for mod in (
+        "darkknowledge.cli.diagnose",
+        "darkknowledge.cli.bench",
+        "darkknowledge.cli.cache",
+        "darkknowledge.cli.sweep",
+    ):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:

@@ -14,13 +14,26 @@ def _add_sweep(p):
     p.add_argument("--dry-run", action="store_true", help="print the plan (stages and their state) and run nothing")
     p.add_argument("--status", action="store_true", help="list done / partial / failed / pending stages with log paths")
     p.add_argument("--report", action="store_true", help="only (re)write the results files from the finished stages")
-    p.add_argument("--jobs", "-j", type=int, default=1, help="stages run at once (local executor: cores/N threads each)")
-    p.add_argument("--executor", choices=["auto", "inline", "local", "submitit"], default="auto",
-                   help="inline: in this process; local: subprocesses; submitit: SLURM job arrays (auto: inline for 1 job, else local)")
+    p.add_argument(
+        "--jobs", "-j", type=int, default=1, help="stages run at once (local executor: cores/N threads each)"
+    )
+    p.add_argument(
+        "--executor",
+        choices=["auto", "inline", "local", "submitit"],
+        default="auto",
+        help="inline: in this process; local: subprocesses; submitit: SLURM job arrays (auto: inline for 1 job, else local)",
+    )
     p.add_argument("--cluster", default=None, help="submitit cluster: slurm (default where available), local, debug")
-    p.add_argument("--submitit-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="submitit executor parameter, e.g. timeout_min=120 slurm_partition=gpu cpus_per_task=4 (repeatable)")
-    p.add_argument("--no-retry-failed", action="store_true", help="leave failed stages failed instead of running them again")
+    p.add_argument(
+        "--submitit-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="submitit executor parameter, e.g. timeout_min=120 slurm_partition=gpu cpus_per_task=4 (repeatable)",
+    )
+    p.add_argument(
+        "--no-retry-failed", action="store_true", help="leave failed stages failed instead of running them again"
+    )
 
 
 def _submitit_params(items: list[str]) -> dict:
@@ -47,8 +60,14 @@ def _submitit_params(items: list[str]) -> dict:
 def cmd_sweep(args) -> int:
     from darkknowledge.experiments import open_sweep
 
-    sweep = open_sweep(args.spec, args.out, executor=args.executor, jobs=args.jobs, cluster=args.cluster,
-                       submitit_params=_submitit_params(args.submitit_param))
+    sweep = open_sweep(
+        args.spec,
+        args.out,
+        executor=args.executor,
+        jobs=args.jobs,
+        cluster=args.cluster,
+        submitit_params=_submitit_params(args.submitit_param),
+    )
     if args.dry_run or args.status:
         rows = sweep.status_rows()
         width = max(len(r["stage"]) for r in rows)

@@ -27,7 +27,7 @@ from darkknowledge.data.base import ArrayDataset, AugmentSpec, DataSpec
 from darkknowledge.data.registry import DATASETS, build_dataset, default_root
 
 # Importing the reader modules registers them in DATASETS.
-from darkknowledge.data import cifar, digits, folders, mnist  # noqa: E402,F401  isort: skip
+from darkknowledge.data import cifar, digits, folders, mnist  # noqa: F401  isort: skip
 from darkknowledge.data.transforms import (
     resize_dataset,
     resize_images,

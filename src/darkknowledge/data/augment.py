@@ -59,7 +59,9 @@ def apply_augment(images: Tensor, params: Tensor, pad: int) -> Tensor:
 class Normalizer:
     """uint8 (B, C, H, W) -> float32 normalised, optionally channels_last."""
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device | str, channels_last: bool):
+    def __init__(
+        self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device | str, channels_last: bool
+    ):
         std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.scale = 1.0 / (255.0 * std_t)

@@ -56,9 +56,9 @@ class ArrayDataset:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def subset(self, indices: Tensor) -> "ArrayDataset":
+    def subset(self, indices: Tensor) -> ArrayDataset:
         """Rows ``indices`` (keeps labels and spec)."""
         return ArrayDataset(self.images[indices], self.targets[indices], self.spec)
 
-    def with_spec(self, **changes) -> "ArrayDataset":
+    def with_spec(self, **changes) -> ArrayDataset:
         return ArrayDataset(self.images, self.targets, replace(self.spec, **changes))

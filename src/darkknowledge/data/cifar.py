@@ -44,12 +44,8 @@ from darkknowledge.errors import UserError
 __all__ = ["ARCHIVES", "read_cifar10", "read_cifar100", "read_cifar100_coarse", "load_cifar_pickle"]
 
 ARCHIVES: dict[str, Archive] = {
-    "cifar10": Archive(
-        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"
-    ),
-    "cifar100": Archive(
-        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"
-    ),
+    "cifar10": Archive("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
+    "cifar100": Archive("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),
 }
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)

@@ -76,7 +76,7 @@ def download_url(url: str, dest: str | os.PathLike, md5: str | None, *, timeout:
     try:
         with os.fdopen(fd, "wb") as out:
             try:
-                response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 - user opted in
+                response = urllib.request.urlopen(url, timeout=timeout)
             except (urllib.error.URLError, OSError, ValueError) as e:
                 raise UserError(
                     f"could not download {url} to {dest}: {e}; check the network connection, or place "

@@ -8,9 +8,9 @@ sizes and memory: docs/data.md.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -320,9 +320,16 @@ class FolderReader:
     """A registered reader: ``indexer`` lists the files and labels, then only the
     selected files are decoded at the requested size (see :mod:`darkknowledge.data.registry`)."""
 
-    def __init__(self, name: str, indexer: Callable[[str | Path, bool], FileList], *,
-                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
-                 default_size: int = DEFAULT_IMAGE_SIZE, summary: str = ""):
+    def __init__(
+        self,
+        name: str,
+        indexer: Callable[[str | Path, bool], FileList],
+        *,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        default_size: int = DEFAULT_IMAGE_SIZE,
+        summary: str = "",
+    ):
         self.name = name
         self.indexer = indexer
         self.mean, self.std = mean, std

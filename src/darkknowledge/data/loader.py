@@ -16,8 +16,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -124,9 +124,13 @@ class BatchLoader:
     __iter__ = epoch
 
 
-def eval_batches(dataset: ArrayDataset, batch_size: int = 512, device: torch.device | str = "cpu", channels_last: bool = True) -> Iterator[Batch]:
+def eval_batches(
+    dataset: ArrayDataset, batch_size: int = 512, device: torch.device | str = "cpu", channels_last: bool = True
+) -> Iterator[Batch]:
     """Un-augmented batches in dataset order (evaluation, diagnostics, cache builds)."""
-    return BatchLoader(dataset, batch_size, train=False, augment=False, device=device, channels_last=channels_last).epoch(0)
+    return BatchLoader(
+        dataset, batch_size, train=False, augment=False, device=device, channels_last=channels_last
+    ).epoch(0)
 
 
 __all__ = ["Batch", "BatchLoader", "epoch_generator", "eval_batches", "identity_params"]

@@ -59,7 +59,16 @@ MD5 = {
 }
 
 FASHION_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 
 _TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
@@ -142,14 +151,24 @@ def _read(kind: str, root: str | Path, train: bool, download: bool) -> ArrayData
         raise UserError(f"{_TITLES[kind]} labels in {paths[1]} exceed 9; replace the file with the official one")
     if kind == "mnist":
         spec = DataSpec(
-            name="mnist", num_classes=10, in_channels=1, image_size=tuple(images.shape[1:]),
-            mean=(0.1307,), std=(0.3081,), augment=AugmentSpec(pad=2, flip=False),
+            name="mnist",
+            num_classes=10,
+            in_channels=1,
+            image_size=tuple(images.shape[1:]),
+            mean=(0.1307,),
+            std=(0.3081,),
+            augment=AugmentSpec(pad=2, flip=False),
             class_names=tuple(str(i) for i in range(10)),
         )
     else:
         spec = DataSpec(
-            name="fashion_mnist", num_classes=10, in_channels=1, image_size=tuple(images.shape[1:]),
-            mean=(0.2860,), std=(0.3530,), augment=AugmentSpec(pad=2, flip=True),
+            name="fashion_mnist",
+            num_classes=10,
+            in_channels=1,
+            image_size=tuple(images.shape[1:]),
+            mean=(0.2860,),
+            std=(0.3530,),
+            augment=AugmentSpec(pad=2, flip=True),
             class_names=FASHION_CLASSES,
         )
     x = torch.from_numpy(images).unsqueeze(1).contiguous()

@@ -20,8 +20,8 @@ when several names share the same files (``cifar100`` and ``cifar100_coarse``).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from torch import Tensor
 

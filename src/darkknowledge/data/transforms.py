@@ -15,8 +15,8 @@ These run once, when a dataset is built (not per batch):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -11,16 +11,8 @@ Every statistic is an accumulator with ``update(...)`` per chunk and ``result()`
 """
 
 from darkknowledge.diagnostics.api import diagnose, diagnose_stream
-from darkknowledge.diagnostics.collect import collect_outputs
-from darkknowledge.diagnostics.logits_file import diagnose_from_logits_file, load_logits_file
-from darkknowledge.diagnostics.result import (
-    DiagnoseOptions,
-    DiagnosticsResult,
-    ModelOutputs,
-    OutputsBatch,
-    TeacherOutputs,
-)
 from darkknowledge.diagnostics.card import CALIBRATION, DISCLAIMER, TeacherCard, make_card
+from darkknowledge.diagnostics.collect import collect_outputs
 from darkknowledge.diagnostics.decompose import (
     Decomposition,
     DecompositionAccumulator,
@@ -30,6 +22,7 @@ from darkknowledge.diagnostics.decompose import (
 )
 from darkknowledge.diagnostics.geometry import FeatureGeometryAccumulator, GeometryResult, feature_geometry
 from darkknowledge.diagnostics.isats_search import optimal_nontarget_temperature
+from darkknowledge.diagnostics.logits_file import diagnose_from_logits_file, load_logits_file
 from darkknowledge.diagnostics.ranks import (
     RankConsistency,
     RankConsistencyAccumulator,
@@ -40,6 +33,13 @@ from darkknowledge.diagnostics.ranks import (
     spearman_rows,
 )
 from darkknowledge.diagnostics.report import write_report
+from darkknowledge.diagnostics.result import (
+    DiagnoseOptions,
+    DiagnosticsResult,
+    ModelOutputs,
+    OutputsBatch,
+    TeacherOutputs,
+)
 from darkknowledge.diagnostics.stats import DEFAULT_TEMPERATURES, TeacherStats, TeacherStatsAccumulator, teacher_stats
 
 __all__ = [

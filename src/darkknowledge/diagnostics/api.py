@@ -14,8 +14,9 @@ Files: :mod:`darkknowledge.diagnostics.logits_file`; running models:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,6 +36,7 @@ from darkknowledge.diagnostics.result import (
 )
 from darkknowledge.diagnostics.stats import TeacherStatsAccumulator
 from darkknowledge.errors import UserError
+
 
 def _names_params(models: Mapping[str, int | None] | Sequence[str] | None) -> dict[str, int | None]:
     if models is None:
@@ -215,7 +217,9 @@ def diagnose(
             sl = slice(start, start + opts.chunk_size)
             yield OutputsBatch(targets=y[sl], logits={m.name: m.logits[sl] for m in models})
 
-    geo = {m.name: feature_geometry(m.features, y, chunk_size=opts.chunk_size) for m in models if m.features is not None}
+    geo = {
+        m.name: feature_geometry(m.features, y, chunk_size=opts.chunk_size) for m in models if m.features is not None
+    }
     return diagnose_stream(
         batches(),
         teachers={m.name: m.num_params for m in teachers},

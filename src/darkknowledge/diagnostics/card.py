@@ -197,8 +197,10 @@ def make_card(
 
     # ---- verdict and recommendation (calibrated: CALIBRATION, docs/diagnostics.md) -----------
     c = CALIBRATION
-    measured = (f"in this toolkit's measured ladders KD from the larger teacher of a pair was worse in "
-                f"{c['kd_worse']} of {c['pairs']} adjacent pairs")
+    measured = (
+        f"in this toolkit's measured ladders KD from the larger teacher of a pair was worse in "
+        f"{c['kd_worse']} of {c['pairs']} adjacent pairs"
+    )
     if reference is not None and lower_var:
         verdict = (
             f"No capacity mismatch predicted, one warning sign: at T={_fmt(temp)} the wrong-class probabilities of "

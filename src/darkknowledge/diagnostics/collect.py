@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -47,8 +48,10 @@ def collect_outputs(
                     z = model(x)
                 if not isinstance(z, torch.Tensor) or z.dim() != 2 or (num_classes and z.shape[1] != num_classes):
                     shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-                    raise UserError(f"model {label!r} returns {shape}, expected (batch, {num_classes or 'classes'}) "
-                                    "logits; give a model for these classes or wrap it in TeacherAdapter")
+                    raise UserError(
+                        f"model {label!r} returns {shape}, expected (batch, {num_classes or 'classes'}) "
+                        "logits; give a model for these classes or wrap it in TeacherAdapter"
+                    )
                 logits_out.append(z.float().cpu())
                 if keep_features:
                     feats_out.append(f.reshape(f.shape[0], -1).to(features_dtype).cpu())

@@ -58,7 +58,9 @@ def _kl_terms(log_p: Tensor, log_q: Tensor) -> Tensor:
 
 def _check(student: Tensor, teacher: Tensor, targets: Tensor | None = None) -> None:
     if student.dim() != 2 or student.shape != teacher.shape:
-        raise ValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} logits must both be (B, C)")
+        raise ValueError(
+            f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} logits must both be (B, C)"
+        )
     if targets is not None and targets.reshape(-1).shape[0] != student.shape[0]:
         raise ValueError(f"{targets.numel()} targets for {student.shape[0]} rows")
 

@@ -53,7 +53,9 @@ class GeometryResult:
 
 
 class FeatureGeometryAccumulator:
-    def __init__(self, num_classes: int | None = None, *, keep_features: bool = True, store_dtype: torch.dtype = torch.float32):
+    def __init__(
+        self, num_classes: int | None = None, *, keep_features: bool = True, store_dtype: torch.dtype = torch.float32
+    ):
         self.num_classes = num_classes
         self.keep_features = keep_features
         self.store_dtype = store_dtype
@@ -70,7 +72,9 @@ class FeatureGeometryAccumulator:
         f = to_tensor(features)
         y = to_tensor(targets).long().reshape(-1).to(f.device)
         if f.dim() != 2 or y.shape[0] != f.shape[0]:
-            raise UserError(f"features must be (samples, dim) with one label per row; got {tuple(f.shape)} and {tuple(y.shape)}")
+            raise UserError(
+                f"features must be (samples, dim) with one label per row; got {tuple(f.shape)} and {tuple(y.shape)}"
+            )
         if not bool(torch.isfinite(f).all()):
             raise UserError("features contain NaN or infinite values")
         if y.numel() and int(y.min()) < 0:
@@ -185,7 +189,9 @@ class FeatureGeometryAccumulator:
         )
 
 
-def feature_geometry(features: Any, targets: Any, num_classes: int | None = None, *, chunk_size: int = 8192) -> GeometryResult:
+def feature_geometry(
+    features: Any, targets: Any, num_classes: int | None = None, *, chunk_size: int = 8192
+) -> GeometryResult:
     """Two passes over in-memory ``features`` (N, D) without keeping a normalised copy."""
     acc = FeatureGeometryAccumulator(num_classes, keep_features=False)
     n = len(features)
@@ -194,4 +200,3 @@ def feature_geometry(features: Any, targets: Any, num_classes: int | None = None
     for start in range(0, n, chunk_size):
         acc.update_intra(features[start : start + chunk_size], targets[start : start + chunk_size])
     return acc.result()
-

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from darkknowledge.diagnostics.api import diagnose
 from darkknowledge.diagnostics.result import DiagnoseOptions, DiagnosticsResult, TeacherOutputs
 from darkknowledge.errors import UserError
+
 
 def _npz_member_memmap(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray | None:
     """Memory-map an uncompressed ``.npy`` member of an ``.npz`` (None if compressed)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from darkknowledge.diagnostics.result import DiagnosticsResult
 from darkknowledge.diagnostics.stats import TeacherStats
@@ -68,7 +68,12 @@ def _plot_var_vs_capacity(result: DiagnosticsResult) -> bytes | None:
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
     for i, temp in enumerate(ts[0].temperatures):
-        (line,) = ax.plot([xs[j] for j in ladder], [ts[j].per_temperature[i]["nt_var"] for j in ladder], marker="o", label=f"T={temp:g}")
+        (line,) = ax.plot(
+            [xs[j] for j in ladder],
+            [ts[j].per_temperature[i]["nt_var"] for j in ladder],
+            marker="o",
+            label=f"T={temp:g}",
+        )
         for j, x in variants:
             ax.plot([x], [ts[j].per_temperature[i]["nt_var"]], "x", color=line.get_color())
     if log_x:
@@ -148,7 +153,12 @@ def _plot_angles(result: DiagnosticsResult) -> bytes | None:
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
     for attr, marker, label in [("intra_angle", "o", "intra-class"), ("inter_angle", "s", "inter-class")]:
-        (line,) = ax.plot([xs[j] for j in ladder], [getattr(result.geometry[ts[j].name], attr) for j in ladder], marker=marker, label=label)
+        (line,) = ax.plot(
+            [xs[j] for j in ladder],
+            [getattr(result.geometry[ts[j].name], attr) for j in ladder],
+            marker=marker,
+            label=label,
+        )
         for j, x in variants:
             ax.plot([x], [getattr(result.geometry[ts[j].name], attr)], "x", color=line.get_color())
             ax.annotate(ts[j].name, (x, getattr(result.geometry[ts[j].name], attr)), fontsize=7, alpha=0.7,
@@ -189,7 +199,11 @@ def _plot_tau_hist(result: DiagnosticsResult) -> bytes | None:
 
 # (file key, plot function, caption), in the order of the report
 PLOTS = [
-    ("nt_var_vs_capacity", _plot_var_vs_capacity, "Mean non-target variance vs teacher capacity, one line per temperature."),
+    (
+        "nt_var_vs_capacity",
+        _plot_var_vs_capacity,
+        "Mean non-target variance vs teacher capacity, one line per temperature.",
+    ),
     ("nt_var_vs_temperature", _plot_var_vs_temperature, "Non-target spread vs temperature (dashed: students)."),
     ("rank_spearman_heatmap", _plot_rank_heatmap, "Mean Spearman correlation of non-target rankings."),
     ("angles_vs_capacity", _plot_angles, "Intra- and inter-class feature angles vs capacity."),

@@ -25,8 +25,9 @@ block, the elements of its sorted left neighbour that are larger (``searchsorted
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -130,7 +131,9 @@ def spearman_rows(a: RankInfo, b: RankInfo) -> Tensor:
     cb = b.avg_rank - (n + 1) / 2.0
     num = torch.linalg.vecdot(ca, cb)
     den = torch.sqrt(torch.linalg.vecdot(ca, ca) * torch.linalg.vecdot(cb, cb))
-    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.full_like(den, float("nan")))
+    return torch.where(
+        den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.full_like(den, float("nan"))
+    )
 
 
 def count_inversions(y: Tensor, base: int = 8) -> Tensor:
@@ -184,7 +187,9 @@ def kendall_tau_b_rows(a: RankInfo, b: RankInfo) -> Tensor:
     tot = n * (n - 1) // 2
     num = (tot - a.ties - b.ties + joint - 2 * discordant).to(torch.float64)
     den = torch.sqrt((tot - a.ties).to(torch.float64) * (tot - b.ties).to(torch.float64))
-    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.full_like(den, float("nan")))
+    return torch.where(
+        den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.full_like(den, float("nan"))
+    )
 
 
 def topk_overlap_rows(a: RankInfo, b: RankInfo, k: int) -> Tensor:

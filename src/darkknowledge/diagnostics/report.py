@@ -20,8 +20,9 @@ import base64
 import html
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from darkknowledge.diagnostics._common import jsonable
 from darkknowledge.diagnostics.plots import render_plots
@@ -146,7 +147,10 @@ def _html(result: DiagnosticsResult, plots: dict[str, tuple[bytes, str]]) -> str
         parts.append(
             _table(
                 ["model", "intra-class angle (deg)", "inter-class angle (deg)", "samples", "zero features"],
-                [[k, g.intra_angle, g.inter_angle, g.num_samples, g.num_zero_features] for k, g in result.geometry.items()],
+                [
+                    [k, g.intra_angle, g.inter_angle, g.num_samples, g.num_zero_features]
+                    for k, g in result.geometry.items()
+                ],
             )
         )
     if result.decompositions:

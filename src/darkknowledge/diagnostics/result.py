@@ -5,8 +5,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,6 @@ from darkknowledge.diagnostics.isats_search import GRID_SIZE, REFINE_SIZE
 from darkknowledge.diagnostics.ranks import RankConsistency
 from darkknowledge.diagnostics.stats import DEFAULT_TEMPERATURES, TeacherStats
 from darkknowledge.errors import UserError
-
 
 #: share of samples with tau* on one end of the search range above which the result warns
 TAU_BOUND_WARNING_FRACTION = 0.10
@@ -49,7 +49,9 @@ class TeacherOutputs:
         if tuple(self.targets.shape) != (shape[0],):
             raise UserError(f"{self.name}: {tuple(self.targets.shape)} targets for {shape[0]} rows of logits")
         if self.features is not None and (len(self.features.shape) != 2 or self.features.shape[0] != shape[0]):
-            raise UserError(f"{self.name}: features {tuple(self.features.shape)} do not match {shape[0]} rows of logits")
+            raise UserError(
+                f"{self.name}: features {tuple(self.features.shape)} do not match {shape[0]} rows of logits"
+            )
 
     @property
     def num_samples(self) -> int:
@@ -190,8 +192,9 @@ def tau_bound_warnings(stats: Sequence[TeacherStats], fraction: float = TAU_BOUN
     return out
 
 
-def make_cards(result: DiagnosticsResult, teachers: Sequence[str], students: Sequence[str],
-                pairs: Iterable[tuple[str, str]] | None) -> list[TeacherCard]:
+def make_cards(
+    result: DiagnosticsResult, teachers: Sequence[str], students: Sequence[str], pairs: Iterable[tuple[str, str]] | None
+) -> list[TeacherCard]:
     """A card per (teacher, student) pair (every pair when ``pairs`` is None); a teacher
     that is in no pair gets a card of its own."""
     allowed = {(t, s) for t in teachers for s in students} if pairs is None else set(pairs)

@@ -29,8 +29,9 @@ totals in float64.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +56,16 @@ PER_TEMPERATURE_KEYS = (
     "nt_entropy_renorm",
     "nt_entropy_renorm_norm",
 )
-_SUM_KEYS = ("target_prob", "confidence", "nt_mean", "nt_var", "nt_std", "nt_var_renorm", "nt_std_renorm", "nt_entropy_renorm")
+_SUM_KEYS = (
+    "target_prob",
+    "confidence",
+    "nt_mean",
+    "nt_var",
+    "nt_std",
+    "nt_var_renorm",
+    "nt_std_renorm",
+    "nt_entropy_renorm",
+)
 _QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 

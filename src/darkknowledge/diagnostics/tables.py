@@ -7,7 +7,8 @@ from __future__ import annotations
 import csv
 import io
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from darkknowledge.diagnostics.result import DiagnosticsResult
 from darkknowledge.diagnostics.stats import PER_TEMPERATURE_KEYS, TeacherStats
@@ -61,10 +62,23 @@ def summary_rows(result: DiagnosticsResult) -> tuple[list[str], list[list[Any]]]
         g = result.geometry.get(s.name)
         rows.append(
             [
-                s.name, role, s.num_params, s.num_samples, s.num_classes, s.top1, s.top5, s.logit_std,
-                t.get("mean"), t.get("median"), t.get("q05"), t.get("q95"), t.get("frac_at_min"),
-                t.get("frac_at_max"), t.get("num_undefined"),
-                g.intra_angle if g else None, g.inter_angle if g else None,
+                s.name,
+                role,
+                s.num_params,
+                s.num_samples,
+                s.num_classes,
+                s.top1,
+                s.top5,
+                s.logit_std,
+                t.get("mean"),
+                t.get("median"),
+                t.get("q05"),
+                t.get("q95"),
+                t.get("frac_at_min"),
+                t.get("frac_at_max"),
+                t.get("num_undefined"),
+                g.intra_angle if g else None,
+                g.inter_angle if g else None,
             ]  # fmt: skip
         )
     return header, rows
@@ -90,10 +104,24 @@ def decomposition_rows(result: DiagnosticsResult) -> tuple[list[str], list[list[
     for d in result.decompositions:
         rows.append(
             [
-                d.teacher, d.student, d.temperature, d.student_temperature, d.num_samples,
-                d.ats["correct_guidance"], d.ats["smoothing"], d.ats["discriminability"], d.ats["soft_ce"],
-                d.dkd["tckd"], d.dkd["nckd"], d.dkd["weight"], d.dkd["weighted_nckd"], d.dkd["kd"],
-                d.aid["inter"], d.aid["intra"], d.aid["kd"], d.aid_batch_size,
+                d.teacher,
+                d.student,
+                d.temperature,
+                d.student_temperature,
+                d.num_samples,
+                d.ats["correct_guidance"],
+                d.ats["smoothing"],
+                d.ats["discriminability"],
+                d.ats["soft_ce"],
+                d.dkd["tckd"],
+                d.dkd["nckd"],
+                d.dkd["weight"],
+                d.dkd["weighted_nckd"],
+                d.dkd["kd"],
+                d.aid["inter"],
+                d.aid["intra"],
+                d.aid["kd"],
+                d.aid_batch_size,
             ]  # fmt: skip
         )
     return header, rows

@@ -4,7 +4,8 @@ logits for the data's C classes out. docs/teachers.md has a worked example."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +50,12 @@ class TeacherAdapter(nn.Module):
         if any(given) and not all(given):
             raise UserError("TeacherAdapter: give all of data_mean, data_std, model_mean, model_std, or none")
         self.renormalize = all(given)
-        for key, values in (("data_mean", data_mean), ("data_std", data_std), ("model_mean", model_mean),
-                            ("model_std", model_std)):
+        for key, values in (
+            ("data_mean", data_mean),
+            ("data_std", data_std),
+            ("model_mean", model_mean),
+            ("model_std", model_std),
+        ):
             stats = torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1) if values is not None else None
             self.register_buffer(key, stats)
         index = torch.as_tensor(list(classes), dtype=torch.long) if classes is not None else None
@@ -82,7 +87,9 @@ class TeacherAdapter(nn.Module):
         logits = self._logits(self.model(x))
         if self.classes is not None:
             if int(self.classes.max()) >= logits.shape[-1]:
-                raise UserError(f"TeacherAdapter: class index {int(self.classes.max())} is out of range for a model "
-                                f"with {logits.shape[-1]} outputs")
+                raise UserError(
+                    f"TeacherAdapter: class index {int(self.classes.max())} is out of range for a model "
+                    f"with {logits.shape[-1]} outputs"
+                )
             logits = logits.index_select(-1, self.classes)
         return logits

@@ -27,7 +27,9 @@ def resolve_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise UserError(f"device {name!r}: this machine has no CUDA device; use cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here; use cuda:0..{torch.cuda.device_count() - 1}")
+            raise UserError(
+                f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here; use cuda:0..{torch.cuda.device_count() - 1}"
+            )
     elif device.type != "cpu":
         raise UserError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
     return device
@@ -44,10 +46,20 @@ def build_split(data: DataConfig, split: str) -> ArrayDataset:
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if split == "val" and not data.val_per_class:
-        raise UserError("there is no validation split: set data.val_per_class=N (images per class held out of training)")
+        raise UserError(
+            "there is no validation split: set data.val_per_class=N (images per class held out of training)"
+        )
     if split == "test":
-        return build_dataset(data.name, root=data.root, train=False, download=data.download, classes=data.classes,
-                             train_per_class=data.test_per_class, image_size=data.image_size, seed=data.subset_seed)
+        return build_dataset(
+            data.name,
+            root=data.root,
+            train=False,
+            download=data.download,
+            classes=data.classes,
+            train_per_class=data.test_per_class,
+            image_size=data.image_size,
+            seed=data.subset_seed,
+        )
     train, val = split_validation(_training_files(data), data.val_per_class, data.subset_seed)
     return val if split == "val" else train
 
@@ -56,8 +68,16 @@ def _training_files(data: DataConfig) -> ArrayDataset:
     """The training split as read (``train_per_class`` applied), before the validation rows are held out."""
     from darkknowledge.data import build_dataset
 
-    return build_dataset(data.name, root=data.root, train=True, download=data.download, classes=data.classes,
-                         train_per_class=data.train_per_class, image_size=data.image_size, seed=data.subset_seed)
+    return build_dataset(
+        data.name,
+        root=data.root,
+        train=True,
+        download=data.download,
+        classes=data.classes,
+        train_per_class=data.train_per_class,
+        image_size=data.image_size,
+        seed=data.subset_seed,
+    )
 
 
 def split_validation(full: ArrayDataset, per_class: int | None, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:
@@ -69,8 +89,10 @@ def split_validation(full: ArrayDataset, per_class: int | None, seed: int) -> tu
     for c in range(full.spec.num_classes):
         rows = (full.targets == c).nonzero().flatten()
         if len(rows) <= per_class:
-            raise UserError(f"data.val_per_class={per_class} leaves no training image of class {c} "
-                            f"({len(rows)} in the training split); lower it")
+            raise UserError(
+                f"data.val_per_class={per_class} leaves no training image of class {c} "
+                f"({len(rows)} in the training split); lower it"
+            )
         g = torch.Generator().manual_seed((int(seed) * 1_000_003 + c * 7919 + 424_242) % (2**63 - 1))
         held.append(rows[torch.randperm(len(rows), generator=g)[:per_class]])
     val_rows = torch.cat(held).sort().values
@@ -99,7 +121,9 @@ def checkpoint_data_config(ckpt: dict[str, Any], overrides: list[str], command: 
     bad = [o for o in overrides if not o.startswith("data.")]
     if bad:
         raise UserError(f"{command} only takes data.* overrides, got {bad[0]!r}")
-    return validate_config(apply_overrides({"data": _saved_section(ckpt, "data", command)}, overrides), source=command).data
+    return validate_config(
+        apply_overrides({"data": _saved_section(ckpt, "data", command)}, overrides), source=command
+    ).data
 
 
 def _saved_section(ckpt: dict[str, Any], section: str, where: str) -> dict[str, Any]:
@@ -111,13 +135,25 @@ def _saved_section(ckpt: dict[str, Any], section: str, where: str) -> dict[str, 
     except yaml.YAMLError:
         saved = None
     if not isinstance(saved, dict) or not isinstance(saved.get(section, {}), dict):
-        raise UserError(f"{where}: the configuration stored in the checkpoint is damaged (not a YAML mapping); "
-                        "pass the data settings as data.* overrides or re-create the checkpoint")
+        raise UserError(
+            f"{where}: the configuration stored in the checkpoint is damaged (not a YAML mapping); "
+            "pass the data settings as data.* overrides or re-create the checkpoint"
+        )
     return saved.get(section) or {}
 
 
 # The keys that say which data a model was trained on (not how it was batched).
-DATASET_KEYS = ("name", "root", "download", "classes", "train_per_class", "test_per_class", "val_per_class", "image_size", "subset_seed")
+DATASET_KEYS = (
+    "name",
+    "root",
+    "download",
+    "classes",
+    "train_per_class",
+    "test_per_class",
+    "val_per_class",
+    "image_size",
+    "subset_seed",
+)
 
 
 def teacher_data_section(path: str) -> dict[str, Any]:
@@ -126,8 +162,9 @@ def teacher_data_section(path: str) -> dict[str, Any]:
     return {k: data[k] for k in DATASET_KEYS if k in data and k in DataConfig.model_fields}
 
 
-def build_teacher_signal(cfg: RunConfig, train_set: ArrayDataset, device: torch.device,
-                         eval_set: ArrayDataset | None = None) -> TeacherSignal:
+def build_teacher_signal(
+    cfg: RunConfig, train_set: ArrayDataset, device: torch.device, eval_set: ArrayDataset | None = None
+) -> TeacherSignal:
     """Live teacher from ``teacher.checkpoint`` or a cache from ``teacher.cache`` (built with ``eval_set`` logits)."""
     spec = train_set.spec
     if cfg.teacher.cache:
@@ -140,21 +177,30 @@ def build_teacher_signal(cfg: RunConfig, train_set: ArrayDataset, device: torch.
     model, ckpt = load_model(cfg.teacher.checkpoint, device)
     check_teacher_fits(ckpt, spec, cfg.teacher.checkpoint)
     precision = resolve_precision(cfg.engine.precision, device)
-    return LiveTeacher(model, precision=precision, channels_last=cfg.engine.channels_last,
-                       fold_batchnorm=cfg.teacher.fold_batchnorm, name=ckpt["model_name"])
+    return LiveTeacher(
+        model,
+        precision=precision,
+        channels_last=cfg.engine.channels_last,
+        fold_batchnorm=cfg.teacher.fold_batchnorm,
+        name=ckpt["model_name"],
+    )
 
 
 def load_initial_weights(model: torch.nn.Module, path: str, model_name: str) -> None:
     """``model.init``: copy a checkpoint's model weights into a freshly built ``model_name``."""
     ckpt = load_checkpoint(path)
     if ckpt["model_name"] != model_name:
-        raise UserError(f"model.init={path} holds a {ckpt['model_name']!r} but model.name is {model_name!r}; "
-                        "set model.name to the checkpoint's architecture")
+        raise UserError(
+            f"model.init={path} holds a {ckpt['model_name']!r} but model.name is {model_name!r}; "
+            "set model.name to the checkpoint's architecture"
+        )
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise UserError(f"model.init={path}: its weights do not fit this {model_name!r} "
-                        f"({str(exc).splitlines()[0][:120]}); check the dataset's classes and channels") from None
+        raise UserError(
+            f"model.init={path}: its weights do not fit this {model_name!r} "
+            f"({str(exc).splitlines()[0][:120]}); check the dataset's classes and channels"
+        ) from None
 
 
 def check_teacher_fits(ckpt: dict[str, Any], spec, where: str) -> None:
@@ -164,10 +210,14 @@ def check_teacher_fits(ckpt: dict[str, Any], spec, where: str) -> None:
             f"{spec.num_classes}; use a teacher trained on the same data/classes"
         )
     if int(ckpt["in_channels"]) != spec.in_channels:
-        raise UserError(f"teacher {where} takes {ckpt['in_channels']}-channel images but dataset {spec.name!r} has {spec.in_channels}")
+        raise UserError(
+            f"teacher {where} takes {ckpt['in_channels']}-channel images but dataset {spec.name!r} has {spec.in_channels}"
+        )
 
 
-def open_cache_for_run(cfg, train_set: ArrayDataset, device: torch.device, eval_set: ArrayDataset | None = None) -> CachedTeacher:
+def open_cache_for_run(
+    cfg, train_set: ArrayDataset, device: torch.device, eval_set: ArrayDataset | None = None
+) -> CachedTeacher:
     """``teacher.cache`` of a run: open it (building it first from ``teacher.checkpoint``
     if it does not exist yet, with the teacher's logits on ``eval_set`` for agreement and
     rank fidelity) and check that it belongs to this run's teacher and data."""
@@ -178,12 +228,23 @@ def open_cache_for_run(cfg, train_set: ArrayDataset, device: torch.device, eval_
         check_teacher_fits(ckpt, train_set.spec, cfg.teacher.checkpoint)
         digest = state_digest(model.state_dict())
         if not (path / "meta.json").exists():
-            build_cache(model, train_set, path, num_views=cfg.teacher.cache_views, view_seed=cfg.teacher.cache_view_seed,
-                        precision=cfg.engine.precision, device=device, channels_last=cfg.engine.channels_last,
-                        fold_batchnorm=cfg.teacher.fold_batchnorm, eval_dataset=eval_set,
-                        progress=cfg.engine.progress)
+            build_cache(
+                model,
+                train_set,
+                path,
+                num_views=cfg.teacher.cache_views,
+                view_seed=cfg.teacher.cache_view_seed,
+                precision=cfg.engine.precision,
+                device=device,
+                channels_last=cfg.engine.channels_last,
+                fold_batchnorm=cfg.teacher.fold_batchnorm,
+                eval_dataset=eval_set,
+                progress=cfg.engine.progress,
+            )
     cache = CachedTeacher(path, device=device)
     cache.check_matches(train_set, digest)
     if cache.num_classes != train_set.spec.num_classes:
-        raise UserError(f"teacher cache {path} has {cache.num_classes} classes, dataset has {train_set.spec.num_classes}")
+        raise UserError(
+            f"teacher cache {path} has {cache.num_classes} classes, dataset has {train_set.spec.num_classes}"
+        )
     return cache

@@ -44,10 +44,10 @@ from darkknowledge.data.augment import Normalizer, apply_augment, identity_param
 from darkknowledge.data.base import ArrayDataset
 from darkknowledge.data.loader import Batch, epoch_generator, eval_batches
 from darkknowledge.engine.checkpoint import state_digest
-from darkknowledge.fileio import DIR_MODE
 from darkknowledge.engine.precision import autocast, resolve_precision
 from darkknowledge.engine.teacher import TeacherSignal, check_logits_width, prepare_for_inference
 from darkknowledge.errors import UserError
+from darkknowledge.fileio import DIR_MODE
 
 CACHE_FORMAT = "darkknowledge-teacher-cache"
 CACHE_VERSION = 1
@@ -178,14 +178,21 @@ def build_cache(
                 bar.update(len(rows))
         if bar is not None:
             bar.close()
-        arrays = ["views.npy"] + (["logits.npy"] if storage == "full" else ["topk_values.npy", "topk_indices.npy", "lse.npy"])
+        arrays = ["views.npy"] + (
+            ["logits.npy"] if storage == "full" else ["topk_values.npy", "topk_indices.npy", "lse.npy"]
+        )
         eval_info = None
         if eval_dataset is not None:
-            np.save(tmp / "eval_logits.npy", _eval_outputs(teacher, eval_dataset, batch_size, device, precision,
-                                                           channels_last, num_classes))
+            np.save(
+                tmp / "eval_logits.npy",
+                _eval_outputs(teacher, eval_dataset, batch_size, device, precision, channels_last, num_classes),
+            )
             arrays.append("eval_logits.npy")
-            eval_info = {"dataset": eval_dataset.spec.name, "num_samples": len(eval_dataset),
-                         "fingerprint": dataset_fingerprint(eval_dataset)}
+            eval_info = {
+                "dataset": eval_dataset.spec.name,
+                "num_samples": len(eval_dataset),
+                "fingerprint": dataset_fingerprint(eval_dataset),
+            }
         if storage == "full":
             out.flush()
             del out
@@ -215,8 +222,15 @@ def build_cache(
     return path
 
 
-def _eval_outputs(teacher: nn.Module, dataset: ArrayDataset, batch_size: int, device: torch.device, precision: str,
-                  channels_last: bool, num_classes: int) -> np.ndarray:
+def _eval_outputs(
+    teacher: nn.Module,
+    dataset: ArrayDataset,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    channels_last: bool,
+    num_classes: int,
+) -> np.ndarray:
     """float32 (M, C) logits of ``teacher`` on the un-augmented ``dataset``, in order."""
     out = []
     for batch in eval_batches(dataset, batch_size, device, channels_last):
@@ -253,7 +267,9 @@ class CachedTeacher(TeacherSignal):
             if not f.is_file():
                 raise UserError(f"teacher cache {self.path}: {name} is missing; rebuild the cache")
             if f.stat().st_size != info["bytes"]:
-                raise UserError(f"teacher cache {self.path}: {name} has {f.stat().st_size} bytes, expected {info['bytes']} (truncated?); rebuild the cache")
+                raise UserError(
+                    f"teacher cache {self.path}: {name} has {f.stat().st_size} bytes, expected {info['bytes']} (truncated?); rebuild the cache"
+                )
             if verify and _sha256_file(f) != info["sha256"]:
                 raise UserError(f"teacher cache {self.path}: {name} fails its checksum (corrupted); rebuild the cache")
         self.num_classes = int(meta["num_classes"])
@@ -281,7 +297,9 @@ class CachedTeacher(TeacherSignal):
         if key["augment"] != asdict(dataset.spec.augment):
             raise UserError(f"teacher cache {self.path} was built with augmentation {key['augment']}; rebuild it")
         if teacher_digest is not None and teacher_digest != key["teacher_digest"]:
-            raise UserError(f"teacher cache {self.path} was built from other teacher weights than teacher.checkpoint; rebuild it")
+            raise UserError(
+                f"teacher cache {self.path} was built from other teacher weights than teacher.checkpoint; rebuild it"
+            )
 
     def logits(self, indices: Tensor, views: Tensor) -> Tensor:
         i = indices.cpu().numpy()
@@ -312,8 +330,13 @@ class CachedTeacher(TeacherSignal):
         return self.logits(batch.indices, batch.views)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "cache", "path": str(self.path), "storage": self.storage, "views": self.key["num_views"],
-                "eval_logits": bool(self.meta.get("eval"))}
+        return {
+            "kind": "cache",
+            "path": str(self.path),
+            "storage": self.storage,
+            "views": self.key["num_views"],
+            "eval_logits": bool(self.meta.get("eval")),
+        }
 
 
 def expand_topk(values: Tensor, indices: Tensor, lse: Tensor, num_classes: int) -> Tensor:

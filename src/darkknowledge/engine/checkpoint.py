@@ -67,19 +67,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Read a darkknowledge checkpoint safely; every failure is a one-line UserError."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist (expected a best.pt/last.pt written by `darkknowledge train`)")
+        raise UserError(
+            f"checkpoint {path} does not exist (expected a best.pt/last.pt written by `darkknowledge train`)"
+        )
     try:
         _check_zip_crc(path)
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except MemoryError:
         raise
-    except Exception as exc:  # noqa: BLE001  a damaged pickle can raise anything (IndexError, KeyError, struct.error, ...)
+    except Exception as exc:
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise UserError(f"checkpoint {path} is corrupted or not a torch checkpoint ({reason}); re-create it or point to another file") from None
+        raise UserError(
+            f"checkpoint {path} is corrupted or not a torch checkpoint ({reason}); re-create it or point to another file"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UserError(f"checkpoint {path} is not a darkknowledge checkpoint (no 'format' tag); train it with `darkknowledge train`")
+        raise UserError(
+            f"checkpoint {path} is not a darkknowledge checkpoint (no 'format' tag); train it with `darkknowledge train`"
+        )
     if ckpt.get("version", 0) > VERSION:
-        raise UserError(f"checkpoint {path} has format version {ckpt['version']}, newer than this darkknowledge ({VERSION}); upgrade")
+        raise UserError(
+            f"checkpoint {path} has format version {ckpt['version']}, newer than this darkknowledge ({VERSION}); upgrade"
+        )
     _check_fields(ckpt, path)
     return ckpt
 
@@ -105,7 +113,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise UserError(f"checkpoint {path}: weights do not fit model {ckpt['model_name']!r} ({str(exc).splitlines()[0][:120]})") from None
+        raise UserError(
+            f"checkpoint {path}: weights do not fit model {ckpt['model_name']!r} ({str(exc).splitlines()[0][:120]})"
+        ) from None
     return model.to(device).eval(), ckpt
 
 

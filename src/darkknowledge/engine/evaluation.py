@@ -16,8 +16,15 @@ from darkknowledge.errors import UserError
 class Evaluator:
     """``evaluator(model, split) -> {"<split>/top1": ..., ...}`` for the splits it was given."""
 
-    def __init__(self, datasets: dict[str, ArrayDataset | None], teacher: TeacherSignal | None, batch_size: int,
-                 device: torch.device, precision: str, channels_last: bool):
+    def __init__(
+        self,
+        datasets: dict[str, ArrayDataset | None],
+        teacher: TeacherSignal | None,
+        batch_size: int,
+        device: torch.device,
+        precision: str,
+        channels_last: bool,
+    ):
         self.datasets = {k: v for k, v in datasets.items() if v is not None}
         self.teacher = teacher
         self.batch_size, self.device, self.precision, self.channels_last = batch_size, device, precision, channels_last
@@ -29,14 +36,18 @@ class Evaluator:
     def __call__(self, model: nn.Module, split: str) -> dict[str, float]:
         logits, targets = collect_logits(model, self._batches(split), self.precision)
         if not bool(torch.isfinite(logits).all()):
-            raise UserError(f"the model's outputs on the {split} split are non-finite: training diverged; "
-                            "lower optim.lr (nothing of this epoch was saved)")
+            raise UserError(
+                f"the model's outputs on the {split} split are non-finite: training diverged; "
+                "lower optim.lr (nothing of this epoch was saved)"
+            )
         meter = ClassificationMeter()
         meter.update(logits, targets)
         out = {f"{split}/{k}": v for k, v in meter.compute().items()}
         teacher_logits = self.teacher_logits(split)
         if teacher_logits is not None:
-            out[f"{split}/teacher_agreement"] = 100.0 * logits.argmax(1).eq(teacher_logits.argmax(1)).float().mean().item()
+            out[f"{split}/teacher_agreement"] = (
+                100.0 * logits.argmax(1).eq(teacher_logits.argmax(1)).float().mean().item()
+            )
             if logits.shape[1] > 2:  # with one non-target class there is no ranking
                 from darkknowledge.diagnostics.ranks import rank_fidelity
 

@@ -49,8 +49,10 @@ class TensorBoardLogger(RunLogger):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise UserError("engine.tensorboard=true needs the tensorboard package: pip install tensorboard "
-                            "(or darkknowledge[tensorboard])") from None
+            raise UserError(
+                "engine.tensorboard=true needs the tensorboard package: pip install tensorboard "
+                "(or darkknowledge[tensorboard])"
+            ) from None
         self.writer = SummaryWriter(log_dir=str(log_dir))
 
     def log_epoch(self, record: dict[str, Any]) -> None:

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
 # what atomic writes leave behind when a process is killed mid-write (fileio.atomic_write)
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "summary.json", "config.yaml")
 
@@ -23,7 +22,11 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
 
 # Keys that may differ between a run and its resumption: they change neither the
 # result nor the batches (the run may be moved, resumed on another device, run longer).
-RESUMABLE_CHANGES = {"optim": ("epochs",), "engine": ("progress", "device", "threads", "tensorboard", "keep_epochs"), "": ("output_dir",)}
+RESUMABLE_CHANGES = {
+    "optim": ("epochs",),
+    "engine": ("progress", "device", "threads", "tensorboard", "keep_epochs"),
+    "": ("output_dir",),
+}
 
 
 def comparable_config(config_yaml: str) -> str:
@@ -49,8 +52,11 @@ def saved_config(run_dir: Path, ckpt: dict[str, Any]) -> str:
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         pass
     if path.exists():
-        print(f"warning: {path} is damaged; using the configuration stored in the checkpoint (rewritten)", file=sys.stderr)
+        print(
+            f"warning: {path} is damaged; using the configuration stored in the checkpoint (rewritten)", file=sys.stderr
+        )
     return ckpt["config"]
+
 
 def read_history(path: Path) -> list[dict[str, Any]]:
     """metrics.jsonl records; lines a crash left half-written (or edited into garbage) are dropped, with a warning."""
@@ -69,5 +75,8 @@ def read_history(path: Path) -> list[dict[str, Any]]:
         else:
             dropped += 1
     if dropped:
-        print(f"warning: {path}: dropped {dropped} unreadable line(s) (e.g. a crash mid-write); the file is rewritten", file=sys.stderr)
+        print(
+            f"warning: {path}: dropped {dropped} unreadable line(s) (e.g. a crash mid-write); the file is rewritten",
+            file=sys.stderr,
+        )
     return records

@@ -26,7 +26,7 @@ class RunLock:
         self.path = Path(run_dir) / LOCK_FILE
         self.fh = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+")
         if fcntl is not None:
@@ -41,11 +41,15 @@ class RunLock:
                     who = f"process {info['pid']} on {info['host']} since {info['since']}"
                 except (ValueError, KeyError, TypeError):
                     who = "another process"
-                raise UserError(f"run directory {self.path.parent} is in use by {who}; wait for it to finish "
-                                "or choose another name=") from None
+                raise UserError(
+                    f"run directory {self.path.parent} is in use by {who}; wait for it to finish "
+                    "or choose another name="
+                ) from None
         fh.seek(0)
         fh.truncate()
-        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+        fh.write(
+            json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        )
         fh.flush()
         self.fh = fh
         return self

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -74,7 +75,7 @@ def prepare_for_inference(model: nn.Module, *, channels_last: bool = True, fold_
                 from torch.fx.experimental.optimization import fuse
 
             model = fuse(model).eval()
-        except Exception:  # noqa: BLE001  untraceable control flow: run unfused
+        except Exception:
             pass
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -89,13 +90,23 @@ class LiveTeacher(TeacherSignal):
     model). The output width is checked on every batch (a shape check, no sync).
     """
 
-    def __init__(self, model: nn.Module, *, num_classes: int | None = None, precision: str = "bf16",
-                 channels_last: bool = True, fold_batchnorm: bool = True, name: str = "teacher"):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        num_classes: int | None = None,
+        precision: str = "bf16",
+        channels_last: bool = True,
+        fold_batchnorm: bool = True,
+        name: str = "teacher",
+    ):
         if num_classes is None:
             classifier = getattr(model, "classifier", None)
             if not isinstance(classifier, nn.Linear):
-                raise UserError(f"teacher {name!r} ({type(model).__name__}) has no .classifier layer; "
-                                "give num_classes (teacher_from_module(model, num_classes=...))")
+                raise UserError(
+                    f"teacher {name!r} ({type(model).__name__}) has no .classifier layer; "
+                    "give num_classes (teacher_from_module(model, num_classes=...))"
+                )
             num_classes = classifier.out_features
         self.num_classes = int(num_classes)
         self.model = prepare_for_inference(model, channels_last=channels_last, fold_batchnorm=fold_batchnorm)
@@ -107,8 +118,10 @@ class LiveTeacher(TeacherSignal):
         with torch.inference_mode(), autocast(batch.images.device, self.precision):
             logits = self.model(batch.images)
         if not isinstance(logits, Tensor):
-            raise UserError(f"teacher {self.name!r} returns a {type(logits).__name__}, not a logits tensor; "
-                            "wrap it in TeacherAdapter(model, output=...)")
+            raise UserError(
+                f"teacher {self.name!r} returns a {type(logits).__name__}, not a logits tensor; "
+                "wrap it in TeacherAdapter(model, output=...)"
+            )
         check_logits_width(logits, self.num_classes, f"teacher {self.name!r}")
         # clone outside inference mode: a normal tensor that autograd may save for backward
         return logits.float().clone()
@@ -120,10 +133,23 @@ class LiveTeacher(TeacherSignal):
         return {"kind": "live", "name": self.name, "precision": self.precision}
 
 
-def teacher_from_module(model: nn.Module, num_classes: int, *, precision: str = "fp32", channels_last: bool = False,
-                        fold_batchnorm: bool = True, name: str | None = None) -> LiveTeacher:
+def teacher_from_module(
+    model: nn.Module,
+    num_classes: int,
+    *,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    fold_batchnorm: bool = True,
+    name: str | None = None,
+) -> LiveTeacher:
     """A teacher signal from any ``nn.Module`` returning ``(B, num_classes)`` logits
     (``Trainer(cfg, teacher=teacher_from_module(model, 100))``); wrap models with other
     outputs, inputs or classes in :class:`~darkknowledge.engine.adapter.TeacherAdapter`."""
-    return LiveTeacher(model, num_classes=num_classes, precision=precision, channels_last=channels_last,
-                       fold_batchnorm=fold_batchnorm, name=name or type(model).__name__)
+    return LiveTeacher(
+        model,
+        num_classes=num_classes,
+        precision=precision,
+        channels_last=channels_last,
+        fold_batchnorm=fold_batchnorm,
+        name=name or type(model).__name__,
+    )

@@ -29,15 +29,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
+import darkknowledge.engine.distributed as distributed
 from darkknowledge.config import RunConfig
 from darkknowledge.data.augment import identity_params
 from darkknowledge.data.base import ArrayDataset
 from darkknowledge.data.loader import BatchLoader, eval_batches
-import darkknowledge.engine.distributed as distributed
-from darkknowledge.engine.assembly import build_split, build_teacher_signal, load_initial_weights, load_splits, resolve_device
+from darkknowledge.engine.assembly import (
+    build_split,
+    build_teacher_signal,
+    load_initial_weights,
+    load_splits,
+    resolve_device,
+)
 from darkknowledge.engine.checkpoint import FORMAT, VERSION, atomic_torch_save, load_checkpoint, spec_to_dict
-from darkknowledge.engine.loggers import build_loggers, json_safe, print_epoch
 from darkknowledge.engine.evaluation import Evaluator
+from darkknowledge.engine.loggers import build_loggers, json_safe, print_epoch
 from darkknowledge.engine.precision import autocast, resolve_precision
 from darkknowledge.engine.rundir import comparable_config, read_history, remove_stale_temporaries, saved_config
 from darkknowledge.engine.runlock import RunLock
@@ -83,8 +89,10 @@ class Trainer:
         spec = train_set.spec
         self.spec = spec
         if spec.num_classes < 2:
-            raise UserError(f"dataset {spec.name!r} has {spec.num_classes} class (data.classes={cfg.data.classes}); "
-                            "classification needs at least 2")
+            raise UserError(
+                f"dataset {spec.name!r} has {spec.num_classes} class (data.classes={cfg.data.classes}); "
+                "classification needs at least 2"
+            )
 
         # Fair by construction: the student's initial weights and the global random stream
         # depend only on (seed, model, data); the method and the teacher are built on a fork.
@@ -95,7 +103,9 @@ class Trainer:
         self.model = model.to(self.device)
         with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
             torch.manual_seed(cfg.seed)
-            self.method = build_method(cfg.method.name, cfg.method.model_extra, num_classes=spec.num_classes).to(self.device)
+            self.method = build_method(cfg.method.name, cfg.method.model_extra, num_classes=spec.num_classes).to(
+                self.device
+            )
             self.teacher = teacher
             if self.method.needs_teacher and self.teacher is None:
                 # a cache built on the fly: rank 0 builds it, the others open it afterwards
@@ -111,13 +121,17 @@ class Trainer:
         self.num_params = count_parameters(self.model)
 
         if self.method.needs_teacher and self.teacher.num_classes != spec.num_classes:
-            raise UserError(f"the teacher has {self.teacher.num_classes} classes but dataset {spec.name!r} has "
-                            f"{spec.num_classes}; use a teacher for the same data/classes")
+            raise UserError(
+                f"the teacher has {self.teacher.num_classes} classes but dataset {spec.name!r} has "
+                f"{spec.num_classes}; use a teacher for the same data/classes"
+            )
         view_table = self.teacher.replay_views() if self.method.needs_teacher else None
         if view_table is not None and not cfg.data.augment:
             # no augmentation: replay only view 0 of the cache, the un-augmented image
             if not _has_plain_view(view_table, spec):
-                raise UserError("data.augment=false needs a teacher cache whose view 0 is the un-augmented image; rebuild the cache")
+                raise UserError(
+                    "data.augment=false needs a teacher cache whose view 0 is the un-augmented image; rebuild the cache"
+                )
             view_table = view_table[:, :1]
         self.loader = BatchLoader(
             train_set,
@@ -135,31 +149,56 @@ class Trainer:
             raise UserError(
                 f"data.batch_size={cfg.data.batch_size} is larger than the training set ({len(train_set)} samples); lower it"
             )
-        params = [p for p in self.model.parameters() if p.requires_grad] + [p for p in self.method.parameters() if p.requires_grad]
+        params = [p for p in self.model.parameters() if p.requires_grad] + [
+            p for p in self.method.parameters() if p.requires_grad
+        ]
         o = cfg.optim
-        self.optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+        )
         # the student only is data-parallel; the teacher is never wrapped (it has no gradients)
         self.train_model = distributed.wrap(self.model, self.device) if self.world_size > 1 else self.model
         self.start_epoch = 0
         self.best_top1 = -1.0
         self.history: list[dict[str, Any]] = []
-        self.evaluator = Evaluator({"val": val_set, "test": test_set}, self.teacher, cfg.data.eval_batch_size, self.device,
-                                   self.precision, cfg.engine.channels_last)
+        self.evaluator = Evaluator(
+            {"val": val_set, "test": test_set},
+            self.teacher,
+            cfg.data.eval_batch_size,
+            self.device,
+            self.precision,
+            cfg.engine.channels_last,
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
         cpu = lambda module: {k: v.detach().cpu() for k, v in module.state_dict().items()}  # noqa: E731
-        return {"format": FORMAT, "version": VERSION, "model_name": self.cfg.model.name, "num_classes": self.spec.num_classes,
-                "in_channels": self.spec.in_channels, "num_params": self.num_params, "data": spec_to_dict(self.spec),
-                "model": cpu(self.model), "optimizer": self.optimizer.state_dict(), "method": cpu(self.method),
-                "epoch": epoch, "metrics": metrics, "best_top1": self.best_top1, "config": self.cfg.to_yaml(), "rng": rng_state()}
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "model_name": self.cfg.model.name,
+            "num_classes": self.spec.num_classes,
+            "in_channels": self.spec.in_channels,
+            "num_params": self.num_params,
+            "data": spec_to_dict(self.spec),
+            "model": cpu(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "method": cpu(self.method),
+            "epoch": epoch,
+            "metrics": metrics,
+            "best_top1": self.best_top1,
+            "config": self.cfg.to_yaml(),
+            "rng": rng_state(),
+        }
 
     def _resume_source(self, resume: bool) -> Path | None:
         """The checkpoint to continue from (read-only checks, before anything is written)."""
         last, best = self.run_dir / "last.pt", self.run_dir / "best.pt"
         if not resume:
             if last.exists() or best.exists():
-                raise UserError(f"run directory {self.run_dir} already holds a run; pass --resume to continue it or choose another name=")
+                raise UserError(
+                    f"run directory {self.run_dir} already holds a run; pass --resume to continue it or choose another name="
+                )
             return None
         if last.is_file():
             source = last
@@ -167,10 +206,14 @@ class Trainer:
             print(f"warning: {last} is missing; resuming from best.pt (its epoch, not the last one)", file=sys.stderr)
             source = best
         else:
-            raise UserError(f"--resume: no checkpoint in {self.run_dir} (no last.pt or best.pt); start the run without --resume")
+            raise UserError(
+                f"--resume: no checkpoint in {self.run_dir} (no last.pt or best.pt); start the run without --resume"
+            )
         ckpt = load_checkpoint(source, map_location=self.device)
         if comparable_config(saved_config(self.run_dir, ckpt)) != comparable_config(self.cfg.to_yaml()):
-            raise UserError(f"--resume: the configuration differs from the one saved in {self.run_dir}/config.yaml (only optim.epochs, output_dir and engine.device/threads/progress/tensorboard may change)")
+            raise UserError(
+                f"--resume: the configuration differs from the one saved in {self.run_dir}/config.yaml (only optim.epochs, output_dir and engine.device/threads/progress/tensorboard may change)"
+            )
         self._resume_checkpoint = ckpt
         return source
 
@@ -193,24 +236,37 @@ class Trainer:
 
     def _write_metrics(self) -> None:
         if self.rank == 0:
-            atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(json_safe(h)) + "\n" for h in self.history))
+            atomic_write_text(
+                self.run_dir / "metrics.jsonl", "".join(json.dumps(json_safe(h)) + "\n" for h in self.history)
+            )
 
     # ------------------------------------------------------------------ training
     def _setup_method(self) -> None:
         teacher = self.teacher
 
         def train_batches():
-            batches = eval_batches(self.train_set, self.cfg.data.eval_batch_size, self.device, self.cfg.engine.channels_last)
+            batches = eval_batches(
+                self.train_set, self.cfg.data.eval_batch_size, self.device, self.cfg.engine.channels_last
+            )
             table = teacher.replay_views() if teacher is not None else None
             if table is None:
                 return batches
             if not _has_plain_view(table, self.spec):
-                raise UserError("this method needs the teacher on un-augmented images, but the teacher cache has no plain view 0; rebuild it")
+                raise UserError(
+                    "this method needs the teacher on un-augmented images, but the teacher cache has no plain view 0; rebuild it"
+                )
             # a cache replays views: view 0 is the un-augmented image these batches hold
             return (dataclasses.replace(b, views=torch.zeros_like(b.indices)) for b in batches)
 
-        self.method.setup(SetupContext(num_classes=self.spec.num_classes, teacher_logits_fn=teacher,
-                                       train_batches=train_batches, device=self.device, student=self.model))
+        self.method.setup(
+            SetupContext(
+                num_classes=self.spec.num_classes,
+                teacher_logits_fn=teacher,
+                train_batches=train_batches,
+                device=self.device,
+                student=self.model,
+            )
+        )
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg = self.cfg
@@ -261,10 +317,14 @@ class Trainer:
         if bar is not None:
             bar.close()
         if self.world_size > 1:  # every rank reports the same, global numbers
-            totals = distributed.sum_across({**totals, "__seen": torch.tensor(float(seen)), "__skipped": torch.tensor(float(skipped))})
+            totals = distributed.sum_across(
+                {**totals, "__seen": torch.tensor(float(seen)), "__skipped": torch.tensor(float(skipped))}
+            )
             seen, skipped = int(totals.pop("__seen").item()), int(totals.pop("__skipped").item())
         if seen == 0:
-            raise UserError(f"every batch of epoch {epoch + 1} had a non-finite loss (engine.nonfinite=skip); lower optim.lr or check the data")
+            raise UserError(
+                f"every batch of epoch {epoch + 1} had a non-finite loss (engine.nonfinite=skip); lower optim.lr or check the data"
+            )
         out = {f"loss/{k}": (v / seen).item() for k, v in totals.items()}
         out["loss/total"] = sum(out.values())
         out["lr"] = learning_rate(cfg.optim, epoch, 0.0)
@@ -312,8 +372,10 @@ class Trainer:
                     self.best_top1 = record[f"{self.selection}/top1"]
                 if (epoch + 1) % cfg.engine.save_every == 0 or final or improved:
                     if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-                        raise UserError(f"the weights became non-finite in epoch {epoch + 1}: training diverged; lower optim.lr "
-                                        "(no checkpoint was written from them)")
+                        raise UserError(
+                            f"the weights became non-finite in epoch {epoch + 1}: training diverged; lower optim.lr "
+                            "(no checkpoint was written from them)"
+                        )
                     ckpt = self._checkpoint(epoch + 1, record)
                     # last.pt first: a kill between the two writes leaves a resumable run
                     if (epoch + 1) % cfg.engine.save_every == 0 or final:
@@ -351,7 +413,9 @@ class Trainer:
             best = self._best_on_validation()
         else:
             record = max((h for h in self.history if key in h), key=lambda h: h[key], default={})
-            best = {k: v for k, v in record.items() if k.startswith("test/")} | ({"epoch": record["epoch"]} if record else {})
+            best = {k: v for k, v in record.items() if k.startswith("test/")} | (
+                {"epoch": record["epoch"]} if record else {}
+            )
         return {
             "run_dir": str(self.run_dir),
             "model": self.cfg.model.name,
@@ -371,8 +435,10 @@ class Trainer:
 
 def _nonfinite_message(epoch: int, step: int, steps: int, terms: dict[str, Tensor]) -> str:
     values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-    return (f"non-finite loss at epoch {epoch + 1}, step {step + 1}/{steps} ({values}); the run stopped, nothing of this "
-            "epoch was saved; lower optim.lr, check the data, or set engine.nonfinite=skip to skip such batches")
+    return (
+        f"non-finite loss at epoch {epoch + 1}, step {step + 1}/{steps} ({values}); the run stopped, nothing of this "
+        "epoch was saved; lower optim.lr, check the data, or set engine.nonfinite=skip to skip such batches"
+    )
 
 
 def _has_plain_view(view_table: Tensor, spec) -> bool:

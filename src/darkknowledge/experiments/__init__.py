@@ -27,8 +27,16 @@ def resolve_spec_path(spec: str) -> Path:
     return path
 
 
-def open_sweep(spec: str | SweepSpec, out: str | Path | None = None, *, executor: str = "auto", jobs: int = 1,
-               cluster: str | None = None, submitit_params: dict[str, Any] | None = None, log=print) -> Sweep:
+def open_sweep(
+    spec: str | SweepSpec,
+    out: str | Path | None = None,
+    *,
+    executor: str = "auto",
+    jobs: int = 1,
+    cluster: str | None = None,
+    submitit_params: dict[str, Any] | None = None,
+    log=print,
+) -> Sweep:
     """A :class:`Sweep` of a spec file / bundled name / parsed spec, writing under ``out``."""
     if isinstance(spec, SweepSpec):
         parsed, name, base = spec, "sweep", Path.cwd()

@@ -17,16 +17,35 @@ from typing import Any
 
 from darkknowledge.methods import METHODS
 
-CALIBRATION_COLUMNS = ["teacher", "reference", "card_mismatch", "kd_minus_reference", "kd_minus_reference_std", "seeds",
-                       "measured_mismatch", "agree", "card_method", "card_method_params", "card_label",
-                       "card_minus_kd", "card_minus_kd_std", "card_seeds"]
+CALIBRATION_COLUMNS = [
+    "teacher",
+    "reference",
+    "card_mismatch",
+    "kd_minus_reference",
+    "kd_minus_reference_std",
+    "seeds",
+    "measured_mismatch",
+    "agree",
+    "card_method",
+    "card_method_params",
+    "card_label",
+    "card_minus_kd",
+    "card_minus_kd_std",
+    "card_seeds",
+]
 
 
-def paired(rows: list[dict[str, Any]], a: tuple[str, str], b: tuple[str, str], column: str = "last_top1") -> list[float]:
+def paired(
+    rows: list[dict[str, Any]], a: tuple[str, str], b: tuple[str, str], column: str = "last_top1"
+) -> list[float]:
     """Per-seed differences ``a - b`` of ``column``, for (teacher, method) pairs ``a`` and ``b``."""
+
     def by_seed(teacher: str, method: str) -> dict[Any, float]:
-        return {r["seed"]: float(r[column]) for r in rows
-                if r["teacher"] == teacher and r["method"] == method and r.get(column) not in (None, "")}
+        return {
+            r["seed"]: float(r[column])
+            for r in rows
+            if r["teacher"] == teacher and r["method"] == method and r.get(column) not in (None, "")
+        }
 
     va, vb = by_seed(*a), by_seed(*b)
     return [va[s] - vb[s] for s in sorted(va, key=str) if s in vb]
@@ -48,7 +67,7 @@ def resolved_params(name: str, params: dict[str, Any]) -> dict[str, Any] | None:
         return None
     try:
         return METHODS.get(name).Params(**params).model_dump()
-    except Exception:  # noqa: BLE001 - a label whose parameters do not validate matches nothing
+    except Exception:
         return None
 
 
@@ -60,8 +79,12 @@ def matching_label(methods: list[tuple[str, str, dict[str, Any]]], name: str, pa
         return None
     for label, m_name, m_params in methods:
         have = resolved_params(m_name, m_params) if m_name == name else None
-        if have is not None and all(math.isclose(float(v), float(have[k])) if isinstance(v, (int, float)) and not isinstance(v, bool)
-                                    else v == have[k] for k, v in want.items()):
+        if have is not None and all(
+            math.isclose(float(v), float(have[k]))
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+            else v == have[k]
+            for k, v in want.items()
+        ):
             return label
     return None
 
@@ -72,8 +95,12 @@ def _mean_std(values: list[float]) -> tuple[float | str, float | str]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else "")
 
 
-def card_checks(cards: list[dict[str, Any]], students: list[dict[str, Any]],
-                methods: list[tuple[str, str, dict[str, Any]]], kd_label: str = "kd") -> list[dict[str, Any]]:
+def card_checks(
+    cards: list[dict[str, Any]],
+    students: list[dict[str, Any]],
+    methods: list[tuple[str, str, dict[str, Any]]],
+    kd_label: str = "kd",
+) -> list[dict[str, Any]]:
     """One row per card that has a reference teacher and measured KD students from both."""
     rows = []
     for card in cards:
@@ -88,13 +115,24 @@ def card_checks(cards: list[dict[str, Any]], students: list[dict[str, Any]],
         gain = paired(students, (teacher, label), (teacher, kd_label)) if label else []
         mean, std = _mean_std(diffs)
         g_mean, g_std = _mean_std(gain)
-        rows.append({
-            "teacher": teacher, "reference": reference, "card_mismatch": card.get("mismatch"),
-            "kd_minus_reference": mean, "kd_minus_reference_std": std, "seeds": len(diffs),
-            "measured_mismatch": measured, "agree": card.get("mismatch") == measured,
-            "card_method": card["method"], "card_method_params": card.get("method_params") or {},
-            "card_label": label or "", "card_minus_kd": g_mean, "card_minus_kd_std": g_std, "card_seeds": len(gain),
-        })
+        rows.append(
+            {
+                "teacher": teacher,
+                "reference": reference,
+                "card_mismatch": card.get("mismatch"),
+                "kd_minus_reference": mean,
+                "kd_minus_reference_std": std,
+                "seeds": len(diffs),
+                "measured_mismatch": measured,
+                "agree": card.get("mismatch") == measured,
+                "card_method": card["method"],
+                "card_method_params": card.get("method_params") or {},
+                "card_label": label or "",
+                "card_minus_kd": g_mean,
+                "card_minus_kd_std": g_std,
+                "card_seeds": len(gain),
+            }
+        )
     return rows
 
 
@@ -110,11 +148,13 @@ def checks_markdown(rows: list[dict[str, Any]], kd_label: str = "kd") -> str:
         return ""
     yes_no = {True: "mismatch", False: "no mismatch", None: "no verdict"}
     lines = [
-        "## The report card against the measurements", "",
+        "## The report card against the measurements",
+        "",
         f"Each teacher's card (diagnostics on the training split) against the sweep: `{kd_label}` from the teacher minus "
         f"`{kd_label}` from the card's smaller reference teacher, paired by seed (last epoch, test top-1). Measured "
         "mismatch: negative by more than one standard error. The card's recommendation is compared with "
-        f"`{kd_label}` from the same teacher where the sweep ran it.", "",
+        f"`{kd_label}` from the same teacher where the sweep ran it.",
+        "",
         f"| teacher | reference | card says | {kd_label}(teacher) − {kd_label}(reference) | measured | agree | card recommends | recommendation − {kd_label} |",
         "|---|---|---|---:|---|---|---|---:|",
     ]
@@ -123,7 +163,8 @@ def checks_markdown(rows: list[dict[str, Any]], kd_label: str = "kd") -> str:
         lines.append(
             f"| {r['teacher']} | {r['reference']} | {yes_no[r['card_mismatch']]} | "
             f"{_signed(r['kd_minus_reference'], r['kd_minus_reference_std'], r['seeds'])} | {yes_no[r['measured_mismatch']]} | "
-            f"{'yes' if r['agree'] else 'no'} | {rec} | {_signed(r['card_minus_kd'], r['card_minus_kd_std'], r['card_seeds'])} |")
+            f"{'yes' if r['agree'] else 'no'} | {rec} | {_signed(r['card_minus_kd'], r['card_minus_kd_std'], r['card_seeds'])} |"
+        )
     agree = sum(r["agree"] for r in rows)
     lines += ["", f"Verdicts agreeing with the measurement: **{agree} of {len(rows)}**.", ""]
     return "\n".join(lines)

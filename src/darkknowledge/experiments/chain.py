@@ -18,9 +18,13 @@ def run_assistant(cfg: RunConfig, assistant_model: str, log=print) -> str:
     if not cfg.teacher.checkpoint:
         raise UserError("--assistant needs teacher.checkpoint=PATH (the teacher the assistant learns from)")
     config: dict[str, Any] = cfg.model_dump(mode="json")
-    config = deep_merge(config, {"model": {"name": assistant_model, "init": None}, "teacher": {"cache": None},
-                                 "engine": {"progress": False}})
-    stage = Stage("assistant", f"{assistant_model}-{cfg.method.name}-s{cfg.seed}", config, Path(cfg.output_dir) / "assistants")
+    config = deep_merge(
+        config,
+        {"model": {"name": assistant_model, "init": None}, "teacher": {"cache": None}, "engine": {"progress": False}},
+    )
+    stage = Stage(
+        "assistant", f"{assistant_model}-{cfg.method.name}-s{cfg.seed}", config, Path(cfg.output_dir) / "assistants"
+    )
     if stage.state() != "done":
         log(f"training the assistant {assistant_model} from {cfg.teacher.checkpoint} in {stage.dir}")
         stage.write_request()

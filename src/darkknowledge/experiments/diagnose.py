@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from torch import nn
@@ -19,9 +20,17 @@ from darkknowledge.methods import METHODS
 from darkknowledge.models import count_parameters
 
 
-def diagnose_checkpoints(teachers: list[str], students: list[str], data_overrides: list[str], *, split: str = "train",
-                         out_dir: str | Path = "runs/diagnose", options=None, device: str = "cpu",
-                         names: list[str] | None = None):
+def diagnose_checkpoints(
+    teachers: list[str],
+    students: list[str],
+    data_overrides: list[str],
+    *,
+    split: str = "train",
+    out_dir: str | Path = "runs/diagnose",
+    options=None,
+    device: str = "cpu",
+    names: list[str] | None = None,
+):
     """Load checkpoints, run them over the (un-augmented) split once, and diagnose.
 
     The result records the data it was computed on; a (teacher, student) report card is
@@ -29,7 +38,9 @@ def diagnose_checkpoints(teachers: list[str], students: list[str], data_override
     ``names``: one distinct name per checkpoint (teachers, then students); default: the
     run directory's name."""
     if names is not None and (len(names) != len(teachers) + len(students) or len(set(names)) != len(names)):
-        raise UserError(f"diagnose: give one distinct name per checkpoint ({len(teachers) + len(students)}), got {names}")
+        raise UserError(
+            f"diagnose: give one distinct name per checkpoint ({len(teachers) + len(students)}), got {names}"
+        )
     models = [(p, *load_model(p, device)) for p in teachers + students]
     d = checkpoint_data_config(models[0][2], data_overrides, "diagnose")
     ds = build_split(d, split)
@@ -40,9 +51,16 @@ def diagnose_checkpoints(teachers: list[str], students: list[str], data_override
         if name in used:  # the same run given twice (e.g. as teacher and student), or two best.pt of one dir
             name = f"{name}-{'student' if i >= len(teachers) else 'teacher'}{i}"
         used.add(name)
-        outputs.append(collect_outputs(model, eval_batches(ds, d.eval_batch_size, device, channels_last=False),
-                                       device, name=name, num_params=count_parameters(model)))
-    t_out, s_out = outputs[: len(teachers)], outputs[len(teachers):]
+        outputs.append(
+            collect_outputs(
+                model,
+                eval_batches(ds, d.eval_batch_size, device, channels_last=False),
+                device,
+                name=name,
+                num_params=count_parameters(model),
+            )
+        )
+    t_out, s_out = outputs[: len(teachers)], outputs[len(teachers) :]
     data = {
         "dataset": d.name,
         "root": d.root,
@@ -57,15 +75,26 @@ def diagnose_checkpoints(teachers: list[str], students: list[str], data_override
     }
     t_models = [(path, state_digest(ckpt["model"]) if students else "") for path, _, ckpt in models[: len(teachers)]]
     memo: dict[str, str | None] = {}
-    pairs = [(t.name, s.name) for (_, _, s_ckpt), s in zip(models[len(teachers):], s_out)
-             for (t_path, t_digest), t in zip(t_models, t_out) if taught_by(s_ckpt, t_path, t_digest, memo)]
+    pairs = [
+        (t.name, s.name)
+        for (_, _, s_ckpt), s in zip(models[len(teachers) :], s_out)
+        for (t_path, t_digest), t in zip(t_models, t_out)
+        if taught_by(s_ckpt, t_path, t_digest, memo)
+    ]
     t_out.sort(key=lambda o: o.num_params or 0)
     return diagnose(t_out, s_out, out_dir=out_dir, options=options, data=data, card_pairs=pairs)
 
 
-def diagnose_modules(teachers: Mapping[str, nn.Module], dataset: ArrayDataset, *,
-                     students: Mapping[str, nn.Module] | None = None, out_dir: str | Path | None = None,
-                     options=None, device: str = "cpu", batch_size: int = 256):
+def diagnose_modules(
+    teachers: Mapping[str, nn.Module],
+    dataset: ArrayDataset,
+    *,
+    students: Mapping[str, nn.Module] | None = None,
+    out_dir: str | Path | None = None,
+    options=None,
+    device: str = "cpu",
+    batch_size: int = 256,
+):
     """Diagnose any ``nn.Module`` teachers (and students) that map ``dataset``'s
     normalised images to logits of its classes (a pretrained model from another library
     through :class:`~darkknowledge.engine.adapter.TeacherAdapter`): each runs once over
@@ -74,12 +103,22 @@ def diagnose_modules(teachers: Mapping[str, nn.Module], dataset: ArrayDataset, *
     outputs = {}
     for role, group in (("teacher", teachers), ("student", students or {})):
         outputs[role] = [
-            collect_outputs(model, eval_batches(dataset, batch_size, device, channels_last=False), device,
-                            name=name, num_params=count_parameters(model), num_classes=dataset.spec.num_classes)
+            collect_outputs(
+                model,
+                eval_batches(dataset, batch_size, device, channels_last=False),
+                device,
+                name=name,
+                num_params=count_parameters(model),
+                num_classes=dataset.spec.num_classes,
+            )
             for name, model in group.items()
         ]
-    data = {"dataset": dataset.spec.name, "num_samples": len(dataset), "num_classes": dataset.spec.num_classes,
-            "image_shape": [dataset.spec.in_channels, *dataset.spec.image_size]}
+    data = {
+        "dataset": dataset.spec.name,
+        "num_samples": len(dataset),
+        "num_classes": dataset.spec.num_classes,
+        "image_shape": [dataset.spec.in_channels, *dataset.spec.image_size],
+    }
     t_out = sorted(outputs["teacher"], key=lambda o: o.num_params or 0)
     return diagnose(t_out, outputs["student"], out_dir=out_dir, options=options, data=data)
 
@@ -120,8 +159,12 @@ def _cache_digest(cache: str) -> str | None:
         return None
 
 
-def taught_by(student_ckpt: dict[str, Any], teacher_path: str | Path, teacher_digest: str,
-              memo: dict[str, str | None] | None = None) -> bool:
+def taught_by(
+    student_ckpt: dict[str, Any],
+    teacher_path: str | Path,
+    teacher_digest: str,
+    memo: dict[str, str | None] | None = None,
+) -> bool:
     """Whether the student checkpoint was distilled from this teacher, or trained without
     a teacher (then every teacher is a fair comparison). The same teacher: the recorded
     ``teacher.checkpoint`` resolves to ``teacher_path``, or its weights (or those the

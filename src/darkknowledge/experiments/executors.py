@@ -82,13 +82,17 @@ class LocalExecutor(Executor):
 
         if not stage_dirs:
             return
-        with ProcessPoolExecutor(max_workers=min(self.jobs, len(stage_dirs)), mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(self.threads_per_job(),)) as pool:
+        with ProcessPoolExecutor(
+            max_workers=min(self.jobs, len(stage_dirs)),
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self.threads_per_job(),),
+        ) as pool:
             futures = {pool.submit(_run_in_worker, str(d)): Path(d) for d in stage_dirs}
             for future, d in futures.items():
                 try:
                     future.result()
-                except Exception as exc:  # noqa: BLE001  the worker died: this stage did not finish
+                except Exception as exc:
                     record_failure(d, f"worker process died ({type(exc).__name__}: {exc})")
 
 
@@ -101,8 +105,9 @@ class SubmititExecutor(Executor):
         try:
             import submitit  # noqa: F401
         except ImportError:
-            raise UserError("--executor submitit needs the submitit package: pip install submitit "
-                            "(or darkknowledge[cluster])") from None
+            raise UserError(
+                "--executor submitit needs the submitit package: pip install submitit (or darkknowledge[cluster])"
+            ) from None
         self.folder, self.cluster = Path(folder), cluster
         self.parameters = {"name": "darkknowledge", **(parameters or {})}
         import tempfile
@@ -133,12 +138,20 @@ class SubmititExecutor(Executor):
         for job, d in zip(jobs, stage_dirs):
             try:
                 job.result()  # run_stage records failures itself; this catches a job that never ran
-            except Exception as exc:  # noqa: BLE001  a node failure, a timeout: recorded like a failed run
-                record_failure(Path(d), f"submitit job {job.job_id} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            except Exception as exc:
+                record_failure(
+                    Path(d),
+                    f"submitit job {job.job_id} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                )
 
 
-def make_executor(kind: str, jobs: int = 1, folder: str | Path | None = None, cluster: str | None = None,
-                  parameters: dict[str, Any] | None = None) -> Executor:
+def make_executor(
+    kind: str,
+    jobs: int = 1,
+    folder: str | Path | None = None,
+    cluster: str | None = None,
+    parameters: dict[str, Any] | None = None,
+) -> Executor:
     if kind == "auto":
         kind = "inline" if jobs == 1 else "local"
     if kind == "inline":

@@ -17,8 +17,25 @@ from darkknowledge.experiments.stage import Stage, read_json
 from darkknowledge.experiments.sweep import Sweep
 from darkknowledge.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-RESULT_COLUMNS = ["teacher", "teacher_params", "teacher_top1", "method", "method_params", "seed", "best_top1", "best_epoch",
-                  "best_val_top1", "last_top1", "last_val_top1", "last_nll", "last_ece", "last_rank_fidelity", "last_teacher_agreement", "wall_time_s", "run_dir"]
+RESULT_COLUMNS = [
+    "teacher",
+    "teacher_params",
+    "teacher_top1",
+    "method",
+    "method_params",
+    "seed",
+    "best_top1",
+    "best_epoch",
+    "best_val_top1",
+    "last_top1",
+    "last_val_top1",
+    "last_nll",
+    "last_ece",
+    "last_rank_fidelity",
+    "last_teacher_agreement",
+    "wall_time_s",
+    "run_dir",
+]
 TEACHER_COLUMNS = ["teacher", "role", "of", "method", "model", "params", "top1", "val_top1", "checkpoint", "run_dir"]
 
 
@@ -48,15 +65,27 @@ def teacher_rows(sweep: Sweep) -> list[dict[str, Any]]:
 
 def intermediate_rows(sweep: Sweep) -> list[dict[str, Any]]:
     """TAKD assistants and AID-adapted teachers that finished."""
-    return [_stage_row(s.name, s.kind, s.meta["teacher"], s.meta["method"], s, (s.summary() or {}).get("final", {}))
-            for s in sweep.stages() if isinstance(s, Stage) and s.kind in ("assistant", "adapted") and s.state() in ("done", "recorded")]
+    return [
+        _stage_row(s.name, s.kind, s.meta["teacher"], s.meta["method"], s, (s.summary() or {}).get("final", {}))
+        for s in sweep.stages()
+        if isinstance(s, Stage) and s.kind in ("assistant", "adapted") and s.state() in ("done", "recorded")
+    ]
 
 
 def _stage_row(label: str, role: str, of: str, method: str, stage: Stage, metrics: dict[str, Any]) -> dict[str, Any]:
     summary = stage.summary() or {}
-    return {"teacher": label, "role": role, "of": of, "method": method, "model": summary.get("model"),
-            "params": int(summary.get("num_params") or 0), "top1": metrics.get("test/top1"), "val_top1": metrics.get("val/top1"),
-            "checkpoint": str(stage.files_dir / "last.pt"), "run_dir": str(stage.files_dir)}
+    return {
+        "teacher": label,
+        "role": role,
+        "of": of,
+        "method": method,
+        "model": summary.get("model"),
+        "params": int(summary.get("num_params") or 0),
+        "top1": metrics.get("test/top1"),
+        "val_top1": metrics.get("val/top1"),
+        "checkpoint": str(stage.files_dir / "last.pt"),
+        "run_dir": str(stage.files_dir),
+    }
 
 
 def _checkpoint_row(label: str, role: str, of: str, method: str, path: str) -> dict[str, Any]:
@@ -64,9 +93,18 @@ def _checkpoint_row(label: str, role: str, of: str, method: str, path: str) -> d
     where that epoch was evaluated on the test split)."""
     ckpt = load_checkpoint(path)
     metrics = ckpt.get("metrics") or {}
-    return {"teacher": label, "role": role, "of": of, "method": method, "model": ckpt["model_name"],
-            "params": int(ckpt.get("num_params") or 0), "top1": metrics.get("test/top1"), "val_top1": metrics.get("val/top1"),
-            "checkpoint": path, "run_dir": str(Path(path).parent)}
+    return {
+        "teacher": label,
+        "role": role,
+        "of": of,
+        "method": method,
+        "model": ckpt["model_name"],
+        "params": int(ckpt.get("num_params") or 0),
+        "top1": metrics.get("test/top1"),
+        "val_top1": metrics.get("val/top1"),
+        "checkpoint": path,
+        "run_dir": str(Path(path).parent),
+    }
 
 
 def student_rows(sweep: Sweep, teachers: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -78,14 +116,27 @@ def student_rows(sweep: Sweep, teachers: list[dict[str, Any]]) -> list[dict[str,
         summary = s.summary() or {}
         final, best = summary.get("final", {}), summary.get("best", {})
         t = by_label.get(s.meta["teacher"] or "", {})
-        rows.append({
-            "teacher": s.meta["teacher"] or "", "teacher_params": t.get("params", ""), "teacher_top1": t.get("top1", ""),
-            "method": s.meta["method"], "method_params": json.dumps(s.meta["method_params"], sort_keys=True),
-            "seed": s.meta["seed"], "best_top1": best.get("test/top1"), "best_epoch": best["epoch"] + 1 if "epoch" in best else None,
-            "best_val_top1": best.get("val/top1", ""), "last_top1": final.get("test/top1"), "last_val_top1": final.get("val/top1", ""), "last_nll": final.get("test/nll"), "last_ece": final.get("test/ece"),
-            "last_rank_fidelity": final.get("test/rank_fidelity", ""), "last_teacher_agreement": final.get("test/teacher_agreement", ""),
-            "wall_time_s": summary.get("wall_time_s"), "run_dir": str(s.files_dir),
-        })
+        rows.append(
+            {
+                "teacher": s.meta["teacher"] or "",
+                "teacher_params": t.get("params", ""),
+                "teacher_top1": t.get("top1", ""),
+                "method": s.meta["method"],
+                "method_params": json.dumps(s.meta["method_params"], sort_keys=True),
+                "seed": s.meta["seed"],
+                "best_top1": best.get("test/top1"),
+                "best_epoch": best["epoch"] + 1 if "epoch" in best else None,
+                "best_val_top1": best.get("val/top1", ""),
+                "last_top1": final.get("test/top1"),
+                "last_val_top1": final.get("val/top1", ""),
+                "last_nll": final.get("test/nll"),
+                "last_ece": final.get("test/ece"),
+                "last_rank_fidelity": final.get("test/rank_fidelity", ""),
+                "last_teacher_agreement": final.get("test/teacher_agreement", ""),
+                "wall_time_s": summary.get("wall_time_s"),
+                "run_dir": str(s.files_dir),
+            }
+        )
     return rows
 
 
@@ -110,7 +161,9 @@ def _values(rows: list[dict[str, Any]], column: str, **match: Any) -> list[float
     return [float(r[column]) for r in rows if all(r[k] == v for k, v in match.items()) and r[column] is not None]
 
 
-def markdown_table(sweep: Sweep, teachers: list[dict[str, Any]], students: list[dict[str, Any]], diagnostics: str | None) -> str:
+def markdown_table(
+    sweep: Sweep, teachers: list[dict[str, Any]], students: list[dict[str, Any]], diagnostics: str | None
+) -> str:
     spec = sweep.spec
     methods = [m.label for m in spec.methods]
     data = spec.base.get("data", {})
@@ -119,25 +172,35 @@ def markdown_table(sweep: Sweep, teachers: list[dict[str, Any]], students: list[
         "",
         f"Dataset `{data.get('name', 'digits')}`; seeds {spec.seeds}; student top-1 (%) on the test split, "
         "mean ± std over seeds. *Last* is the final epoch; *best* is "
-        + ("the checkpoint with the best validation accuracy (`data.val_per_class` held out of training), "
-           "evaluated once on the test split." if data.get("val_per_class") else
-           "the best epoch on the test split itself (an optimistic, selected number: report it only beside *last*; "
-           "set `data.val_per_class` to select on a validation split)."),
+        + (
+            "the checkpoint with the best validation accuracy (`data.val_per_class` held out of training), "
+            "evaluated once on the test split."
+            if data.get("val_per_class")
+            else "the best epoch on the test split itself (an optimistic, selected number: report it only beside *last*; "
+            "set `data.val_per_class` to select on a validation split)."
+        ),
         "",
     ]
     for col, title in (("last_top1", "Last epoch"), ("best_top1", "Best epoch")):
         ce = _values(students, col, method="ce")
-        lines += [f"## {title}", "", f"Student alone (CE): **{mean_std(ce)}**", "",
-                  "| teacher | params | teacher top-1 | " + " | ".join(methods) + " |",
-                  "|---|---:|---:|" + "---:|" * len(methods)]
+        lines += [
+            f"## {title}",
+            "",
+            f"Student alone (CE): **{mean_std(ce)}**",
+            "",
+            "| teacher | params | teacher top-1 | " + " | ".join(methods) + " |",
+            "|---|---:|---:|" + "---:|" * len(methods),
+        ]
         for t in teachers:
             cells = [mean_std(_values(students, col, teacher=t["teacher"], method=m)) for m in methods]
             top1 = f"{t['top1']:.2f}" if isinstance(t["top1"], (int, float)) else "–"
             lines.append(f"| {t['teacher']} | {t['params']:,d} | {top1} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += paired_table(teachers, students, methods)
-    lines += ["Per-run rows: [results.csv](results.csv); teachers: [teachers.csv](teachers.csv); "
-              "plot: [student_vs_teacher.png](student_vs_teacher.png)."]
+    lines += [
+        "Per-run rows: [results.csv](results.csv); teachers: [teachers.csv](teachers.csv); "
+        "plot: [student_vs_teacher.png](student_vs_teacher.png)."
+    ]
     if diagnostics:
         lines.append(f"Teachers' dark-knowledge diagnostics: [{diagnostics}]({diagnostics}).")
     return "\n".join(lines) + "\n"
@@ -148,26 +211,40 @@ def paired_table(teachers: list[dict[str, Any]], students: list[dict[str, Any]],
     batches by construction): mean ± std of the paired differences, and wins out of seeds."""
     if not any(r["method"] == "ce" and r["last_top1"] is not None for r in students):
         return []
-    lines = ["## Paired with the student alone (last epoch)", "",
-             "Difference to the CE student of the same seed (same initial weights and batches), "
-             "mean ± std over seeds, and how many seeds it beat CE.", "",
-             "| teacher | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    lines = [
+        "## Paired with the student alone (last epoch)",
+        "",
+        "Difference to the CE student of the same seed (same initial weights and batches), "
+        "mean ± std over seeds, and how many seeds it beat CE.",
+        "",
+        "| teacher | " + " | ".join(methods) + " |",
+        "|---|" + "---:|" * len(methods),
+    ]
     for t in teachers:
         cells = []
         for m in methods:
             diffs = paired(students, (t["teacher"], m), ("", "ce"))
-            cells.append("–" if not diffs else f"{mean_std(diffs, signed=True).replace(' (1 seed)', '')} ({sum(d > 0 for d in diffs)}/{len(diffs)})")
+            cells.append(
+                "–"
+                if not diffs
+                else f"{mean_std(diffs, signed=True).replace(' (1 seed)', '')} ({sum(d > 0 for d in diffs)}/{len(diffs)})"
+            )
         lines.append(f"| {t['teacher']} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
 def plotted_methods(methods: list[Any], teachers: list[dict[str, Any]], students: list[dict[str, Any]]) -> list[str]:
     """Labels of the method entries :func:`plot` draws (see there)."""
-    measured = {m.label: sum(1 for t in teachers if _values(students, "last_top1", teacher=t["teacher"], method=m.label))
-                for m in methods}
+    measured = {
+        m.label: sum(1 for t in teachers if _values(students, "last_top1", teacher=t["teacher"], method=m.label))
+        for m in methods
+    }
     spanning = {m.name for m in methods if measured[m.label] > 1}
-    return [m.label for m in methods if measured[m.label] > 1 or (measured[m.label] and (
-        m.name not in spanning or m.assistant or m.adapt))]  # TAKD, AID: a teacher-side step
+    return [
+        m.label
+        for m in methods
+        if measured[m.label] > 1 or (measured[m.label] and (m.name not in spanning or m.assistant or m.adapt))
+    ]  # TAKD, AID: a teacher-side step
 
 
 def plot(sweep: Sweep, teachers: list[dict[str, Any]], students: list[dict[str, Any]], path: Path) -> bool:
@@ -208,9 +285,11 @@ def plot(sweep: Sweep, teachers: list[dict[str, Any]], students: list[dict[str, 
         style = {"marker": markers[k // 10 % len(markers)], "capsize": 3}
         handle = None
         if line:
-            handle = ax.errorbar([x for x, _ in line], [p[0] for _, p in line], yerr=[p[1] for _, p in line], label=m, **style)
+            handle = ax.errorbar(
+                [x for x, _ in line], [p[0] for _, p in line], yerr=[p[1] for _, p in line], label=m, **style
+            )
         for j, x in variants:  # beside the ladder point of the same size
-            if (p := point(teachers[j]["teacher"], m)):
+            if p := point(teachers[j]["teacher"], m):
                 color = handle[0].get_color() if handle else None
                 ax.errorbar([x], [p[0]], yerr=[p[1]], fmt="x", color=color, capsize=3, label=None if handle else m)
                 ax.annotate(teachers[j]["teacher"], (x, p[0]), fontsize=6, xytext=(3, -3), textcoords="offset points")
@@ -243,16 +322,29 @@ def run_diagnostics(sweep: Sweep, teachers: list[dict[str, Any]]) -> str | None:
     ce = [s for s in sweep.ce_stages() if s.state() == "done"][:1]
     paths = [t["checkpoint"] for t in teachers]
     if not all(Path(p).is_file() for p in paths):  # teachers recorded elsewhere: keep the report there is
-        sweep.log("diagnostics: some teacher checkpoints are not here (recorded elsewhere); the existing report is kept")
+        sweep.log(
+            "diagnostics: some teacher checkpoints are not here (recorded elsewhere); the existing report is kept"
+        )
         return "diagnostics/report.html" if (out / "report.html").is_file() else None
     students = [str(s.dir / "last.pt") for s in ce]
     names = [t["teacher"] for t in teachers]
-    inputs = {"teachers": [weight_digest(p) for p in paths], "students": [weight_digest(p) for p in students],
-              "names": names, "card_rules": [DISCLAIMER, CALIBRATION]}  # new rules: new cards
+    inputs = {
+        "teachers": [weight_digest(p) for p in paths],
+        "students": [weight_digest(p) for p in students],
+        "names": names,
+        "card_rules": [DISCLAIMER, CALIBRATION],
+    }  # new rules: new cards
     if read_json(out / "inputs.json") != inputs or not (out / "report.html").is_file():
         sweep.log("diagnosing the teacher ladder ...")
-        diagnose_checkpoints(paths, students, [], split="train", out_dir=out, options=DiagnoseOptions(temperatures=(1.0, 2.0, 4.0, 8.0)),
-                             names=names + [s.name for s in ce])
+        diagnose_checkpoints(
+            paths,
+            students,
+            [],
+            split="train",
+            out_dir=out,
+            options=DiagnoseOptions(temperatures=(1.0, 2.0, 4.0, 8.0)),
+            names=names + [s.name for s in ce],
+        )
         atomic_write_json(out / "inputs.json", inputs)
     return "diagnostics/report.html"
 
@@ -263,7 +355,9 @@ def card_checks_of(sweep: Sweep, students: list[dict[str, Any]]) -> list[dict[st
     if not any(m.label == "kd" for m in sweep.spec.methods):
         return []
     cards = (read_json(sweep.out / "diagnostics" / "diagnostics.json") or {}).get("cards") or []
-    plain = sorted((m for m in sweep.spec.methods if not (m.assistant or m.adapt or m.teachers)), key=lambda m: m.label != m.name)
+    plain = sorted(
+        (m for m in sweep.spec.methods if not (m.assistant or m.adapt or m.teachers)), key=lambda m: m.label != m.name
+    )
     methods = [(m.label, m.name, {k: v for k, v in m.params().items() if k != "name"}) for m in plain]
     return card_checks(cards, students, methods)
 
@@ -278,12 +372,21 @@ def write_results(sweep: Sweep) -> dict[str, Any]:
     atomic_write_text(out / "results.csv", _csv(students, RESULT_COLUMNS))
     atomic_write_text(out / "teachers.csv", _csv(teachers + intermediate_rows(sweep), TEACHER_COLUMNS))
     table = markdown_table(sweep, teachers, students, report)
-    files = {"results_csv": str(out / "results.csv"), "teachers_csv": str(out / "teachers.csv"), "results_md": str(out / "results.md")}
+    files = {
+        "results_csv": str(out / "results.csv"),
+        "teachers_csv": str(out / "teachers.csv"),
+        "results_md": str(out / "results.md"),
+    }
     checks = card_checks_of(sweep, students) if report else []
     if checks:
         table += "\n" + checks_markdown(checks)
-        atomic_write_text(out / "card_check.csv", _csv([{**r, "card_method_params": json.dumps(r["card_method_params"], sort_keys=True)}
-                                                       for r in checks], CALIBRATION_COLUMNS))
+        atomic_write_text(
+            out / "card_check.csv",
+            _csv(
+                [{**r, "card_method_params": json.dumps(r["card_method_params"], sort_keys=True)} for r in checks],
+                CALIBRATION_COLUMNS,
+            ),
+        )
         files["card_check_csv"] = str(out / "card_check.csv")
     atomic_write_text(out / "results.md", table)
     if plot(sweep, teachers, students, out / "student_vs_teacher.png"):

@@ -201,8 +201,16 @@ class Stage:
             return None
         from darkknowledge.fileio import atomic_write_json
 
-        record = {"key": self.key, "kind": self.kind, "name": self.name, "meta": self.meta, "inputs": self.inputs,
-                  "config": identity_config(self.config), "result": self.result(), "summary": self.summary()}
+        record = {
+            "key": self.key,
+            "kind": self.kind,
+            "name": self.name,
+            "meta": self.meta,
+            "inputs": self.inputs,
+            "config": identity_config(self.config),
+            "result": self.result(),
+            "summary": self.summary(),
+        }
         if self.kind != "student":
             record["history"] = self.history()
         return atomic_write_json(self.record_path, record)
@@ -210,10 +218,18 @@ class Stage:
     def write_request(self) -> Path:
         """Write ``stage.json``: everything a job needs, so it can run anywhere."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.dir / STAGE_FILE, {
-            "kind": self.kind, "name": self.name, "key": self.key, "config": self.config,
-            "inputs": self.inputs, "meta": self.meta, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        })
+        atomic_write_json(
+            self.dir / STAGE_FILE,
+            {
+                "kind": self.kind,
+                "name": self.name,
+                "key": self.key,
+                "config": self.config,
+                "inputs": self.inputs,
+                "meta": self.meta,
+                "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
         return self.dir
 
 
@@ -242,16 +258,23 @@ def run_stage(stage_dir: str | Path, datasets: dict[str, Any] | None = None, cap
             stack.enter_context(r)
         try:
             _execute(request, stage_dir, datasets)
-        except Exception as exc:  # noqa: BLE001  reported in result.json and the log; the sweep goes on
+        except Exception as exc:
             status = "failed"
             error = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
             print(f"error: {error}", file=log, flush=True)
             if not isinstance(exc, UserError):
                 traceback.print_exc(file=log)
-    atomic_write_json(stage_dir / RESULT_FILE, {
-        "key": request["key"], "status": status, "error": error, "log": str(stage_dir / LOG_FILE),
-        "job_wall_s": time.perf_counter() - t0, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    })
+    atomic_write_json(
+        stage_dir / RESULT_FILE,
+        {
+            "key": request["key"],
+            "status": status,
+            "error": error,
+            "log": str(stage_dir / LOG_FILE),
+            "job_wall_s": time.perf_counter() - t0,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
+    )
     return status
 
 
@@ -259,14 +282,25 @@ def record_failure(stage_dir: Path, error: str) -> None:
     """Mark a stage failed when its job died without writing its own result (killed, node lost)."""
     request = read_json(stage_dir / STAGE_FILE) or {}
     result = read_json(stage_dir / RESULT_FILE)
-    if result and result.get("key") == request.get("key") and result.get("finished", "") >= request.get("submitted", ""):
+    if (
+        result
+        and result.get("key") == request.get("key")
+        and result.get("finished", "") >= request.get("submitted", "")
+    ):
         return
     with open(stage_dir / LOG_FILE, "a") as log:
         print(f"error: {error}", file=log)
-    atomic_write_json(stage_dir / RESULT_FILE, {
-        "key": request.get("key"), "status": "failed", "error": error, "log": str(stage_dir / LOG_FILE),
-        "job_wall_s": None, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    })
+    atomic_write_json(
+        stage_dir / RESULT_FILE,
+        {
+            "key": request.get("key"),
+            "status": "failed",
+            "error": error,
+            "log": str(stage_dir / LOG_FILE),
+            "job_wall_s": None,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
+    )
 
 
 def _execute(request: dict[str, Any], stage_dir: Path, datasets: dict[str, Any] | None) -> None:
@@ -275,8 +309,14 @@ def _execute(request: dict[str, Any], stage_dir: Path, datasets: dict[str, Any] 
     config = copy.deepcopy(request["config"])
     for role, (section, k) in INPUT_KEYS.items():
         path = config[section].get(k)
-        if path and not str(request["inputs"].get(role, "")).startswith("stage:") and weight_digest(path) != request["inputs"].get(role):
-            raise UserError(f"{section}.{k}={path} changed since this stage was planned; run the sweep again to re-plan it")
+        if (
+            path
+            and not str(request["inputs"].get(role, "")).startswith("stage:")
+            and weight_digest(path) != request["inputs"].get(role)
+        ):
+            raise UserError(
+                f"{section}.{k}={path} changed since this stage was planned; run the sweep again to re-plan it"
+            )
     config["output_dir"], config["name"] = str(stage_dir.parent), stage_dir.name
     if request["kind"] == "cache":
         config["teacher"]["cache"] = str(stage_dir / CACHE_SUBDIR)

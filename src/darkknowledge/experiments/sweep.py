@@ -15,9 +15,10 @@ its log and does not stop the others (students of a failed teacher are ``blocked
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from darkknowledge.config import deep_merge
 from darkknowledge.errors import UserError
@@ -43,8 +44,14 @@ class Blocked:
 
 
 class Sweep:
-    def __init__(self, spec: SweepSpec, out_dir: str | Path, executor: Executor | None = None, log: Callable[[str], None] = print,
-                 records: str | Path | None = None):
+    def __init__(
+        self,
+        spec: SweepSpec,
+        out_dir: str | Path,
+        executor: Executor | None = None,
+        log: Callable[[str], None] = print,
+        records: str | Path | None = None,
+    ):
         self.spec = spec
         self.out = Path(out_dir)
         self.runs = self.out / "runs"
@@ -56,8 +63,11 @@ class Sweep:
 
     def _stage(self, kind: str, name: str, config: dict[str, Any], meta: dict[str, Any]) -> Stage:
         """A stage whose inputs produced by this sweep are identified by their stage, not their bytes."""
-        inputs = {role: self._identity[path] for role, (section, k) in INPUT_KEYS.items()
-                  if (path := (config.get(section) or {}).get(k)) in self._identity}
+        inputs = {
+            role: self._identity[path]
+            for role, (section, k) in INPUT_KEYS.items()
+            if (path := (config.get(section) or {}).get(k)) in self._identity
+        }
         cap = self.executor.threads_per_job()
         if cap:  # jobs running side by side: a spec's engine.threads is an upper bound, never oversubscribed
             engine = dict(config.get("engine") or {})
@@ -79,7 +89,9 @@ class Sweep:
             self._virtual[resolved] = stage
             self._virtual[str(stage.cache_dir.resolve())] = stage
         elif not path.exists():
-            return Blocked(stage.kind, stage.name, f"{stage.name}/{filename} (missing: the stage did not write it)", "blocked")
+            return Blocked(
+                stage.kind, stage.name, f"{stage.name}/{filename} (missing: the stage did not write it)", "blocked"
+            )
         self._identity[resolved] = f"stage:{stage.key}/{filename}"
         return resolved
 
@@ -112,13 +124,17 @@ class Sweep:
         keep = sorted({u.epoch for u in group if u.epoch})
         extra = {"engine": {"keep_epochs": keep}} if keep else {}
         config = deep_merge(config, {"model": {"name": t.model}, "seed": self.spec.teacher_seed, **extra})
-        return self._stage("teacher", f"teacher-{group[0].label}", config, {"role": "teacher", "teacher": group[0].label})
+        return self._stage(
+            "teacher", f"teacher-{group[0].label}", config, {"role": "teacher", "teacher": group[0].label}
+        )
 
     def teacher_checkpoint(self, t: TeacherSpec) -> str | Blocked:
         """The checkpoint the students of ``t`` learn from, or why it is not there yet."""
         if t.checkpoint:
             if not Path(t.checkpoint).is_file():
-                raise UserError(f"teacher {t.label!r}: checkpoint {t.checkpoint} does not exist; fix teachers[].checkpoint")
+                raise UserError(
+                    f"teacher {t.label!r}: checkpoint {t.checkpoint} does not exist; fix teachers[].checkpoint"
+                )
             return str(Path(t.checkpoint).resolve())
         stage = self.teacher_stage(t)
         name = f"epoch-{t.epoch}.pt" if t.epoch else f"{self.spec.teacher_checkpoint}.pt"
@@ -134,31 +150,59 @@ class Sweep:
         return self._stage("cache", f"cache-{label}", config, {"role": "cache", "teacher": label})
 
     def ce_stages(self) -> list[Stage]:
-        return [self._stage("student", f"student-{self.spec.student.model}-ce-s{seed}", self._student_config({"name": "ce"}, seed),
-                            {"role": "student", "teacher": None, "method": "ce", "method_params": {}, "seed": seed})
-                for seed in self.spec.seeds]
+        return [
+            self._stage(
+                "student",
+                f"student-{self.spec.student.model}-ce-s{seed}",
+                self._student_config({"name": "ce"}, seed),
+                {"role": "student", "teacher": None, "method": "ce", "method_params": {}, "seed": seed},
+            )
+            for seed in self.spec.seeds
+        ]
 
     def intermediate_stage(self, t: TeacherSpec, m: MethodSpec, teacher_ckpt: str) -> Stage | Blocked:
         """The teacher-side step of a method entry: a TAKD assistant, or the AID-adapted teacher."""
         base = deep_merge(self.spec.base, self._engine())
         if m.assistant:
-            config = deep_merge(deep_merge(base, m.assistant.config), {
-                "model": {"name": m.assistant.model}, "method": m.params(), "seed": self.spec.teacher_seed,
-                "teacher": {"checkpoint": teacher_ckpt}})
-            return self._stage("assistant", f"assistant-{m.assistant.model}-{m.label}-from-{t.label}", config,
-                               {"role": "assistant", "teacher": t.label, "method": m.label})
-        student = self._output(self.ce_stages()[0], "last.pt")  # AID adapts to a pre-trained student: the CE student of the first seed
+            config = deep_merge(
+                deep_merge(base, m.assistant.config),
+                {
+                    "model": {"name": m.assistant.model},
+                    "method": m.params(),
+                    "seed": self.spec.teacher_seed,
+                    "teacher": {"checkpoint": teacher_ckpt},
+                },
+            )
+            return self._stage(
+                "assistant",
+                f"assistant-{m.assistant.model}-{m.label}-from-{t.label}",
+                config,
+                {"role": "assistant", "teacher": t.label, "method": m.label},
+            )
+        student = self._output(
+            self.ce_stages()[0], "last.pt"
+        )  # AID adapts to a pre-trained student: the CE student of the first seed
         if isinstance(student, Blocked):
             return Blocked("adapted", f"adapted-{t.label}-{m.label}", student.waits_for, student.state)
         from darkknowledge.engine.checkpoint import load_checkpoint
 
         # a sweep-trained teacher's file may not be here yet (recorded elsewhere): its architecture is in the spec
         architecture = t.model or load_checkpoint(teacher_ckpt)["model_name"]
-        config = deep_merge(deep_merge(deep_merge(base, self.spec.teacher_config), m.adapt.config), {
-            "model": {"name": architecture, "init": teacher_ckpt}, "method": m.adapt.method,
-            "seed": self.spec.teacher_seed, "teacher": {"checkpoint": student}})
-        return self._stage("adapted", f"adapted-{t.label}-{m.label}", config,
-                           {"role": "adapted", "teacher": t.label, "method": m.label})
+        config = deep_merge(
+            deep_merge(deep_merge(base, self.spec.teacher_config), m.adapt.config),
+            {
+                "model": {"name": architecture, "init": teacher_ckpt},
+                "method": m.adapt.method,
+                "seed": self.spec.teacher_seed,
+                "teacher": {"checkpoint": student},
+            },
+        )
+        return self._stage(
+            "adapted",
+            f"adapted-{t.label}-{m.label}",
+            config,
+            {"role": "adapted", "teacher": t.label, "method": m.label},
+        )
 
     def waves(self) -> list[list[Stage | Blocked]]:
         """The stages in dependency order: (1) teachers and CE students, (2) assistants and
@@ -183,10 +227,19 @@ class Sweep:
                 if (m.assistant or m.adapt) and isinstance(teacher_ckpt, str):
                     stage = self.intermediate_stage(t, m, teacher_ckpt)
                     middle.append(stage)
-                    source, source_label = (self._output(stage, "last.pt") if isinstance(stage, Stage) else stage), stage.name
+                    source, source_label = (
+                        (self._output(stage, "last.pt") if isinstance(stage, Stage) else stage),
+                        stage.name,
+                    )
                 elif m.assistant or m.adapt:
-                    middle.append(Blocked("assistant" if m.assistant else "adapted", f"{'assistant' if m.assistant else 'adapted'}-of-{t.label}-{m.label}",
-                                          teacher_ckpt.waits_for, teacher_ckpt.state))
+                    middle.append(
+                        Blocked(
+                            "assistant" if m.assistant else "adapted",
+                            f"{'assistant' if m.assistant else 'adapted'}-of-{t.label}-{m.label}",
+                            teacher_ckpt.waits_for,
+                            teacher_ckpt.state,
+                        )
+                    )
                 teacher: dict[str, Any] | Blocked = {"checkpoint": source} if isinstance(source, str) else source
                 if spec.teacher_cache and isinstance(source, str):
                     if source not in caches:
@@ -200,16 +253,32 @@ class Sweep:
                         students.append(Blocked("student", name, teacher.waits_for, teacher.state))
                         continue
                     config = deep_merge(self._student_config(m.params(), seed), {"teacher": teacher})
-                    students.append(self._stage("student", name, config, {
-                        "role": "student", "teacher": t.label, "method": m.label, "method_params": m.params(), "seed": seed}))
+                    students.append(
+                        self._stage(
+                            "student",
+                            name,
+                            config,
+                            {
+                                "role": "student",
+                                "teacher": t.label,
+                                "method": m.label,
+                                "method_params": m.params(),
+                                "seed": seed,
+                            },
+                        )
+                    )
         waves = [teachers + self.ce_stages(), middle, list(caches.values()), students]
         groups: dict[str, list[Stage]] = {}
         for s in (s for w in waves for s in w if isinstance(s, Stage)):
             groups.setdefault(s.key, []).append(s)
-        for group in (g for g in groups.values() if len(g) > 1):  # one run: one finished here, else recorded, else the first
+        for group in (
+            g for g in groups.values() if len(g) > 1
+        ):  # one run: one finished here, else recorded, else the first
             states = [s._own_state() for s in group]
-            original = next((s for s, st in zip(group, states) if st == "done"),
-                            next((s for s, st in zip(group, states) if st == "recorded"), group[0]))
+            original = next(
+                (s for s, st in zip(group, states) if st == "done"),
+                next((s for s, st in zip(group, states) if st == "recorded"), group[0]),
+            )
             for s in group:
                 s.same_as = original if s is not original else None
         return waves
@@ -264,18 +333,30 @@ class Sweep:
         """Run every missing stage, wave by wave; return counts of final states."""
         self.check_out_dir()
         self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.out / MARKER, {"spec": self.spec.model_dump(mode="json"), "written_by": "darkknowledge sweep"})
+        atomic_write_json(
+            self.out / MARKER, {"spec": self.spec.model_dump(mode="json"), "written_by": "darkknowledge sweep"}
+        )
         t0 = time.perf_counter()
         for i in range(len(self.waves())):
             waves = self.waves()
             needed = self._needed([s for w in waves for s in w])
             wave = [(s, s.state()) for s in waves[i] if isinstance(s, Stage)]
-            todo = [s for s, state in wave if s.same_as is None and (
-                    state in ("pending", "partial") or (retry_failed and state == "failed") or (state == "recorded" and s.key in needed))]
+            todo = [
+                s
+                for s, state in wave
+                if s.same_as is None
+                and (
+                    state in ("pending", "partial")
+                    or (retry_failed and state == "failed")
+                    or (state == "recorded" and s.key in needed)
+                )
+            ]
             if not todo:
                 continue
-            self.log(f"wave {i + 1}: {len(todo)} stage(s) to run, {len(wave) - len(todo)} done "
-                     f"({self.executor.name} executor)")
+            self.log(
+                f"wave {i + 1}: {len(todo)} stage(s) to run, {len(wave) - len(todo)} done "
+                f"({self.executor.name} executor)"
+            )
             for s in todo:
                 s.write_request()
             start = time.perf_counter()
@@ -327,4 +408,3 @@ class Sweep:
         for row in self.status_rows():
             out[row["state"]] = out.get(row["state"], 0) + 1
         return out
-

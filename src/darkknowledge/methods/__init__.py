@@ -3,6 +3,24 @@
 Importing this package registers every method in :data:`METHODS`.
 """
 
+from darkknowledge.methods import (  # noqa: F401  (registration)  # noqa: F401  (registration)  # noqa: F401  (registration: teacher-side remedies)
+    aid,
+    ats,
+    ce,
+    ctkd,
+    dist,
+    dkd,
+    eskd,
+    fgcr,
+    isats,
+    kd,
+    lskd,
+    rckd,
+    regt,
+    sckd,
+    ttm,
+    wttm,
+)
 from darkknowledge.methods.base import (
     METHODS,
     DistillMethod,
@@ -15,20 +33,6 @@ from darkknowledge.methods.base import (
     register_method,
     validate_params,
 )
-from darkknowledge.methods import ce, kd  # noqa: F401  (registration)
-from darkknowledge.methods import (  # noqa: F401  (registration)
-    ats,
-    ctkd,
-    dist,
-    dkd,
-    fgcr,
-    isats,
-    lskd,
-    rckd,
-    ttm,
-    wttm,
-)
-from darkknowledge.methods import aid, eskd, regt, sckd  # noqa: F401  (registration: teacher-side remedies)
 
 __all__ = [
     "METHODS",

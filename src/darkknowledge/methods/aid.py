@@ -47,14 +47,21 @@ AIDPart = Literal["nontarget", "intra_class", "full"]
 
 
 class AIDParams(MethodParams):
-    ce_weight: float = Field(1.0, ge=0, description="Weight of the adapted teacher's own cross-entropy (keeps its accuracy).")
-    kd_weight: float = Field(
-        1.0, ge=0, description="Weight of the T^2-scaled term pulling the teacher towards the student (moderate by default)."
+    ce_weight: float = Field(
+        1.0, ge=0, description="Weight of the adapted teacher's own cross-entropy (keeps its accuracy)."
     )
-    temperature: float = Field(4.0, gt=0, description="Softmax temperature T of teacher and student in the pulling term.")
+    kd_weight: float = Field(
+        1.0,
+        ge=0,
+        description="Weight of the T^2-scaled term pulling the teacher towards the student (moderate by default).",
+    )
+    temperature: float = Field(
+        4.0, gt=0, description="Softmax temperature T of teacher and student in the pulling term."
+    )
     part: AIDPart = Field(
-        "nontarget", description="What is matched: 'nontarget' (renormalised non-target distribution), "
-        "'intra_class' (within-class distribution over the batch) or 'full' (plain KD)."
+        "nontarget",
+        description="What is matched: 'nontarget' (renormalised non-target distribution), "
+        "'intra_class' (within-class distribution over the batch) or 'full' (plain KD).",
     )
 
 
@@ -79,8 +86,16 @@ def intra_class_kl(model_logits: Tensor, signal_logits: Tensor, temperature: flo
 
 
 @param_defaults(AIDParams)
-def aid_loss(model_logits: Tensor, signal_logits: Tensor, targets: Tensor, *, ce_weight: float, kd_weight: float,
-             temperature: float, part: AIDPart) -> dict[str, Tensor]:
+def aid_loss(
+    model_logits: Tensor,
+    signal_logits: Tensor,
+    targets: Tensor,
+    *,
+    ce_weight: float,
+    kd_weight: float,
+    temperature: float,
+    part: AIDPart,
+) -> dict[str, Tensor]:
     """``{"ce", "kd"}`` for adapting a teacher (``model_logits``) towards a frozen student
     (``signal_logits``). Defaults: :class:`AIDParams`."""
     check_logits(model_logits, signal_logits, targets)
@@ -99,8 +114,10 @@ def aid_loss(model_logits: Tensor, signal_logits: Tensor, targets: Tensor, *, ce
 @register_method
 class AID(DistillMethod):
     name = "aid"
-    summary = ("AID teacher adaptation (reconstruction): fine-tune the teacher (model.init) towards a pre-trained "
-               "student given as teacher.checkpoint, keeping its CE.")
+    summary = (
+        "AID teacher adaptation (reconstruction): fine-tune the teacher (model.init) towards a pre-trained "
+        "student given as teacher.checkpoint, keeping its CE."
+    )
     Params = AIDParams
     loss_fn = staticmethod(aid_loss)
 

@@ -48,9 +48,7 @@ class ATSParams(MethodParams):
     target_temperature: float = Field(
         4.0, gt=0, description="Teacher temperature tau1 on the ground-truth logit (ATS uses tau1 > tau2)."
     )
-    nontarget_temperature: float = Field(
-        2.0, gt=0, description="Teacher temperature tau2 on every non-target logit."
-    )
+    nontarget_temperature: float = Field(2.0, gt=0, description="Teacher temperature tau2 on every non-target logit.")
     student_temperature: float = Field(1.0, gt=0, description="Student softmax temperature tau_s (ATS: 1).")
     center_logits: bool = Field(
         False,

@@ -31,8 +31,9 @@ trainer (``from darkknowledge.methods.kd import kd_loss``).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -161,7 +162,7 @@ class DistillMethod(nn.Module):
             v = torch.cat(chunks)
             if v.numel() == 0:
                 continue
-            q = torch.quantile(v[: 1_000_000], torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], device=v.device))
+            q = torch.quantile(v[:1_000_000], torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], device=v.device))
             out[f"{name}/mean"] = v.mean().item()
             out[f"{name}/std"] = v.std(unbiased=False).item()
             for tag, value in zip(("q05", "q25", "q50", "q75", "q95"), q.tolist()):

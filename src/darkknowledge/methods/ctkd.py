@@ -101,7 +101,9 @@ def ctkd_loss(
 @register_method
 class CTKD(DistillMethod):
     name = "ctkd"
-    summary = "Curriculum temperature KD: adversarially learned global T behind a gradient-reversal layer (Li et al. 2023)."
+    summary = (
+        "Curriculum temperature KD: adversarially learned global T behind a gradient-reversal layer (Li et al. 2023)."
+    )
     Params = CTKDParams
     loss_fn = staticmethod(ctkd_loss)
 

@@ -36,8 +36,18 @@ class DISTParams(MethodParams):
 
 
 @param_defaults(DISTParams)
-def dist_loss(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, *, ce_weight: float, kd_weight: float,
-              temperature: float, inter_weight: float, intra_weight: float, eps: float) -> dict[str, Tensor]:
+def dist_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    targets: Tensor,
+    *,
+    ce_weight: float,
+    kd_weight: float,
+    temperature: float,
+    inter_weight: float,
+    intra_weight: float,
+    eps: float,
+) -> dict[str, Tensor]:
     """DIST as named, weighted terms ``{"ce", "inter", "intra"}`` (defaults: :class:`DISTParams`)."""
     check_logits(student_logits, teacher_logits, targets)
     v = as_float(student_logits)
@@ -53,6 +63,8 @@ def dist_loss(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, *
 @register_method
 class DIST(DistillMethod):
     name = "dist"
-    summary = "DIST: Pearson-correlation matching of probabilities across classes and across the batch (Huang et al. 2022)."
+    summary = (
+        "DIST: Pearson-correlation matching of probabilities across classes and across the batch (Huang et al. 2022)."
+    )
     Params = DISTParams
     loss_fn = staticmethod(dist_loss)

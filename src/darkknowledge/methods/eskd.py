@@ -24,7 +24,9 @@ from darkknowledge.methods.kd import KDParams, kd_loss
 
 class ESKDParams(KDParams):
     stop_epoch: int = Field(
-        60, ge=0, description="Distil during the first stop_epoch epochs (0-indexed epochs < stop_epoch), CE only afterwards."
+        60,
+        ge=0,
+        description="Distil during the first stop_epoch epochs (0-indexed epochs < stop_epoch), CE only afterwards.",
     )
     ce_weight_after_stop: float = Field(
         1.0, ge=0, description="Weight of the cross-entropy term once distillation has stopped (1 = plain CE training)."
@@ -32,15 +34,32 @@ class ESKDParams(KDParams):
 
 
 @param_defaults(ESKDParams)
-def eskd_loss(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, *, ce_weight: float, kd_weight: float,
-              temperature: float, logit_standardization: bool, stop_epoch: int, ce_weight_after_stop: float,
-              epoch: int = 0) -> dict[str, Tensor]:
+def eskd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    targets: Tensor,
+    *,
+    ce_weight: float,
+    kd_weight: float,
+    temperature: float,
+    logit_standardization: bool,
+    stop_epoch: int,
+    ce_weight_after_stop: float,
+    epoch: int = 0,
+) -> dict[str, Tensor]:
     """``{"ce", "kd"}``: :func:`kd_loss` while ``epoch < stop_epoch``; afterwards
     ``ce_weight_after_stop * CE`` and a constant 0 for ``kd`` (the teacher logits are not
     used, no gradient flows through them). Defaults: :class:`ESKDParams`."""
     if epoch < stop_epoch:
-        return kd_loss(student_logits, teacher_logits, targets, ce_weight=ce_weight, kd_weight=kd_weight,
-                       temperature=temperature, logit_standardization=logit_standardization)
+        return kd_loss(
+            student_logits,
+            teacher_logits,
+            targets,
+            ce_weight=ce_weight,
+            kd_weight=kd_weight,
+            temperature=temperature,
+            logit_standardization=logit_standardization,
+        )
     check_logits(student_logits, teacher_logits, targets)
     ce = F.cross_entropy(as_float(student_logits), targets)
     return {"ce": ce_weight_after_stop * ce, "kd": ce.new_zeros(())}

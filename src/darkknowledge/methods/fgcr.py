@@ -40,7 +40,14 @@ from pydantic import Field
 from torch import Tensor
 
 from darkknowledge.errors import UserError
-from darkknowledge.methods.base import DistillMethod, MethodParams, SetupContext, StepContext, param_defaults, register_method
+from darkknowledge.methods.base import (
+    DistillMethod,
+    MethodParams,
+    SetupContext,
+    StepContext,
+    param_defaults,
+    register_method,
+)
 from darkknowledge.methods.functional import (
     as_float,
     check_logits,
@@ -53,7 +60,9 @@ from darkknowledge.methods.functional import (
 class FGCRParams(MethodParams):
     ce_weight: float = Field(0.1, ge=0, description="Weight of the cross-entropy term.")
     kd_weight: float = Field(0.9, ge=0, description="Weight of the T^2-scaled KL term to the fused target.")
-    temperature: float = Field(4.0, gt=0, description="Softmax temperature T of the per-instance target and the student.")
+    temperature: float = Field(
+        4.0, gt=0, description="Softmax temperature T of the per-instance target and the student."
+    )
     fusion_weight: float = Field(
         0.5, ge=0, le=1, description="eta: share of the non-target mass redistributed along the class relations."
     )
@@ -159,7 +168,7 @@ class FGCR(DistillMethod):
         self.register_load_state_dict_post_hook(FGCR._after_load)
 
     @staticmethod
-    def _after_load(module: "FGCR", incompatible_keys: object) -> None:
+    def _after_load(module: FGCR, incompatible_keys: object) -> None:
         if module.relation_counts is not None:
             module._ready = bool(module.relation_counts.sum() > 0)
 

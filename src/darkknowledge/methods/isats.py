@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-
 from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor
 
@@ -42,9 +41,13 @@ TemperatureScope = Literal["instance", "batch"]
 
 
 class ISATSParams(MethodParams):
-    ce_weight: float = Field(0.1, ge=0, description="Weight of the cross-entropy term (ATS code: 0.5; 0.1 chosen on validation).")
+    ce_weight: float = Field(
+        0.1, ge=0, description="Weight of the cross-entropy term (ATS code: 0.5; 0.1 chosen on validation)."
+    )
     kd_weight: float = Field(
-        0.9, ge=0, description="Weight of the tau_s^2-scaled soft cross-entropy term (ATS code: 0.5; 0.9 chosen on validation)."
+        0.9,
+        ge=0,
+        description="Weight of the tau_s^2-scaled soft cross-entropy term (ATS code: 0.5; 0.9 chosen on validation).",
     )
     student_temperature: float = Field(
         4.0, gt=0, description="Student softmax temperature tau_s (ATS code: 1; 4, as KD, chosen on validation)."
@@ -60,7 +63,10 @@ class ISATSParams(MethodParams):
     tau_min: float = Field(TAU_MIN, gt=0, description="Lower end of the searched temperature range.")
     tau_max: float = Field(TAU_MAX, gt=0, description="Upper end of the searched temperature range (> tau_min).")
     grid_size: int = Field(
-        GRID_SIZE, ge=3, le=1024, description="Points of the log-spaced search grid over [tau_min, tau_max] (first stage)."
+        GRID_SIZE,
+        ge=3,
+        le=1024,
+        description="Points of the log-spaced search grid over [tau_min, tau_max] (first stage).",
     )
     refine_size: int = Field(
         REFINE_SIZE,
@@ -82,7 +88,9 @@ class ISATSParams(MethodParams):
         TARGET_RATIO, ge=1, description="k in tau1 = k * tau* (rule A with target_rule='ratio', and rule B)."
     )
     target_temperature: float = Field(
-        TARGET_TEMPERATURE, gt=0, description="Fixed target temperature tau1 (rule A with target_rule='fixed', and rule C)."
+        TARGET_TEMPERATURE,
+        gt=0,
+        description="Fixed target temperature tau1 (rule A with target_rule='fixed', and rule C).",
     )
     temperature_scope: TemperatureScope = Field(
         "instance",
@@ -117,7 +125,9 @@ class ISATSParams(MethodParams):
     def _rule_c_range(cls, v: float, info: ValidationInfo) -> float:
         lo = info.data.get("tau_min")
         if info.data.get("search_rule") == "C" and lo is not None and v < lo:
-            raise ValueError(f"rule C searches [tau_min, target_temperature]; target_temperature ({v}) < tau_min ({lo})")
+            raise ValueError(
+                f"rule C searches [tau_min, target_temperature]; target_temperature ({v}) < tau_min ({lo})"
+            )
         return v
 
 
@@ -138,9 +148,17 @@ def isats_temperatures(
     misclassified_temperature: float | None,
 ) -> tuple[Tensor, Tensor]:
     """Per-row ``(target_temperature, nontarget_temperature)``, both ``(B,)``, no grad."""
-    tau = isats_search(teacher_logits, targets, search_rule=search_rule, tau_min=tau_min, tau_max=tau_max,
-                       target_ratio=target_ratio, target_temperature=target_temperature, grid_size=grid_size,
-                       refine_size=refine_size)
+    tau = isats_search(
+        teacher_logits,
+        targets,
+        search_rule=search_rule,
+        tau_min=tau_min,
+        tau_max=tau_max,
+        target_ratio=target_ratio,
+        target_temperature=target_temperature,
+        grid_size=grid_size,
+        refine_size=refine_size,
+    )
     if temperature_scope == "batch" and tau.numel():
         tau = tau.median().expand_as(tau).clone()  # no host sync
     elif temperature_scope != "instance":
@@ -193,11 +211,22 @@ def isats_loss_and_temperature(
     if center_logits:
         z_t = z_t - z_t.mean(dim=-1, keepdim=True)
     tau1, tau2 = isats_temperatures(
-        z_t, targets, search_rule=search_rule, target_rule=target_rule, target_ratio=target_ratio,
-        target_temperature=target_temperature, tau_min=tau_min, tau_max=tau_max, grid_size=grid_size,
-        refine_size=refine_size, temperature_scope=temperature_scope, misclassified_temperature=misclassified_temperature,
+        z_t,
+        targets,
+        search_rule=search_rule,
+        target_rule=target_rule,
+        target_ratio=target_ratio,
+        target_temperature=target_temperature,
+        tau_min=tau_min,
+        tau_max=tau_max,
+        grid_size=grid_size,
+        refine_size=refine_size,
+        temperature_scope=temperature_scope,
+        misclassified_temperature=misclassified_temperature,
     )
-    log_q = ats_teacher_log_probs(z_t, targets, target_temperature=tau1, nontarget_temperature=tau2, center_logits=False)
+    log_q = ats_teacher_log_probs(
+        z_t, targets, target_temperature=tau1, nontarget_temperature=tau2, center_logits=False
+    )
     terms = soft_label_terms(
         student_logits,
         log_q,
@@ -222,7 +251,9 @@ class ISATS(DistillMethod):
     summary = "Instance-specific ATS: per-sample temperature maximising non-target variance (reconstruction)."
     Params = ISATSParams
 
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, ctx: StepContext) -> dict[str, Tensor]:
+    def forward(
+        self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, ctx: StepContext
+    ) -> dict[str, Tensor]:
         terms, tau = isats_loss_and_temperature(student_logits, teacher_logits, targets, **self.params.model_dump())
         self.record("isats_tau", tau)
         return terms

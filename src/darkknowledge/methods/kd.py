@@ -27,8 +27,16 @@ class KDParams(MethodParams):
 
 
 @param_defaults(KDParams)
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, *, ce_weight: float, kd_weight: float,
-            temperature: float, logit_standardization: bool) -> dict[str, Tensor]:
+def kd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    targets: Tensor,
+    *,
+    ce_weight: float,
+    kd_weight: float,
+    temperature: float,
+    logit_standardization: bool,
+) -> dict[str, Tensor]:
     """Hinton KD as named, weighted terms ``{"ce", "kd"}`` (defaults: :class:`KDParams`)."""
     check_logits(student_logits, teacher_logits, targets)
     ce = F.cross_entropy(as_float(student_logits), targets)

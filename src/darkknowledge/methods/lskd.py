@@ -26,7 +26,13 @@ class LSKDParams(MethodParams):
 
 @param_defaults(LSKDParams)
 def lskd_loss(
-    student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, *, ce_weight: float, kd_weight: float, temperature: float
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    targets: Tensor,
+    *,
+    ce_weight: float,
+    kd_weight: float,
+    temperature: float,
 ) -> dict[str, Tensor]:
     """KD on z-scored logits: ``kd_loss(..., logit_standardization=True)`` with LS-KD defaults."""
     return kd_loss(

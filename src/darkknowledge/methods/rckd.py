@@ -37,8 +37,16 @@ class RCKDParams(MethodParams):
 
 
 @param_defaults(RCKDParams)
-def rckd_loss(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, *, ce_weight: float, kd_weight: float,
-              temperature: float, eps: float) -> dict[str, Tensor]:
+def rckd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    targets: Tensor,
+    *,
+    ce_weight: float,
+    kd_weight: float,
+    temperature: float,
+    eps: float,
+) -> dict[str, Tensor]:
     """RCKD as named, weighted terms ``{"ce", "kd"}`` (O(C) Pearson form; defaults: :class:`RCKDParams`)."""
     check_logits(student_logits, teacher_logits, targets)
     v = as_float(student_logits)

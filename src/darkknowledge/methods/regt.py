@@ -33,18 +33,27 @@ from darkknowledge.methods.functional import as_float, masked_log_softmax, targe
 class RegTParams(MethodParams):
     ce_weight: float = Field(1.0, ge=0, description="Weight of the cross-entropy term on ground-truth labels.")
     variance_weight: float = Field(
-        0.5, ge=0, description="Weight of the reward for spread (normalised variance, in [0, 1]) of the "
-        "renormalised non-target probabilities (0 = off)."
+        0.5,
+        ge=0,
+        description="Weight of the reward for spread (normalised variance, in [0, 1]) of the "
+        "renormalised non-target probabilities (0 = off).",
     )
     variance_temperature: float = Field(
-        1.0, gt=0, description="Softmax temperature at which the non-target distribution is taken for the spread reward."
+        1.0,
+        gt=0,
+        description="Softmax temperature at which the non-target distribution is taken for the spread reward.",
     )
     confidence_weight: float = Field(
-        0.0, ge=0, description="Weight beta of the confidence penalty -beta * entropy(softmax(z)) (Pereyra et al. 2017; 0 = off)."
+        0.0,
+        ge=0,
+        description="Weight beta of the confidence penalty -beta * entropy(softmax(z)) (Pereyra et al. 2017; 0 = off).",
     )
     label_smoothing: float = Field(
-        0.0, ge=0, lt=1, description="Label smoothing of the CE target: a contrast only, it erases relative "
-        "non-target information (0 = off)."
+        0.0,
+        ge=0,
+        lt=1,
+        description="Label smoothing of the CE target: a contrast only, it erases relative "
+        "non-target information (0 = off).",
     )
 
 
@@ -68,8 +77,16 @@ def prediction_entropy(logits: Tensor) -> Tensor:
 
 
 @param_defaults(RegTParams)
-def regt_loss(logits: Tensor, targets: Tensor, *, ce_weight: float, variance_weight: float,
-              variance_temperature: float, confidence_weight: float, label_smoothing: float) -> dict[str, Tensor]:
+def regt_loss(
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    ce_weight: float,
+    variance_weight: float,
+    variance_temperature: float,
+    confidence_weight: float,
+    label_smoothing: float,
+) -> dict[str, Tensor]:
     """``{"ce", "spread", "confidence"}`` (weighted; the two regularisers are <= 0 rewards,
     present only when their weight is positive). Defaults: :class:`RegTParams`."""
     if logits.dim() != 2 or targets.shape[0] != logits.shape[0]:
@@ -85,8 +102,10 @@ def regt_loss(logits: Tensor, targets: Tensor, *, ce_weight: float, variance_wei
 @register_method
 class RegT(DistillMethod):
     name = "regt"
-    summary = ("Regularised teacher (reconstruction): CE + reward for spread of the non-target probabilities "
-               "and/or a confidence penalty; trains without a teacher.")
+    summary = (
+        "Regularised teacher (reconstruction): CE + reward for spread of the non-target probabilities "
+        "and/or a confidence penalty; trains without a teacher."
+    )
     Params = RegTParams
     needs_teacher = False
     loss_fn = staticmethod(regt_loss)

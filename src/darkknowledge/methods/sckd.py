@@ -19,7 +19,8 @@ the paper's description.
 from __future__ import annotations
 
 import warnings
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,14 +36,17 @@ GateScope = Literal["model", "last_layer", "logits"]
 
 class SCKDParams(MethodParams):
     ce_weight: float = Field(0.1, ge=0, description="Weight of the cross-entropy term on ground-truth labels.")
-    kd_weight: float = Field(0.9, ge=0, description="Weight of the T^2-scaled KL distillation term (when the gate is open).")
+    kd_weight: float = Field(
+        0.9, ge=0, description="Weight of the T^2-scaled KL distillation term (when the gate is open)."
+    )
     temperature: float = Field(4.0, gt=0, description="Softmax temperature T applied to teacher and student logits.")
     threshold: float = Field(
         0.0, ge=-1, le=1, description="Gate threshold phi: the KD term is applied when cos(grad KL, grad CE) > phi."
     )
     gate_scope: GateScope = Field(
-        "model", description="Gradients of the gate: 'model' (all trainable student parameters), 'last_layer' "
-        "(the final nn.Linear, cheaper) or 'logits' (the student logits, cheapest)."
+        "model",
+        description="Gradients of the gate: 'model' (all trainable student parameters), 'last_layer' "
+        "(the final nn.Linear, cheaper) or 'logits' (the student logits, cheapest).",
     )
 
 
@@ -68,9 +72,17 @@ def gradient_cosine(loss_a: Tensor, loss_b: Tensor, inputs: Sequence[Tensor], ep
 
 
 @param_defaults(SCKDParams, exclude=("gate_scope",))
-def sckd_loss_and_cosine(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, *, ce_weight: float,
-                         kd_weight: float, temperature: float, threshold: float,
-                         gate_inputs: Sequence[Tensor] | None = None) -> tuple[dict[str, Tensor], Tensor]:
+def sckd_loss_and_cosine(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    targets: Tensor,
+    *,
+    ce_weight: float,
+    kd_weight: float,
+    temperature: float,
+    threshold: float,
+    gate_inputs: Sequence[Tensor] | None = None,
+) -> tuple[dict[str, Tensor], Tensor]:
     """``({"ce", "kd"}, cosine)``: the gradient cosine is taken w.r.t. ``gate_inputs``
     (default: the student logits, which must be part of a graph)."""
     check_logits(student_logits, teacher_logits, targets)
@@ -84,12 +96,29 @@ def sckd_loss_and_cosine(student_logits: Tensor, teacher_logits: Tensor, targets
 
 
 @param_defaults(SCKDParams, exclude=("gate_scope",))
-def sckd_loss(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, *, ce_weight: float, kd_weight: float,
-              temperature: float, threshold: float, gate_inputs: Sequence[Tensor] | None = None) -> dict[str, Tensor]:
+def sckd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    targets: Tensor,
+    *,
+    ce_weight: float,
+    kd_weight: float,
+    temperature: float,
+    threshold: float,
+    gate_inputs: Sequence[Tensor] | None = None,
+) -> dict[str, Tensor]:
     """SCKD as named, weighted terms ``{"ce", "kd"}`` (``kd`` is exactly 0 when the gate is
     closed); see :func:`sckd_loss_and_cosine`. Defaults: :class:`SCKDParams`."""
-    return sckd_loss_and_cosine(student_logits, teacher_logits, targets, ce_weight=ce_weight, kd_weight=kd_weight,
-                                temperature=temperature, threshold=threshold, gate_inputs=gate_inputs)[0]
+    return sckd_loss_and_cosine(
+        student_logits,
+        teacher_logits,
+        targets,
+        ce_weight=ce_weight,
+        kd_weight=kd_weight,
+        temperature=temperature,
+        threshold=threshold,
+        gate_inputs=gate_inputs,
+    )[0]
 
 
 def last_linear(model: nn.Module) -> nn.Linear:
@@ -99,8 +128,10 @@ def last_linear(model: nn.Module) -> nn.Linear:
         return head
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise UserError("method sckd: gate_scope=last_layer needs a model with an nn.Linear layer; "
-                        "use method.gate_scope=model or logits")
+        raise UserError(
+            "method sckd: gate_scope=last_layer needs a model with an nn.Linear layer; "
+            "use method.gate_scope=model or logits"
+        )
     return linears[-1]
 
 
@@ -130,11 +161,21 @@ class SCKD(DistillMethod):
         p = self.params
         if self._gate_params is None and p.gate_scope != "logits" and not self._warned:
             self._warned = True
-            warnings.warn(f"method sckd: no student model was given (setup), so gate_scope={p.gate_scope} "
-                          "falls back to the logits", stacklevel=2)
-        terms, cosine = sckd_loss_and_cosine(student_logits, teacher_logits, targets, ce_weight=p.ce_weight,
-                                             kd_weight=p.kd_weight, temperature=p.temperature,
-                                             threshold=p.threshold, gate_inputs=self._gate_params)
+            warnings.warn(
+                f"method sckd: no student model was given (setup), so gate_scope={p.gate_scope} "
+                "falls back to the logits",
+                stacklevel=2,
+            )
+        terms, cosine = sckd_loss_and_cosine(
+            student_logits,
+            teacher_logits,
+            targets,
+            ce_weight=p.ce_weight,
+            kd_weight=p.kd_weight,
+            temperature=p.temperature,
+            threshold=p.threshold,
+            gate_inputs=self._gate_params,
+        )
         self.record("gate_open", (cosine > p.threshold).float())
         self.record("grad_cosine", cosine)
         return terms

@@ -43,8 +43,14 @@ def ttm_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -
 
 
 def ttm_terms(
-    student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, *, ce_weight: float, kd_weight: float,
-    temperature: float, sample_weights: Tensor | None = None,
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    targets: Tensor,
+    *,
+    ce_weight: float,
+    kd_weight: float,
+    temperature: float,
+    sample_weights: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """``{"ce", "kd"}`` of TTM, the KL optionally weighted per sample (WTTM)."""
     check_logits(student_logits, teacher_logits, targets)
@@ -57,10 +63,18 @@ def ttm_terms(
 
 @param_defaults(TTMParams)
 def ttm_loss(
-    student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, *, ce_weight: float, kd_weight: float, temperature: float
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    targets: Tensor,
+    *,
+    ce_weight: float,
+    kd_weight: float,
+    temperature: float,
 ) -> dict[str, Tensor]:
     """TTM as named, weighted terms ``{"ce", "kd"}`` (defaults: :class:`TTMParams`)."""
-    return ttm_terms(student_logits, teacher_logits, targets, ce_weight=ce_weight, kd_weight=kd_weight, temperature=temperature)
+    return ttm_terms(
+        student_logits, teacher_logits, targets, ce_weight=ce_weight, kd_weight=kd_weight, temperature=temperature
+    )
 
 
 @register_method

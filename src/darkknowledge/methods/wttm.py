@@ -42,12 +42,25 @@ def wttm_weights(teacher_logits: Tensor, temperature: float) -> Tensor:
 
 @param_defaults(WTTMParams)
 def wttm_loss(
-    student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, *, ce_weight: float, kd_weight: float, temperature: float
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    targets: Tensor,
+    *,
+    ce_weight: float,
+    kd_weight: float,
+    temperature: float,
 ) -> dict[str, Tensor]:
     """WTTM as named, weighted terms ``{"ce", "kd"}`` (defaults: :class:`WTTMParams`)."""
     weights = wttm_weights(teacher_logits, temperature).detach()
-    return ttm_terms(student_logits, teacher_logits, targets, ce_weight=ce_weight, kd_weight=kd_weight,
-                     temperature=temperature, sample_weights=weights)
+    return ttm_terms(
+        student_logits,
+        teacher_logits,
+        targets,
+        ce_weight=ce_weight,
+        kd_weight=kd_weight,
+        temperature=temperature,
+        sample_weights=weights,
+    )
 
 
 @register_method

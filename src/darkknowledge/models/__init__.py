@@ -16,6 +16,14 @@ Families (see each module for the architecture and its source):
 * :mod:`~darkknowledge.models.small`: ``cnn_wW`` and ``mlp_hH`` for tiny inputs.
 """
 
+from darkknowledge.models import (  # noqa: F401  (registration)
+    mobilenetv2,
+    resnet,
+    shufflenetv2,
+    small,
+    vgg,
+    wrn,
+)
 from darkknowledge.models.base import (
     MODELS,
     ClassifierModel,
@@ -26,14 +34,6 @@ from darkknowledge.models.base import (
     model_patterns,
     register_model,
     register_pattern,
-)
-from darkknowledge.models import (  # noqa: F401  (registration)
-    mobilenetv2,
-    resnet,
-    shufflenetv2,
-    small,
-    vgg,
-    wrn,
 )
 
 __all__ = [

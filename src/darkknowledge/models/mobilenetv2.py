@@ -30,9 +30,7 @@ SETTINGS = (  # (expands?, channels c, repeats n, first stride s); t = 1 or ``ex
 )
 
 
-def _conv_bn_relu(
-    in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1
-) -> list[nn.Module]:
+def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
     return [
         nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False),
         nn.BatchNorm2d(out_ch),

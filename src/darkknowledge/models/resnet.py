@@ -14,7 +14,7 @@ resnet56 0.86M, resnet110 1.74M, resnet8x4 1.23M, resnet32x4 7.43M.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -67,9 +67,7 @@ class CifarResNet(ClassifierModel):
     ):
         super().__init__(num_classes, in_channels)
         if depth < 8 or (depth - 2) % 6 != 0:
-            raise UserError(
-                f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, ...), got {depth}"
-            )
+            raise UserError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, ...), got {depth}")
         if len(widths) != 4:
             raise ValueError(f"widths must be (stem, stage1, stage2, stage3), got {widths}")
         n = (depth - 2) // 6

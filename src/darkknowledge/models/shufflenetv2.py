@@ -33,9 +33,7 @@ def channel_shuffle(x: Tensor, groups: int = 2) -> Tensor:
     return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
-def _conv_bn(
-    in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1, groups: int = 1
-) -> nn.Sequential:
+def _conv_bn(in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1, groups: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False),
         nn.BatchNorm2d(out_ch),

@@ -39,9 +39,7 @@ class PreActBlock(nn.Module):
         self.relu = nn.ReLU(inplace=False)
         self.dropout = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         self.equal_in_out = stride == 1 and in_planes == planes
-        self.shortcut = (
-            None if self.equal_in_out else nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
-        )
+        self.shortcut = None if self.equal_in_out else nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         pre = self.relu(self.bn1(x))
@@ -64,9 +62,7 @@ class WideResNet(ClassifierModel):
     ):
         super().__init__(num_classes, in_channels)
         if depth < 10 or (depth - 4) % 6 != 0:
-            raise UserError(
-                f"WRN depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 34, 40, ...), got {depth}"
-            )
+            raise UserError(f"WRN depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 34, 40, ...), got {depth}")
         if width < 1:
             raise UserError(f"WRN width must be >= 1, got {width}")
         n = (depth - 4) // 6
