@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import FAST
+from conftest import FAST, quiet, spec_dict
 from darkknowledge.cli.main import main
 from darkknowledge.engine.checkpoint import load_checkpoint
 from darkknowledge.experiments import open_sweep
 from darkknowledge.experiments.spec import parse_spec
 from darkknowledge.experiments.stage import Stage
-from test_sweep import quiet, spec_dict
 
 
 def stages_of(sweep, kind):

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import gold_inputs
 from darkknowledge.errors import UserError
 from darkknowledge.methods import METHODS, SetupContext, StepContext, build_method
 from darkknowledge.methods.ats import ats_loss
@@ -36,20 +37,6 @@ from darkknowledge.nontarget import TARGET_RATIO, isats_search
 # fixtures and helpers
 # ---------------------------------------------------------------------------------------
 
-# torch.manual_seed(0); randn(4, 5) * 2 (student), randn(4, 5) * 3 (teacher), rounded.
-GOLD_S = [
-    [-2.252, -2.305, -0.501, -0.868, 1.198],
-    [-3.11, -0.683, 3.706, 0.936, -0.315],
-    [2.887, 0.532, 2.779, 3.173, 1.893],
-    [-1.687, 1.864, 2.518, 4.01, 0.107],
-]
-GOLD_T = [
-    [1.319, 0.337, 1.922, 1.323, 0.617],
-    [-1.351, -1.719, -1.666, 1.783, 4.626],
-    [1.522, -1.773, -3.976, 0.566, -0.207],
-    [-1.485, -4.488, -0.582, 1.337, 3.976],
-]
-GOLD_Y = [2, 4, 0, 1]
 # A fixed row-stochastic relation matrix for the FGCR golden value.
 GOLD_M = [[0, 4, 3, 2, 1], [1, 0, 1, 1, 1], [2, 2, 0, 1, 1], [5, 1, 1, 0, 3], [1, 2, 3, 4, 0]]
 
@@ -65,10 +52,6 @@ GOLDEN = {
     "lskd": (lskd_loss, {"ce": 0.2472465828, "kd": 6.43222104}),
 }
 GOLDEN_FGCR = {"ce": 0.2472465828, "kd": 2.827742665}
-
-
-def gold_inputs(dtype=torch.float32):
-    return torch.tensor(GOLD_S, dtype=dtype), torch.tensor(GOLD_T, dtype=dtype), torch.tensor(GOLD_Y)
 
 
 def fake_setup_ctx(num_classes: int, teacher: torch.Tensor, targets: torch.Tensor, batch_size: int = 3) -> SetupContext:

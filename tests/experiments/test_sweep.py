@@ -16,43 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import BASE, quiet, spec_dict, write_spec
 from darkknowledge.cli.main import main
 from darkknowledge.errors import UserError
 from darkknowledge.experiments import open_sweep
 from darkknowledge.experiments.results import write_results
 from darkknowledge.experiments.spec import parse_spec
 from darkknowledge.experiments.stage import Stage, identity_config, stage_key
-
-BASE = {
-    "data": {"name": "digits", "batch_size": 32, "train_per_class": 20, "test_per_class": 10},
-    "optim": {"epochs": 2, "lr": 0.05, "schedule": "cosine"},
-    "engine": {"precision": "fp32", "channels_last": False},
-}
-
-
-def spec_dict(**changes) -> dict:
-    spec = {
-        "base": BASE,
-        "teachers": [{"model": "mlp_h32"}, {"model": "mlp_h128"}],
-        "student": {"model": "mlp_h16"},
-        "methods": [
-            {"label": "kd-T4", "name": "kd", "temperature": 4},
-            {"label": "kd-T8", "name": "kd", "temperature": 8},
-        ],
-        "seeds": [0, 1],
-        "diagnose": False,
-    }
-    spec.update(changes)
-    return spec
-
-
-def write_spec(path: Path, **changes) -> Path:
-    path.write_text(yaml.safe_dump(spec_dict(**changes)))
-    return path
-
-
-def quiet(*_):
-    pass
 
 
 def stage_log_lines(sweep) -> dict[str, str]:
