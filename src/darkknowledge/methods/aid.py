@@ -33,7 +33,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from darkknowledge.methods.base import DistillMethod, MethodParams, param_defaults, register_method
+from darkknowledge.methods.base import (
+    DistillMethod,
+    MethodParams,
+    param_defaults,
+    register_method,
+    require_teacher_logits,
+)
 from darkknowledge.methods.functional import (
     as_float,
     check_logits,
@@ -124,5 +130,8 @@ class AID(DistillMethod):
     def forward(self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, ctx) -> dict[str, Tensor]:
         terms = super().forward(student_logits, teacher_logits, targets, ctx)
         with torch.no_grad():  # KL(student || teacher being adapted) at T = 1, per sample
-            self.record("kl_to_signal", tempered_kl(student_logits.detach(), teacher_logits, 1.0))
+            self.record(
+                "kl_to_signal",
+                tempered_kl(student_logits.detach(), require_teacher_logits(teacher_logits, self.name), 1.0),
+            )
         return terms

@@ -172,6 +172,13 @@ class DistillMethod(nn.Module):
         return out
 
 
+def require_teacher_logits(teacher_logits: Tensor | None, method: str) -> Tensor:
+    """``teacher_logits`` of a method that needs a teacher; None is a wiring error."""
+    if teacher_logits is None:
+        raise ValueError(f"method {method} needs teacher logits, got None")
+    return teacher_logits
+
+
 METHODS: Registry[type[DistillMethod]] = Registry("method")
 
 
@@ -196,10 +203,14 @@ def validate_params(name: str, params: dict[str, Any] | None) -> MethodParams:
         ) from None
 
 
-def build_method(name: str, params: dict[str, Any] | None = None, num_classes: int | None = None) -> DistillMethod:
-    """Construct a registered method with validated parameters."""
+def build_method(
+    name: str, params: MethodParams | dict[str, Any] | None = None, num_classes: int | None = None
+) -> DistillMethod:
+    """Construct a registered method from its validated ``Params`` (a dict is validated first)."""
     cls = METHODS.get(name)
-    return cls(validate_params(name, params), num_classes=num_classes)
+    if not isinstance(params, cls.Params):
+        params = validate_params(name, params)
+    return cls(params, num_classes=num_classes)
 
 
 def describe_params(cls: type[DistillMethod]) -> list[tuple[str, str, Any, str]]:

@@ -48,12 +48,12 @@ class _GradientReversal(torch.autograd.Function):
     """Identity forward; the backward gradient is multiplied by ``scale``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
         ctx.scale = scale
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         return grad * ctx.scale, None
 
 
@@ -94,7 +94,8 @@ def ctkd_loss(
         targets,
         ce_weight=ce_weight,
         kd_weight=kd_weight,
-        temperature=temperature,  # type: ignore[arg-type]
+        temperature=temperature,
+        logit_standardization=False,
     )
 
 
@@ -105,6 +106,7 @@ class CTKD(DistillMethod):
         "Curriculum temperature KD: adversarially learned global T behind a gradient-reversal layer (Li et al. 2023)."
     )
     Params = CTKDParams
+    params: CTKDParams
     loss_fn = staticmethod(ctkd_loss)
 
     def __init__(self, params: CTKDParams | None = None, num_classes: int | None = None):

@@ -136,6 +136,7 @@ class DKD(DistillMethod):
     name = "dkd"
     summary = "Decoupled KD: target (TCKD) and non-target (NCKD) terms weighted separately (Zhao et al. 2022)."
     Params = DKDParams
+    params: DKDParams
     loss_fn = staticmethod(dkd_loss)
 
     def check_schedule(self, num_epochs: int) -> list[str]:

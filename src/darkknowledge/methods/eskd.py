@@ -70,6 +70,7 @@ class ESKD(DistillMethod):
     name = "eskd"
     summary = "Early-stopped KD (Cho & Hariharan 2019, variant b): KD until stop_epoch, CE only afterwards."
     Params = ESKDParams
+    params: ESKDParams
     loss_fn = staticmethod(eskd_loss)
 
     def loss_kwargs(self, ctx: StepContext) -> dict[str, Any]:

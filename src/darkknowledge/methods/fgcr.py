@@ -154,6 +154,9 @@ class FGCR(DistillMethod):
     name = "fgcr"
     summary = "KD with global class relations fused into non-target soft labels (our reconstruction of FGCR)."
     Params = FGCRParams
+    params: FGCRParams
+    relation: Tensor | None
+    relation_counts: Tensor | None
     loss_fn = staticmethod(fgcr_loss)
 
     def __init__(self, params: FGCRParams | None = None, num_classes: int | None = None):
@@ -178,10 +181,11 @@ class FGCR(DistillMethod):
         if ctx.teacher_logits_fn is None or ctx.train_batches is None:
             raise UserError("fgcr needs the teacher and the training data to build its class-relation matrix")
         num_classes = ctx.num_classes
-        sums = counts = None
+        sums: Tensor | None = None
+        counts: Tensor | None = None
         for batch in ctx.train_batches():
             logits = ctx.teacher_logits_fn(batch)
-            if sums is None:
+            if sums is None or counts is None:
                 dtype = torch.float32 if logits.device.type == "mps" else torch.float64
                 sums = torch.zeros(num_classes, num_classes, dtype=dtype, device=logits.device)
                 counts = torch.zeros(num_classes, dtype=dtype, device=logits.device)
@@ -191,7 +195,7 @@ class FGCR(DistillMethod):
         if sums is None or counts is None:
             raise UserError("fgcr: the training set is empty; cannot build the class-relation matrix")
         relation = finalize_class_relations(sums, counts).float()
-        if self.relation is None or self.relation.shape != relation.shape:
+        if self.relation is None or self.relation_counts is None or self.relation.shape != relation.shape:
             device = ctx.device if self.relation is None else self.relation.device
             self.relation = relation.to(device)
             self.relation_counts = counts.float().to(device)

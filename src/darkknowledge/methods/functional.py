@@ -40,7 +40,7 @@ def soft_cross_entropy(p_teacher: Tensor, log_p_student: Tensor) -> Tensor:
     return -(p_teacher * log_p_student).sum(-1)
 
 
-def tempered_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+def tempered_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float | Tensor) -> Tensor:
     """Per-row KL(softmax(z_t/T) || softmax(z_s/T)) (no T^2 factor)."""
     log_ps = F.log_softmax(as_float(student_logits) / temperature, dim=-1)
     log_pt = F.log_softmax(as_float(teacher_logits) / temperature, dim=-1)

@@ -23,7 +23,14 @@ from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor
 
 from darkknowledge.methods.ats import ats_teacher_log_probs, soft_label_terms
-from darkknowledge.methods.base import DistillMethod, MethodParams, StepContext, param_defaults, register_method
+from darkknowledge.methods.base import (
+    DistillMethod,
+    MethodParams,
+    StepContext,
+    param_defaults,
+    register_method,
+    require_teacher_logits,
+)
 from darkknowledge.methods.functional import as_float, check_logits, standardize_logits
 from darkknowledge.nontarget import (
     GRID_SIZE,
@@ -252,8 +259,9 @@ class ISATS(DistillMethod):
     Params = ISATSParams
 
     def forward(
-        self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, ctx: StepContext
+        self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, ctx: StepContext
     ) -> dict[str, Tensor]:
-        terms, tau = isats_loss_and_temperature(student_logits, teacher_logits, targets, **self.params.model_dump())
+        teacher = require_teacher_logits(teacher_logits, self.name)
+        terms, tau = isats_loss_and_temperature(student_logits, teacher, targets, **self.params.model_dump())
         self.record("isats_tau", tau)
         return terms

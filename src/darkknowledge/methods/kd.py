@@ -34,7 +34,7 @@ def kd_loss(
     *,
     ce_weight: float,
     kd_weight: float,
-    temperature: float,
+    temperature: float | Tensor,
     logit_standardization: bool,
 ) -> dict[str, Tensor]:
     """Hinton KD as named, weighted terms ``{"ce", "kd"}`` (defaults: :class:`KDParams`)."""

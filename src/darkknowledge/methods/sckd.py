@@ -28,7 +28,14 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from darkknowledge.errors import UserError
-from darkknowledge.methods.base import DistillMethod, MethodParams, SetupContext, param_defaults, register_method
+from darkknowledge.methods.base import (
+    DistillMethod,
+    MethodParams,
+    SetupContext,
+    param_defaults,
+    register_method,
+    require_teacher_logits,
+)
 from darkknowledge.methods.functional import as_float, check_logits, tempered_kl
 
 GateScope = Literal["model", "last_layer", "logits"]
@@ -140,6 +147,7 @@ class SCKD(DistillMethod):
     name = "sckd"
     summary = "Student-customised KD (Zhu & Wang 2021): KD term only when cos(grad KL, grad CE) > threshold."
     Params = SCKDParams
+    params: SCKDParams
     loss_fn = staticmethod(sckd_loss)  # the module adds the gate's inputs and records the gate
 
     def __init__(self, params=None, num_classes=None):
@@ -168,7 +176,7 @@ class SCKD(DistillMethod):
             )
         terms, cosine = sckd_loss_and_cosine(
             student_logits,
-            teacher_logits,
+            require_teacher_logits(teacher_logits, self.name),
             targets,
             ce_weight=p.ce_weight,
             kd_weight=p.kd_weight,
