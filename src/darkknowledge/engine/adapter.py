@@ -28,6 +28,12 @@ class TeacherAdapter(nn.Module):
       label order (e.g. the ImageNet indices of a 10-class subset); default: all outputs.
     """
 
+    data_mean: Tensor | None
+    data_std: Tensor | None
+    model_mean: Tensor | None
+    model_std: Tensor | None
+    classes: Tensor | None
+
     def __init__(
         self,
         model: nn.Module,
@@ -49,7 +55,6 @@ class TeacherAdapter(nn.Module):
         given = [x is not None for x in (data_mean, data_std, model_mean, model_std)]
         if any(given) and not all(given):
             raise UserError("TeacherAdapter: give all of data_mean, data_std, model_mean, model_std, or none")
-        self.renormalize = all(given)
         for key, values in (
             ("data_mean", data_mean),
             ("data_std", data_std),
@@ -76,11 +81,11 @@ class TeacherAdapter(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         x = images
-        if self.renormalize:  # back to pixel values in [0, 1]
+        if self.data_mean is not None and self.data_std is not None:  # back to pixel values in [0, 1]
             x = x * self.data_std.to(x.dtype) + self.data_mean.to(x.dtype)
         if self.in_channels is not None and x.shape[1] == 1 and self.in_channels > 1:
             x = x.expand(-1, self.in_channels, -1, -1)
-        if self.renormalize:  # the model's normalisation
+        if self.model_mean is not None and self.model_std is not None:  # the model's normalisation
             x = (x - self.model_mean.to(x.dtype)) / self.model_std.to(x.dtype)
         if self.input_size is not None and tuple(x.shape[-2:]) != self.input_size:
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)

@@ -46,10 +46,10 @@ class ClassificationMeter:
         self.n += int(targets.shape[0])
 
     def compute(self) -> dict[str, float]:
-        if self.n == 0:
+        b = self._bins
+        if self.n == 0 or b is None:
             return {}
         s = {k: v.item() for k, v in self._sums.items()}
-        b = self._bins
         ece = ((b[:, 1] - b[:, 2]).abs().sum() / self.n).item()
         return {
             "top1": 100.0 * s["top1"] / self.n,

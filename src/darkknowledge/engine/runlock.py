@@ -6,15 +6,15 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 from darkknowledge.errors import UserError
 
-try:
+if sys.platform != "win32":  # POSIX advisory locks; on Windows runs are not locked
     import fcntl
-except ImportError:  # pragma: no cover - not POSIX: no locking
-    fcntl = None
 
 LOCK_FILE = ".lock"
 
@@ -24,12 +24,12 @@ class RunLock:
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / LOCK_FILE
-        self.fh = None
+        self.fh: TextIO | None = None
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+")
-        if fcntl is not None:
+        if sys.platform != "win32":
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
