@@ -21,9 +21,9 @@ _DECODE_CHUNK = 4096
 def _decode_one(path: Path, size: tuple[int, int]) -> np.ndarray:
     h, w = size
     try:
-        with Image.open(path) as im:
-            im.draft("RGB", (w, h))  # JPEG only: decode at the smallest 1/2^k scale still >= (w, h)
-            im = im.convert("RGB")
+        with Image.open(path) as source:
+            source.draft("RGB", (w, h))  # JPEG only: decode at the smallest 1/2^k scale still >= (w, h)
+            im = source.convert("RGB")
             if im.size != (w, h):
                 im = im.resize((w, h), Image.Resampling.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)

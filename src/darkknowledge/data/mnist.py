@@ -126,29 +126,29 @@ def _read(kind: str, root: str | Path, train: bool, download: bool) -> ArrayData
     root = Path(root)
     prefix = "train" if train else "t10k"
     stems = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
-    paths = [_find(root, s) for s in stems]
-    if any(p is None for p in paths):
+    images_path, labels_path = (_find(root, s) for s in stems)
+    if images_path is None or labels_path is None:
         if download:
             for s in stems:
                 name = s + ".gz"
                 download_url(MIRRORS[kind] + name, root / name, MD5[kind][name])
-            paths = [root / (s + ".gz") for s in stems]
+            images_path, labels_path = (root / (s + ".gz") for s in stems)
         else:
-            missing = stems[0] if paths[0] is None else stems[1]
+            missing = stems[0] if images_path is None else stems[1]
             raise UserError(
                 f"{_TITLES[kind]} file {root / missing} (or {missing}.gz) not found; set data.download=true to "
                 f"fetch the official files ({MIRRORS[kind]}), or copy the official files or copies in the same "
                 f"IDX format into {root} (or pass data.root)"
             )
-    images = read_idx(paths[0], IMAGES_MAGIC)
-    labels = read_idx(paths[1], LABELS_MAGIC)
+    images = read_idx(images_path, IMAGES_MAGIC)
+    labels = read_idx(labels_path, LABELS_MAGIC)
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
         raise UserError(
-            f"{_TITLES[kind]} files {paths[0]} {images.shape} and {paths[1]} {labels.shape} do not match; "
+            f"{_TITLES[kind]} files {images_path} {images.shape} and {labels_path} {labels.shape} do not match; "
             f"replace them with the official files"
         )
     if labels.size and labels.max() >= 10:
-        raise UserError(f"{_TITLES[kind]} labels in {paths[1]} exceed 9; replace the file with the official one")
+        raise UserError(f"{_TITLES[kind]} labels in {labels_path} exceed 9; replace the file with the official one")
     if kind == "mnist":
         spec = DataSpec(
             name="mnist",

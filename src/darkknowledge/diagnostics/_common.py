@@ -47,7 +47,7 @@ def check_logits_targets(logits: Tensor, targets: Tensor, what: str = "logits") 
         raise UserError(f"{what} contain NaN or infinite values; re-export the model outputs")
 
 
-def finite_or_none(x: float) -> float | None:
+def finite_or_none(x: float | np.floating) -> float | None:
     """JSON-friendly float (NaN/inf become ``None``)."""
     x = float(x)
     return x if math.isfinite(x) else None

@@ -30,7 +30,9 @@ def collect_outputs(
     (``keep_features``) when the model splits into ``forward_features(x) -> (B, D)`` and
     ``classifier(features)`` like a darkknowledge model; otherwise there are none and
     the feature geometry is skipped. ``num_params`` defaults to the parameter count."""
-    split = hasattr(model, "forward_features") and isinstance(getattr(model, "classifier", None), torch.nn.Module)
+    forward_features: Any = getattr(model, "forward_features", None)
+    classifier: Any = getattr(model, "classifier", None)
+    split = callable(forward_features) and isinstance(classifier, torch.nn.Module)
     keep_features = keep_features and split
     label = name or type(model).__name__
     dev = torch.device(device)
@@ -42,8 +44,8 @@ def collect_outputs(
             for batch in batches:
                 x = batch.images.to(dev, non_blocking=True)
                 if split:
-                    f = model.forward_features(x)
-                    z = model.classifier(f)
+                    f = forward_features(x)
+                    z = classifier(f)
                 else:
                     z = model(x)
                 if not isinstance(z, torch.Tensor) or z.dim() != 2 or (num_classes and z.shape[1] != num_classes):

@@ -84,7 +84,7 @@ class FeatureGeometryAccumulator:
     def _grow(self, c_needed: int, d: int, device: torch.device) -> None:
         c_now = 0 if self._sums is None else self._sums.shape[0]
         c_new = max(c_needed, self.num_classes or 0, c_now)
-        if self._sums is None:
+        if self._sums is None or self._counts is None:
             self._sums = torch.zeros(c_new, d, dtype=torch.float64, device=device)
             self._counts = torch.zeros(c_new, dtype=torch.long, device=device)
         elif c_new > c_now:

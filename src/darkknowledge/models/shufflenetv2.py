@@ -46,13 +46,13 @@ class BasicUnit(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         half = channels // 2
-        self.half = half
+        self.half_channels = half
         self.pw1 = _conv_bn(half, half)
         self.dw = _conv_bn(half, half, 3, groups=half)
         self.pw2 = _conv_bn(half, half)
 
     def forward(self, x: Tensor) -> Tensor:
-        keep, active = x[:, : self.half], x[:, self.half :]
+        keep, active = x[:, : self.half_channels], x[:, self.half_channels :]
         out = F.relu(self.pw1(active))
         out = F.relu(self.pw2(self.dw(out)))
         return channel_shuffle(torch.cat([keep, out], 1))
