@@ -1,6 +1,8 @@
 # The two commands of the README:
 #   make demo   set up a virtualenv on a fresh machine and run the offline demo
 #   make test   set up the same virtualenv and run the whole test suite
+# and the linters CI runs before the tests:
+#   make lint   ruff (lint and format check) over src, tests, benchmarks; mypy over src
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -8,7 +10,7 @@ PIP    := $(PY) -m pip
 # CPU build of torch: a bare `torch` requirement would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test bench clean install-imagenet
+.PHONY: setup demo lint test bench clean install-imagenet
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +24,11 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(VENV)/bin/darkknowledge demo --overwrite
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
 
 test: setup
 	$(PY) -m pytest
