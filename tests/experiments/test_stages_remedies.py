@@ -9,16 +9,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import FAST, quiet, spec_dict
+from conftest import FAST, quiet, spec_dict, write_spec
 from darkknowledge.cli.main import main
 from darkknowledge.engine.checkpoint import load_checkpoint
 from darkknowledge.experiments import open_sweep
 from darkknowledge.experiments.spec import parse_spec
-from darkknowledge.experiments.stage import Stage
 
 
 def stages_of(sweep, kind):
-    return [s for s in sweep.stages() if isinstance(s, Stage) and s.kind == kind]
+    return [s for s in sweep.stages() if s.kind == kind]
 
 
 def test_early_stopped_teacher_shares_the_full_teachers_run(tmp_path):
@@ -33,9 +32,11 @@ def test_early_stopped_teacher_shares_the_full_teachers_run(tmp_path):
     assert teacher.config["engine"]["keep_epochs"] == [1]
     students = {s.meta["teacher"]: s for s in stages_of(sweep, "student") if s.meta["method"] == "kd"}
     assert set(students) == {"mlp_h32", "mlp_h32-e1"}
-    early = students["mlp_h32-e1"].config["teacher"]["checkpoint"]
+    early = sweep.store.input_paths(students["mlp_h32-e1"])["teacher"]
     assert early.endswith("epoch-1.pt") and load_checkpoint(early)["epoch"] == 1
-    assert students["mlp_h32"].config["teacher"]["checkpoint"].endswith("last.pt")
+    assert sweep.store.input_paths(students["mlp_h32"])["teacher"].endswith("last.pt")
+    used = yaml.safe_load((sweep.store.dir(students["mlp_h32-e1"]) / "config.yaml").read_text())
+    assert used["teacher"]["checkpoint"] == early  # the job received the snapshot's path
 
 
 def test_takd_chain_trains_the_assistant_once_and_reuses_it(tmp_path):
@@ -50,16 +51,15 @@ def test_takd_chain_trains_the_assistant_once_and_reuses_it(tmp_path):
     assert sweep.run() == {"done": 1 + 2 + 1 + 2}
     (assistant,) = stages_of(sweep, "assistant")
     assert assistant.config["model"]["name"] == "mlp_h32" and assistant.config["method"]["temperature"] == 4
-    assert (
-        assistant.config["teacher"]["checkpoint"].endswith("last.pt")
-        and "teacher-mlp_h128" in assistant.config["teacher"]["checkpoint"]
-    )
+    teacher_path = sweep.store.input_paths(assistant)["teacher"]
+    assert teacher_path.endswith("last.pt") and "teacher-mlp_h128" in teacher_path
+    assistant_dir = sweep.store.dir(assistant)
     for s in stages_of(sweep, "student"):
         if s.meta["method"] == "takd":
-            assert s.config["teacher"]["checkpoint"] == str((assistant.dir / "last.pt").resolve())
-    finished = (assistant.dir / "result.json").read_text()
+            assert sweep.store.input_paths(s)["teacher"] == str((assistant_dir / "last.pt").resolve())
+    finished = (assistant_dir / "result.json").read_text()
     assert open_sweep(spec, tmp_path, log=quiet).run() == {"done": 6}
-    assert (assistant.dir / "result.json").read_text() == finished  # reused, not retrained
+    assert (assistant_dir / "result.json").read_text() == finished  # reused, not retrained
     from darkknowledge.experiments.results import write_results
 
     written = write_results(open_sweep(spec, tmp_path, log=quiet))
@@ -105,10 +105,12 @@ def test_aid_adapts_the_teacher_to_the_ce_student_before_distilling(tmp_path):
     (adapted,) = stages_of(sweep, "adapted")
     (teacher,) = stages_of(sweep, "teacher")
     (ce,) = [s for s in stages_of(sweep, "student") if s.meta["method"] == "ce"]
-    assert adapted.config["model"] == {"name": "mlp_h64", "init": str((teacher.dir / "last.pt").resolve())}
-    assert adapted.config["teacher"]["checkpoint"] == str((ce.dir / "last.pt").resolve())
+    paths = sweep.store.input_paths(adapted)
+    assert adapted.config["model"]["name"] == "mlp_h64"
+    assert paths["init"] == str((sweep.store.dir(teacher) / "last.pt").resolve())
+    assert paths["teacher"] == str((sweep.store.dir(ce) / "last.pt").resolve())
     (student,) = [s for s in stages_of(sweep, "student") if s.meta["method"] == "aid-kd"]
-    assert student.config["teacher"]["checkpoint"] == str((adapted.dir / "last.pt").resolve())
+    assert sweep.store.input_paths(student)["teacher"] == str((sweep.store.dir(adapted) / "last.pt").resolve())
 
 
 def test_regularised_teacher_in_a_sweep(tmp_path):
@@ -142,8 +144,6 @@ def test_remedy_spec_errors():
 
 
 def test_recorded_remedy_stages_plan_on_a_fresh_directory(tmp_path):
-    from test_sweep import write_spec
-
     adapt = {"method": {"name": "aid"}, "config": {"optim": {"epochs": 1, "lr": 0.01}}}
     (tmp_path / "spec").mkdir()
     spec = write_spec(

@@ -22,11 +22,11 @@ from darkknowledge.errors import UserError
 from darkknowledge.experiments import open_sweep
 from darkknowledge.experiments.results import write_results
 from darkknowledge.experiments.spec import parse_spec
-from darkknowledge.experiments.stage import Stage, identity_config, stage_key
+from darkknowledge.experiments.stage import identity_config, stage_key
 
 
 def stage_log_lines(sweep) -> dict[str, str]:
-    return {s.name: s.log.read_text() for s in sweep.stages() if isinstance(s, Stage) and s.log.is_file()}
+    return {s.name: sweep.store.log(s).read_text() for s in sweep.stages() if sweep.store.log(s).is_file()}
 
 
 # ----------------------------------------------------------------------------- spec
@@ -111,20 +111,19 @@ def test_stage_key_ignores_paths_and_display_settings_but_not_results():
         "engine": {"progress": True, "threads": 4},
         "teacher": {"checkpoint": "/b/t.pt"},
     }
-    assert stage_key("student", cfg, {"teacher": "d1"}) == stage_key("student", moved, {"teacher": "d1"})
-    assert stage_key("student", cfg, {"teacher": "d1"}) != stage_key("student", cfg, {"teacher": "d2"})
-    assert stage_key("student", cfg, {}) != stage_key("student", {**cfg, "optim": {"epochs": 3}}, {})
-    assert identity_config({"teacher": {"cache": "/c"}}) != identity_config({"teacher": {"cache": None}})
-
-
-# ----------------------------------------------------------------------------- running
+    ident = identity_config(cfg)
+    assert ident == identity_config(moved)
+    assert stage_key("student", ident, {"teacher": "d1"}) != stage_key("student", ident, {"teacher": "d2"})
+    assert ident != identity_config({**cfg, "optim": {"epochs": 3}})
+    assert identity_config({"teacher": {"cache": "/c", "checkpoint": "/t"}}) != identity_config({"teacher": {}})
 
 
 def test_sweep_runs_reuses_and_writes_results(tmp_path, capsys):
     spec = write_spec(tmp_path / "s.yaml", diagnose=True)
     code = main(["sweep", str(spec), "--out", str(tmp_path / "sw"), "--dry-run"])
     out = capsys.readouterr().out
-    assert code == 0 and "waiting  student  student-mlp_h16-kd-T4-from-mlp_h32-s0" in out
+    assert code == 0 and "run      student   student-mlp_h16-kd-T4-from-mlp_h32-s0" in out
+    assert "new, after its inputs" in out and '"run": 13' in out
     assert not (tmp_path / "sw").exists()  # a dry run writes nothing
 
     assert main(["sweep", str(spec), "--out", str(tmp_path / "sw")]) == 0
@@ -133,10 +132,16 @@ def test_sweep_runs_reuses_and_writes_results(tmp_path, capsys):
     rows = list(csv.DictReader((sw / "results.csv").open()))
     assert len(rows) == (2 * 2 + 1) * 2
     kd = [r for r in rows if r["method"] == "kd-T8" and r["teacher"] == "mlp_h128"]
-    assert len(kd) == 2 and json.loads(kd[0]["method_params"]) == {"name": "kd", "temperature": 8} | json.loads(
-        kd[0]["method_params"]
-    )
-    assert all(float(r["last_top1"]) >= 0 and r["run_dir"] for r in rows)
+    assert len(kd) == 2 and all(json.loads(r["method_params"]) == {"name": "kd", "temperature": 8} for r in kd)
+    for r in rows:  # each row is its own run's summary, last and best epoch in their own columns
+        summary = json.loads((Path(r["run_dir"]) / "summary.json").read_text())
+        assert float(r["last_top1"]) == summary["final"]["test/top1"]
+        assert (
+            float(r["best_top1"]) == summary["best"]["test/top1"]
+            and int(r["best_epoch"]) == summary["best"]["epoch"] + 1
+        )
+        assert summary["seed"] == int(r["seed"]) and summary["method"] == json.loads(r["method_params"]).get("name", "ce")
+    assert len({r["run_dir"] for r in rows}) == len(rows)
     assert all(r["last_rank_fidelity"] for r in rows if r["method"] != "ce")
     teachers = list(csv.DictReader((sw / "teachers.csv").open()))
     assert [t["teacher"] for t in teachers] == ["mlp_h32", "mlp_h128"] and int(teachers[0]["params"]) < int(
@@ -144,17 +149,21 @@ def test_sweep_runs_reuses_and_writes_results(tmp_path, capsys):
     )
     table = (sw / "results.md").read_text()
     assert "## Last epoch" in table and "## Best epoch" in table and "Student alone (CE)" in table
-    assert "| mlp_h128 |" in table and "| kd-T4 | kd-T8 |" in table and "diagnostics/report.html" in table
+    assert "| mlp_h128 |" in table and "| kd-T4 | kd-T8 |" in table
+    report = re.search(r"\]\((runs/diagnose-teachers-[0-9a-f]{8}/report\.html)\)", table)
+    assert report and (sw / report.group(1)).is_file()
     assert "## Paired with the student alone" in table and len(re.findall(r" \([0-2]/2\) \|", table)) == 4
-    assert (sw / "student_vs_teacher.png").stat().st_size > 1000 and (sw / "diagnostics/report.html").is_file()
+    assert (sw / "student_vs_teacher.png").stat().st_size > 1000
 
     # everything is reused: no stage runs again
     sweep = open_sweep(str(spec), sw, log=quiet)
     logs = stage_log_lines(sweep)
-    assert sweep.run() == {"done": 12}
+    assert sweep.run() == {"done": 13}
     assert stage_log_lines(sweep) == logs
     code = main(["sweep", str(spec), "--out", str(sw), "--status"])
-    assert code == 0 and '{"done": 12}' in capsys.readouterr().out
+    assert code == 0 and '{"done": 13}' in capsys.readouterr().out
+    assert main(["sweep", str(spec), "--out", str(sw), "--dry-run"]) == 0
+    assert '{"reuse": 13}' in capsys.readouterr().out
 
 
 def test_changed_input_is_never_reused(tmp_path):
@@ -166,7 +175,7 @@ def test_changed_input_is_never_reused(tmp_path):
         teachers=[{"model": "mlp_h32", "config": {"optim": {"epochs": 3}}}], methods=[{"name": "kd"}], seeds=[0]
     )
     sweep = open_sweep(parse_spec(longer), sw, log=quiet)
-    states = {s.name: s.state() for s in sweep.stages() if isinstance(s, Stage)}
+    states = {s.name: sweep.state(s) for s in sweep.stages() if "kd" not in s.name}
     assert states == {"teacher-mlp_h32": "pending", "student-mlp_h16-ce-s0": "done"}
     assert sweep.run() == {"done": 3}
     assert len([d for d in (sw / "runs").iterdir() if d.name.startswith("student-mlp_h16-kd-from")]) == 2
@@ -188,12 +197,12 @@ def test_given_teacher_checkpoint_replaced_is_not_reused(tmp_path):
     )
     sweep = open_sweep(spec, sw, log=quiet)
     assert sweep.run() == {"done": 2}
-    first = [s.dir for s in sweep.stages() if s.name.startswith("student-mlp_h16-kd-from-given")]
+    first = [sweep.store.dir(s) for s in sweep.stages() if s.name.startswith("student-mlp_h16-kd-from-given")]
     ckpt["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in ckpt["model"].items()}
     atomic_torch_save(ckpt, given)
     sweep = open_sweep(spec, sw, log=quiet)
     student = [s for s in sweep.stages() if s.name.startswith("student-mlp_h16-kd-from-given")][0]
-    assert student.state() == "pending" and student.dir not in first
+    assert sweep.state(student) == "pending" and sweep.store.dir(student) not in first
 
 
 def test_failed_stage_is_reported_and_does_not_stop_the_others(tmp_path, capsys):
@@ -210,8 +219,8 @@ def test_failed_stage_is_reported_and_does_not_stop_the_others(tmp_path, capsys)
     assert "failed  teacher-mlp_h32" in out and "larger than the training set" in out and "log.txt" in out
     main(["sweep", str(spec), "--out", str(tmp_path / "sw"), "--status", "--no-retry-failed"])
     status = capsys.readouterr().out
-    assert "blocked  student  student-mlp_h16-kd-from-mlp_h32-s0" in status
-    assert "done     student  student-mlp_h16-kd-from-mlp_h64-s0" in status
+    assert "blocked  student   student-mlp_h16-kd-from-mlp_h32-s0" in status
+    assert "done     student   student-mlp_h16-kd-from-mlp_h64-s0" in status
     rows = list(csv.DictReader((tmp_path / "sw/results.csv").open()))
     assert sorted(r["method"] + ":" + r["teacher"] for r in rows) == ["ce:", "kd:mlp_h64"]
 
@@ -251,13 +260,13 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
     }
 
     sweep = open_sweep(str(spec), sw, log=quiet)
-    killed_stage = next(s for s in sweep.stages() if isinstance(s, Stage) and s.dir == killed_in)
-    assert killed_stage.state() == "partial"
+    killed_stage = next(s for s in sweep.stages() if sweep.store.dir(s) == killed_in)
+    assert sweep.state(killed_stage) == "partial"
     assert sweep.run() == {"done": 5}  # teacher, 2 CE, 2 KD
     for name, result in finished_before.items():  # finished stages were not run again
         assert (sw / "runs" / name / "result.json").read_text() == result
     assert "resuming" in (killed_in / "log.txt").read_text()
-    epochs = [json.loads(l)["epoch"] for l in (killed_in / "metrics.jsonl").read_text().splitlines()]
+    epochs = [json.loads(line)["epoch"] for line in (killed_in / "metrics.jsonl").read_text().splitlines()]
     assert epochs == list(range(40))
 
 
@@ -270,12 +279,13 @@ def test_local_processes_match_inline(tmp_path):
     assert inline.run() == {"done": 3} and local.run() == {"done": 3}
     for a, b in zip(inline.stages(), local.stages()):
         assert a.key == b.key
-        assert a.summary()["final"] == b.summary()["final"], a.name
-        assert a.summary()["selection"] == "val" and "val/top1" in a.summary()["best"]
+        summary_a, summary_b = inline.store.summary(a), local.store.summary(b)
+        assert summary_a["final"] == summary_b["final"], a.name
+        assert summary_a["selection"] == "val" and "val/top1" in summary_a["best"]
     write_results(inline)
     rows = list(csv.DictReader((tmp_path / "a" / "results.csv").open()))
     assert rows and all(float(r["best_val_top1"]) >= float(r["last_val_top1"]) for r in rows)  # chosen on val
-    threads = yaml.safe_load((local.stages()[0].dir / "config.yaml").read_text())["engine"]["threads"]
+    threads = yaml.safe_load((local.store.dir(local.stages()[0]) / "config.yaml").read_text())["engine"]["threads"]
     assert threads == max(1, (os.cpu_count() or 1) // 2)  # cores split between the jobs
 
 
@@ -287,8 +297,8 @@ def test_parallel_jobs_never_oversubscribe_the_spec_threads(tmp_path):
     inline = open_sweep(spec, tmp_path / "a", log=quiet)
     local = open_sweep(spec, tmp_path / "b", executor="local", jobs=2, log=quiet)
     per_job = max(1, (os.cpu_count() or 1) // 2)
-    planned = [[s for s in sweep.stages() if hasattr(s, "config")] for sweep in (inline, local)]
-    assert len(planned[0]) == 2  # the teacher and the CE student (the KD student waits for the teacher)
+    planned = [sweep.stages() for sweep in (inline, local)]
+    assert len(planned[0]) == 3  # the teacher, the CE student and the KD student
     assert {s.config["engine"]["threads"] for s in planned[0]} == {64}  # inline: the spec's choice
     assert {s.config["engine"]["threads"] for s in planned[1]} == {per_job}
     assert [s.key for s in planned[0]] == [s.key for s in planned[1]]  # threads are not identity
@@ -302,7 +312,7 @@ def test_submitit_local_cluster_runs_the_same_stages(tmp_path):
     )
     assert sweep.run() == {"done": 3}
     assert (tmp_path / "c/submitit").is_dir()
-    assert all(s.result()["status"] == "done" for s in sweep.stages())
+    assert all(sweep.store.result(s)["status"] == "done" for s in sweep.stages())
 
 
 def test_sweep_refuses_a_foreign_directory(tmp_path, capsys):
@@ -322,14 +332,19 @@ def test_job_that_died_is_recorded_as_failed(tmp_path):
         parse_spec(spec_dict(teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0])), tmp_path, log=quiet
     )
     stage = sweep.stages()[0]
-    stage.write_request()
-    record_failure(stage.dir, "node lost")
-    assert stage.state() == "failed" and stage.result()["error"] == "node lost"
-    assert "error: node lost" in stage.log.read_text()
+    store = sweep.store
+    stage_dir = store.write_request(stage)
+    record_failure(stage_dir, "node lost")
+    store.refresh()
+    assert store.state(stage) == "failed" and store.result(stage)["error"] == "node lost"
+    assert "error: node lost" in store.log(stage).read_text()
     # the command-line job runs it again and succeeds
-    assert stage_main([str(stage.dir)]) == 0 and stage.state() == "done"
-    record_failure(stage.dir, "late report")  # a finished job's own result is kept
-    assert stage.state() == "done"
+    assert stage_main([str(stage_dir)]) == 0
+    store.refresh()
+    assert store.state(stage) == "done"
+    record_failure(stage_dir, "late report")  # a finished job's own result is kept
+    store.refresh()
+    assert store.state(stage) == "done"
 
 
 def test_records_make_a_sweep_resumable_on_a_fresh_machine(tmp_path):
@@ -349,9 +364,9 @@ def test_records_make_a_sweep_resumable_on_a_fresh_machine(tmp_path):
     lines = []
     fresh = open_sweep(str(spec), tmp_path / "b", log=lines.append)
     assert fresh.counts() == {"recorded": 3}
-    assert fresh.run() == {"recorded": 3} and not any("stage(s) to run" in l for l in lines)
+    assert fresh.run() == {"recorded": 3} and not any("stage(s) to run" in line for line in lines)
     write_results(fresh)
-    strip = lambda text: [l.rsplit(",", 2)[0] for l in text.splitlines()]  # wall time and run dir differ  # noqa: E731
+    strip = lambda text: [line.rsplit(",", 2)[0] for line in text.splitlines()]  # wall time and run dir differ  # noqa: E731
     assert strip((tmp_path / "b" / "results.csv").read_text()) == strip(rows_a)
 
     # one more seed there: the recorded teacher is retrained (it is needed), the old student is not
@@ -361,7 +376,7 @@ def test_records_make_a_sweep_resumable_on_a_fresh_machine(tmp_path):
     lines.clear()
     grown = open_sweep(str(more), tmp_path / "b", log=lines.append)
     assert grown.run() == {"done": 3, "recorded": 2}
-    ran = [l.split()[1] for l in lines if l.startswith("  done")]
+    ran = [line.split()[1] for line in lines if line.startswith("  done")]
     assert sorted(ran) == ["student-mlp_h16-ce-s1", "student-mlp_h16-kd-from-mlp_h32-s1", "teacher-mlp_h32"]
     assert len(list((specdir / "rec").iterdir())) == 5
 
@@ -375,7 +390,7 @@ def test_the_same_run_under_two_labels_runs_once(tmp_path):
     lines = []
     sweep = open_sweep(str(spec), tmp_path / "a", log=lines.append)
     assert sweep.run() == {"done": 4}
-    ran = [l.split()[1] for l in lines if l.startswith("  done") and "the same run as" not in l]
+    ran = [line.split()[1] for line in lines if line.startswith("  done") and "the same run as" not in line]
     assert sorted(ran) == ["student-mlp_h16-ce-s0", "student-mlp_h16-kd-from-mlp_h32-s0", "teacher-mlp_h32"]
     assert sorted(p.name.split("-from")[0] for p in (tmp_path / "a" / "runs").iterdir() if "kd" in p.name) == [
         "student-mlp_h16-kd"
@@ -413,7 +428,7 @@ def test_the_same_run_under_two_labels_runs_once(tmp_path):
     )
     lines.clear()
     grown = open_sweep(str(ahead), tmp_path / "a", log=lines.append)
-    assert grown.run() == {"done": 5} and not any("stage(s) to run" in l for l in lines[:-1])
+    assert grown.run() == {"done": 5} and not any("stage(s) to run" in line for line in lines[:-1])
 
 
 def test_the_plot_draws_methods_across_teachers_and_leaves_ablations_to_the_tables():

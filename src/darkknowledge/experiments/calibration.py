@@ -104,7 +104,7 @@ def card_checks(
     """One row per card that has a reference teacher and measured KD students from both."""
     rows = []
     for card in cards:
-        teacher, reference = card.get("teacher"), card.get("reference")
+        teacher, reference = str(card.get("teacher")), card.get("reference")
         if not reference:
             continue
         diffs = paired(students, (teacher, kd_label), (reference, kd_label))

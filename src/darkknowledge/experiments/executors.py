@@ -12,6 +12,7 @@ returns when all have finished; outcomes are read back from the directories.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +48,37 @@ class InlineExecutor(Executor):
 _WORKER_DATASETS: dict[str, Any] = {}
 
 
-def _init_worker(threads: int) -> None:
-    import torch
+def _die_with_parent(parent: int) -> None:
+    """Make this worker die when the sweep process dies, even by SIGKILL (Linux: prctl
+    PR_SET_PDEATHSIG); elsewhere a thread watches the parent's pid."""
+    import signal
+    import sys
 
-    torch.set_num_threads(threads)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    else:  # pragma: no cover - not Linux
+        import threading
+
+        def watch() -> None:
+            while True:
+                time.sleep(1.0)
+                if os.getppid() != parent:
+                    os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+def _init_worker(threads: int | None, parent: int) -> None:
+    _die_with_parent(parent)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _run_in_worker(stage_dir: str) -> str:
@@ -86,7 +114,7 @@ class LocalExecutor(Executor):
             max_workers=min(self.jobs, len(stage_dirs)),
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(self.threads_per_job(),),
+            initargs=(self.threads_per_job(), os.getpid()),
         ) as pool:
             futures = {pool.submit(_run_in_worker, str(d)): Path(d) for d in stage_dirs}
             for future, d in futures.items():

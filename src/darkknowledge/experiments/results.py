@@ -7,15 +7,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import statistics
 from pathlib import Path
 from typing import Any
 
 from darkknowledge.engine.checkpoint import load_checkpoint
 from darkknowledge.experiments.calibration import CALIBRATION_COLUMNS, card_checks, checks_markdown, paired
-from darkknowledge.experiments.stage import Stage, read_json
+from darkknowledge.experiments.graph import FileInput, StageRef, StageSpec
+from darkknowledge.experiments.kinds import DIAGNOSE_REPORT, Kind
+from darkknowledge.experiments.store import FINISHED
 from darkknowledge.experiments.sweep import Sweep
-from darkknowledge.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from darkknowledge.fileio import atomic_write_bytes, atomic_write_text
 
 RESULT_COLUMNS = [
     "teacher",
@@ -44,36 +47,51 @@ def teacher_rows(sweep: Sweep) -> list[dict[str, Any]]:
     top-1 of the checkpoint the students use."""
     rows = []
     for t in sweep.spec.teachers:
-        if t.checkpoint:
-            rows.append(_checkpoint_row(t.label, "teacher", "", "", str(Path(t.checkpoint).resolve())))
+        label = t.label or ""
+        source = sweep.teacher_inputs[label]
+        if isinstance(source, FileInput):
+            rows.append(_checkpoint_row(label, "teacher", "", "", source.path))
             continue
-        stage = sweep.teacher_stage(t)
-        if stage.state() not in ("done", "recorded"):
+        assert isinstance(source, StageRef)
+        stage = source.stage
+        if sweep.state(stage) not in FINISHED:
             continue
-        if t.epoch or sweep.spec.teacher_checkpoint == "best":
-            file = f"epoch-{t.epoch}.pt" if t.epoch else "best.pt"
-            if (stage.dir / file).is_file():
-                rows.append(_checkpoint_row(t.label, "teacher", "", "", str(stage.dir / file)))
+        if source.output != "last.pt":  # an early-stopped snapshot or best.pt
+            path = sweep.store.output(source)
+            if path.is_file():
+                rows.append(_checkpoint_row(label, "teacher", "", "", str(path)))
             else:  # recorded elsewhere: the epoch's record
-                epoch = t.epoch or (stage.summary() or {}).get("best", {}).get("epoch", -1) + 1
-                record = next((h for h in stage.history() if h["epoch"] == epoch - 1), {})
-                rows.append(_stage_row(t.label, "teacher", "", "", stage, record))
+                epoch = t.epoch or (sweep.store.summary(stage) or {}).get("best", {}).get("epoch", -1) + 1
+                record = next((h for h in sweep.store.history(stage) if h["epoch"] == epoch - 1), {})
+                rows.append(_stage_row(sweep, label, "teacher", "", "", stage, record))
         else:
-            rows.append(_stage_row(t.label, "teacher", "", "", stage, (stage.summary() or {}).get("final", {})))
+            final = (sweep.store.summary(stage) or {}).get("final", {})
+            rows.append(_stage_row(sweep, label, "teacher", "", "", stage, final))
     return sorted(rows, key=lambda r: r["params"])
 
 
 def intermediate_rows(sweep: Sweep) -> list[dict[str, Any]]:
     """TAKD assistants and AID-adapted teachers that finished."""
     return [
-        _stage_row(s.name, s.kind, s.meta["teacher"], s.meta["method"], s, (s.summary() or {}).get("final", {}))
+        _stage_row(
+            sweep,
+            s.name,
+            s.kind.value,
+            s.meta["teacher"],
+            s.meta["method"],
+            s,
+            (sweep.store.summary(s) or {}).get("final", {}),
+        )
         for s in sweep.stages()
-        if isinstance(s, Stage) and s.kind in ("assistant", "adapted") and s.state() in ("done", "recorded")
+        if s.kind in (Kind.ASSISTANT, Kind.ADAPTED) and sweep.state(s) in FINISHED
     ]
 
 
-def _stage_row(label: str, role: str, of: str, method: str, stage: Stage, metrics: dict[str, Any]) -> dict[str, Any]:
-    summary = stage.summary() or {}
+def _stage_row(
+    sweep: Sweep, label: str, role: str, of: str, method: str, stage: StageSpec, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    summary = sweep.store.summary(stage) or {}
+    files = sweep.store.files_dir(stage)
     return {
         "teacher": label,
         "role": role,
@@ -83,8 +101,8 @@ def _stage_row(label: str, role: str, of: str, method: str, stage: Stage, metric
         "params": int(summary.get("num_params") or 0),
         "top1": metrics.get("test/top1"),
         "val_top1": metrics.get("val/top1"),
-        "checkpoint": str(stage.files_dir / "last.pt"),
-        "run_dir": str(stage.files_dir),
+        "checkpoint": str(files / "last.pt"),
+        "run_dir": str(files),
     }
 
 
@@ -111,9 +129,9 @@ def student_rows(sweep: Sweep, teachers: list[dict[str, Any]]) -> list[dict[str,
     by_label = {t["teacher"]: t for t in teachers}
     rows = []
     for s in sweep.stages():
-        if not isinstance(s, Stage) or s.kind != "student" or s.state() not in ("done", "recorded"):
+        if s.kind != Kind.STUDENT or sweep.state(s) not in FINISHED:
             continue
-        summary = s.summary() or {}
+        summary = sweep.store.summary(s) or {}
         final, best = summary.get("final", {}), summary.get("best", {})
         t = by_label.get(s.meta["teacher"] or "", {})
         rows.append(
@@ -134,7 +152,7 @@ def student_rows(sweep: Sweep, teachers: list[dict[str, Any]]) -> list[dict[str,
                 "last_rank_fidelity": final.get("test/rank_fidelity", ""),
                 "last_teacher_agreement": final.get("test/teacher_agreement", ""),
                 "wall_time_s": summary.get("wall_time_s"),
-                "run_dir": str(s.files_dir),
+                "run_dir": str(sweep.store.files_dir(s)),
             }
         )
     return rows
@@ -282,11 +300,16 @@ def plot(sweep: Sweep, teachers: list[dict[str, Any]], students: list[dict[str, 
     markers = "osD^v<>p*h"
     for k, m in enumerate(shown):
         line = [(teachers[j]["params"], p) for j in ladder if (p := point(teachers[j]["teacher"], m))]
-        style = {"marker": markers[k // 10 % len(markers)], "capsize": 3}
+        marker = markers[k // 10 % len(markers)]
         handle = None
         if line:
             handle = ax.errorbar(
-                [x for x, _ in line], [p[0] for _, p in line], yerr=[p[1] for _, p in line], label=m, **style
+                [x for x, _ in line],
+                [p[0] for _, p in line],
+                yerr=[p[1] for _, p in line],
+                label=m,
+                marker=marker,
+                capsize=3,
             )
         for j, x in variants:  # beside the ladder point of the same size
             if p := point(teachers[j]["teacher"], m):
@@ -309,52 +332,22 @@ def plot(sweep: Sweep, teachers: list[dict[str, Any]], students: list[dict[str, 
     return True
 
 
-def run_diagnostics(sweep: Sweep, teachers: list[dict[str, Any]]) -> str | None:
-    """Diagnose the ladder (training split) with the CE student of the first seed; reused
-    while the teachers' weights are unchanged."""
-    if not sweep.spec.diagnose or not teachers:
+def diagnostics_report(sweep: Sweep) -> str | None:
+    """The ladder's diagnostics report (a path relative to the sweep directory) when its stage ran here."""
+    node = next(iter(sweep.graph.of_kind(Kind.DIAGNOSE)), None)
+    if node is None or sweep.state(node) != "done":
         return None
-    from darkknowledge.diagnostics import CALIBRATION, DISCLAIMER, DiagnoseOptions
-    from darkknowledge.experiments.diagnose import diagnose_checkpoints
-    from darkknowledge.experiments.stage import weight_digest
-
-    out = sweep.out / "diagnostics"
-    ce = [s for s in sweep.ce_stages() if s.state() == "done"][:1]
-    paths = [t["checkpoint"] for t in teachers]
-    if not all(Path(p).is_file() for p in paths):  # teachers recorded elsewhere: keep the report there is
-        sweep.log(
-            "diagnostics: some teacher checkpoints are not here (recorded elsewhere); the existing report is kept"
-        )
-        return "diagnostics/report.html" if (out / "report.html").is_file() else None
-    students = [str(s.dir / "last.pt") for s in ce]
-    names = [t["teacher"] for t in teachers]
-    inputs = {
-        "teachers": [weight_digest(p) for p in paths],
-        "students": [weight_digest(p) for p in students],
-        "names": names,
-        "card_rules": [DISCLAIMER, CALIBRATION],
-    }  # new rules: new cards
-    if read_json(out / "inputs.json") != inputs or not (out / "report.html").is_file():
-        sweep.log("diagnosing the teacher ladder ...")
-        diagnose_checkpoints(
-            paths,
-            students,
-            [],
-            split="train",
-            out_dir=out,
-            options=DiagnoseOptions(temperatures=(1.0, 2.0, 4.0, 8.0)),
-            names=names + [s.name for s in ce],
-        )
-        atomic_write_json(out / "inputs.json", inputs)
-    return "diagnostics/report.html"
+    report = sweep.store.files_dir(node) / DIAGNOSE_REPORT
+    return os.path.relpath(report, sweep.out) if report.is_file() else None
 
 
 def card_checks_of(sweep: Sweep, students: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The diagnostics' report cards checked against the measured KD students (needs a
-    method labelled ``kd``)."""
-    if not any(m.label == "kd" for m in sweep.spec.methods):
+    """The diagnostics' report cards (from the diagnose stage, here or in its record) checked
+    against the measured KD students (needs a method labelled ``kd``)."""
+    node = next(iter(sweep.graph.of_kind(Kind.DIAGNOSE)), None)
+    if node is None or sweep.state(node) not in FINISHED or not any(m.label == "kd" for m in sweep.spec.methods):
         return []
-    cards = (read_json(sweep.out / "diagnostics" / "diagnostics.json") or {}).get("cards") or []
+    cards = (sweep.store.summary(node) or {}).get("cards") or []
     plain = sorted(
         (m for m in sweep.spec.methods if not (m.assistant or m.adapt or m.teachers)), key=lambda m: m.label != m.name
     )
@@ -363,12 +356,14 @@ def card_checks_of(sweep: Sweep, students: list[dict[str, Any]]) -> list[dict[st
 
 
 def write_results(sweep: Sweep) -> dict[str, Any]:
-    """Write every results file of the sweep from its stage directories; return their paths."""
+    """Write every results file of the sweep from its stages (directories and records); return
+    their paths. Refuses a directory that is not the sweep's, like a run does."""
+    sweep.prepare_out_dir()
     sweep.write_records()
     teachers = teacher_rows(sweep)
     students = student_rows(sweep, teachers)
     out = sweep.out
-    report = run_diagnostics(sweep, teachers)
+    report = diagnostics_report(sweep)
     atomic_write_text(out / "results.csv", _csv(students, RESULT_COLUMNS))
     atomic_write_text(out / "teachers.csv", _csv(teachers + intermediate_rows(sweep), TEACHER_COLUMNS))
     table = markdown_table(sweep, teachers, students, report)
@@ -377,7 +372,7 @@ def write_results(sweep: Sweep) -> dict[str, Any]:
         "teachers_csv": str(out / "teachers.csv"),
         "results_md": str(out / "results.md"),
     }
-    checks = card_checks_of(sweep, students) if report else []
+    checks = card_checks_of(sweep, students)
     if checks:
         table += "\n" + checks_markdown(checks)
         atomic_write_text(

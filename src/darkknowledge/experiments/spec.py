@@ -57,8 +57,8 @@ class TeacherSpec(_Strict):
         description="Early-stopped teacher (ESKD): use the sweep-trained teacher's checkpoint after this epoch "
         "(one training run serves every entry with the same model and config).",
     )
-    label: str | None = Field(
-        None, description="Name in tables and run directories; default: the model name or the checkpoint's run name."
+    label: str = Field(
+        "", description="Name in tables and run directories; default: the model name or the checkpoint's run name."
     )
     config: dict[str, Any] = Field(
         default_factory=dict,
@@ -75,8 +75,9 @@ class TeacherSpec(_Strict):
             raise ValueError("give exactly one of model (trained by the sweep) or checkpoint (given)")
         if self.epoch is not None and self.model is None:
             raise ValueError("epoch applies to a teacher the sweep trains (model), not to a given checkpoint")
-        if self.label is None:
-            base = self.model or Path(self.checkpoint).parent.name or Path(self.checkpoint).stem
+        if not self.label:
+            given = Path(self.checkpoint or "")
+            base = self.model or given.parent.name or given.stem
             self.label = f"{base}-e{self.epoch}" if self.epoch else base
         _check_label(self.label, "teacher")
         return self
@@ -116,7 +117,7 @@ class MethodSpec(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     name: str = Field(..., description="Method name (see `darkknowledge methods`).")
-    label: str | None = Field(None, description="Column name in the results; default: the method name. Must be unique.")
+    label: str = Field("", description="Column name in the results; default: the method name. Must be unique.")
     assistant: AssistantSpec | None = Field(
         None, description="TAKD chain: teacher -> assistant -> student, each step with this method."
     )

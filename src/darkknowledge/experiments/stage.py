@@ -1,44 +1,42 @@
-"""A stage: one training run (a teacher, a student) or one teacher-cache build, as an
-independent job whose identity is a digest of what determines its result.
+"""A stage's identity and its job.
 
-``key`` = sha256 of the resolved run configuration (without paths and without settings
-that do not change the result: output_dir, name, engine.progress/threads/tensorboard)
-and of the *weight digests* of the checkpoints it consumes (teacher, ``model.init``).
-A finished stage with the same key is reused, never recomputed; a changed config or a
-retrained teacher gives another key, so nothing is silently reused.
+``key`` = sha256 of the stage's kind, its *identity config* and the identities of its
+inputs (the key and output file of a producing stage, or the weight digest of a given
+checkpoint). The identity config holds only the fields that change a run's result and
+omits every field at its default value, so adding a defaulted setting never changes a
+key. A finished stage with the same key is reused, never recomputed.
 
-A stage directory holds ``stage.json`` (the request: kind, key, config, inputs),
-``log.txt`` (its output), ``result.json`` (done / failed, error, wall time) and, for a
-run, the trainer's files (config.yaml, metrics.jsonl, summary.json, last.pt, best.pt).
-A job reads everything from that directory and writes its outcome there, so it can run
-in this process, in a subprocess or on another machine (:mod:`.executors`).
+A stage directory holds ``stage.json`` (the request: kind, key, config with the paths of
+its inputs, input identities), ``log.txt``, ``result.json`` (done / failed, error, wall
+time) and the kind's own files (a run's ``config.yaml``, ``metrics.jsonl``,
+``summary.json``, ``last.pt``; a cache's ``cache/``; a diagnosis' report). A job reads
+everything from that directory and writes its outcome there, so it can run in this
+process, in a subprocess or on another machine (:mod:`.executors`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from darkknowledge.config import validate_config
+from pydantic import BaseModel
+
+from darkknowledge.config import RunConfig, validate_config
 from darkknowledge.engine.checkpoint import load_checkpoint, state_digest
 from darkknowledge.errors import UserError
 from darkknowledge.fileio import atomic_write_json
 
-Kind = Literal["teacher", "student", "cache"]
-# (section, key) of config values that are paths to consumed checkpoints: identified by weights
-INPUT_KEYS = {"teacher": ("teacher", "checkpoint"), "init": ("model", "init")}
-# settings that never change a run's result
+# where a run config names the files it consumes: role -> (section, field); identified by inputs, not paths
+INPUT_FIELDS = {"teacher": ("teacher", "checkpoint"), "cache": ("teacher", "cache"), "init": ("model", "init")}
+INPUT_PLACEHOLDER = "<input>"  # an input's field in a planned config, until a job receives the path
+# settings that never change a run's result (used until config.py declares it per field)
 IGNORED_KEYS = {"": ("output_dir", "name"), "engine": ("progress", "threads", "tensorboard")}
 STAGE_FILE, RESULT_FILE, LOG_FILE = "stage.json", "result.json", "log.txt"
-CACHE_SUBDIR = "cache"
-
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
@@ -57,183 +55,62 @@ def weight_digest(path: str | Path) -> str:
     return _DIGESTS[memo]
 
 
-def identity_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a run configuration that determines its result (paths of inputs removed)."""
-    out = copy.deepcopy(config)
-    for section, keys in IGNORED_KEYS.items():
-        node = out if section == "" else out.get(section, {})
-        for k in keys:
-            node.pop(k, None)
-    for section, key in [*INPUT_KEYS.values(), ("teacher", "cache")]:
-        node = out.get(section, {})
-        if node.get(key):
-            node[key] = "<input>"  # a cache is identified by its teacher's weights and the cache settings
+def _affects_result(field: Any, path: str) -> bool:
+    """Whether a config field changes a run's result: the field's own declaration
+    (``json_schema_extra={"affects_result": False}``) where config.py gives one, else IGNORED_KEYS."""
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    if "affects_result" in extra:
+        return bool(extra["affects_result"])
+    section, _, name = path.rpartition(".")
+    return name not in IGNORED_KEYS.get(section, ())
+
+
+def _is_tag(field: Any) -> bool:
+    """A discriminator-like field (a one-value Literal): always kept, so two variants at their defaults differ."""
+    from typing import Literal, get_args, get_origin
+
+    return get_origin(field.annotation) is Literal and len(get_args(field.annotation)) == 1
+
+
+_INPUT_PATHS = {f"{section}.{name}" for section, name in INPUT_FIELDS.values()}
+
+
+def _non_default(model: BaseModel, prefix: str = "") -> dict[str, Any]:
+    dumped = model.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
+        path = f"{prefix}{name}"
+        if path in _INPUT_PATHS or not _affects_result(field, path):
+            continue
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            sub = _non_default(value, f"{path}.")
+            if sub:
+                out[name] = sub
+        elif _is_tag(field) or field.is_required() or value != field.get_default(call_default_factory=True):
+            out[name] = dumped[name]
+    extra = model.__pydantic_extra__
+    if extra:  # free-form parameters (a method's): defaults are those of the same declared fields without them
+        base = type(model).model_validate({n: getattr(model, n) for n in type(model).model_fields})
+        defaults = base.__pydantic_extra__ or {}
+        out.update({k: dumped[k] for k, v in extra.items() if k not in defaults or defaults[k] != v})
     return out
 
 
-def stage_key(kind: str, config: dict[str, Any], input_digests: dict[str, str]) -> str:
-    blob = json.dumps({"kind": kind, "config": identity_config(config), "inputs": input_digests}, sort_keys=True)
+def identity_config(config: dict[str, Any] | RunConfig) -> dict[str, Any]:
+    """The part of a run configuration that determines its result: result-affecting fields
+    that differ from their default, without the paths of consumed files (those are inputs)."""
+    cfg = config if isinstance(config, RunConfig) else validate_config(config, source="stage config")
+    return _non_default(cfg)
+
+
+def stage_key(kind: str, identity: dict[str, Any], inputs: dict[str, str]) -> str:
+    """The key of a stage from its kind, identity config and input identities."""
+    blob = json.dumps({"kind": kind, "config": identity, "inputs": inputs}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-@dataclass
-class Stage:
-    """A job of a sweep: ``config`` is a full run-config dict (validated), without output_dir/name."""
-
-    kind: Kind
-    name: str
-    config: dict[str, Any]
-    root: Path
-    meta: dict[str, Any] = field(default_factory=dict)
-    key: str = ""
-    # role -> identity of an input checkpoint: its weight digest, or "stage:<key>/<file>" for an
-    # output of another stage of the same sweep (portable: a retrained teacher stands for itself)
-    inputs: dict[str, str] = field(default_factory=dict)
-    records: Path | None = None  # directory of compact records (committed results) or None
-    # an earlier stage of the sweep with the same key (the same run under another label): this
-    # one is not run again and reads its outcome from that stage until it has its own
-    same_as: Stage | None = field(default=None, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        self.config = validate_config(self.config, source=f"stage {self.name}").model_dump(mode="json")
-        for role, (section, k) in INPUT_KEYS.items():
-            path = self.config[section].get(k)
-            if path and role not in self.inputs:
-                self.inputs[role] = weight_digest(path)
-        self.key = stage_key(self.kind, self.config, self.inputs)
-
-    @property
-    def dir(self) -> Path:
-        return self.root / f"{self.name}-{self.key[:8]}"
-
-    @property
-    def files_dir(self) -> Path:
-        """Where this stage's run files are: its own directory, or its twin's (``same_as``)."""
-        if self.same_as is not None and not (self.dir / RESULT_FILE).is_file():
-            return self.same_as.files_dir
-        return self.dir
-
-    @property
-    def log(self) -> Path:
-        return self.dir / LOG_FILE
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.dir / CACHE_SUBDIR
-
-    @property
-    def record_path(self) -> Path | None:
-        return self.records / f"{self.name}-{self.key[:8]}.json" if self.records is not None else None
-
-    def _find_record(self) -> tuple[Path, dict[str, Any]] | tuple[None, None]:
-        """This stage's record file (same key) and its content: its own, else one written under
-        another name with the same key (a relabelled entry: the same run)."""
-        if self.record_path is None:
-            return None, None
-        others = sorted(self.records.glob(f"*-{self.key[:8]}.json")) if self.records.is_dir() else []
-        for path in [self.record_path, *(p for p in others if p != self.record_path)]:
-            rec = read_json(path)
-            if rec and rec.get("key") == self.key and rec.get("kind") == self.kind:
-                return path, rec
-        return None, None
-
-    def record_file(self) -> Path | None:
-        """The record file of this stage (see :meth:`_find_record`), if any."""
-        return self._find_record()[0]
-
-    def record(self) -> dict[str, Any] | None:
-        """The committed compact record of this stage (see :meth:`_find_record`), if any."""
-        return self._find_record()[1]
-
-    def state(self) -> str:
-        """``done`` | ``recorded`` (done elsewhere: a record, no run files here) | ``failed`` |
-        ``partial`` (killed: resumable) | ``pending``."""
-        own = self._own_state()
-        if self.same_as is None:
-            return own
-        twin = self.same_as.state()
-        return twin if own not in ("done", "recorded") or twin == "done" else own
-
-    def _own_state(self) -> str:
-        result = read_json(self.dir / RESULT_FILE)
-        if result and result.get("key") == self.key and result["status"] == "done":
-            return "done"
-        if self.record() is not None:
-            return "recorded"
-        if result and result.get("key") == self.key:
-            return result["status"]
-        if (self.dir / "last.pt").is_file() or (self.dir / STAGE_FILE).is_file():
-            return "partial"
-        return "pending"
-
-    def result(self) -> dict[str, Any] | None:
-        result = read_json(self.dir / RESULT_FILE)
-        if result is None and (rec := self.record()) is not None:
-            return rec["result"]
-        if result is None and self.same_as is not None:
-            return self.same_as.result()
-        return result
-
-    def summary(self) -> dict[str, Any] | None:
-        summary = read_json(self.dir / "summary.json")
-        if summary is None and (rec := self.record()) is not None:
-            return rec["summary"]
-        if summary is None and self.same_as is not None:
-            return self.same_as.summary()
-        return summary
-
-    def history(self) -> list[dict[str, Any]]:
-        """Per-epoch records (metrics.jsonl, or the record's copy for teachers)."""
-        from darkknowledge.engine.rundir import read_history
-
-        path = self.dir / "metrics.jsonl"
-        if path.is_file():
-            return read_history(path)
-        rec = self.record()
-        if rec is None and self.same_as is not None:
-            return self.same_as.history()
-        return rec.get("history", []) if rec else []
-
-    def write_record(self) -> Path | None:
-        """Save the compact record of a finished stage: identity, summary, wall time (and
-        the per-epoch history of teachers, for early-stopped snapshots)."""
-        if self.record_path is None or self.state() != "done":
-            return None
-        from darkknowledge.fileio import atomic_write_json
-
-        record = {
-            "key": self.key,
-            "kind": self.kind,
-            "name": self.name,
-            "meta": self.meta,
-            "inputs": self.inputs,
-            "config": identity_config(self.config),
-            "result": self.result(),
-            "summary": self.summary(),
-        }
-        if self.kind != "student":
-            record["history"] = self.history()
-        return atomic_write_json(self.record_path, record)
-
-    def write_request(self) -> Path:
-        """Write ``stage.json``: everything a job needs, so it can run anywhere."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
-            self.dir / STAGE_FILE,
-            {
-                "kind": self.kind,
-                "name": self.name,
-                "key": self.key,
-                "config": self.config,
-                "inputs": self.inputs,
-                "meta": self.meta,
-                "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            },
-        )
-        return self.dir
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -243,106 +120,60 @@ def read_json(path: Path) -> dict[str, Any] | None:
 def run_stage(stage_dir: str | Path, datasets: dict[str, Any] | None = None, capture: bool = True) -> str:
     """The job: run the stage described by ``stage_dir/stage.json``; write ``result.json``.
 
-    Returns the status (``done`` or ``failed``); never raises for a failing run, so one
+    Returns the status (``done`` or ``failed``); never raises for a failing stage, so one
     failed job does not stop the others. A killed run resumes from its ``last.pt``.
     ``datasets`` caches loaded splits across stages of one process (keyed by data config).
     """
+    from darkknowledge.experiments.kinds import KINDS
+
     stage_dir = Path(stage_dir)
     request = json.loads((stage_dir / STAGE_FILE).read_text())
     t0 = time.perf_counter()
     status, error = "done", None
-    log = open(stage_dir / LOG_FILE, "a")
-    redirect = (contextlib.redirect_stdout(log), contextlib.redirect_stderr(log)) if capture else ()
-    with log, contextlib.ExitStack() as stack:
-        for r in redirect:
-            stack.enter_context(r)
+    with open(stage_dir / LOG_FILE, "a") as log, contextlib.ExitStack() as stack:
+        if capture:
+            stack.enter_context(contextlib.redirect_stdout(log))
+            stack.enter_context(contextlib.redirect_stderr(log))
         try:
-            _execute(request, stage_dir, datasets)
+            KINDS[request["kind"]].run(request, stage_dir, datasets)
         except Exception as exc:
             status = "failed"
             error = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
             print(f"error: {error}", file=log, flush=True)
             if not isinstance(exc, UserError):
                 traceback.print_exc(file=log)
+    _write_result(stage_dir, request.get("key"), status, error, time.perf_counter() - t0)
+    return status
+
+
+def _write_result(stage_dir: Path, key: str | None, status: str, error: str | None, wall: float | None) -> None:
     atomic_write_json(
         stage_dir / RESULT_FILE,
         {
-            "key": request["key"],
+            "key": key,
             "status": status,
             "error": error,
             "log": str(stage_dir / LOG_FILE),
-            "job_wall_s": time.perf_counter() - t0,
+            "job_wall_s": wall,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         },
     )
-    return status
 
 
 def record_failure(stage_dir: Path, error: str) -> None:
     """Mark a stage failed when its job died without writing its own result (killed, node lost)."""
-    request = read_json(stage_dir / STAGE_FILE) or {}
+    request = read_json(stage_dir / STAGE_FILE)
+    request = request if isinstance(request, dict) else {}
     result = read_json(stage_dir / RESULT_FILE)
     if (
-        result
+        isinstance(result, dict)
         and result.get("key") == request.get("key")
         and result.get("finished", "") >= request.get("submitted", "")
     ):
         return
     with open(stage_dir / LOG_FILE, "a") as log:
         print(f"error: {error}", file=log)
-    atomic_write_json(
-        stage_dir / RESULT_FILE,
-        {
-            "key": request.get("key"),
-            "status": "failed",
-            "error": error,
-            "log": str(stage_dir / LOG_FILE),
-            "job_wall_s": None,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        },
-    )
-
-
-def _execute(request: dict[str, Any], stage_dir: Path, datasets: dict[str, Any] | None) -> None:
-    from darkknowledge.engine.assembly import load_splits, open_cache_for_run
-
-    config = copy.deepcopy(request["config"])
-    for role, (section, k) in INPUT_KEYS.items():
-        path = config[section].get(k)
-        if (
-            path
-            and not str(request["inputs"].get(role, "")).startswith("stage:")
-            and weight_digest(path) != request["inputs"].get(role)
-        ):
-            raise UserError(
-                f"{section}.{k}={path} changed since this stage was planned; run the sweep again to re-plan it"
-            )
-    config["output_dir"], config["name"] = str(stage_dir.parent), stage_dir.name
-    if request["kind"] == "cache":
-        config["teacher"]["cache"] = str(stage_dir / CACHE_SUBDIR)
-    cfg = validate_config(config, source=f"stage {request['name']}")
-    key = json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True)
-    if datasets is not None and key in datasets:
-        train_set, val_set, test_set = datasets[key]
-    else:
-        train_set, val_set, test_set = load_splits(cfg.data)
-        if datasets is not None:
-            datasets[key] = (train_set, val_set, test_set)
-    if cfg.engine.threads:
-        import torch
-
-        torch.set_num_threads(cfg.engine.threads)
-    if request["kind"] == "cache":
-        import torch
-
-        open_cache_for_run(cfg, train_set, torch.device(cfg.engine.device), test_set)
-        return
-    from darkknowledge.engine.trainer import Trainer
-
-    resume = (stage_dir / "last.pt").is_file()
-    if resume:
-        print(f"resuming {stage_dir} from last.pt", flush=True)
-    Trainer(cfg, train_set=train_set, val_set=val_set, test_set=test_set).fit(resume=resume)
+    _write_result(stage_dir, request.get("key"), "failed", error, None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,46 +1,251 @@
-"""A capacity sweep: teachers x methods x seeds, expanded into stages and run in waves.
+"""A capacity sweep: teachers x methods x seeds, planned once as a stage graph and run in
+topological order.
 
-Waves (a stage's inputs exist before it is planned, so its key can name their weights):
-
-1. the teachers the sweep trains, and the student alone (CE) for every seed;
-2. teacher-side steps of method entries: TAKD assistants, AID-adapted teachers;
-3. one teacher-output cache per teacher a student learns from (when ``teacher_cache``);
-4. every (teacher, method, seed) student.
-
-Finished stages are reused; a killed sweep re-run continues where it stopped (a
-partly trained stage resumes from its ``last.pt``); a failed stage is reported with
-its log and does not stop the others (students of a failed teacher are ``blocked``).
+The graph (:func:`build_graph`) holds the teachers the sweep trains, the CE students,
+TAKD assistants and AID-adapted teachers, one teacher-output cache per teacher a student
+learns from (with ``teacher_cache``), every (teacher, method, seed) student and the
+ladder's diagnosis. Finished stages are reused; a killed sweep run again continues where
+it stopped (a partly trained stage resumes from its ``last.pt``); a failed stage is
+reported with its log and does not stop the others (stages after it are ``blocked``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from darkknowledge.config import deep_merge
+from darkknowledge.config import deep_merge, validate_config
 from darkknowledge.errors import UserError
 from darkknowledge.experiments.executors import Executor, InlineExecutor
+from darkknowledge.experiments.graph import FileInput, Input, StageGraph, StageRef, StageSpec
+from darkknowledge.experiments.kinds import CACHE_OUTPUT, KINDS, Kind, place_run_inputs
 from darkknowledge.experiments.spec import MethodSpec, SweepSpec, TeacherSpec, pairs
-from darkknowledge.experiments.stage import INPUT_KEYS, Stage
+from darkknowledge.experiments.stage import INPUT_PLACEHOLDER, read_json
+from darkknowledge.experiments.store import FINISHED, StageStore
 from darkknowledge.fileio import atomic_write_json
 
 MARKER = "sweep.json"
+MARKER_ID = "darkknowledge_sweep"  # the key inside sweep.json that says this project wrote it
+MARKER_VERSION = 1
 # what a sweep writes beside its stage directories (removed by ``clear``)
-OUTPUT_FILES = ("results.csv", "teachers.csv", "results.md", "student_vs_teacher.png")
-OUTPUT_DIRS = {"diagnostics": "inputs.json", "submitit": "."}
+OUTPUT_FILES = ("results.csv", "teachers.csv", "results.md", "student_vs_teacher.png", "card_check.csv")
+OUTPUT_DIRS = {"submitit": "."}
+DIAGNOSE_TEMPERATURES = [1.0, 2.0, 4.0, 8.0]
 
 
-@dataclass
-class Blocked:
-    """A stage that cannot be planned yet: an input stage is not done."""
+# ----------------------------------------------------------------------------- the graph
 
-    kind: str
-    name: str
-    waits_for: str
-    state: str = "waiting"  # "waiting" (input pending) or "blocked" (input failed)
+
+class _Planner:
+    """Builds the stage graph of a spec; ``threads_cap`` bounds each job's engine.threads."""
+
+    def __init__(self, spec: SweepSpec, threads_cap: int | None):
+        self.spec = spec
+        self.cap = threads_cap
+        self.graph = StageGraph()
+        self.teacher_inputs: dict[str, Input] = {}  # teacher label -> what its students learn from
+
+    def _config(self, *parts: dict[str, Any], inputs: dict[str, Input]) -> dict[str, Any]:
+        config: dict[str, Any] = {"engine": {"progress": False}}
+        for part in parts:
+            config = deep_merge(config, part)
+        if self.cap:  # jobs side by side: a spec's engine.threads is an upper bound, never oversubscribed
+            config["engine"]["threads"] = min(config["engine"].get("threads") or self.cap, self.cap)
+        return place_run_inputs(config, dict.fromkeys(inputs, INPUT_PLACEHOLDER))
+
+    def _add(self, kind: Kind, name: str, config: dict[str, Any], inputs: dict[str, Input], meta: dict[str, Any]):
+        return self.graph.add(StageSpec(kind, name, config, inputs, meta))
+
+    def teacher(self, t: TeacherSpec) -> Input:
+        if t.checkpoint:
+            if not Path(t.checkpoint).is_file():
+                raise UserError(
+                    f"teacher {t.label!r}: checkpoint {t.checkpoint} does not exist; fix teachers[].checkpoint"
+                )
+            return FileInput.of(t.checkpoint)
+        spec = self.spec
+        group = [u for u in spec.teachers if u.model == t.model and u.config == t.config]
+        keep = sorted({u.epoch for u in group if u.epoch})
+        config = self._config(
+            {"method": {"name": "ce"}},
+            spec.base,
+            spec.teacher_config,
+            t.config,
+            {"model": {"name": t.model}, "seed": spec.teacher_seed},
+            {"engine": {"keep_epochs": keep}} if keep else {},
+            inputs={},
+        )
+        node = self._add(Kind.TEACHER, f"teacher-{group[0].label}", config, {}, {"teacher": group[0].label})
+        return node.ref(f"epoch-{t.epoch}.pt" if t.epoch else f"{spec.teacher_checkpoint}.pt")
+
+    def student_config(self, method: dict[str, Any], seed: int, inputs: dict[str, Input]) -> dict[str, Any]:
+        spec = self.spec
+        return self._config(
+            spec.base,
+            spec.student.config,
+            {"model": {"name": spec.student.model}, "method": method, "seed": seed},
+            inputs=inputs,
+        )
+
+    def ce_students(self) -> list[StageSpec]:
+        model = self.spec.student.model
+        return [
+            self._add(
+                Kind.STUDENT,
+                f"student-{model}-ce-s{seed}",
+                self.student_config({"name": "ce"}, seed, {}),
+                {},
+                {"teacher": None, "method": "ce", "method_params": {}, "seed": seed},
+            )
+            for seed in self.spec.seeds
+        ]
+
+    def assistant(self, t: TeacherSpec, m: MethodSpec, source: Input) -> StageSpec:
+        from darkknowledge.runs.assistant import assistant_config
+
+        assert m.assistant is not None
+        inputs = {"teacher": source}
+        chain = self._config(
+            self.spec.base,
+            m.assistant.config,
+            {"method": m.params(), "seed": self.spec.teacher_seed},
+            inputs=inputs,
+        )
+        config = assistant_config(validate_config(chain, source=f"methods {m.label}.assistant"), m.assistant.model)
+        return self._add(
+            Kind.ASSISTANT,
+            f"assistant-{m.assistant.model}-{m.label}-from-{t.label}",
+            self._config(config.model_dump(mode="json", exclude={"output_dir", "name"}), inputs=inputs),
+            inputs,
+            {"teacher": t.label, "method": m.label},
+        )
+
+    def adapted(self, t: TeacherSpec, m: MethodSpec, source: Input, ce: StageSpec) -> StageSpec:
+        """AID: the teacher fine-tuned towards the pre-trained student (the CE student of the first seed)."""
+        assert m.adapt is not None
+        architecture = t.model or _checkpoint_model(source)
+        inputs: dict[str, Input] = {"init": source, "teacher": ce.ref("last.pt")}
+        config = self._config(
+            self.spec.base,
+            self.spec.teacher_config,
+            m.adapt.config,
+            {"model": {"name": architecture}, "method": m.adapt.method, "seed": self.spec.teacher_seed},
+            inputs=inputs,
+        )
+        return self._add(
+            Kind.ADAPTED, f"adapted-{t.label}-{m.label}", config, inputs, {"teacher": t.label, "method": m.label}
+        )
+
+    def cache(self, label: str, source: Input) -> StageSpec:
+        inputs = {"teacher": source, "cache": source}  # the cache field names the stage's own output
+        config = self.student_config({"name": "ce"}, 0, inputs)
+        return self._add(Kind.CACHE, f"cache-{label}", config, {"teacher": source}, {"teacher": label})
+
+    def diagnose(self, teachers: list[tuple[str, Input]], ce: StageSpec) -> StageSpec:
+        from darkknowledge.diagnostics import CALIBRATION, DISCLAIMER
+
+        rules = hashlib.sha256(json.dumps([DISCLAIMER, CALIBRATION]).encode()).hexdigest()[:16]
+        inputs: dict[str, Input] = {f"teacher.{i}": ref for i, (_, ref) in enumerate(teachers)}
+        inputs["student.0"] = ce.ref("last.pt")
+        config = {
+            "split": "train",
+            "temperatures": DIAGNOSE_TEMPERATURES,
+            "teachers": len(teachers),
+            "students": 1,
+            "names": [label for label, _ in teachers] + [ce.name],
+            "card_rules": rules,  # new card rules: new cards
+        }
+        return self._add(Kind.DIAGNOSE, "diagnose-teachers", config, inputs, {})
+
+    def build(self) -> StageGraph:
+        spec = self.spec
+        for t in spec.teachers:
+            self.teacher_inputs[t.label or ""] = self.teacher(t)
+        ce = self.ce_students()
+        caches: dict[str, StageSpec] = {}
+        for t in spec.teachers:
+            teacher = self.teacher_inputs[t.label or ""]
+            for m in spec.methods:
+                if not pairs(t, m):
+                    continue
+                source, source_label = teacher, t.label or ""
+                if m.assistant or m.adapt:
+                    step = self.assistant(t, m, teacher) if m.assistant else self.adapted(t, m, teacher, ce[0])
+                    source, source_label = step.ref("last.pt"), step.name
+                inputs: dict[str, Input] = {"teacher": source}
+                if spec.teacher_cache:
+                    if source.identity not in caches:
+                        caches[source.identity] = self.cache(source_label, source)
+                    inputs["cache"] = caches[source.identity].ref(CACHE_OUTPUT)
+                for seed in spec.seeds:
+                    self._add(
+                        Kind.STUDENT,
+                        f"student-{spec.student.model}-{m.label}-from-{t.label}-s{seed}",
+                        self.student_config(m.params(), seed, inputs),
+                        inputs,
+                        {"teacher": t.label, "method": m.label, "method_params": m.params(), "seed": seed},
+                    )
+        if spec.diagnose:
+            self.diagnose([(t.label or "", self.teacher_inputs[t.label or ""]) for t in spec.teachers], ce[0])
+        return self.graph
+
+
+def _checkpoint_model(source: Input) -> str:
+    from darkknowledge.engine.checkpoint import load_checkpoint
+
+    assert isinstance(source, FileInput), "a sweep-trained teacher's architecture is in the spec"
+    return str(load_checkpoint(source.path)["model_name"])
+
+
+def check_up_front(spec: SweepSpec) -> None:
+    """What the spec's validation cannot see: model names exist, a given teacher fits the data."""
+    from darkknowledge.models import build_model
+
+    models = [("student.model", spec.student.model)]
+    models += [(f"teachers[{i}].model", t.model) for i, t in enumerate(spec.teachers) if t.model]
+    models += [(f"methods[{i}].assistant.model", m.assistant.model) for i, m in enumerate(spec.methods) if m.assistant]
+    for where, name in models:
+        try:
+            build_model(name, 2, 3)
+        except UserError as exc:
+            raise UserError(f"sweep spec: {where}: {exc}") from None
+    given = [(i, t) for i, t in enumerate(spec.teachers) if t.checkpoint]
+    if given:
+        from darkknowledge.data import build_dataset
+        from darkknowledge.engine.checkpoint import load_checkpoint
+        from darkknowledge.engine.factory import check_teacher_fits
+
+        d = validate_config(deep_merge(spec.base, spec.student.config), source="sweep spec base").data
+        sample = build_dataset(
+            d.name,
+            root=d.root,
+            train=False,
+            download=d.download,
+            classes=d.classes,
+            train_per_class=1,
+            seed=d.subset_seed,
+        )
+        for i, t in given:
+            if not Path(str(t.checkpoint)).is_file():
+                raise UserError(f"sweep spec: teachers[{i}].checkpoint {t.checkpoint} does not exist")
+            try:
+                check_teacher_fits(load_checkpoint(str(t.checkpoint)), sample.spec, str(t.checkpoint))
+            except UserError as exc:
+                raise UserError(f"sweep spec: teachers[{i}]: {exc}") from None
+
+
+def build_graph(spec: SweepSpec, threads_cap: int | None = None) -> tuple[StageGraph, dict[str, Input]]:
+    """The stage graph of a spec and, per teacher label, what its students learn from."""
+    check_up_front(spec)
+    planner = _Planner(spec, threads_cap)
+    return planner.build(), planner.teacher_inputs
+
+
+# ----------------------------------------------------------------------------- the sweep
 
 
 class Sweep:
@@ -54,257 +259,166 @@ class Sweep:
     ):
         self.spec = spec
         self.out = Path(out_dir)
-        self.runs = self.out / "runs"
         self.executor = executor or InlineExecutor()
         self.log = log
-        self.records = Path(records) if records else None
-        self._identity: dict[str, str] = {}  # checkpoint path -> "stage:<key>/<file>" for outputs of this sweep
-        self._virtual: dict[str, Stage] = {}  # output paths of recorded stages not materialised here
+        self.graph, self.teacher_inputs = build_graph(spec, self.executor.threads_per_job())
+        self.store = StageStore(self.out / "runs", records)
+        self.store.set_groups(self.graph.groups())
 
-    def _stage(self, kind: str, name: str, config: dict[str, Any], meta: dict[str, Any]) -> Stage:
-        """A stage whose inputs produced by this sweep are identified by their stage, not their bytes."""
-        inputs = {
-            role: self._identity[path]
-            for role, (section, k) in INPUT_KEYS.items()
-            if (path := (config.get(section) or {}).get(k)) in self._identity
-        }
-        cap = self.executor.threads_per_job()
-        if cap:  # jobs running side by side: a spec's engine.threads is an upper bound, never oversubscribed
-            engine = dict(config.get("engine") or {})
-            engine["threads"] = min(engine.get("threads") or cap, cap)
-            config = {**config, "engine": engine}
-        return Stage(kind, name, config, self.runs, meta=meta, inputs=inputs, records=self.records)
+    # ------------------------------------------------------------------ reading
+    def stages(self) -> list[StageSpec]:
+        return list(self.graph.nodes)
 
-    def _output(self, stage: Stage, filename: str) -> str | Blocked:
-        """The path of a finished stage's output file, or why it is not there. A stage done
-        elsewhere (``recorded``: a committed record, no files here) gives the path its files
-        will have: stages that need them make it run again here (:meth:`_needed`)."""
-        stage = stage.same_as or stage  # the same run under another label: its files
-        state = stage.state()
-        if state not in ("done", "recorded"):
-            return Blocked(stage.kind, stage.name, stage.name, "blocked" if state == "failed" else "waiting")
-        path = stage.dir / filename
-        resolved = str(path.resolve())
-        if state == "recorded" and not path.exists():
-            self._virtual[resolved] = stage
-            self._virtual[str(stage.cache_dir.resolve())] = stage
-        elif not path.exists():
-            return Blocked(
-                stage.kind, stage.name, f"{stage.name}/{filename} (missing: the stage did not write it)", "blocked"
-            )
-        self._identity[resolved] = f"stage:{stage.key}/{filename}"
-        return resolved
+    def state(self, node: StageSpec) -> str:
+        return self.store.state(node)
 
-    def _needed(self, plan: list[Stage | Blocked]) -> set[str]:
-        """Keys of recorded stages whose files a stage still to run needs (transitively)."""
-        needed: set[str] = set()
-        todo = [s for s in plan if isinstance(s, Stage) and s.same_as is None and s.state() not in ("done", "recorded")]
-        while todo:
-            stage = todo.pop()
-            for section, k in [*INPUT_KEYS.values(), ("teacher", "cache")]:
-                path = (stage.config.get(section) or {}).get(k)
-                producer = self._virtual.get(str(Path(path).resolve())) if path else None
-                if producer is not None and producer.key not in needed:
-                    needed.add(producer.key)
-                    todo.append(producer)
-        return needed
+    def refresh(self) -> None:
+        self.store.refresh()
+        self.store.set_groups(self.graph.groups())
 
-    # ------------------------------------------------------------------ planning
-    def _engine(self) -> dict[str, Any]:
-        return {"engine": {"progress": False}}
+    def _ready(self, node: StageSpec) -> tuple[str, str] | None:
+        """Why ``node`` cannot run yet: (state, detail), or None when its inputs are here."""
+        for ref in node.inputs.values():
+            if not isinstance(ref, StageRef):
+                continue
+            producer = ref.stage
+            state = self.status_of(producer)[0]
+            if state in ("failed", "blocked"):
+                return "blocked", f"needs {producer.name} ({state})"
+            if state == "recorded":
+                if not KINDS[node.kind.value].materialises_inputs:
+                    return "skipped", f"needs the files of {producer.name} (recorded elsewhere); run it here first"
+                continue  # it runs again here first (see _needed)
+            if state != "done":
+                return "waiting", f"needs {producer.name}"
+            if not self.store.output(ref).exists():
+                return "blocked", f"needs {producer.name}/{ref.output} (missing: the stage did not write it)"
+        return None
 
-    def _teacher_group(self, t: TeacherSpec) -> list[TeacherSpec]:
-        """Entries trained by one run: same model and config (e.g. a full and an early-stopped teacher)."""
-        return [u for u in self.spec.teachers if u.model == t.model and u.config == t.config]
+    def status_of(self, node: StageSpec) -> tuple[str, str]:
+        """(state, detail) of a stage from the store: done / recorded / failed / partial /
+        pending, or, for a stage still to run, waiting / blocked / skipped."""
+        state = self.store.state(node)
+        twin = self.store.twin_of(node)
+        if twin is not None:
+            return state, f"the same run as {twin.name} (identical configuration and inputs)"
+        if state == "done":
+            return state, str(self.store.dir(node))
+        if state == "recorded":
+            found = self.store.find_record(node)
+            return state, f"done elsewhere: {found[0] if found else ''}"
+        if state == "failed":
+            result = self.store.result(node) or {}
+            return state, f"{result.get('error')}  log: {self.store.log(node)}"
+        why = self._ready(node)
+        if why is not None and (state == "pending" or why[0] != "waiting"):
+            return why
+        if state == "partial":
+            return state, f"started, resumable; log: {self.store.log(node)}"
+        return state, "ready to run"
 
-    def teacher_stage(self, t: TeacherSpec) -> Stage:
-        group = self._teacher_group(t)
-        config = deep_merge(deep_merge(deep_merge(self.spec.base, self._engine()), self.spec.teacher_config), t.config)
-        config = deep_merge({"method": {"name": "ce"}}, config)  # ce unless the config says otherwise (e.g. regt)
-        keep = sorted({u.epoch for u in group if u.epoch})
-        extra = {"engine": {"keep_epochs": keep}} if keep else {}
-        config = deep_merge(config, {"model": {"name": t.model}, "seed": self.spec.teacher_seed, **extra})
-        return self._stage(
-            "teacher", f"teacher-{group[0].label}", config, {"role": "teacher", "teacher": group[0].label}
-        )
-
-    def teacher_checkpoint(self, t: TeacherSpec) -> str | Blocked:
-        """The checkpoint the students of ``t`` learn from, or why it is not there yet."""
-        if t.checkpoint:
-            if not Path(t.checkpoint).is_file():
-                raise UserError(
-                    f"teacher {t.label!r}: checkpoint {t.checkpoint} does not exist; fix teachers[].checkpoint"
-                )
-            return str(Path(t.checkpoint).resolve())
-        stage = self.teacher_stage(t)
-        name = f"epoch-{t.epoch}.pt" if t.epoch else f"{self.spec.teacher_checkpoint}.pt"
-        return self._output(stage, name)
-
-    def _student_config(self, method: dict[str, Any], seed: int) -> dict[str, Any]:
-        config = deep_merge(deep_merge(self.spec.base, self._engine()), self.spec.student.config)
-        return deep_merge(config, {"model": {"name": self.spec.student.model}, "method": method, "seed": seed})
-
-    def cache_stage(self, label: str, checkpoint: str) -> Stage:
-        config = deep_merge(self._student_config({"name": "ce"}, 0), {"teacher": {"checkpoint": checkpoint}})
-        config.pop("seed")
-        return self._stage("cache", f"cache-{label}", config, {"role": "cache", "teacher": label})
-
-    def ce_stages(self) -> list[Stage]:
+    def status_rows(self) -> list[dict[str, str]]:
         return [
-            self._stage(
-                "student",
-                f"student-{self.spec.student.model}-ce-s{seed}",
-                self._student_config({"name": "ce"}, seed),
-                {"role": "student", "teacher": None, "method": "ce", "method_params": {}, "seed": seed},
-            )
-            for seed in self.spec.seeds
+            {"stage": n.name, "kind": n.kind.value, "state": s, "detail": d}
+            for n in self.graph.nodes
+            for s, d in [self.status_of(n)]
         ]
 
-    def intermediate_stage(self, t: TeacherSpec, m: MethodSpec, teacher_ckpt: str) -> Stage | Blocked:
-        """The teacher-side step of a method entry: a TAKD assistant, or the AID-adapted teacher."""
-        base = deep_merge(self.spec.base, self._engine())
-        if m.assistant:
-            config = deep_merge(
-                deep_merge(base, m.assistant.config),
-                {
-                    "model": {"name": m.assistant.model},
-                    "method": m.params(),
-                    "seed": self.spec.teacher_seed,
-                    "teacher": {"checkpoint": teacher_ckpt},
-                },
-            )
-            return self._stage(
-                "assistant",
-                f"assistant-{m.assistant.model}-{m.label}-from-{t.label}",
-                config,
-                {"role": "assistant", "teacher": t.label, "method": m.label},
-            )
-        student = self._output(
-            self.ce_stages()[0], "last.pt"
-        )  # AID adapts to a pre-trained student: the CE student of the first seed
-        if isinstance(student, Blocked):
-            return Blocked("adapted", f"adapted-{t.label}-{m.label}", student.waits_for, student.state)
-        from darkknowledge.engine.checkpoint import load_checkpoint
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for row in self.status_rows():
+            out[row["state"]] = out.get(row["state"], 0) + 1
+        return out
 
-        # a sweep-trained teacher's file may not be here yet (recorded elsewhere): its architecture is in the spec
-        architecture = t.model or load_checkpoint(teacher_ckpt)["model_name"]
-        config = deep_merge(
-            deep_merge(deep_merge(base, self.spec.teacher_config), m.adapt.config),
-            {
-                "model": {"name": architecture, "init": teacher_ckpt},
-                "method": m.adapt.method,
-                "seed": self.spec.teacher_seed,
-                "teacher": {"checkpoint": student},
-            },
-        )
-        return self._stage(
-            "adapted",
-            f"adapted-{t.label}-{m.label}",
-            config,
-            {"role": "adapted", "teacher": t.label, "method": m.label},
-        )
+    # ------------------------------------------------------------------ planning a pass
+    def _needed(self, todo: list[StageSpec]) -> set[str]:
+        """Keys of recorded stages whose files a stage to run needs (transitively)."""
+        needed: set[str] = set()
+        stack = [n for n in todo if KINDS[n.kind.value].materialises_inputs]
+        while stack:
+            for producer in stack.pop().producers():
+                home = self.store.home(producer)
+                if self.store.state(home) == "recorded" and home.key not in needed:
+                    needed.add(home.key)
+                    stack.append(home)
+        return needed
 
-    def waves(self) -> list[list[Stage | Blocked]]:
-        """The stages in dependency order: (1) teachers and CE students, (2) assistants and
-        adapted teachers, (3) caches, (4) distilled students; a stage whose input is not
-        done yet is :class:`Blocked`."""
-        spec = self.spec
-        seen: set[str] = set()
-        teachers: list[Stage | Blocked] = []
-        for t in spec.teachers:
-            if t.model and (stage := self.teacher_stage(t)).name not in seen:
-                seen.add(stage.name)
-                teachers.append(stage)
-        middle: list[Stage | Blocked] = []
-        caches: dict[str, Stage | Blocked] = {}
-        students: list[Stage | Blocked] = []
-        for t in spec.teachers:
-            teacher_ckpt = self.teacher_checkpoint(t)
-            for m in spec.methods:
-                if not pairs(t, m):
-                    continue
-                source, source_label = teacher_ckpt, t.label
-                if (m.assistant or m.adapt) and isinstance(teacher_ckpt, str):
-                    stage = self.intermediate_stage(t, m, teacher_ckpt)
-                    middle.append(stage)
-                    source, source_label = (
-                        (self._output(stage, "last.pt") if isinstance(stage, Stage) else stage),
-                        stage.name,
-                    )
-                elif m.assistant or m.adapt:
-                    middle.append(
-                        Blocked(
-                            "assistant" if m.assistant else "adapted",
-                            f"{'assistant' if m.assistant else 'adapted'}-of-{t.label}-{m.label}",
-                            teacher_ckpt.waits_for,
-                            teacher_ckpt.state,
-                        )
-                    )
-                teacher: dict[str, Any] | Blocked = {"checkpoint": source} if isinstance(source, str) else source
-                if spec.teacher_cache and isinstance(source, str):
-                    if source not in caches:
-                        caches[source] = self.cache_stage(source_label, source)
-                    cache = caches[source]
-                    ready = self._output(cache, "cache/meta.json")
-                    teacher = {"checkpoint": source, "cache": str(cache.cache_dir)} if isinstance(ready, str) else ready
-                for seed in spec.seeds:
-                    name = f"student-{spec.student.model}-{m.label}-from-{t.label}-s{seed}"
-                    if isinstance(teacher, Blocked):
-                        students.append(Blocked("student", name, teacher.waits_for, teacher.state))
-                        continue
-                    config = deep_merge(self._student_config(m.params(), seed), {"teacher": teacher})
-                    students.append(
-                        self._stage(
-                            "student",
-                            name,
-                            config,
-                            {
-                                "role": "student",
-                                "teacher": t.label,
-                                "method": m.label,
-                                "method_params": m.params(),
-                                "seed": seed,
-                            },
-                        )
-                    )
-        waves = [teachers + self.ce_stages(), middle, list(caches.values()), students]
-        groups: dict[str, list[Stage]] = {}
-        for s in (s for w in waves for s in w if isinstance(s, Stage)):
-            groups.setdefault(s.key, []).append(s)
-        for group in (
-            g for g in groups.values() if len(g) > 1
-        ):  # one run: one finished here, else recorded, else the first
-            states = [s._own_state() for s in group]
-            original = next(
-                (s for s, st in zip(group, states) if st == "done"),
-                next((s for s, st in zip(group, states) if st == "recorded"), group[0]),
-            )
-            for s in group:
-                s.same_as = original if s is not original else None
-        return waves
+    def plan(self, retry_failed: bool = True, exclude: set[str] | None = None) -> list[StageSpec]:
+        """The stages this invocation would run (one per key), in graph order."""
+        exclude = exclude or set()
+        homes = [g[0] for g in self.graph.groups().values()]
+        homes = [self.store.home(n) for n in homes]
+        wanted = [
+            n
+            for n in homes
+            if n.key not in exclude
+            and (self.store.state(n) in ("pending", "partial") or (retry_failed and self.store.state(n) == "failed"))
+            and (self._ready(n) or ("", ""))[0] != "skipped"
+        ]
+        needed = self._needed(wanted)
+        todo = {n.key for n in wanted} | (needed - exclude)
+        return [n for n in self.graph.nodes if n.key in todo and self.store.home(n) is n]
 
-    def stages(self) -> list[Stage | Blocked]:
-        return [s for wave in self.waves() for s in wave]
+    def plan_rows(self, retry_failed: bool = True) -> list[dict[str, str]]:
+        """``--dry-run``: every stage and what this invocation would do with it (nothing is run or written)."""
+        todo = {n.key for n in self.plan(retry_failed)}
+        rows = []
+        for n in self.graph.nodes:
+            state, detail = self.status_of(n)
+            twin = self.store.twin_of(n)
+            if twin is not None:
+                action, why = "same", f"reported from {twin.name}"
+            elif n.key in todo:
+                action = "run"
+                why = {
+                    "recorded": "recorded elsewhere; its files are needed here by a stage to run",
+                    "partial": "resume from its last.pt",
+                    "failed": "run again (it failed)",
+                }.get(state, "new")
+                if state in ("waiting",) or (state == "pending" and self._ready(n)):
+                    why += ", after its inputs"
+            elif state in ("done", "recorded"):
+                action, why = "reuse", state
+            else:
+                action, why = "skip", f"{state}: {detail}"
+            rows.append({"stage": n.name, "kind": n.kind.value, "action": action, "detail": why})
+        return rows
 
-    # ------------------------------------------------------------------ running
+    # ------------------------------------------------------------------ writing
     def check_out_dir(self) -> None:
-        """A sweep writes only into a new or empty directory, or one it wrote before."""
+        """A sweep writes only into a new or empty directory, or one whose ``sweep.json`` it wrote."""
         if self.out.exists() and not self.out.is_dir():
             raise UserError(f"sweep directory {self.out} is a file; choose another --out")
-        if self.out.is_dir() and any(self.out.iterdir()) and not (self.out / MARKER).is_file():
-            raise UserError(f"{self.out} holds files that no sweep wrote (no {MARKER}); choose another --out")
+        if self.out.is_dir() and any(self.out.iterdir()) and not self.owns_out_dir():
+            what = "a sweep.json that darkknowledge did not write" if (self.out / MARKER).exists() else f"no {MARKER}"
+            raise UserError(f"{self.out} holds files that no sweep wrote ({what}); choose another --out")
+
+    def owns_out_dir(self) -> bool:
+        marker = read_json(self.out / MARKER)
+        return isinstance(marker, dict) and (
+            marker.get(MARKER_ID) == MARKER_VERSION or marker.get("written_by") == "darkknowledge sweep"  # before ids
+        )
+
+    def prepare_out_dir(self) -> None:
+        self.check_out_dir()
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(
+            self.out / MARKER,
+            {MARKER_ID: MARKER_VERSION, "written_by": "darkknowledge sweep", "spec": self.spec.model_dump(mode="json")},
+        )
 
     def clear(self) -> list[Path]:
         """Delete what this project wrote in the sweep directory (stage directories with a
-        stage.json, results files, diagnostics), nothing else; return what was removed."""
+        stage.json, results files), nothing else; return what was removed."""
         import shutil
 
         self.check_out_dir()
-        if not (self.out / MARKER).is_file():
+        if not self.owns_out_dir():
             return []
         removed = []
-        if self.runs.is_dir():
-            for d in sorted(self.runs.iterdir()):
+        runs = self.store.root
+        if runs.is_dir():
+            for d in sorted(runs.iterdir()):
                 if d.is_dir() and (d / "stage.json").is_file():
                     shutil.rmtree(d)
                     removed.append(d)
@@ -318,93 +432,64 @@ class Sweep:
             if p.is_dir() and (p / marker).exists():
                 shutil.rmtree(p)
                 removed.append(p)
-        if self.runs.is_dir() and not any(self.runs.iterdir()):
-            self.runs.rmdir()
+        if runs.is_dir() and not any(runs.iterdir()):
+            runs.rmdir()
         if [p.name for p in self.out.iterdir()] == [MARKER]:  # kept while other files remain: still ours to write into
             (self.out / MARKER).unlink()
             self.out.rmdir()
+        self.refresh()
         return removed
 
     def write_records(self) -> int:
         """Write the compact record of every finished stage (when the sweep keeps records)."""
-        return sum(1 for s in self.stages() if isinstance(s, Stage) and s.write_record() is not None)
+        return sum(1 for n in self.graph.nodes if self.store.write_record(n) is not None)
 
     def run(self, retry_failed: bool = True) -> dict[str, int]:
-        """Run every missing stage, wave by wave; return counts of final states."""
-        self.check_out_dir()
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
-            self.out / MARKER, {"spec": self.spec.model_dump(mode="json"), "written_by": "darkknowledge sweep"}
-        )
+        """Run every missing stage in topological order; return counts of final states."""
+        self.prepare_out_dir()
         t0 = time.perf_counter()
-        for i in range(len(self.waves())):
-            waves = self.waves()
-            needed = self._needed([s for w in waves for s in w])
-            wave = [(s, s.state()) for s in waves[i] if isinstance(s, Stage)]
-            todo = [
-                s
-                for s, state in wave
-                if s.same_as is None
-                and (
-                    state in ("pending", "partial")
-                    or (retry_failed and state == "failed")
-                    or (state == "recorded" and s.key in needed)
-                )
-            ]
-            if not todo:
-                continue
+        attempted: set[str] = set()
+        step = 0
+        while True:
+            self.refresh()
+            todo = self.plan(retry_failed, exclude=attempted)
+            ready = [n for n in todo if self._ready(n) is None]
+            if not ready:
+                break
+            step += 1
             self.log(
-                f"wave {i + 1}: {len(todo)} stage(s) to run, {len(wave) - len(todo)} done "
-                f"({self.executor.name} executor)"
+                f"step {step}: {len(ready)} stage(s) to run, {len(todo) - len(ready)} after them ({self.executor.name} executor)"
             )
-            for s in todo:
-                s.write_request()
+            for n in ready:
+                self.store.write_request(n)
             start = time.perf_counter()
-            self.executor.run([s.dir for s in todo])
-            for s in todo:
-                res = s.result() or {}
-                line = f"  {s.state():7s} {s.name}"
-                summary = s.summary() if res.get("status") == "done" else None
-                if summary and summary.get("final", {}).get("test/top1") is not None:
-                    line += f"  top-1 {summary['final']['test/top1']:.2f}%"
-                if res.get("job_wall_s") is not None:
-                    line += f"  ({res['job_wall_s']:.1f}s)"
-                if res.get("status") == "failed":
-                    line += f"  error: {res.get('error')}  log: {s.log}"
-                self.log(line)
-            self.log(f"wave {i + 1} finished in {time.perf_counter() - start:.1f}s")
-            for st in todo:
-                st.write_record()
-            ran = {s.key for s in todo}
-            for twin in (s for s, _ in wave if s.same_as is not None and s.key in ran):
-                twin.write_record()
-                self.log(f"  {twin.state():7s} {twin.name}  (the same run as {twin.same_as.name})")
+            self.executor.run([self.store.dir(n) for n in ready])
+            self.refresh()
+            for n in ready:
+                attempted.add(n.key)
+                self.log(self._outcome_line(n))
+                self.store.write_record(n)
+            self.log(f"step {step} finished in {time.perf_counter() - start:.1f}s")
+            ran = {n.key for n in ready}
+            for twin in (n for n in self.graph.nodes if n.key in ran and self.store.twin_of(n) is not None):
+                self.store.write_record(twin)
+                self.log(f"  {self.store.state(twin):7s} {twin.name}  (the same run as {self.store.home(twin).name})")
         counts = self.counts()
         self.log(f"sweep: {counts} in {time.perf_counter() - t0:.1f}s")
         return counts
 
-    def status_rows(self) -> list[dict[str, str]]:
-        rows = []
-        for s in self.stages():
-            if isinstance(s, Blocked):
-                rows.append({"stage": s.name, "kind": s.kind, "state": s.state, "detail": f"needs {s.waits_for}"})
-                continue
-            state = s.state()
-            res = s.result() or {}
-            detail = str(s.dir)
-            if state == "failed":
-                detail = f"{res.get('error')}  log: {s.log}"
-            elif state == "partial":
-                detail = f"started, resumable; log: {s.log}"
-            elif state == "recorded":
-                detail = f"done elsewhere: {s.record_file()}"
-            if s.same_as is not None:
-                detail = f"the same run as {s.same_as.name} (identical configuration and inputs)"
-            rows.append({"stage": s.name, "kind": s.kind, "state": state, "detail": detail})
-        return rows
+    def _outcome_line(self, n: StageSpec) -> str:
+        res = self.store.result(n) or {}
+        line = f"  {self.store.state(n):7s} {n.name}"
+        summary = self.store.summary(n) if res.get("status") == "done" else None
+        top1 = ((summary or {}).get("final") or {}).get("test/top1")
+        if top1 is not None:
+            line += f"  top-1 {top1:.2f}%"
+        if res.get("job_wall_s") is not None:
+            line += f"  ({res['job_wall_s']:.1f}s)"
+        if res.get("status") == "failed":
+            line += f"  error: {res.get('error')}  log: {self.store.log(n)}"
+        return line
 
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for row in self.status_rows():
-            out[row["state"]] = out.get(row["state"], 0) + 1
-        return out
+
+__all__ = ["FINISHED", "MARKER", "Sweep", "build_graph"]
