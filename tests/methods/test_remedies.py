@@ -496,8 +496,9 @@ def test_cli_distill_eskd_stops_distilling(tmp_path, teacher3_ckpt, capsys):
     assert first["loss/kd"] > 0 and second["loss/kd"] == 0.0
 
 
-@pytest.mark.parametrize("scope", ["model", "last_layer"])
-def test_cli_distill_sckd_logs_the_open_fraction(tmp_path, teacher3_ckpt, capsys, scope):
+# cos > -1 holds on every step (the gate always opens), cos > 1 on none (it never does)
+@pytest.mark.parametrize("scope, threshold, opened", [("model", -1.0, True), ("last_layer", 1.0, False)])
+def test_cli_distill_sckd_logs_the_open_fraction(tmp_path, teacher3_ckpt, capsys, scope, threshold, opened):
     out = _cli(
         capsys,
         "distill",
@@ -505,6 +506,7 @@ def test_cli_distill_sckd_logs_the_open_fraction(tmp_path, teacher3_ckpt, capsys
         "model.name=cnn_w4",
         "method.name=sckd",
         f"method.gate_scope={scope}",
+        f"method.threshold={threshold}",
         "optim.epochs=1",
         "data.batch_size=16",
         *FAST,
@@ -512,4 +514,6 @@ def test_cli_distill_sckd_logs_the_open_fraction(tmp_path, teacher3_ckpt, capsys
         "name=sckd",
     )
     (m,) = read_metrics(out["run_dir"])
-    assert 0.0 <= m["method/gate_open/mean"] <= 1.0 and -1.0 <= m["method/grad_cosine/mean"] <= 1.0
+    assert m["method/gate_open/mean"] == (1.0 if opened else 0.0)
+    assert (m["loss/kd"] > 0) is opened and (m["loss/kd"] == 0.0) is not opened  # KD applied exactly when open
+    assert -1.0 < m["method/grad_cosine/q05"] <= m["method/grad_cosine/q95"] < 1.0
