@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from darkknowledge.config import load_config
-from darkknowledge.engine.trainer import Trainer, train
+from darkknowledge.engine.trainer import build_trainer, train
 
 FAST = ["engine.precision=fp32", "engine.channels_last=false", "engine.progress=false"]
 
@@ -76,7 +76,7 @@ def main() -> None:
     }
     trainers = {}
     for i, (name, overrides) in enumerate(configs.items()):
-        tr = Trainer(_cfg(out, *overrides, bs, "optim.epochs=1000", "optim.schedule=constant", f"name=b{i}"))
+        tr = build_trainer(_cfg(out, *overrides, bs, "optim.epochs=1000", "optim.schedule=constant", f"name=b{i}"))
         tr._setup_method()  # what fit() does before training (SCKD's gate parameters)
         tr.train_epoch(0)  # warm-up
         trainers[name] = tr

@@ -215,10 +215,10 @@ def test_divergence_stops_naming_epoch_step_and_terms(tmp_path, capsys):
 
 def test_divergence_skip_mode_counts_batches(tmp_path, capsys):
     from darkknowledge.config import load_config
-    from darkknowledge.engine.trainer import Trainer
+    from darkknowledge.engine.trainer import build_trainer
 
     cfg = load_config(overrides=[*TINY, "optim.epochs=1", f"output_dir={tmp_path}", "engine.nonfinite=skip"])
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     calls = {"n": 0}
     real = trainer.method.forward
 

@@ -12,12 +12,30 @@ import copy
 import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from darkknowledge.errors import UserError
+
+
+def setting(
+    default: Any = ...,
+    description: str = "",
+    *,
+    affects_result: bool = True,
+    resumable: bool = False,
+    describes_data: bool = False,
+    **constraints: Any,
+) -> Any:
+    """A config field and its policy, declared once: ``affects_result`` — whether the value changes
+    a run's result (False: left out of a stage's identity); ``resumable`` — whether it may differ
+    when ``--resume`` continues a run; ``describes_data`` — whether it says which data a model
+    was trained on (what ``distill`` inherits from a teacher's checkpoint). Every list of such
+    keys is derived from these flags."""
+    extra = {"affects_result": affects_result, "resumable": resumable, "describes_data": describes_data}
+    return Field(default, description=description, json_schema_extra=extra, **constraints)
 
 
 class _Strict(BaseModel):
@@ -26,69 +44,190 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    name: str = Field(
-        "digits", description="Dataset name (see `darkknowledge datasets`). `digits` is offline and bundled."
+    name: str = setting(
+        "digits",
+        description="Dataset name (see `darkknowledge datasets`). `digits` is offline and bundled.",
+        describes_data=True,
     )
-    root: str | None = Field(None, description="Directory holding the dataset files; default ./data/<name>.")
-    download: bool = Field(False, description="Download the official archive (with checksum) if files are missing.")
-    classes: list[int] | None = Field(None, description="Keep only these class ids (relabelled 0..k-1 in this order).")
-    train_per_class: int | None = Field(
-        None, ge=1, description="Deterministic seeded subset: at most this many training images per class."
+    root: str | None = setting(
+        None, description="Directory holding the dataset files; default ./data/<name>.", describes_data=True
     )
-    test_per_class: int | None = Field(
-        None, ge=1, description="Deterministic seeded subset of the evaluation split per class."
+    download: bool = setting(
+        False, description="Download the official archive (with checksum) if files are missing.", describes_data=True
     )
-    val_per_class: int | None = Field(
+    classes: list[int] | None = setting(
+        None, description="Keep only these class ids (relabelled 0..k-1 in this order).", describes_data=True
+    )
+    train_per_class: int | None = setting(
+        None,
+        ge=1,
+        description="Deterministic seeded subset: at most this many training images per class.",
+        describes_data=True,
+    )
+    test_per_class: int | None = setting(
+        None, ge=1, description="Deterministic seeded subset of the evaluation split per class.", describes_data=True
+    )
+    val_per_class: int | None = setting(
         None,
         ge=1,
         description="Hold this many training images per class out as a validation split (seeded by subset_seed): "
         "best.pt and model selection then use it, and the test split is evaluated only after training.",
+        describes_data=True,
     )
-    image_size: int | None = Field(
-        None, ge=4, description="Resize images to this square size (e.g. 16 for fast CPU runs)."
+    image_size: int | None = setting(
+        None, ge=4, description="Resize images to this square size (e.g. 16 for fast CPU runs).", describes_data=True
     )
-    subset_seed: int = Field(0, description="Seed of the per-class subsets (independent of the training seed).")
-    batch_size: int = Field(64, ge=1, description="Training batch size (per process).")
-    eval_batch_size: int = Field(512, ge=1, description="Evaluation batch size.")
-    augment: bool = Field(
+    subset_seed: int = setting(
+        0, description="Seed of the per-class subsets (independent of the training seed).", describes_data=True
+    )
+    batch_size: int = setting(64, ge=1, description="Training batch size (per process).")
+    eval_batch_size: int = setting(512, ge=1, description="Evaluation batch size.")
+    augment: bool = setting(
         True, description="Random crop with padding + flip (dataset defaults) on the training device."
+    )
+    stream: bool = setting(
+        False,
+        description="Stream full-resolution images: decode lazily in DataLoader workers (imagenet, imagefolder, "
+        "webdataset shards) instead of decoding the dataset into memory; training views are RandomResizedCrop + flip.",
+        describes_data=True,
+    )
+    crop_size: int = setting(
+        224, ge=8, description="Streaming: side of the square training/evaluation crop in pixels.", describes_data=True
+    )
+    resize_size: int = setting(
+        256,
+        ge=8,
+        description="Streaming: evaluation resizes the shorter side to this, then takes the centre crop_size square.",
+        describes_data=True,
+    )
+    decoder: Literal["auto", "pil", "simplejpeg"] = setting(
+        "auto", description="Streaming: JPEG decoder; auto picks simplejpeg where installed, else Pillow (draft)."
+    )
+    workers: int = setting(
+        2,
+        ge=0,
+        description="Streaming: DataLoader worker processes decoding images (0: in the training process).",
+        affects_result=False,
+        resumable=True,
+    )
+    bad_files: Literal["error", "skip"] = setting(
+        "error",
+        description="Streaming: an unreadable image, folder or shard member stops the run with an error naming it "
+        "(error), or is left out and counted (skip).",
     )
 
 
 class ModelConfig(_Strict):
-    name: str = Field("resnet8", description="Architecture of the model being trained (see `darkknowledge models`).")
-    init: str | None = Field(
+    name: str = setting("resnet8", description="Architecture of the model being trained (see `darkknowledge models`).")
+    init: str | None = setting(
         None,
         description="Start from the model weights of this checkpoint (a darkknowledge best.pt/last.pt of the same architecture) "
         "instead of a random initialisation: fine-tuning, teacher-assistant chains, teacher adaptation.",
     )
 
 
-class TeacherConfig(_Strict):
-    checkpoint: str | None = Field(
-        None, description="Path to the teacher's checkpoint (a `best.pt`/`last.pt` of a darkknowledge run)."
+_FOLD_BATCHNORM = (
+    "Fold the frozen teacher's BatchNorms into its convolutions (same outputs up to float rounding; faster)."
+)
+
+
+class _TeacherBase(_Strict):
+    @property
+    def checkpoint_path(self) -> str | None:
+        """The checkpoint whose weights this teacher is (or was cached from), if any."""
+        return getattr(self, "checkpoint", None)
+
+
+class NoTeacher(_TeacherBase):
+    """No teacher (``method.name=ce``, or a method that needs none)."""
+
+    kind: Literal["none"] = setting("none", "No teacher.")
+
+
+class CheckpointTeacher(_TeacherBase):
+    """A live teacher: a darkknowledge checkpoint, run frozen every step."""
+
+    kind: Literal["checkpoint"] = setting("checkpoint", "A live teacher from a darkknowledge checkpoint.")
+    checkpoint: str = setting(
+        description="Path to the teacher's checkpoint (a `best.pt`/`last.pt` of a darkknowledge run)."
     )
-    fold_batchnorm: bool = Field(
-        True,
-        description="Fold the frozen teacher's BatchNorms into its convolutions (same outputs up to float rounding; faster).",
+    fold_batchnorm: bool = setting(True, _FOLD_BATCHNORM)
+
+
+class ModuleTeacher(_TeacherBase):
+    """A live teacher built by Python code: any ``nn.Module`` returning ``(B, C)`` logits."""
+
+    kind: Literal["module"] = setting("module", "A live teacher built by a Python factory.")
+    module: str = setting(
+        description="`package.module:factory`: a callable (importable, no arguments) returning the teacher nn.Module."
     )
-    cache: str | None = Field(
-        None, description="Path to a teacher-output cache (`darkknowledge cache build`); replaces the live teacher."
+    fold_batchnorm: bool = setting(True, _FOLD_BATCHNORM)
+
+
+class CacheTeacher(_TeacherBase):
+    """Stored teacher outputs (``darkknowledge cache build``) replayed instead of a live teacher."""
+
+    kind: Literal["cache"] = setting("cache", "Replay a teacher-output cache.")
+    cache: str = setting(description="Path to the teacher-output cache directory.")
+    checkpoint: str | None = setting(
+        None,
+        "The teacher the cache was built from: the cache is refused if it holds another teacher's outputs; "
+        "needed with `build`.",
     )
-    cache_views: int = Field(
-        8, ge=1, description="Augmentation views per sample stored when the cache is built on the fly."
+    build: bool = setting(
+        False,
+        "Build the cache from `checkpoint` first when it does not exist (otherwise a missing cache is an error).",
+        affects_result=False,
+        resumable=True,
     )
-    cache_view_seed: int = Field(
-        0,
-        description="Seed of the cached augmentation views (shared by all student seeds, so one cache serves them all).",
+    views: int = setting(8, "Augmentation views per sample stored when the cache is built.", ge=1)
+    view_seed: int = setting(
+        0, "Seed of the cached augmentation views (shared by all student seeds, so one cache serves them all)."
     )
+    fold_batchnorm: bool = setting(True, _FOLD_BATCHNORM + " (while building the cache)")
+
+
+TeacherConfig = Annotated[NoTeacher | CheckpointTeacher | ModuleTeacher | CacheTeacher, Field(discriminator="kind")]
+TEACHER_KINDS: dict[str, type[_TeacherBase]] = {
+    "none": NoTeacher,
+    "checkpoint": CheckpointTeacher,
+    "module": ModuleTeacher,
+    "cache": CacheTeacher,
+}
+# the flat teacher section of earlier versions: name -> (name now, value that meant "not set")
+_LEGACY_TEACHER_KEYS = {"cache_views": ("views", 8), "cache_view_seed": ("view_seed", 0)}
+
+
+def _teacher_section(raw: Any) -> Any:
+    """The teacher section with its ``kind`` (named, or told by the one source given: a cache, a
+    module or a checkpoint) and keys of the former flat section renamed."""
+    if not isinstance(raw, dict):
+        return raw
+    section = {k: v for k, v in raw.items() if v is not None}
+    for old, (new, unset) in _LEGACY_TEACHER_KEYS.items():
+        if old in section:
+            value = section.pop(old)
+            if value != unset or section.get("cache"):
+                section.setdefault(new, value)
+    if "kind" not in section:
+        if section.get("cache"):
+            section["kind"] = "cache"
+        elif section.get("module"):
+            section["kind"] = "module"
+        elif section.get("checkpoint"):
+            section["kind"] = "checkpoint"
+        else:
+            section["kind"] = "none"
+            section.pop("fold_batchnorm", None)  # a default of the former flat section
+            section.pop("checkpoint", None)
+    return section
 
 
 class MethodConfig(BaseModel):
     """``name`` plus the method's own hyperparameters, flat (validated by the method)."""
 
     model_config = ConfigDict(extra="allow")
-    name: str = Field(
+    name: str = setting(
         "ce", description="Distillation method (see `darkknowledge methods`); `ce` trains without a teacher."
     )
     _params: Any = PrivateAttr(None)
@@ -109,69 +248,92 @@ class MethodConfig(BaseModel):
 
 
 class OptimConfig(_Strict):
-    epochs: int = Field(240, ge=1, description="Number of training epochs.")
-    lr: float = Field(0.05, gt=0, description="Base learning rate of SGD.")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
-    nesterov: bool = Field(False, description="Use Nesterov momentum.")
-    weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay.")
-    schedule: Literal["multistep", "cosine", "constant"] = Field(
+    epochs: int = setting(240, "Number of training epochs (a resumed run may be given more).", ge=1, resumable=True)
+    lr: float = setting(0.05, gt=0, description="Base learning rate of SGD.")
+    momentum: float = setting(0.9, ge=0, lt=1, description="SGD momentum.")
+    nesterov: bool = setting(False, description="Use Nesterov momentum.")
+    weight_decay: float = setting(5e-4, ge=0, description="L2 weight decay.")
+    schedule: Literal["multistep", "cosine", "constant"] = setting(
         "multistep", description="Learning-rate schedule after warm-up."
     )
-    milestones: list[int] = Field(
+    milestones: list[int] = setting(
         [150, 180, 210], description="multistep: epochs (0-indexed starts) at which lr is multiplied by `gamma`."
     )
-    gamma: float = Field(0.1, gt=0, description="multistep: decay factor.")
-    min_lr: float = Field(0.0, ge=0, description="cosine: final learning rate.")
-    warmup_epochs: float = Field(
+    gamma: float = setting(0.1, gt=0, description="multistep: decay factor.")
+    min_lr: float = setting(0.0, ge=0, description="cosine: final learning rate.")
+    warmup_epochs: float = setting(
         0.0, ge=0, description="Linear warm-up from 0 to `lr` over this many epochs (per step)."
     )
 
 
 class EngineConfig(_Strict):
-    device: str = Field("cpu", description="Torch device, e.g. `cpu`, `cuda`, `cuda:1`.")
-    precision: Literal["auto", "bf16", "fp32"] = Field(
+    device: str = setting("cpu", "Torch device, e.g. `cpu`, `cuda`, `cuda:1`.", resumable=True)
+    precision: Literal["auto", "bf16", "fp32"] = setting(
         "auto",
         description="Autocast precision of forward passes (weights and optimiser stay fp32); `auto` = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32.",
     )
-    channels_last: bool = Field(True, description="Use channels_last memory format for images and conv weights.")
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's choice.")
-    deterministic: bool = Field(
+    channels_last: bool = setting(True, description="Use channels_last memory format for images and conv weights.")
+    threads: int | None = setting(
+        None, "torch intra-op threads; default: torch's choice.", ge=1, affects_result=False, resumable=True
+    )
+    deterministic: bool = setting(
         False, description="torch.use_deterministic_algorithms (slower, bit-reproducible where supported)."
     )
-    progress: bool = Field(True, description="Show a progress bar (one line per epoch is printed either way).")
-    tensorboard: bool = Field(
-        False,
-        description="Also write TensorBoard event files to <run_dir>/tensorboard (needs the `tensorboard` package).",
+    progress: bool = setting(
+        True, "Show a progress bar (one line per epoch is printed either way).", affects_result=False, resumable=True
     )
-    nonfinite: Literal["stop", "skip"] = Field(
+    tensorboard: bool = setting(
+        False,
+        "Also write TensorBoard event files to <run_dir>/tensorboard (needs the `tensorboard` package).",
+        affects_result=False,
+        resumable=True,
+    )
+    nonfinite: Literal["stop", "skip"] = setting(
         "stop",
         description="A non-finite loss: `stop` the run naming epoch, step and loss terms, or `skip` the batch (counted per epoch as `nonfinite_skipped`).",
     )
-    keep_epochs: list[int] = Field(
+    keep_epochs: list[int] = setting(
         [],
-        description="Also keep a checkpoint `epoch-E.pt` after each of these epochs (1-based): early-stopped teachers (ESKD), teacher snapshots.",
+        "Also keep a checkpoint `epoch-E.pt` after each of these epochs (1-based): early-stopped teachers (ESKD), "
+        "teacher snapshots.",
+        resumable=True,
     )
-    eval_every: int = Field(1, ge=1, description="Evaluate every N epochs (and always after the last).")
-    save_every: int = Field(1, ge=1, description="Write last.pt every N epochs (and always after the last).")
+    eval_every: int = setting(1, ge=1, description="Evaluate every N epochs (and always after the last).")
+    save_every: int = setting(1, ge=1, description="Write last.pt every N epochs (and always after the last).")
 
 
 class RunConfig(_Strict):
-    name: str | None = Field(
+    name: str | None = setting(
         None,
-        description="Run name; the run directory is <output_dir>/<name> (default: <model>-<method>-s<seed>). No path separators.",
+        "Run name; the run directory is <output_dir>/<name> (default: <model>-<method>-s<seed>). No path separators.",
+        affects_result=False,
     )
-    output_dir: str = Field("runs", description="Parent directory of run directories.")
+    output_dir: str = setting("runs", "Parent directory of run directories.", affects_result=False, resumable=True)
     seed: int = Field(0, description="Seed of initialisation, data order and augmentation.")
     data: DataConfig = Field(default_factory=DataConfig, description="Dataset and batching.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Model being trained.")
     teacher: TeacherConfig = Field(
-        default_factory=TeacherConfig, description="Teacher signal (live checkpoint or cache)."
+        default_factory=NoTeacher, description="Teacher signal: none, a checkpoint, a module or a cache (`kind`)."
     )
     method: MethodConfig = Field(
         default_factory=MethodConfig, description="Loss / distillation method and its hyperparameters."
     )
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimiser and schedule.")
     engine: EngineConfig = Field(default_factory=EngineConfig, description="Device, precision and logging.")
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_kind(cls, raw: Any) -> Any:
+        return _teacher_section(raw)
+
+    @model_validator(mode="after")
+    def _kept_epochs_exist(self) -> RunConfig:
+        bad = [e for e in self.engine.keep_epochs if not 1 <= e <= self.optim.epochs]
+        if bad:
+            raise ValueError(
+                f"engine.keep_epochs: epoch {bad[0]} is not an epoch of this run (1..{self.optim.epochs}, 1-based)"
+            )
+        return self
 
     @field_validator("name")
     @classmethod
@@ -190,6 +352,76 @@ class RunConfig(_Strict):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------
+# setting policies: every list is derived from the fields' declarations (``setting``)
+
+
+def _policy(field: Any, flag: str) -> bool:
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    return bool(extra.get(flag, {"affects_result": True, "resumable": False, "describes_data": False}[flag]))
+
+
+def _section_model(model: type[BaseModel], name: str, value: Any) -> type[BaseModel] | None:
+    """The pydantic model of section ``name`` holding ``value`` (the teacher variant by its kind)."""
+    if model is RunConfig and name == "teacher":
+        return TEACHER_KINDS.get(value.get("kind", "none")) if isinstance(value, dict) else None
+    annotation = model.model_fields[name].annotation
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def drop_settings(config: dict[str, Any], flag: str, value: bool, model: type[BaseModel] = RunConfig) -> dict[str, Any]:
+    """A copy of a dumped config without the settings whose policy ``flag`` is ``value``
+    (``affects_result``/False: what a stage's identity leaves out; ``resumable``/True: what may change on resume)."""
+    out: dict[str, Any] = {}
+    for name, item in config.items():
+        field = model.model_fields.get(name)
+        if field is None:  # a method's own parameter: always part of the result
+            out[name] = copy.deepcopy(item)
+            continue
+        section = _section_model(model, name, item)
+        if section is not None and isinstance(item, dict):
+            out[name] = drop_settings(item, flag, value, section)
+        elif _policy(field, flag) != value:
+            out[name] = copy.deepcopy(item)
+    return out
+
+
+def settings_with(flag: str, value: bool) -> list[str]:
+    """Dotted keys whose policy ``flag`` is ``value`` (for messages and docs)."""
+    keys: list[str] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            key = f"{prefix}{name}"
+            if model is RunConfig and name == "teacher":
+                for kind, variant in TEACHER_KINDS.items():
+                    walk(variant, f"teacher[{kind}].")
+                continue
+            section = _section_model(model, name, {})
+            if section is not None:
+                walk(section, f"{key}.")
+            elif _policy(field, flag) == value:
+                keys.append(key)
+
+    walk(RunConfig, "")
+    return keys
+
+
+def dataset_keys() -> list[str]:
+    """The ``data`` keys that say which data a model was trained on (not how it was batched)."""
+    return [name for name, field in DataConfig.model_fields.items() if _policy(field, "describes_data")]
+
+
+def result_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a dumped run config that determine its result."""
+    return drop_settings(config, "affects_result", False)
+
+
+def resume_comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a dumped run config that a resumed run must keep."""
+    return drop_settings(config, "resumable", True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -242,7 +474,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def _is_text_field(keys: list[str]) -> bool:
-    """Whether ``keys`` name a ``str`` (or ``str | None``) field of :class:`RunConfig`."""
+    """Whether ``keys`` name a ``str`` (or ``str | None``) field of :class:`RunConfig` (of any teacher kind)."""
+    if keys[:1] == ["teacher"] and len(keys) == 2:
+        return any(
+            keys[1] in variant.model_fields and variant.model_fields[keys[1]].annotation in (str, str | None)
+            for variant in TEACHER_KINDS.values()
+        )
     model: Any = RunConfig
     for key in keys:
         if not (isinstance(model, type) and issubclass(model, BaseModel)) or key not in model.model_fields:
@@ -276,9 +513,12 @@ def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
+        parts = list(err["loc"])
+        if len(parts) > 1 and parts[0] == "teacher" and parts[1] in TEACHER_KINDS:
+            del parts[1]  # the union's tag: the user wrote teacher.<key>
+        loc = ".".join(str(p) for p in parts)
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        raise UserError(f"{source}: {loc}: {msg}") from None
+        raise UserError(f"{source}: {loc}: {msg}" if loc else f"{source}: {msg}") from None
 
 
 def load_config(

@@ -39,6 +39,10 @@ def _env_modules() -> list[str]:
 def _import(module: str, where: str) -> None:
     if module in _loaded:
         return
+    if not module.strip() or not all(part.isidentifier() for part in module.split(".")):
+        raise UserError(
+            f"plugin {module!r} ({where}) is not a Python module name (dotted identifiers, e.g. my_pkg.dk_plugin)"
+        )
     _loaded.add(module)
     try:
         importlib.import_module(module)

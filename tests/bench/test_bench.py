@@ -10,10 +10,11 @@ from darkknowledge.bench.reference import PerSampleAugmentDataset, ReferenceKDLo
 from darkknowledge.bench.run import format_report, run_bench
 from darkknowledge.data.augment import apply_augment
 from darkknowledge.data.loader import eval_batches
+from darkknowledge.data.splits import Splits
 from darkknowledge.engine.checkpoint import load_model
 from darkknowledge.engine.metrics import evaluate
 from darkknowledge.engine.teacher import LiveTeacher
-from darkknowledge.engine.trainer import Trainer
+from darkknowledge.engine.trainer import build_trainer
 from darkknowledge.models import build_model
 
 EPOCHS = 4
@@ -65,8 +66,8 @@ def test_reference_loop_and_trainer_reach_comparable_accuracy(tmp_path, digits_s
             f"seed={seed}",
             f"name=ours{seed}",
         )
-        ours = Trainer(
-            cfg, train_set=train, test_set=test, teacher=LiveTeacher(teacher, precision="fp32", channels_last=False)
+        ours = build_trainer(
+            cfg, splits=Splits(train, None, test), teacher=LiveTeacher(teacher, precision="fp32", channels_last=False)
         )
         acc_ours.append(ours.fit()["final"]["test/top1"])
         torch.manual_seed(seed)

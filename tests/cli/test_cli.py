@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FAST
-from darkknowledge.cli.main import COMMANDS, _load_plugins, main
+from darkknowledge.cli.main import COMMANDS, main
 
 TINY = [
     "model.name=cnn_w4",
@@ -50,7 +50,6 @@ def assert_user_error(capsys, *argv: str, contains: tuple[str, ...] = ()) -> str
 
 
 def _commands() -> list[str]:
-    _load_plugins()
     return sorted(COMMANDS)
 
 

@@ -15,7 +15,7 @@ from darkknowledge.data.loader import eval_batches
 from darkknowledge.engine.adapter import TeacherAdapter
 from darkknowledge.engine.cache import CachedTeacher, build_cache
 from darkknowledge.engine.teacher import teacher_from_module
-from darkknowledge.engine.trainer import Trainer
+from darkknowledge.engine.trainer import build_trainer
 from darkknowledge.errors import UserError
 from darkknowledge.experiments.diagnose import diagnose_modules
 
@@ -64,7 +64,7 @@ def digits_small():
 
 def test_trainer_distils_from_a_plain_module(tmp_path):
     cfg = fast_config(tmp_path, *DISTILL, "name=plain")
-    trainer = Trainer(cfg, teacher=teacher_from_module(PlainNet(), num_classes=10))
+    trainer = build_trainer(cfg, teacher=teacher_from_module(PlainNet(), num_classes=10))
     summary = trainer.fit()
     line = read_metrics(summary["run_dir"])[-1]
     assert line["loss/kd"] > 0 and "test/teacher_agreement" in line and "test/rank_fidelity" in line
@@ -73,11 +73,11 @@ def test_trainer_distils_from_a_plain_module(tmp_path):
 
 def test_wrong_output_width_is_a_clear_error(tmp_path):
     cfg = fast_config(tmp_path, *DISTILL, "name=wide")
-    trainer = Trainer(cfg, teacher=teacher_from_module(PlainNet(outputs=7), num_classes=10))
+    trainer = build_trainer(cfg, teacher=teacher_from_module(PlainNet(outputs=7), num_classes=10))
     with pytest.raises(UserError, match=r"shape \(16, 7\), expected \(batch, 10\) logits"):
         trainer.fit()
     with pytest.raises(UserError, match="the teacher has 7 classes but dataset 'digits' has 10"):
-        Trainer(fast_config(tmp_path, *DISTILL, "name=seven"), teacher=teacher_from_module(PlainNet(7), num_classes=7))
+        build_trainer(fast_config(tmp_path, *DISTILL, "name=seven"), teacher=teacher_from_module(PlainNet(7), num_classes=7))
     with pytest.raises(UserError, match="no .classifier layer; give num_classes"):
         from darkknowledge.engine.teacher import LiveTeacher
 
@@ -129,7 +129,7 @@ def test_adapter_fits_a_model_from_another_library(tmp_path, digits_small):
     torch.testing.assert_close(adapter(batch.images), expected)
     # and it distils like any teacher
     cfg = fast_config(tmp_path, *DISTILL, "name=hub")
-    summary = Trainer(cfg, teacher=teacher_from_module(adapter, num_classes=10)).fit()
+    summary = build_trainer(cfg, teacher=teacher_from_module(adapter, num_classes=10)).fit()
     assert "test/teacher_agreement" in summary["final"]
 
 

@@ -25,7 +25,7 @@ from darkknowledge.engine.cache import (
 )
 from darkknowledge.engine.checkpoint import atomic_torch_save, load_checkpoint, load_model, state_digest
 from darkknowledge.engine.teacher import LiveTeacher
-from darkknowledge.engine.trainer import Trainer, train
+from darkknowledge.engine.trainer import build_trainer, train
 from darkknowledge.errors import UserError
 
 K = 3
@@ -298,7 +298,7 @@ def test_existing_path_without_overwrite(tmp_path, teacher_model, subset, cache_
 
 def test_cache_missing_for_run_without_checkpoint(tmp_path, subset):
     cfg = fast_config(tmp_path, "data.train_per_class=5", f"teacher.cache={tmp_path / 'none'}")
-    with pytest.raises(UserError, match="not found"):
+    with pytest.raises(UserError, match="does not exist"):
         open_cache_for_run(cfg, subset, torch.device("cpu"))
 
 
@@ -312,13 +312,12 @@ DISTILL = [
     "data.batch_size=16",
     "optim.epochs=1",
     "method.name=kd",
-    "teacher.cache_views=2",
 ]
 
 
 def test_distill_from_cache_built_on_the_fly_and_reused(tmp_path, teacher_ckpt):
     cache_dir = tmp_path / "cache"
-    extra = [f"teacher.checkpoint={teacher_ckpt}", f"teacher.cache={cache_dir}"]
+    extra = [f"teacher.checkpoint={teacher_ckpt}", f"teacher.cache={cache_dir}", "teacher.build=true", "teacher.views=2"]
     s1 = train(fast_config(tmp_path, *DISTILL, *extra, "name=a"))
     assert (cache_dir / "meta.json").is_file()
     assert s1["teacher"]["kind"] == "cache"
@@ -339,9 +338,14 @@ def test_distill_from_cache_built_on_the_fly_and_reused(tmp_path, teacher_ckpt):
 def test_cached_and_live_distillation_see_the_same_teacher(tmp_path, teacher_ckpt):
     """The kd loss on every batch of a cached run equals the live teacher's on the same images."""
     cfg = fast_config(
-        tmp_path, *DISTILL, f"teacher.checkpoint={teacher_ckpt}", f"teacher.cache={tmp_path / 'c'}", "name=x"
+        tmp_path,
+        *DISTILL,
+        f"teacher.checkpoint={teacher_ckpt}",
+        f"teacher.cache={tmp_path / 'c'}",
+        "teacher.build=true",
+        "name=x",
     )
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     live = _live(teacher_ckpt)
     for b in trainer.loader.epoch(0):
         torch.testing.assert_close(trainer.teacher(b), live(b), rtol=2**-10, atol=1e-3)  # fp16 storage
@@ -354,9 +358,10 @@ def test_cache_with_augmentation_off_replays_the_plain_view(tmp_path, teacher_ck
         "data.augment=false",
         f"teacher.checkpoint={teacher_ckpt}",
         f"teacher.cache={tmp_path / 'c'}",
+        "teacher.build=true",
         "name=noaug",
     )
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     n = 0
     for b in trainer.loader.epoch(0):
         assert torch.equal(b.aug_params, identity_params(len(b), trainer.spec.augment)), "student saw augmented images"
@@ -373,6 +378,7 @@ def test_method_with_setup_pass_works_from_a_cache(tmp_path, teacher_ckpt):
         "method.name=fgcr",
         f"teacher.checkpoint={teacher_ckpt}",
         f"teacher.cache={tmp_path / 'c'}",
+        "teacher.build=true",
         "name=fgcr",
     )
     summary = train(cfg)
@@ -418,8 +424,8 @@ def _cache_for_run(cfg, teacher_model, path, with_eval: bool):
         teacher_model,
         train_set,
         path,
-        num_views=cfg.teacher.cache_views,
-        view_seed=cfg.teacher.cache_view_seed,
+        num_views=2,
+        view_seed=0,
         eval_dataset=test_set if with_eval else None,
     )
 
@@ -430,8 +436,8 @@ def test_cached_run_logs_teacher_agreement_and_rank_fidelity(tmp_path, teacher_c
     live_cfg = fast_config(tmp_path, *DISTILL, f"teacher.checkpoint={teacher_ckpt}", "name=live")
     cache_dir = _cache_for_run(live_cfg, teacher_model, tmp_path / "c", with_eval=True)
     assert "eval_logits.npy" in {p.name for p in cache_dir.iterdir()}
-    cached = Trainer(fast_config(tmp_path, *DISTILL, f"teacher.cache={cache_dir}", "name=cached"))
-    live = Trainer(live_cfg)
+    cached = build_trainer(fast_config(tmp_path, *DISTILL, f"teacher.cache={cache_dir}", "name=cached"))
+    live = build_trainer(live_cfg)
     torch.testing.assert_close(
         cached.evaluator.teacher_logits("test"), live.evaluator.teacher_logits("test"), rtol=1e-5, atol=1e-5
     )
@@ -448,7 +454,7 @@ def test_cache_without_or_with_other_eval_split_gives_no_test_logits(tmp_path, t
     with_eval = CachedTeacher(_cache_for_run(cfg, teacher_model, tmp_path / "eval", with_eval=True))
     other_test = build_dataset("digits", train=False, train_per_class=4)
     assert plain.eval_logits(other_test) is None and with_eval.eval_logits(other_test) is None
-    metrics = Trainer(fast_config(tmp_path, *DISTILL, f"teacher.cache={tmp_path / 'plain'}", "name=p")).evaluate()
+    metrics = build_trainer(fast_config(tmp_path, *DISTILL, f"teacher.cache={tmp_path / 'plain'}", "name=p")).evaluate()
     assert "test/teacher_agreement" not in metrics  # said in docs/teachers.md: build the cache with the test split
 
 
@@ -461,6 +467,7 @@ def test_cache_built_on_the_fly_and_by_the_cli_keeps_test_logits(tmp_path, teach
             *DISTILL,
             f"teacher.checkpoint={teacher_ckpt}",
             f"teacher.cache={tmp_path / 'fly'}",
+            "teacher.build=true",
             "teacher.cache_views=1",
             "name=fly",
         )

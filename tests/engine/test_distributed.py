@@ -78,23 +78,28 @@ def test_resume_under_torchrun(tmp_path):
 
 
 def test_distill_under_torchrun_with_a_method_that_learns(tmp_path, teacher_ckpt):
-    # CTKD learns its temperature: its gradients are averaged across ranks by hand (not in DDP)
-    proc = _torchrun(
-        [
-            "distill",
-            f"teacher.checkpoint={teacher_ckpt}",
-            "model.name=cnn_w4",
-            "method.name=ctkd",
-            "optim.epochs=1",
-            "data.batch_size=32",
-            f"output_dir={tmp_path}",
-            "name=d",
-            *FAST,
-        ],
-        tmp_path,
-    )
+    # CTKD learns its temperature; its gradients are averaged across ranks by hand (outside DDP).
+    # With them averaged, two processes of batch 32 learn the temperature and the weights of one
+    # process of batch 64 (a BatchNorm-free student); without, each rank learns its own.
+    args = [
+        "distill",
+        f"teacher.checkpoint={teacher_ckpt}",
+        *RUN,
+        "optim.epochs=2",
+        "method.name=ctkd",
+        "method.curriculum_epochs=1",  # the gradient-reversal weight is 0 in epoch 0 and -1 from epoch 1
+        f"output_dir={tmp_path}",
+    ]
+    from darkknowledge.cli.main import main
+
+    assert main([*args, "data.batch_size=64", "name=single"]) == 0
+    proc = _torchrun([*args, "data.batch_size=32", "name=ddp"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    record = read_metrics(tmp_path / "d")[0]
-    assert "test/teacher_agreement" in record and record["loss/total"] == record["loss/total"]
-    ckpt = load_checkpoint(tmp_path / "d" / "last.pt")
-    assert not any(k.startswith("module.") for k in ckpt["model"])  # the plain student's weights, not the wrapper's
+    single, ddp = load_checkpoint(tmp_path / "single" / "last.pt"), load_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert not any(k.startswith("module.") for k in ddp["model"])  # the plain student's weights, not the wrapper's
+    assert ddp["method"]["theta"] != pytest.approx(1.0)  # the temperature was learned (init_theta 1)
+    torch.testing.assert_close(ddp["method"]["theta"], single["method"]["theta"], rtol=1e-3, atol=1e-4)
+    for k in single["model"]:
+        torch.testing.assert_close(ddp["model"][k], single["model"][k], rtol=1e-3, atol=1e-4)
+    record = read_metrics(tmp_path / "ddp")[-1]
+    assert "test/teacher_agreement" in record

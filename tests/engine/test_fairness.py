@@ -12,7 +12,7 @@ import torch
 
 from conftest import fast_config, read_metrics, state_equal
 from darkknowledge.engine.checkpoint import load_checkpoint
-from darkknowledge.engine.trainer import Trainer, train
+from darkknowledge.engine.trainer import build_trainer, train
 from darkknowledge.errors import UserError
 
 STUDENT = [
@@ -57,27 +57,27 @@ def test_student_start_and_batches_do_not_depend_on_teacher_or_method(tmp_path, 
         "kd-large": [f"teacher.checkpoint={two_teachers[1]}", "method.name=kd"],
         "ctkd-large": [f"teacher.checkpoint={two_teachers[1]}", "method.name=ctkd"],  # a method with parameters
     }
-    trainers = {k: Trainer(fast_config(tmp_path, *STUDENT, "seed=3", *extra)) for k, extra in runs.items()}
+    trainers = {k: build_trainer(fast_config(tmp_path, *STUDENT, "seed=3", *extra)) for k, extra in runs.items()}
     ref = trainers["ce"]
     ref_batches = _batches(ref)
     for name, t in trainers.items():
         assert state_equal(t.model.state_dict(), ref.model.state_dict()), name
         assert all(torch.equal(a, b) for a, b in zip(_batches(t), ref_batches)), name
-    other = Trainer(fast_config(tmp_path, *STUDENT, "seed=4"))
+    other = build_trainer(fast_config(tmp_path, *STUDENT, "seed=4"))
     assert not state_equal(other.model.state_dict(), ref.model.state_dict())
 
 
 def test_global_rng_after_setup_is_independent_of_teacher(tmp_path, two_teachers):
     states = []
     for extra in ([], [f"teacher.checkpoint={two_teachers[1]}", "method.name=kd"]):
-        Trainer(fast_config(tmp_path, *STUDENT, "seed=3", *extra))
+        build_trainer(fast_config(tmp_path, *STUDENT, "seed=3", *extra))
         states.append(torch.get_rng_state())
     assert torch.equal(states[0], states[1])
 
 
 def test_cached_teacher_sees_same_batch_order_as_live(tmp_path, two_teachers):
-    live = Trainer(fast_config(tmp_path, *STUDENT, "seed=3", f"teacher.checkpoint={two_teachers[0]}", "method.name=kd"))
-    cached = Trainer(
+    live = build_trainer(fast_config(tmp_path, *STUDENT, "seed=3", f"teacher.checkpoint={two_teachers[0]}", "method.name=kd"))
+    cached = build_trainer(
         fast_config(
             tmp_path,
             *STUDENT,
@@ -85,6 +85,7 @@ def test_cached_teacher_sees_same_batch_order_as_live(tmp_path, two_teachers):
             f"teacher.checkpoint={two_teachers[0]}",
             "method.name=kd",
             f"teacher.cache={tmp_path / 'cache'}",
+            "teacher.build=true",
             "teacher.cache_views=2",
         )
     )
@@ -95,7 +96,7 @@ def test_cached_teacher_sees_same_batch_order_as_live(tmp_path, two_teachers):
 
 def test_model_init_starts_from_checkpoint_weights(tmp_path, two_teachers):
     ckpt = load_checkpoint(two_teachers[0])
-    t = Trainer(fast_config(tmp_path, *STUDENT, "model.name=mlp_h32", f"model.init={two_teachers[0]}"))
+    t = build_trainer(fast_config(tmp_path, *STUDENT, "model.name=mlp_h32", f"model.init={two_teachers[0]}"))
     assert state_equal(t.model.state_dict(), ckpt["model"])
     summary = t.fit()
     assert Path(summary["run_dir"], "last.pt").is_file()
@@ -103,11 +104,11 @@ def test_model_init_starts_from_checkpoint_weights(tmp_path, two_teachers):
 
 def test_model_init_errors(tmp_path, two_teachers):
     with pytest.raises(UserError, match="holds a 'mlp_h32' but model.name is 'mlp_h16'"):
-        Trainer(fast_config(tmp_path, *STUDENT, f"model.init={two_teachers[0]}"))
+        build_trainer(fast_config(tmp_path, *STUDENT, f"model.init={two_teachers[0]}"))
     with pytest.raises(UserError, match="does not exist"):
-        Trainer(fast_config(tmp_path, *STUDENT, f"model.init={tmp_path / 'nope.pt'}"))
+        build_trainer(fast_config(tmp_path, *STUDENT, f"model.init={tmp_path / 'nope.pt'}"))
     with pytest.raises(UserError, match="do not fit"):  # 3 classes instead of 10
-        Trainer(
+        build_trainer(
             fast_config(
                 tmp_path, *STUDENT, "model.name=mlp_h32", "data.classes=[0,1,2]", f"model.init={two_teachers[0]}"
             )

@@ -15,7 +15,7 @@ from conftest import fast_config, read_metrics, state_equal
 from darkknowledge.config import load_config
 from darkknowledge.engine.checkpoint import load_checkpoint, load_model
 from darkknowledge.engine.metrics import ClassificationMeter
-from darkknowledge.engine.trainer import Trainer, train
+from darkknowledge.engine.trainer import build_trainer, train
 from darkknowledge.errors import UserError
 
 # A tiny, quick run: cnn_w4 on 20 digits per class (200 images), batch 32 -> 6 steps per epoch.
@@ -172,7 +172,7 @@ def test_kd_distillation_leaves_teacher_untouched(tmp_path, teacher_ckpt):
         "teacher.fold_batchnorm=false",
         "name=kd",
     )
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     teacher = trainer.teacher.model
     start = {k: v.clone() for k, v in teacher.state_dict().items()}
     assert any("running_mean" in k for k in start)  # BN statistics are part of the check
@@ -272,17 +272,17 @@ def test_teacher_of_matching_class_subset_is_accepted(tmp_path, teacher3_ckpt):
 
 def test_method_needing_a_teacher_without_one(tmp_path):
     with pytest.raises(UserError, match="teacher.checkpoint"):
-        Trainer(fast_config(tmp_path, *TINY, "method.name=kd"))
+        build_trainer(fast_config(tmp_path, *TINY, "method.name=kd"))
 
 
 def test_missing_teacher_checkpoint(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        Trainer(fast_config(tmp_path, *TINY, "method.name=kd", f"teacher.checkpoint={tmp_path / 'nope.pt'}"))
+        build_trainer(fast_config(tmp_path, *TINY, "method.name=kd", f"teacher.checkpoint={tmp_path / 'nope.pt'}"))
 
 
 def test_batch_larger_than_dataset(tmp_path):
     with pytest.raises(UserError, match="batch_size"):
-        Trainer(fast_config(tmp_path, *TINY, "data.batch_size=201"))
+        build_trainer(fast_config(tmp_path, *TINY, "data.batch_size=201"))
 
 
 # ----------------------------------------------------------------------------- run directories and resume

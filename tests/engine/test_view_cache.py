@@ -208,3 +208,52 @@ def test_size_per_image_matches_the_files(tmp_path, images):
     shard_bytes = sum(f.stat().st_size for f in out.glob("shard-*/*.npy"))
     header_bytes = 128 * 6 * 3  # one .npy header per array per shard
     assert shard_bytes - header_bytes + 12 * 16 == 12 * cache_bytes_per_image(3, 4, "float16")
+
+
+def test_training_views_and_plain_batches(tmp_path, images):
+    paths, labels = images
+    cache = ViewCachedTeacher(build(tmp_path, images, tiny_model(10)))
+    table = cache.replay_views()
+    assert torch.equal(cache.training_views(None, augment=True), table)
+    assert torch.equal(cache.training_views(None, augment=False), table[:, :1])
+    batch = Batch(
+        images=torch.zeros(2, 3, SIZE, SIZE),
+        targets=torch.zeros(2),
+        indices=torch.tensor([3, 4]),
+        views=torch.tensor([2, 1]),
+    )
+    (plain,) = list(cache.plain_batches([batch], None))
+    assert torch.equal(plain.views, torch.zeros(2, dtype=torch.long))
+    other = build(tmp_path / "b", images, tiny_model(10), center_first=False)
+    with pytest.raises(UserError, match="center_first=False"):
+        ViewCachedTeacher(other).training_views(None, augment=False)
+
+
+def test_streaming_loader_replay_matches_the_cache(tmp_path, images):
+    """End to end: the streaming loader replays the cache's view table; the teacher run on the
+    student's decoded batch gives the logits the cache answers for (batch.indices, batch.views)."""
+    streaming = pytest.importorskip("darkknowledge.data.streaming")
+    sources = pytest.importorskip("darkknowledge.data.sources")
+    paths, labels = images
+    model = tiny_model(10)
+    cache = ViewCachedTeacher(build(tmp_path, images, model, topk=6))
+    source = sources.FileSource(
+        targets=np.asarray(labels, dtype=np.int64),
+        class_names=tuple(str(c) for c in range(10)),
+        root=paths[0].parent,
+        paths=np.array([p.name.encode() for p in paths]),
+    )
+    dataset = streaming.StreamingDataset(source, "generated", crop_size=SIZE, resize_size=18, mean=MEAN, std=STD)
+    loader = streaming.StreamingLoader(
+        dataset, 5, train=True, view_table=cache.replay_views(), workers=0, channels_last=False
+    )
+    seen = 0
+    for batch in loader.epoch(1):
+        torch.testing.assert_close(batch.aug_params, cache.replay_views()[batch.indices, batch.views])
+        with torch.no_grad():
+            live = model(batch.images)
+        values, ids, _ = cache.topk(batch.indices, batch.views)
+        assert torch.equal(live.topk(6).indices, ids)
+        torch.testing.assert_close(cache(batch).gather(1, ids), live.gather(1, ids), rtol=1e-5, atol=1e-5)
+        seen += len(batch)
+    assert seen == 10  # drop_last for training: two batches of 5

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from darkknowledge.cli.main import command
+from darkknowledge.cli.command import Command
 
 
 def _add_bench(p):
@@ -18,12 +18,6 @@ def _add_bench(p):
     p.add_argument("--out", default=None, help="write the full result as JSON here")
 
 
-@command(
-    "bench",
-    "benchmark: reference mdistiller-style loop vs our trainer (live / cached teacher), loss overheads, memory",
-    "darkknowledge bench --quick\n  darkknowledge bench --teacher resnet32x4 --student resnet8x4 --out bench.json",
-    add_args=_add_bench,
-)
 def cmd_bench(args) -> int:
     from darkknowledge.bench.run import format_report, run_bench, save_result
 
@@ -46,3 +40,11 @@ def cmd_bench(args) -> int:
         save_result(result, args.out)
         print(f"wrote {args.out}")
     return 0
+
+
+BENCH = Command(
+    "benchmark: reference mdistiller-style loop vs our trainer (live / cached teacher), loss overheads, memory",
+    "darkknowledge bench --quick\n  darkknowledge bench --teacher resnet32x4 --student resnet8x4 --out bench.json",
+    _add_bench,
+    cmd_bench,
+)

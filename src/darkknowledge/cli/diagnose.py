@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import math
 import sys
-from pathlib import Path
 
-from darkknowledge.cli.main import command
+from darkknowledge.cli.command import Command
 from darkknowledge.errors import UserError
 
 
@@ -43,17 +42,10 @@ def _add_diagnose(p):
     p.add_argument("--no-plots", action="store_true", help="skip PNG plots (JSON/CSV/HTML only)")
 
 
-@command(
-    "diagnose",
-    "diagnose teachers' dark knowledge: non-target variance vs capacity/temperature, rank consistency, angles, decompositions, report card",
-    "darkknowledge diagnose -t runs/demo/teacher-mlp_h64/last.pt -t runs/demo/teacher-mlp_h1024/last.pt --out runs/diag\n"
-    "  darkknowledge diagnose -t r56.pt -t r110.pt -s r20.pt data.name=cifar100 data.root=/data/cifar --temperatures 1,2,4,8",
-    add_args=_add_diagnose,
-)
-def cmd_diagnose(args) -> int:
+def _diagnose(args) -> int:
     from darkknowledge.diagnostics import DiagnoseOptions, diagnose_from_logits_file
-    from darkknowledge.engine.assembly import resolve_device
-    from darkknowledge.experiments.diagnose import diagnose_checkpoints
+    from darkknowledge.diagnostics.report import check_report_dir
+    from darkknowledge.runs.diagnose import diagnose_checkpoints
 
     opts = DiagnoseOptions(plots=not args.no_plots)
     if args.temperatures:
@@ -63,8 +55,7 @@ def cmd_diagnose(args) -> int:
             raise UserError(f"--temperatures must be comma-separated numbers, got {args.temperatures!r}") from None
         if not all(math.isfinite(t) and t > 0 for t in opts.temperatures):
             raise UserError(f"--temperatures must be positive finite numbers, got {args.temperatures!r}")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise UserError(f"--out {args.out} is a file; choose a directory")
+    check_report_dir(args.out)
     if args.logits:
         result = diagnose_from_logits_file(args.logits, out_dir=args.out, options=opts)
     else:
@@ -77,7 +68,7 @@ def cmd_diagnose(args) -> int:
             split=args.split,
             out_dir=args.out,
             options=opts,
-            device=resolve_device(args.device),
+            device=args.device,
         )
     for card in result.cards:
         print(card.to_text())
@@ -86,3 +77,12 @@ def cmd_diagnose(args) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(json.dumps({"out": str(args.out), "files": result.files}, indent=2))
     return 0
+
+
+DIAGNOSE = Command(
+    "diagnose teachers' dark knowledge: non-target variance vs capacity/temperature, rank consistency, angles, decompositions, report card",
+    "darkknowledge diagnose -t runs/demo/teacher-mlp_h64/last.pt -t runs/demo/teacher-mlp_h1024/last.pt --out runs/diag\n"
+    "  darkknowledge diagnose -t r56.pt -t r110.pt -s r20.pt data.name=cifar100 data.root=/data/cifar --temperatures 1,2,4,8",
+    _add_diagnose,
+    _diagnose,
+)

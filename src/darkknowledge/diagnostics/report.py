@@ -35,6 +35,7 @@ from darkknowledge.diagnostics.tables import (
     model_roles,
     summary_rows,
 )
+from darkknowledge.errors import UserError
 from darkknowledge.fileio import atomic_write_bytes
 
 __all__ = ["write_report"]
@@ -164,8 +165,34 @@ def _html(result: DiagnosticsResult, plots: dict[str, tuple[bytes, str]]) -> str
     return "\n".join(parts)
 
 
+MARKER_KEY = "darkknowledge_diagnostics"  # in diagnostics.json: the directory holds outputs this project wrote
+
+
+def _written_by_us(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    legacy = isinstance(data, dict) and {"options", "teachers", "files"} <= set(data)
+    return isinstance(data, dict) and (MARKER_KEY in data or legacy)
+
+
+def check_report_dir(out_dir: str | os.PathLike[str]) -> None:
+    """Refuse a directory that is a file, or that holds a diagnostics.json (or a report.html
+    without one) this project did not write: nothing of a user's is replaced."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; choose a directory")
+    marker = out / "diagnostics.json"
+    if marker.exists() and not _written_by_us(marker):
+        raise UserError(f"{marker} was not written by darkknowledge diagnose; it is left as it is: choose another --out")
+    if not marker.exists() and (out / "report.html").exists():
+        raise UserError(f"{out} holds a report.html that darkknowledge diagnose did not write; choose another --out")
+
+
 def write_report(result: DiagnosticsResult, out_dir: str | os.PathLike[str], *, plots: bool = True) -> dict[str, str]:
     """Write all outputs for ``result`` into ``out_dir``; returns ``{kind: path}``."""
+    check_report_dir(out_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
@@ -184,7 +211,7 @@ def write_report(result: DiagnosticsResult, out_dir: str | os.PathLike[str], *, 
     files["report_html"] = str(out / "report.html")
     files["diagnostics_json"] = str(out / "diagnostics.json")
     put("report_html", "report.html", _html(result, pngs))
-    payload = result.to_dict()
+    payload = {MARKER_KEY: 1, **result.to_dict()}
     payload["files"] = dict(files)
     put("diagnostics_json", "diagnostics.json", json.dumps(jsonable(payload), indent=1, allow_nan=False))
     return files

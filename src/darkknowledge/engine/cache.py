@@ -32,6 +32,8 @@ import json
 import os
 import shutil
 import tempfile
+import dataclasses
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from darkknowledge.data.augment import Normalizer, apply_augment, identity_params, sample_augment_params
-from darkknowledge.data.base import ArrayDataset
+from darkknowledge.data.base import ArrayDataset, DataSpec
 from darkknowledge.data.loader import Batch, epoch_generator, eval_batches
 from darkknowledge.engine.checkpoint import state_digest
 from darkknowledge.engine.precision import autocast, resolve_precision
@@ -248,9 +250,9 @@ def read_cache_meta(path: str | Path) -> dict[str, Any]:
         raise UserError(f"teacher cache {path} not found (no meta.json); build it with `darkknowledge cache build`")
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"teacher cache {path}: meta.json is corrupted; rebuild the cache") from None
-    if meta.get("format") != CACHE_FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
         raise UserError(f"{path} is not a darkknowledge teacher cache")
     return meta
 
@@ -315,6 +317,29 @@ class CachedTeacher(TeacherSignal):
 
     def replay_views(self) -> Tensor:
         return self.view_table
+
+    def _has_plain_view(self, spec: DataSpec) -> bool:
+        """Whether view 0 is the un-augmented image of every sample."""
+        plain = identity_params(self.view_table.shape[0], spec.augment)
+        return bool(torch.equal(self.view_table[:, 0], plain.to(self.view_table.device)))
+
+    def training_views(self, spec: DataSpec, augment: bool) -> Tensor:
+        if augment:
+            return self.view_table
+        if not self._has_plain_view(spec):
+            raise UserError(
+                f"data.augment=false needs a teacher cache whose view 0 is the un-augmented image; {self.path} has "
+                "none: rebuild it"
+            )
+        return self.view_table[:, :1]
+
+    def plain_batches(self, batches: Iterable[Batch], spec: DataSpec) -> Iterable[Batch]:
+        if not self._has_plain_view(spec):
+            raise UserError(
+                f"this method needs the teacher on un-augmented images, but the teacher cache {self.path} has no "
+                "plain view 0; rebuild it"
+            )
+        return (dataclasses.replace(b, views=torch.zeros_like(b.indices)) for b in batches)
 
     def eval_logits(self, dataset: ArrayDataset, batches: Any = None) -> Tensor | None:
         """The stored test-split logits, if the cache was built with this ``dataset``

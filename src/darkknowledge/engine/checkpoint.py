@@ -15,6 +15,8 @@ place, so a killed process never leaves a half-written ``last.pt``.
 from __future__ import annotations
 
 import hashlib
+import pickle
+import warnings
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -63,6 +65,15 @@ def _check_zip_crc(path: Path) -> None:
         raise zipfile.BadZipFile(f"CRC check failed for {bad}")
 
 
+def _first_sentence(text: str, limit: int = 160) -> str:
+    """The first sentence of an error message, whole words, at most ``limit`` characters."""
+    line = text.splitlines()[0]
+    sentence = line.split(". ")[0].rstrip(".")
+    if len(sentence) > limit:
+        sentence = sentence[:limit].rsplit(" ", 1)[0] + " ..."
+    return sentence
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a darkknowledge checkpoint safely; every failure is a one-line UserError."""
     path = Path(path)
@@ -72,11 +83,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     try:
         _check_zip_crc(path)
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # the reason goes into our one-line error, not torch's warnings
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except MemoryError:
         raise
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" not in str(exc):  # torch names the refused global: anything else is damage
+            raise UserError(
+                f"checkpoint {path} is corrupted or not a torch checkpoint ({_first_sentence(str(exc))}); "
+                "re-create it or point to another file"
+            ) from None
+        raise UserError(
+            f"checkpoint {path} holds Python objects other than tensors and plain data; it was refused "
+            "(loading them could run code): point to a checkpoint written by darkknowledge"
+        ) from None
     except Exception as exc:
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        reason = _first_sentence(str(exc)) if str(exc) else type(exc).__name__
         raise UserError(
             f"checkpoint {path} is corrupted or not a torch checkpoint ({reason}); re-create it or point to another file"
         ) from None

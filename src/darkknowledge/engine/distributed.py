@@ -38,6 +38,13 @@ def setup(device: torch.device) -> tuple[int, int, torch.device]:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+        if missing:
+            raise UserError(
+                f"WORLD_SIZE={world_size} asks for {world_size} processes but {' and '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} "
+                "not set; launch with torchrun (it sets them), or unset RANK/WORLD_SIZE for one process"
+            )
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if dist.get_world_size() != world_size or dist.get_rank() != rank:
         raise UserError("the process group does not match RANK / WORLD_SIZE; launch with torchrun")

@@ -20,24 +20,15 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     return stale
 
 
-# Keys that may differ between a run and its resumption: they change neither the
-# result nor the batches (the run may be moved, resumed on another device, run longer).
-RESUMABLE_CHANGES = {
-    "optim": ("epochs",),
-    "engine": ("progress", "device", "threads", "tensorboard", "keep_epochs"),
-    "": ("output_dir",),
-}
-
-
 def comparable_config(config_yaml: str) -> str:
+    """The part of a saved config.yaml that a resumed run must keep (the settings declared
+    ``resumable`` may differ: the run may be moved, resumed on another device, run longer)."""
     import yaml
 
-    d = yaml.safe_load(config_yaml)
-    for section, keys in RESUMABLE_CHANGES.items():
-        node = d if section == "" else d.get(section, {})
-        for k in keys:
-            node.pop(k, None)
-    return json.dumps(d, sort_keys=True)
+    from darkknowledge.config import resume_comparable, validate_config
+
+    data = validate_config(yaml.safe_load(config_yaml) or {}, source="config.yaml").model_dump(mode="json")
+    return json.dumps(resume_comparable(data), sort_keys=True)
 
 
 def saved_config(run_dir: Path, ckpt: dict[str, Any]) -> str:

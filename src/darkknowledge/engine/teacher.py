@@ -2,7 +2,7 @@
 
 The trainer and the methods only ever call ``signal(batch) -> logits`` (float32,
 ``(B, C)``, no autograd history). Besides that, a signal says which augmentation views
-it can answer for (:meth:`TeacherSignal.replay_views`: the loader must replay them) and
+it can answer for (:meth:`TeacherSignal.training_views`: the loader must replay them) and
 gives its logits on the test split (:meth:`TeacherSignal.eval_logits`, for teacher
 agreement and rank fidelity). :class:`LiveTeacher` runs a frozen ``nn.Module`` (any
 module returning ``(B, C)`` logits; :func:`teacher_from_module`);
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from darkknowledge.data.base import ArrayDataset
+from darkknowledge.data.base import ArrayDataset, DataSpec
 from darkknowledge.data.loader import Batch
 from darkknowledge.engine.precision import autocast
 from darkknowledge.errors import UserError
@@ -27,7 +27,7 @@ from darkknowledge.errors import UserError
 
 class TeacherSignal:
     """Interface: ``__call__(batch) -> float32 logits``; ``num_classes``;
-    :meth:`replay_views`; :meth:`eval_logits`; :meth:`describe`."""
+    :meth:`replay_views`; :meth:`training_views`; :meth:`plain_batches`; :meth:`eval_logits`; :meth:`describe`."""
 
     num_classes: int
 
@@ -38,6 +38,15 @@ class TeacherSignal:
         """The ``(N, K, 3)`` augmentation views (dy, dx, flip) this signal has outputs
         for, which the training loader must replay; ``None``: any view (a live teacher)."""
         return None
+
+    def training_views(self, spec: DataSpec, augment: bool) -> Tensor | None:
+        """The views the training loader must replay (``augment=False``: only the un-augmented
+        one), or ``None`` when this signal answers for any view; an error if it cannot serve."""
+        return None
+
+    def plain_batches(self, batches: Iterable[Batch], spec: DataSpec) -> Iterable[Batch]:
+        """``batches`` of un-augmented images as this signal answers them (for a method's setup)."""
+        return batches
 
     def eval_logits(self, dataset: ArrayDataset, batches: Iterable[Batch]) -> Tensor | None:
         """Logits on ``dataset`` (the test split; ``batches`` iterates it un-augmented and
@@ -143,7 +152,7 @@ def teacher_from_module(
     name: str | None = None,
 ) -> LiveTeacher:
     """A teacher signal from any ``nn.Module`` returning ``(B, num_classes)`` logits
-    (``Trainer(cfg, teacher=teacher_from_module(model, 100))``); wrap models with other
+    (``build_trainer(cfg, teacher=teacher_from_module(model, 100))``); wrap models with other
     outputs, inputs or classes in :class:`~darkknowledge.engine.adapter.TeacherAdapter`."""
     return LiveTeacher(
         model,

@@ -19,7 +19,6 @@ The trainer never looks at the method's name. Run directory::
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import sys
 import time
@@ -30,125 +29,46 @@ import torch
 from torch import Tensor
 
 import darkknowledge.engine.distributed as distributed
-from darkknowledge.config import RunConfig
-from darkknowledge.data.augment import identity_params
-from darkknowledge.data.base import ArrayDataset
-from darkknowledge.data.loader import BatchLoader, eval_batches
-from darkknowledge.engine.assembly import (
-    build_split,
-    build_teacher_signal,
-    load_initial_weights,
-    load_splits,
-    resolve_device,
-)
+from darkknowledge.config import RunConfig, settings_with
+from darkknowledge.data.loader import eval_batches
+from darkknowledge.data.splits import Splits
 from darkknowledge.engine.checkpoint import FORMAT, VERSION, atomic_torch_save, load_checkpoint, spec_to_dict
 from darkknowledge.engine.evaluation import Evaluator
+from darkknowledge.engine.factory import RunParts, build_parts
 from darkknowledge.engine.loggers import build_loggers, json_safe, print_epoch
-from darkknowledge.engine.precision import autocast, resolve_precision
+from darkknowledge.engine.precision import autocast
 from darkknowledge.engine.rundir import comparable_config, read_history, remove_stale_temporaries, saved_config
 from darkknowledge.engine.runlock import RunLock
 from darkknowledge.engine.schedule import learning_rate
-from darkknowledge.engine.seeding import rng_state, seed_everything, set_rng_state
+from darkknowledge.engine.seeding import rng_state, set_rng_state
 from darkknowledge.engine.teacher import TeacherSignal
 from darkknowledge.errors import UserError
 from darkknowledge.fileio import atomic_write_json, atomic_write_text
-from darkknowledge.methods import SetupContext, StepContext, build_method
+from darkknowledge.methods import SetupContext, StepContext
 
 
 class Trainer:
-    """Train ``cfg.model`` with ``cfg.method`` (optionally against a teacher signal)."""
+    """Train ``parts.model`` with ``parts.method`` (optionally against ``parts.teacher``);
+    the parts come from :func:`darkknowledge.engine.factory.build_parts`."""
 
-    def __init__(
-        self,
-        cfg: RunConfig,
-        *,
-        train_set: ArrayDataset | None = None,
-        test_set: ArrayDataset | None = None,
-        val_set: ArrayDataset | None = None,
-        teacher: TeacherSignal | None = None,
-        run_dir: str | Path | None = None,
-    ):
-        from darkknowledge.models import build_model, count_parameters
+    def __init__(self, parts: RunParts, *, run_dir: str | Path | None = None):
+        from darkknowledge.models import count_parameters
 
-        self.cfg = cfg
+        cfg = self.cfg = parts.cfg
+        self.parts = parts
         self.run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir()
-        # under torchrun: join the process group (one rank per process); else rank 0 of 1
-        self.rank, self.world_size, self.device = distributed.setup(resolve_device(cfg.engine.device))
-        self.precision = resolve_precision(cfg.engine.precision, self.device)
-        if cfg.engine.threads:
-            torch.set_num_threads(cfg.engine.threads)
-
-        if train_set is None or test_set is None:
-            loaded = load_splits(cfg.data)
-            train_set, val_set, test_set = train_set or loaded[0], val_set or loaded[1], test_set or loaded[2]
-        elif val_set is None and cfg.data.val_per_class:
-            val_set = build_split(cfg.data, "val")
-        self.train_set, self.val_set, self.test_set = train_set, val_set, test_set
-        # model selection (best.pt) uses the validation split when there is one, else the test split
-        self.selection = "val" if val_set is not None else "test"
-        spec = train_set.spec
-        self.spec = spec
-        if spec.num_classes < 2:
-            raise UserError(
-                f"dataset {spec.name!r} has {spec.num_classes} class (data.classes={cfg.data.classes}); "
-                "classification needs at least 2"
-            )
-
-        # Fair by construction: the student's initial weights and the global random stream
-        # depend only on (seed, model, data); the method and the teacher are built on a fork.
-        seed_everything(cfg.seed, cfg.engine.deterministic)
-        model = build_model(cfg.model.name, num_classes=spec.num_classes, in_channels=spec.in_channels)
-        if cfg.model.init:
-            load_initial_weights(model, cfg.model.init, cfg.model.name)
-        self.model = model.to(self.device)
-        with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
-            torch.manual_seed(cfg.seed)
-            self.method = build_method(cfg.method.name, cfg.method.model_extra, num_classes=spec.num_classes).to(
-                self.device
-            )
-            self.teacher = teacher
-            if self.method.needs_teacher and self.teacher is None:
-                # a cache built on the fly: rank 0 builds it, the others open it afterwards
-                first = self.world_size == 1 or not cfg.teacher.cache
-                if not first and self.rank != 0:
-                    distributed.barrier()
-                self.teacher = build_teacher_signal(cfg, train_set, self.device, test_set)
-                if not first and self.rank == 0:
-                    distributed.barrier()
-
-        if cfg.engine.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        self.num_params = count_parameters(self.model)
-
-        if self.method.needs_teacher and self.teacher.num_classes != spec.num_classes:
-            raise UserError(
-                f"the teacher has {self.teacher.num_classes} classes but dataset {spec.name!r} has "
-                f"{spec.num_classes}; use a teacher for the same data/classes"
-            )
-        view_table = self.teacher.replay_views() if self.method.needs_teacher else None
-        if view_table is not None and not cfg.data.augment:
-            # no augmentation: replay only view 0 of the cache, the un-augmented image
-            if not _has_plain_view(view_table, spec):
-                raise UserError(
-                    "data.augment=false needs a teacher cache whose view 0 is the un-augmented image; rebuild the cache"
-                )
-            view_table = view_table[:, :1]
-        self.loader = BatchLoader(
-            train_set,
-            cfg.data.batch_size,
-            train=True,
-            augment=cfg.data.augment,
-            seed=cfg.seed,
-            device=self.device,
-            channels_last=cfg.engine.channels_last,
-            view_table=view_table,
-            rank=self.rank,
-            world_size=self.world_size,
+        self.rank, self.world_size, self.device, self.precision = (
+            parts.rank,
+            parts.world_size,
+            parts.device,
+            parts.precision,
         )
-        if len(self.loader) == 0:
-            raise UserError(
-                f"data.batch_size={cfg.data.batch_size} is larger than the training set ({len(train_set)} samples); lower it"
-            )
+        self.train_set, self.val_set, self.test_set = parts.splits
+        self.spec = parts.spec
+        # model selection (best.pt) uses the validation split when there is one, else the test split
+        self.selection = "val" if self.val_set is not None else "test"
+        self.model, self.method, self.teacher, self.loader = parts.model, parts.method, parts.teacher, parts.loader
+        self.num_params = count_parameters(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad] + [
             p for p in self.method.parameters() if p.requires_grad
         ]
@@ -162,7 +82,7 @@ class Trainer:
         self.best_top1 = -1.0
         self.history: list[dict[str, Any]] = []
         self.evaluator = Evaluator(
-            {"val": val_set, "test": test_set},
+            {"val": self.val_set, "test": self.test_set},
             self.teacher,
             cfg.data.eval_batch_size,
             self.device,
@@ -212,7 +132,8 @@ class Trainer:
         ckpt = load_checkpoint(source, map_location=self.device)
         if comparable_config(saved_config(self.run_dir, ckpt)) != comparable_config(self.cfg.to_yaml()):
             raise UserError(
-                f"--resume: the configuration differs from the one saved in {self.run_dir}/config.yaml (only optim.epochs, output_dir and engine.device/threads/progress/tensorboard may change)"
+                f"--resume: the configuration differs from the one saved in {self.run_dir}/config.yaml "
+                f"(only {', '.join(k for k in settings_with('resumable', True) if '[' not in k)} may change)"
             )
         self._resume_checkpoint = ckpt
         return source
@@ -248,15 +169,7 @@ class Trainer:
             batches = eval_batches(
                 self.train_set, self.cfg.data.eval_batch_size, self.device, self.cfg.engine.channels_last
             )
-            table = teacher.replay_views() if teacher is not None else None
-            if table is None:
-                return batches
-            if not _has_plain_view(table, self.spec):
-                raise UserError(
-                    "this method needs the teacher on un-augmented images, but the teacher cache has no plain view 0; rebuild it"
-                )
-            # a cache replays views: view 0 is the un-augmented image these batches hold
-            return (dataclasses.replace(b, views=torch.zeros_like(b.indices)) for b in batches)
+            return batches if teacher is None else teacher.plain_batches(batches, self.spec)
 
         self.method.setup(
             SetupContext(
@@ -441,11 +354,17 @@ def _nonfinite_message(epoch: int, step: int, steps: int, terms: dict[str, Tenso
     )
 
 
-def _has_plain_view(view_table: Tensor, spec) -> bool:
-    """Whether view 0 of a cache's (N, K, 3) view table is the un-augmented image of every sample."""
-    return bool(torch.equal(view_table[:, 0], identity_params(view_table.shape[0], spec.augment).to(view_table.device)))
+def build_trainer(
+    cfg: RunConfig,
+    *,
+    splits: Splits | None = None,
+    teacher: TeacherSignal | None = None,
+    run_dir: str | Path | None = None,
+) -> Trainer:
+    """A trainer for ``cfg`` with its parts from the factory (``splits``/``teacher`` may be given)."""
+    return Trainer(build_parts(cfg, splits=splits, teacher=teacher), run_dir=run_dir)
 
 
-def train(cfg: RunConfig, resume: bool = False, **kwargs) -> dict[str, Any]:
+def train(cfg: RunConfig, resume: bool = False, **given: Any) -> dict[str, Any]:
     """Library entry point: ``darkknowledge.train(load_config(...))``."""
-    return Trainer(cfg, **kwargs).fit(resume=resume)
+    return build_trainer(cfg, **given).fit(resume=resume)

@@ -36,6 +36,7 @@ error, never a silent reuse. Layout, sizes and speed: docs/teachers.md ("View-ke
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -45,7 +46,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -524,6 +525,25 @@ class ViewCachedTeacher(TeacherSignal):
 
     def replay_views(self) -> Tensor:
         return self.view_table()
+
+    def _center_first(self) -> None:
+        if not self.meta["key"]["center_first"]:
+            raise UserError(
+                f"un-augmented training needs a view cache whose view 0 is the evaluation view; {self.path} was "
+                "built with center_first=False: rebuild it"
+            )
+
+    def training_views(self, spec: Any, augment: bool) -> Tensor:
+        """The view table; without augmentation only view 0 (the evaluation view)."""
+        if augment:
+            return self.view_table()
+        self._center_first()
+        return self.view_table()[:, :1]
+
+    def plain_batches(self, batches: Iterable[Batch], spec: Any) -> Iterable[Batch]:
+        """``batches`` answered at view 0 (the evaluation view)."""
+        self._center_first()
+        return (dataclasses.replace(b, views=torch.zeros_like(b.indices)) for b in batches)
 
     def __call__(self, batch: Batch) -> Tensor:
         if batch.views is None:

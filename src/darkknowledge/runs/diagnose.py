@@ -12,9 +12,11 @@ from torch import nn
 
 from darkknowledge.data.base import ArrayDataset
 from darkknowledge.data.loader import eval_batches
+from darkknowledge.data.splits import load_split
 from darkknowledge.diagnostics import collect_outputs, diagnose
-from darkknowledge.engine.assembly import build_split, check_teacher_fits, checkpoint_data_config
+from darkknowledge.diagnostics.report import check_report_dir
 from darkknowledge.engine.checkpoint import load_checkpoint, load_model, state_digest
+from darkknowledge.engine.factory import check_teacher_fits, checkpoint_data_config, resolve_device
 from darkknowledge.errors import UserError
 from darkknowledge.methods import METHODS
 from darkknowledge.models import count_parameters
@@ -41,9 +43,12 @@ def diagnose_checkpoints(
         raise UserError(
             f"diagnose: give one distinct name per checkpoint ({len(teachers) + len(students)}), got {names}"
         )
+    if out_dir is not None:
+        check_report_dir(out_dir)
+    device = resolve_device(str(device))
     models = [(p, *load_model(p, device)) for p in teachers + students]
     d = checkpoint_data_config(models[0][2], data_overrides, "diagnose")
-    ds = build_split(d, split)
+    ds = load_split(d, split)
     outputs, used = [], set()
     for i, (path, model, ckpt) in enumerate(models):
         check_teacher_fits(ckpt, ds.spec, path)

@@ -1,0 +1,98 @@
+"""A run's dataset splits: training, validation held out of it, and test.
+
+The validation split is data logic: ``data.val_per_class`` rows of each class are taken out
+of the training split by a generator seeded with (``data.subset_seed``, class), the same rows
+for every run, model and method, and they are never in the training rows that come with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from darkknowledge.config import DataConfig
+from darkknowledge.data.base import ArrayDataset
+from darkknowledge.errors import UserError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The training rows (validation rows removed), the validation rows (or None) and the test split."""
+
+    train: ArrayDataset
+    val: ArrayDataset | None
+    test: ArrayDataset
+
+    def __iter__(self):  # train, val, test = splits
+        return iter((self.train, self.val, self.test))
+
+
+def load_splits(data: DataConfig) -> Splits:
+    """The configured splits, reading the training files once."""
+    train, val = split_validation(_training_files(data), data.val_per_class, data.subset_seed)
+    return Splits(train, val, load_split(data, "test"))
+
+
+def load_split(data: DataConfig, split: str) -> ArrayDataset:
+    """One split: ``train`` (without the validation rows), ``val`` or ``test``."""
+    from darkknowledge.data import build_dataset
+
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if split == "val" and not data.val_per_class:
+        raise UserError(
+            "there is no validation split: set data.val_per_class=N (images per class held out of training)"
+        )
+    if split == "test":
+        return build_dataset(
+            data.name,
+            root=data.root,
+            train=False,
+            download=data.download,
+            classes=data.classes,
+            train_per_class=data.test_per_class,
+            image_size=data.image_size,
+            seed=data.subset_seed,
+        )
+    train, val = split_validation(_training_files(data), data.val_per_class, data.subset_seed)
+    return val if split == "val" and val is not None else train
+
+
+def _training_files(data: DataConfig) -> ArrayDataset:
+    """The training split as read (``train_per_class`` applied), before the validation rows are held out."""
+    from darkknowledge.data import build_dataset
+
+    return build_dataset(
+        data.name,
+        root=data.root,
+        train=True,
+        download=data.download,
+        classes=data.classes,
+        train_per_class=data.train_per_class,
+        image_size=data.image_size,
+        seed=data.subset_seed,
+    )
+
+
+def split_validation(full: ArrayDataset, per_class: int | None, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:
+    """(training rows, validation rows): ``per_class`` rows of each class, chosen by a generator
+    seeded with (seed, class)."""
+    if not per_class:
+        return full, None
+    held = []
+    for c in range(full.spec.num_classes):
+        rows = (full.targets == c).nonzero().flatten()
+        if len(rows) <= per_class:
+            raise UserError(
+                f"data.val_per_class={per_class} leaves no training image of class {c} "
+                f"({len(rows)} in the training split); lower it"
+            )
+        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + c * 7919 + 424_242) % (2**63 - 1))
+        held.append(rows[torch.randperm(len(rows), generator=g)[:per_class]])
+    val_rows = torch.cat(held).sort().values
+    keep = torch.ones(len(full), dtype=torch.bool)
+    keep[val_rows] = False
+    return full.subset(keep.nonzero().flatten()), full.subset(val_rows)

@@ -1,0 +1,328 @@
+"""The one factory of a run's parts: device, dataset splits, model, method, teacher signal and
+training loader, built from a :class:`~darkknowledge.config.RunConfig` in a fixed order.
+
+Fair by construction: the student's initial weights and the global random stream depend only
+on (seed, model, data); the method and the teacher are built on a forked generator. The
+trainer receives the parts and builds nothing itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import darkknowledge.engine.distributed as distributed
+from darkknowledge.config import (
+    CacheTeacher,
+    CheckpointTeacher,
+    DataConfig,
+    ModuleTeacher,
+    NoTeacher,
+    RunConfig,
+    dataset_keys,
+)
+from darkknowledge.data.base import DataSpec
+from darkknowledge.data.loader import BatchLoader
+from darkknowledge.data.splits import Splits, load_splits
+from darkknowledge.engine.cache import CachedTeacher, build_cache
+from darkknowledge.engine.checkpoint import load_checkpoint, load_model, state_digest
+from darkknowledge.engine.precision import resolve_precision
+from darkknowledge.engine.runtime import apply_runtime
+from darkknowledge.engine.seeding import seed_everything
+from darkknowledge.engine.teacher import LiveTeacher, TeacherSignal
+from darkknowledge.errors import UserError
+from darkknowledge.methods import DistillMethod, build_method
+
+
+@dataclass
+class RunParts:
+    """Everything a :class:`~darkknowledge.engine.trainer.Trainer` trains with."""
+
+    cfg: RunConfig
+    rank: int
+    world_size: int
+    device: torch.device
+    precision: str
+    splits: Splits
+    model: nn.Module
+    method: DistillMethod
+    teacher: TeacherSignal | None
+    loader: BatchLoader
+
+    @property
+    def spec(self) -> DataSpec:
+        return self.splits.train.spec
+
+
+def build_parts(cfg: RunConfig, *, splits: Splits | None = None, teacher: TeacherSignal | None = None) -> RunParts:
+    """The parts of run ``cfg``; ``splits`` and ``teacher`` may be given (already loaded data, a
+    teacher built by code), everything else comes from the configuration."""
+    from darkknowledge.models import build_model
+
+    apply_runtime(cfg.engine.threads)
+    # under torchrun: join the process group (one rank per process); else rank 0 of 1
+    rank, world_size, device = distributed.setup(resolve_device(cfg.engine.device))
+    precision = resolve_precision(cfg.engine.precision, device)
+    if splits is None:
+        splits = load_splits(cfg.data)
+    elif cfg.data.val_per_class and splits.val is None:
+        raise UserError("data.val_per_class is set but the given splits have no validation split; give Splits with one")
+    spec = splits.train.spec
+    if spec.num_classes < 2:
+        raise UserError(
+            f"dataset {spec.name!r} has {spec.num_classes} class (data.classes={cfg.data.classes}); "
+            "classification needs at least 2"
+        )
+
+    seed_everything(cfg.seed, cfg.engine.deterministic)
+    model = build_model(cfg.model.name, num_classes=spec.num_classes, in_channels=spec.in_channels)
+    if cfg.model.init:
+        load_initial_weights(model, cfg.model.init, cfg.model.name)
+    model = model.to(device)
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
+        method = build_method(cfg.method.name, cfg.method.params, num_classes=spec.num_classes).to(device)
+        if method.needs_teacher and teacher is None:
+            # a cache built here: rank 0 builds it, the others open it afterwards
+            shared_build = world_size > 1 and isinstance(cfg.teacher, CacheTeacher)
+            if shared_build and rank != 0:
+                distributed.barrier()
+            teacher = build_teacher_signal(cfg, splits, device)
+            if shared_build and rank == 0:
+                distributed.barrier()
+    if cfg.engine.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if not method.needs_teacher:
+        teacher = None
+    elif teacher is not None and teacher.num_classes != spec.num_classes:
+        raise UserError(
+            f"the teacher has {teacher.num_classes} classes but dataset {spec.name!r} has "
+            f"{spec.num_classes}; use a teacher for the same data/classes"
+        )
+    loader = BatchLoader(
+        splits.train,
+        cfg.data.batch_size,
+        train=True,
+        augment=cfg.data.augment,
+        seed=cfg.seed,
+        device=device,
+        channels_last=cfg.engine.channels_last,
+        view_table=teacher.training_views(spec, cfg.data.augment) if teacher is not None else None,
+        rank=rank,
+        world_size=world_size,
+    )
+    if len(loader) == 0:
+        raise UserError(
+            f"data.batch_size={cfg.data.batch_size} is larger than the training set ({len(splits.train)} samples); "
+            "lower it"
+        )
+    return RunParts(cfg, rank, world_size, device, precision, splits, model, method, teacher, loader)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``engine.device`` / ``--device`` as a torch device that exists on this machine."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name!r}: this machine has no CUDA device; use cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(
+                f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here; "
+                f"use cuda:0..{torch.cuda.device_count() - 1}"
+            )
+    elif device.type != "cpu":
+        raise UserError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
+    return device
+
+
+# ---------------------------------------------------------------------------------------- teachers
+
+
+def build_teacher_signal(cfg: RunConfig, splits: Splits, device: torch.device) -> TeacherSignal:
+    """The teacher signal of ``cfg.teacher``, by its kind."""
+    return TEACHER_BUILDERS[cfg.teacher.kind](cfg, splits, device)
+
+
+def _no_teacher(cfg: RunConfig, splits: Splits, device: torch.device) -> TeacherSignal:
+    raise UserError(
+        f"method {cfg.method.name!r} needs a teacher: set teacher.checkpoint=PATH "
+        "(a best.pt of `darkknowledge train`), teacher.cache=PATH or teacher.module=package.module:factory"
+    )
+
+
+def _checkpoint_teacher(cfg: RunConfig, splits: Splits, device: torch.device) -> TeacherSignal:
+    teacher = cfg.teacher
+    assert isinstance(teacher, CheckpointTeacher)
+    model, ckpt = load_model(teacher.checkpoint, device)
+    check_teacher_fits(ckpt, splits.train.spec, teacher.checkpoint)
+    return LiveTeacher(
+        model,
+        precision=resolve_precision(cfg.engine.precision, device),
+        channels_last=cfg.engine.channels_last,
+        fold_batchnorm=teacher.fold_batchnorm,
+        name=ckpt["model_name"],
+    )
+
+
+def _module_teacher(cfg: RunConfig, splits: Splits, device: torch.device) -> TeacherSignal:
+    teacher = cfg.teacher
+    assert isinstance(teacher, ModuleTeacher)
+    factory = import_factory(teacher.module, "teacher.module")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise UserError(f"teacher.module={teacher.module} returned a {type(model).__name__}, not a torch nn.Module")
+    return LiveTeacher(
+        model.to(device),
+        num_classes=splits.train.spec.num_classes,
+        precision=resolve_precision(cfg.engine.precision, device),
+        channels_last=cfg.engine.channels_last,
+        fold_batchnorm=teacher.fold_batchnorm,
+        name=teacher.module,
+    )
+
+
+def _cache_teacher(cfg: RunConfig, splits: Splits, device: torch.device) -> TeacherSignal:
+    """Open ``teacher.cache`` (building it first only when ``teacher.build``) and check that it
+    belongs to this run's data and, when ``teacher.checkpoint`` is given, to that teacher."""
+    teacher = cfg.teacher
+    assert isinstance(teacher, CacheTeacher)
+    path = Path(teacher.cache)
+    digest = None
+    if teacher.checkpoint:
+        model, ckpt = load_model(teacher.checkpoint, device)
+        check_teacher_fits(ckpt, splits.train.spec, teacher.checkpoint)
+        digest = state_digest(model.state_dict())
+        if teacher.build and not (path / "meta.json").exists():
+            build_cache(
+                model,
+                splits.train,
+                path,
+                num_views=teacher.views,
+                view_seed=teacher.view_seed,
+                precision=cfg.engine.precision,
+                device=device,
+                channels_last=cfg.engine.channels_last,
+                fold_batchnorm=teacher.fold_batchnorm,
+                eval_dataset=splits.test,
+                progress=cfg.engine.progress,
+            )
+    elif teacher.build:
+        raise UserError("teacher.build=true needs teacher.checkpoint=PATH (the teacher whose outputs are cached)")
+    if not (path / "meta.json").exists():
+        raise UserError(
+            f"teacher cache {path} does not exist: build it with `darkknowledge cache build {path} "
+            "teacher.checkpoint=PATH ...` or set teacher.build=true (with teacher.checkpoint) to build it first"
+        )
+    cache = CachedTeacher(path, device=device)
+    cache.check_matches(splits.train, digest)
+    if cache.num_classes != splits.train.spec.num_classes:
+        raise UserError(
+            f"teacher cache {path} has {cache.num_classes} classes, dataset has {splits.train.spec.num_classes}"
+        )
+    return cache
+
+
+TEACHER_BUILDERS: dict[str, Callable[[RunConfig, Splits, torch.device], TeacherSignal]] = {
+    NoTeacher.model_fields["kind"].default: _no_teacher,
+    CheckpointTeacher.model_fields["kind"].default: _checkpoint_teacher,
+    ModuleTeacher.model_fields["kind"].default: _module_teacher,
+    CacheTeacher.model_fields["kind"].default: _cache_teacher,
+}
+
+
+def import_factory(spec: str, setting: str) -> Callable[[], Any]:
+    """``package.module:name`` -> the callable it names (one-line errors)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise UserError(f"{setting}={spec!r} is not of the form package.module:factory")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(f"{setting}={spec}: cannot import {module_name!r} ({exc})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise UserError(f"{setting}={spec}: {module_name} has no callable {attr!r}")
+    return factory
+
+
+def check_teacher_fits(ckpt: dict[str, Any], spec: DataSpec, where: str) -> None:
+    """A checkpoint's model takes this data: its classes, channels and input size."""
+    if int(ckpt["num_classes"]) != spec.num_classes:
+        raise UserError(
+            f"teacher {where} predicts {ckpt['num_classes']} classes but dataset {spec.name!r} has "
+            f"{spec.num_classes}; use a teacher trained on the same data/classes"
+        )
+    if int(ckpt["in_channels"]) != spec.in_channels:
+        raise UserError(
+            f"teacher {where} takes {ckpt['in_channels']}-channel images but dataset {spec.name!r} has {spec.in_channels}"
+        )
+    trained = (ckpt.get("data") or {}).get("image_size")
+    if trained and tuple(trained) != tuple(spec.image_size):
+        h, w = trained
+        raise UserError(
+            f"teacher {where} was trained on {h}x{w} images but the data gives {spec.image_size[0]}x"
+            f"{spec.image_size[1]}; set data.image_size={h} (or use a teacher trained at this size)"
+        )
+
+
+def load_initial_weights(model: nn.Module, path: str, model_name: str) -> None:
+    """``model.init``: copy a checkpoint's model weights into a freshly built ``model_name``."""
+    ckpt = load_checkpoint(path)
+    if ckpt["model_name"] != model_name:
+        raise UserError(
+            f"model.init={path} holds a {ckpt['model_name']!r} but model.name is {model_name!r}; "
+            "set model.name to the checkpoint's architecture"
+        )
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise UserError(
+            f"model.init={path}: its weights do not fit this {model_name!r} "
+            f"({str(exc).splitlines()[0][:120]}); check the dataset's classes and channels"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------- saved data settings
+
+
+def checkpoint_data_config(ckpt: dict[str, Any], overrides: list[str], command: str) -> DataConfig:
+    """The data section a checkpoint was trained with, changed by ``data.*`` overrides
+    (``command`` names the sub-command in errors; other keys are refused)."""
+    from darkknowledge.config import apply_overrides, validate_config
+
+    bad = [o for o in overrides if not o.startswith("data.")]
+    if bad:
+        raise UserError(f"{command} only takes data.* overrides, got {bad[0]!r}")
+    data = apply_overrides({"data": _saved_section(ckpt, "data", command)}, overrides)
+    return validate_config(data, source=command).data
+
+
+def teacher_data_section(path: str) -> dict[str, Any]:
+    """The settings saying which data a teacher checkpoint was trained on (not how it was batched)."""
+    data = _saved_section(load_checkpoint(path), "data", f"teacher checkpoint {path}")
+    return {k: data[k] for k in dataset_keys() if k in data}
+
+
+def _saved_section(ckpt: dict[str, Any], section: str, where: str) -> dict[str, Any]:
+    """One section of the run configuration embedded in a checkpoint ({} if absent)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load(ckpt.get("config") or "{}") or {}
+    except yaml.YAMLError:
+        saved = None
+    if not isinstance(saved, dict) or not isinstance(saved.get(section, {}), dict):
+        raise UserError(
+            f"{where}: the configuration stored in the checkpoint is damaged (not a YAML mapping); "
+            "pass the data settings as data.* overrides or re-create the checkpoint"
+        )
+    return saved.get(section) or {}

@@ -1,0 +1,79 @@
+"""Build a teacher-output cache ahead of a distillation, or describe one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from darkknowledge.config import RunConfig
+from darkknowledge.data.splits import load_splits
+from darkknowledge.engine.cache import CachedTeacher, build_cache, read_cache_meta
+from darkknowledge.engine.checkpoint import load_model
+from darkknowledge.engine.factory import check_teacher_fits, resolve_device
+from darkknowledge.errors import UserError
+
+
+def cache_info(path: str) -> dict[str, Any]:
+    """The metadata of the cache at ``path`` (its key, files and sizes)."""
+    return CachedTeacher(path).meta
+
+
+def build_teacher_cache(
+    path: str,
+    cfg: RunConfig,
+    *,
+    views: int | None = None,
+    storage: str = "full",
+    topk: int = 20,
+    dtype: str = "float16",
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Cache ``cfg``'s teacher (``teacher.checkpoint``) on ``cfg``'s training split: ``views``
+    augmentation views per sample (default ``teacher.views``), full logits or top-k + log-partition.
+    ``overwrite`` replaces only an existing, readable cache (the old one stays until the new one is complete)."""
+    checkpoint = cfg.teacher.checkpoint_path
+    if not checkpoint:
+        raise UserError("cache build needs teacher.checkpoint=PATH")
+    if views is not None and views < 1:
+        raise UserError(f"--views must be at least 1, got {views}")
+    if topk < 1:
+        raise UserError(f"--topk must be at least 1, got {topk}")
+    target = Path(path)
+    if target.exists():
+        if not target.is_dir():
+            raise UserError(f"cache path {target} is a file; choose a directory path")
+        if not overwrite:
+            raise UserError(
+                f"cache directory {target} already exists; pass --overwrite to replace it (only a cache is ever "
+                "replaced) or choose another path"
+            )
+        if not (target / "meta.json").is_file():
+            raise UserError(
+                f"--overwrite: {target} is not a teacher cache (no meta.json); it is left as it is: choose another path"
+            )
+        read_cache_meta(target)  # a damaged meta.json is an error too: only a readable cache is replaced
+    teacher = cfg.teacher
+    num_views = views or getattr(teacher, "views", 8)
+    device = resolve_device(cfg.engine.device)
+    splits = load_splits(cfg.data)
+    model, ckpt = load_model(checkpoint, device)
+    check_teacher_fits(ckpt, splits.train.spec, checkpoint)
+    built = build_cache(
+        model,
+        splits.train,
+        path,
+        num_views=num_views,
+        view_seed=getattr(teacher, "view_seed", 0),
+        storage=storage,
+        topk=topk,
+        dtype=dtype,
+        precision=cfg.engine.precision,
+        batch_size=cfg.data.eval_batch_size,
+        device=device,
+        channels_last=cfg.engine.channels_last,
+        fold_batchnorm=getattr(teacher, "fold_batchnorm", True),
+        eval_dataset=splits.test,
+        overwrite=overwrite,
+        progress=cfg.engine.progress,
+    )
+    return CachedTeacher(built, verify=False).meta
