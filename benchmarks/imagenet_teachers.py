@@ -18,6 +18,7 @@ Writes ``OUT/teachers.json``, ``OUT/teachers.csv`` and the diagnostics report in
 ``OUT/diagnostics/``. Needs ``make install-imagenet``. Heavy: run under the team lock::
 
     flock /tmp/dk-heavy.lock .venv/bin/python benchmarks/imagenet_teachers.py
+    flock /tmp/dk-heavy.lock .venv/bin/python benchmarks/imagenet_teachers.py --speed-only   # images/s alone
     .venv/bin/python benchmarks/imagenet_teachers.py --limit 64 --out /tmp/it   # quick check
 """
 
@@ -101,8 +102,67 @@ def images_per_second(fn, x: torch.Tensor, repeats: int) -> float:
         return repeats * x.shape[0] / (time.perf_counter() - t0)
 
 
+def throughput(model, teacher_fn, x: torch.Tensor, repeats: int, precision: str) -> dict[str, float]:
+    """Images/s of ``model`` on batch ``x``: fp32 NCHW, fp32 channels_last (BN kept, then
+    folded), and ``teacher_fn`` (the teacher as the project runs it); with the load average."""
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    nchw = prepare_for_inference(model, channels_last=False, fold_batchnorm=False)
+    cl = prepare_for_inference(model, channels_last=True, fold_batchnorm=False)
+    cl_folded = prepare_for_inference(model, channels_last=True, fold_batchnorm=True)
+    load_before = os.getloadavg()[0]
+    speed = {
+        "fp32_nchw": images_per_second(nchw, x, repeats),
+        "fp32_channels_last": images_per_second(cl, x_cl, repeats),
+        "fp32_channels_last_folded": images_per_second(cl_folded, x_cl, repeats),
+        f"teacher_{precision}_channels_last_folded": images_per_second(teacher_fn, x, repeats),
+    }
+    speed["loadavg_1min_before"] = load_before
+    speed["loadavg_1min_after"] = os.getloadavg()[0]
+    return speed
+
+
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     return float((logits.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean())
+
+
+def project_teacher(name: str):
+    """The teacher as the project runs it, as a function of normalised images, and the
+    number of BatchNorms left in it (data normalised as the model wants: no renormalisation)."""
+    teacher = efficientnet_lite_teacher(name, data_mean=MEAN, data_std=STD, precision="auto")
+
+    def teacher_fn(x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)  # as the loader gives batches
+        rows = torch.arange(x.shape[0])
+        return teacher(Batch(images=x, targets=rows, indices=rows))
+
+    return teacher_fn, count_batchnorms(teacher.model)
+
+
+def speed_only(args: argparse.Namespace) -> list[dict]:
+    """Only the throughput measurement, on the first ``--batch`` images: OUT/teachers_speed.json."""
+    torch.set_num_threads(args.threads)
+    files, _ = sample_files(Path(args.data), args.batch)
+    sizes = image_sizes(files)
+    precision = resolve_precision("auto", "cpu")
+    rows = []
+    for name, variant in VARIANTS.items():
+        res = variant.resolution
+        images = decode_views(files, center_views(sizes, round(res * 256 / 224), res), res)
+        teacher_fn, _ = project_teacher(name)
+        speed = throughput(pretrained_efficientnet_lite(name), teacher_fn, normalise(images), args.repeats, precision)
+        rows.append({"model": name, "resolution": res, "batch": args.batch, "threads": args.threads, **speed})
+        print(json.dumps(rows[-1]), flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "rows": rows,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, native bf16: {cpu_has_native_bf16()}, "
+        f"torch {torch.__version__}",
+        "command": f"benchmarks/imagenet_teachers.py --speed-only --threads {args.threads} --batch {args.batch} "
+        f"--repeats {args.repeats}",
+    }
+    (out / "teachers_speed.json").write_text(json.dumps(payload, indent=1) + "\n")
+    return rows
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -127,31 +187,13 @@ def run(args: argparse.Namespace) -> dict:
         ref = run_model(lambda x, m=ref_model: m(x.contiguous(memory_format=torch.channels_last)), images)
         ref_s = time.perf_counter() - t0
         # the teacher as the project runs it (data normalised as the model wants: no renormalisation)
-        teacher = efficientnet_lite_teacher(name, data_mean=MEAN, data_std=STD, precision="auto")
-        folded_left = count_batchnorms(teacher.model)
-
-        def teacher_fn(x: torch.Tensor, teacher=teacher) -> torch.Tensor:
-            x = x.contiguous(memory_format=torch.channels_last)  # as the loader gives batches
-            rows = torch.arange(x.shape[0])
-            return teacher(Batch(images=x, targets=rows, indices=rows))
-
+        teacher_fn, folded_left = project_teacher(name)
         t0 = time.perf_counter()
         fast = run_model(teacher_fn, images)
         fast_s = time.perf_counter() - t0
         log_ref, log_fast = F.log_softmax(ref, 1), F.log_softmax(fast, 1)
         kl = float((log_ref.exp() * (log_ref - log_fast)).sum(1).mean())
-        # throughput at batch 32
-        x = normalise(images[: args.batch])
-        x_cl = x.contiguous(memory_format=torch.channels_last)
-        nchw = prepare_for_inference(model, channels_last=False, fold_batchnorm=False)
-        cl = ref_model
-        cl_folded = prepare_for_inference(model, channels_last=True, fold_batchnorm=True)
-        speed = {
-            "fp32_nchw": images_per_second(nchw, x, args.repeats),
-            "fp32_channels_last": images_per_second(cl, x_cl, args.repeats),
-            "fp32_channels_last_folded": images_per_second(cl_folded, x_cl, args.repeats),
-            f"teacher_{precision}_channels_last_folded": images_per_second(teacher_fn, x, args.repeats),
-        }
+        speed = throughput(model, teacher_fn, normalise(images[: args.batch]), args.repeats, precision)
         row = {
             "model": name,
             "params": count_parameters(model),
@@ -211,7 +253,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32, help="batch size of the throughput measurement")
     ap.add_argument("--repeats", type=int, default=4, help="timed batches per configuration (after one warm-up)")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N images (quick check)")
-    run(ap.parse_args())
+    ap.add_argument("--speed-only", action="store_true", help="only images/s (OUT/teachers_speed.json)")
+    args = ap.parse_args()
+    speed_only(args) if args.speed_only else run(args)
 
 
 if __name__ == "__main__":
