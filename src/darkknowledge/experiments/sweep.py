@@ -24,7 +24,7 @@ from darkknowledge.experiments.executors import Executor, InlineExecutor
 from darkknowledge.experiments.graph import FileInput, Input, StageGraph, StageRef, StageSpec
 from darkknowledge.experiments.kinds import CACHE_OUTPUT, KINDS, Kind, place_run_inputs
 from darkknowledge.experiments.spec import MethodSpec, SweepSpec, TeacherSpec, pairs
-from darkknowledge.experiments.stage import INPUT_PLACEHOLDER, read_json
+from darkknowledge.experiments.stage import INPUT_FIELDS, INPUT_PLACEHOLDER, read_json
 from darkknowledge.experiments.store import FINISHED, StageStore
 from darkknowledge.fileio import atomic_write_json
 
@@ -58,6 +58,19 @@ class _Planner:
         return place_run_inputs(config, dict.fromkeys(inputs, INPUT_PLACEHOLDER))
 
     def _add(self, kind: Kind, name: str, config: dict[str, Any], inputs: dict[str, Input], meta: dict[str, Any]):
+        if kind != Kind.DIAGNOSE:  # checkpoints a spec's own config names (model.init): inputs identified by weights
+            inputs = dict(inputs)
+            for role, (section, field) in INPUT_FIELDS.items():
+                path = (config.get(section) or {}).get(field)
+                if not path or path == INPUT_PLACEHOLDER or role in inputs:
+                    continue
+                if role == "cache":
+                    raise UserError(
+                        f"stage {name}: teacher.cache={path} in the spec; a sweep builds its own caches "
+                        "(set teacher_cache: true) instead"
+                    )
+                inputs[role] = FileInput.of(path)
+                config = place_run_inputs(config, {role: INPUT_PLACEHOLDER})
         return self.graph.add(StageSpec(kind, name, config, inputs, meta))
 
     def teacher(self, t: TeacherSpec) -> Input:
