@@ -14,9 +14,8 @@ def test_config_reference_is_up_to_date():
 
 
 def test_readme_names_the_two_commands_and_every_subcommand():
-    from darkknowledge.cli.main import COMMANDS, _load_plugins
+    from darkknowledge.cli.main import COMMANDS
 
-    _load_plugins()
     readme = (ROOT / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
     for name in COMMANDS:

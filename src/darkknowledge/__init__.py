@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_config": ("darkknowledge.config", "load_config"),
     "RunConfig": ("darkknowledge.config", "RunConfig"),
-    "train": ("darkknowledge.engine.trainer", "train"),
+    "train": ("darkknowledge.runs", "train"),
+    "build_trainer": ("darkknowledge.engine.trainer", "build_trainer"),
     "Trainer": ("darkknowledge.engine.trainer", "Trainer"),
     "build_model": ("darkknowledge.models", "build_model"),
     "build_method": ("darkknowledge.methods", "build_method"),

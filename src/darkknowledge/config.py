@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticUndefined
 
 from darkknowledge.errors import UserError
 
@@ -561,18 +562,36 @@ def config_reference_markdown() -> str:
         "or on the command line as `section.key=value` (values parse as YAML: `optim.milestones=[30,40]`).",
         "",
     ]
-    sections = [("", RunConfig)] + [
-        (name, type(getattr(RunConfig(), name))) for name in ("data", "model", "teacher", "optim", "engine")
+    sections: list[tuple[str, str, type[BaseModel]]] = [("top level", "", RunConfig)]
+    for name in ("data", "model"):
+        sections.append((name, name, RunConfig.model_fields[name].annotation))  # type: ignore[arg-type]
+    for kind, variant in TEACHER_KINDS.items():
+        sections.append((f"teacher`, `kind: {kind}", "teacher", variant))
+    for name in ("optim", "engine"):
+        sections.append((name, name, RunConfig.model_fields[name].annotation))  # type: ignore[arg-type]
+    lines += [
+        "Policy: *not in identity* — the setting does not change a run's result (left out of a sweep stage's key);",
+        "*resumable* — it may differ when `--resume` continues a run.",
+        "",
     ]
-    for prefix, model in sections:
-        lines += [f"## `{prefix or 'top level'}`", "", "| key | type | default | description |", "|---|---|---|---|"]
+    for title, prefix, model in sections:
+        lines += [f"## `{title}`", "", "| key | type | default | policy | description |", "|---|---|---|---|---|"]
         for fname, field in model.model_fields.items():
-            if prefix == "" and fname in ("data", "model", "teacher", "method", "optim", "engine"):
+            if model is RunConfig and fname in ("data", "model", "teacher", "method", "optim", "engine"):
                 continue
             ann = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
             default = field.default if field.default_factory is None else field.default_factory()
             key = f"{prefix}.{fname}" if prefix else fname
-            lines.append(f"| `{key}` | {_md(ann)} | `{default!r}` | {_md(field.description)} |")
+            policy = ", ".join(
+                word
+                for word, on in (
+                    ("not in identity", not _policy(field, "affects_result")),
+                    ("resumable", _policy(field, "resumable")),
+                )
+                if on
+            )
+            default_text = "required" if default is PydanticUndefined else f"`{default!r}`"
+            lines.append(f"| `{key}` | {_md(ann)} | {default_text} | {policy} | {_md(field.description)} |")
         lines.append("")
     lines += [
         "## `method`",

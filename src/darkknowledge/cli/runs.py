@@ -11,7 +11,7 @@ from darkknowledge.cli.command import Command, config_args
 
 
 def _report(summary: dict[str, Any], extra: dict[str, Any]) -> int:
-    from darkknowledge.engine.distributed import is_main_process
+    from darkknowledge.runs import is_main_process
 
     if is_main_process():  # under torchrun only rank 0 reports
         report = {"run_dir": summary["run_dir"], **extra, "final": summary["final"], "best": summary["best"]}

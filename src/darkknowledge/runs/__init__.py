@@ -10,7 +10,7 @@ assembles engine parts itself.
 from darkknowledge.runs.assistant import assistant_config
 from darkknowledge.runs.cache import build_teacher_cache, cache_info
 from darkknowledge.runs.evaluate import evaluate_checkpoint
-from darkknowledge.runs.train import distill_config, train
+from darkknowledge.runs.train import distill_config, is_main_process, train
 
 __all__ = [
     "assistant_config",
@@ -18,5 +18,6 @@ __all__ = [
     "cache_info",
     "distill_config",
     "evaluate_checkpoint",
+    "is_main_process",
     "train",
 ]

@@ -14,15 +14,19 @@ def _natural(name: str) -> list[Any]:  # cnn_w4 before cnn_w16
 def model_rows(num_classes: int, in_channels: int) -> dict[str, Any]:
     """Registered models and their parameter counts, the families ``model.name`` accepts, and
     family members used by the demo that are not registered by name."""
-    from darkknowledge.experiments import load_spec, resolve_spec_path
+    from importlib import resources
+
+    import yaml
+
     from darkknowledge.models import build_model, count_parameters, model_names, model_patterns
 
     def count(name: str) -> int:
         return count_parameters(build_model(name, num_classes=num_classes, in_channels=in_channels))
 
     registered = sorted(model_names(), key=_natural)
-    demo = load_spec(resolve_spec_path("demo"))
-    examples = [name for name in [demo.student.model, *(t.model for t in demo.teachers)] if name not in registered]
+    demo = yaml.safe_load((resources.files("darkknowledge.configs") / "sweeps" / "demo.yaml").read_text())
+    demo_models = [demo["student"]["model"], *(t["model"] for t in demo["teachers"])]
+    examples = [name for name in demo_models if name not in registered]
     return {
         "registered": [(name, count(name)) for name in registered],
         "families": list(model_patterns()),

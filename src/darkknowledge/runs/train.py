@@ -7,9 +7,12 @@ from typing import Any
 
 from darkknowledge.config import RunConfig, load_config
 from darkknowledge.data.splits import Splits
+from darkknowledge.engine.distributed import is_main_process
 from darkknowledge.engine.factory import teacher_data_section
 from darkknowledge.engine.teacher import TeacherSignal
 from darkknowledge.engine.trainer import build_trainer
+
+__all__ = ["distill_config", "is_main_process", "train"]
 
 
 def train(
@@ -25,9 +28,7 @@ def train(
     return build_trainer(cfg, splits=splits, teacher=teacher, run_dir=run_dir).fit(resume=resume)
 
 
-def distill_config(
-    config: str | None, overrides: list[str], base: dict[str, Any]
-) -> tuple[RunConfig, dict[str, Any]]:
+def distill_config(config: str | None, overrides: list[str], base: dict[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
     """A distillation's config whose data settings default to its teacher checkpoint's (``config``
     and ``data.*`` overrides still win), and the settings taken from the teacher."""
     cfg = load_config(config, overrides, base=base)
