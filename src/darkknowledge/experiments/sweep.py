@@ -71,7 +71,11 @@ class _Planner:
                     )
                 inputs[role] = FileInput.of(path)
                 config = place_run_inputs(config, {role: INPUT_PLACEHOLDER})
-        return self.graph.add(StageSpec(kind, name, config, inputs, meta))
+        try:
+            node = StageSpec(kind, name, config, inputs, meta)
+        except UserError as exc:
+            raise UserError(f"sweep spec: stage {name}: {str(exc).removeprefix('stage config: ')}") from None
+        return self.graph.add(node)
 
     def teacher(self, t: TeacherSpec) -> Input:
         if t.checkpoint:
@@ -149,6 +153,7 @@ class _Planner:
             {"model": {"name": architecture}, "method": m.adapt.method, "seed": self.spec.teacher_seed},
             inputs=inputs,
         )
+        config["engine"].pop("keep_epochs", None)  # teacher_config's snapshots are the trained teachers', not its
         return self._add(
             Kind.ADAPTED, f"adapted-{t.label}-{m.label}", config, inputs, {"teacher": t.label, "method": m.label}
         )

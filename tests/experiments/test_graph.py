@@ -1,0 +1,119 @@
+"""The stage graph: built once from a spec, keys from configs and producers' keys, identity
+configs that omit defaults, every kind declared, and the committed capacity records resolving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import quiet, spec_dict
+from darkknowledge.experiments import open_sweep
+from darkknowledge.experiments.graph import FileInput, StageGraph, StageSpec
+from darkknowledge.experiments.kinds import KINDS, Kind
+from darkknowledge.experiments.spec import parse_spec
+from darkknowledge.experiments.stage import identity_config
+
+REPO = Path(__file__).resolve().parents[2]
+REMEDIES = [
+    {"name": "kd"},
+    {"label": "takd", "name": "kd", "assistant": {"model": "mlp_h16"}, "teachers": ["mlp_h32"]},
+    {"label": "aid", "name": "kd", "adapt": {}, "teachers": ["mlp_h32"]},
+]
+
+
+def test_every_kind_of_a_sweep_is_declared_and_the_order_is_topological(tmp_path):
+    spec = parse_spec(spec_dict(methods=REMEDIES, seeds=[0], teacher_cache=True, diagnose=True))
+    sweep = open_sweep(spec, tmp_path, log=quiet)
+    kinds = {n.kind for n in sweep.graph.nodes}
+    assert kinds == set(Kind) and set(KINDS) == {k.value for k in Kind}
+    position = {id(n): i for i, n in enumerate(sweep.graph.nodes)}
+    for n in sweep.graph.nodes:
+        assert all(position[id(p)] < position[id(n)] for p in n.producers()), n.name
+    (diagnose,) = sweep.graph.of_kind(Kind.DIAGNOSE)
+    assert sorted(diagnose.inputs) == ["student.0", "teacher.0", "teacher.1"]
+    (student,) = [n for n in sweep.graph.nodes if n.name == "student-mlp_h16-takd-from-mlp_h32-s0"]
+    assert [p.kind for p in student.producers()] == [Kind.ASSISTANT, Kind.CACHE]
+
+
+def test_a_key_follows_from_the_config_and_the_producers_keys(tmp_path):
+    small = spec_dict(teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0])
+    longer = spec_dict(
+        teachers=[{"model": "mlp_h32", "config": {"optim": {"epochs": 3}}}], methods=[{"name": "kd"}], seeds=[0]
+    )
+    a, b = (open_sweep(parse_spec(s), tmp_path / n, log=quiet).graph.nodes for n, s in (("a", small), ("b", longer)))
+    names = [n.name for n in a]
+    assert names == [n.name for n in b]
+    changed = {n.name for n, m in zip(a, b) if n.key != m.key}
+    # the teacher's config changed: it and its student get new keys, the CE student keeps its own
+    assert changed == {"teacher-mlp_h32", "student-mlp_h16-kd-from-mlp_h32-s0"}
+    (kd,) = [n for n in b if "kd" in n.name]
+    assert kd.identity == next(n for n in a if "kd" in n.name).identity  # only its input differs
+
+
+def test_a_setting_at_its_default_never_changes_a_key():
+    plain = {"data": {"name": "digits"}, "method": {"name": "kd", "temperature": 8}}
+    spelled = {
+        "data": {"name": "digits", "augment": True, "subset_seed": 0},
+        "method": {"name": "kd", "temperature": 8, "ce_weight": 0.1},
+        "engine": {"keep_epochs": [], "eval_every": 1},
+        "optim": {"momentum": 0.9},
+    }
+    assert (
+        identity_config(plain)
+        == identity_config(spelled)
+        == {
+            "teacher": {"kind": "none"},
+            "method": {"name": "kd", "temperature": 8.0},
+        }
+    )
+    assert identity_config({**plain, "optim": {"momentum": 0.8}}) != identity_config(plain)
+
+
+def test_a_new_kind_plugs_in_by_declaring_its_identity_inputs_and_job(tmp_path, monkeypatch):
+    from darkknowledge.experiments.kinds import StageKind
+    from darkknowledge.experiments.store import StageStore
+
+    ran = []
+    trial = StageKind(
+        Kind.TEACHER,  # stands for a new member of Kind in this test
+        identity=lambda config: dict(config),
+        run=lambda request, stage_dir, datasets: ran.append(request["config"]),
+        place=lambda config, paths: {**config, "paths": paths},
+    )
+    monkeypatch.setitem(KINDS, "teacher", trial)
+    graph = StageGraph()
+    first = graph.add(StageSpec(Kind.TEACHER, "trial-a", {"lr": 0.1}))
+    second = graph.add(StageSpec(Kind.TEACHER, "trial-b", {"lr": 0.2}, {"warm": first.ref("out.txt")}))
+    assert first.key != second.key and second.producers() == [first]
+    store = StageStore(tmp_path)
+    from darkknowledge.experiments.stage import run_stage
+
+    assert run_stage(store.write_request(second)) == "done"
+    assert ran == [{"lr": 0.2, "paths": {"warm": str(store.dir(first).resolve() / "out.txt")}}]
+
+
+def test_the_graph_refuses_a_consumer_before_its_producer():
+    graph = StageGraph()
+    producer = StageSpec(Kind.STUDENT, "a", {"method": {"name": "ce"}})
+    with pytest.raises(ValueError, match="producer a is not in the graph"):
+        graph.add(StageSpec(Kind.STUDENT, "b", {"method": {"name": "ce"}}, {"init": producer.ref("last.pt")}))
+
+
+def test_a_given_checkpoint_is_identified_by_its_weights(teacher_ckpt, tmp_path):
+    import shutil
+
+    copy = tmp_path / "elsewhere.pt"
+    shutil.copy(teacher_ckpt, copy)
+    assert FileInput.of(copy).identity == FileInput.of(teacher_ckpt).identity
+    assert FileInput.of(copy).path != FileInput.of(teacher_ckpt).path
+
+
+def test_the_committed_capacity_records_resolve_on_a_fresh_directory(tmp_path):
+    spec = REPO / "configs" / "capacity_cifar10.yaml"
+    sweep = open_sweep(str(spec), tmp_path / "fresh", log=quiet)
+    assert len(list((REPO / "configs" / "capacity_cifar10.records").glob("*.json"))) == 229
+    # every stage of the 2.4 h sweep is recorded; only the diagnosis needs the teachers' files here
+    assert sweep.counts() == {"recorded": 229, "skipped": 1}
+    assert sweep.plan() == []
+    assert not (tmp_path / "fresh").exists()
