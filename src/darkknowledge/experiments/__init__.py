@@ -1,7 +1,8 @@
-"""The experiments layer: stages with content digests, sweeps over teachers x methods x
-seeds, executors (inline, local processes, submitit).
+"""The experiments layer: a typed stage graph (graph.py, kinds.py) keyed by content, one
+store for stage directories and records (store.py), sweeps over teachers x methods x seeds
+(sweep.py) and executors (inline, local processes, submitit).
 
-Layering: cli -> experiments -> engine / diagnostics / methods / models / data.
+Layering: cli -> experiments -> runs -> engine / diagnostics / methods / models / data.
 """
 
 from __future__ import annotations

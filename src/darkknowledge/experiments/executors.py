@@ -88,7 +88,7 @@ def _run_in_worker(stage_dir: str) -> str:
 class LocalExecutor(Executor):
     """Run up to ``jobs`` stages at once in a pool of worker processes on this machine.
 
-    Workers live for the whole wave (imports and loaded datasets are reused); a worker
+    Workers live for the whole step (imports and loaded datasets are reused); a worker
     that dies (killed, out of memory) fails only the stages that had not finished.
     """
 
