@@ -84,7 +84,7 @@ def test_diagnose_ladder_with_student(capsys, tmp_path, teacher_ckpt, small_teac
     assert result["students"] and result["students"][0]["name"] == "t4-student2"
     html = (out_dir / "report.html").read_text()
     assert "data:image/png;base64," in html
-    assert "CALIBRATED ON FEW LADDERS" in out
+    assert "MEASUREMENTS, NOT A PREDICTION" in out
     # the train split is diagnosed by default: 1,438 digits training images
     assert result["teachers"][0]["num_samples"] == 1438
     assert result["data"] == {

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from darkknowledge.diagnostics import (
-    CALIBRATION,
     DISCLAIMER,
+    TunedChoice,
     DecompositionAccumulator,
     DiagnoseOptions,
     FeatureGeometryAccumulator,
@@ -424,7 +424,7 @@ def test_diagnose_writes_report(tmp_path):
     assert len(res.decompositions) == 2 and len(res.cards) == 2
     card = res.card("large", "student")
     assert card.reference == "small" and DISCLAIMER in card.to_text()
-    assert "CALIBRATED" in card.to_text() and "capacity sweep" in card.to_text()
+    assert "MEASUREMENTS, NOT A PREDICTION" in card.to_text() and "darkknowledge tune" in card.to_text()
     assert DISCLAIMER in html.replace("&#x27;", "'")
     # stream == in-memory
     batches = (OutputsBatch(targets=teachers[0].targets[i : i + 50],
@@ -496,21 +496,27 @@ def test_card_pairs_choose_which_students_a_teacher_is_carded_with():
         diagnose(teachers, [student], temperatures=[4.0], card_pairs=[("student", "large")])
 
 
-def test_card_verdicts():
+def test_card_gives_no_verdict_and_recommends_what_tune_chose():
     teachers, student = _ladder()
     small = teacher_stats(teachers[0].logits, teachers[0].targets, name="small", num_params=1000)
     large = teacher_stats(teachers[1].logits, teachers[1].targets, name="large", num_params=50000)
     card = make_card(large, reference=small, temperature=4.0)
     assert large.at(4.0, "nt_var") < small.at(4.0, "nt_var")  # the constructed over-confident teacher
-    # calibrated on the capacity sweeps: the lower variance is reported as a warning sign, not a mismatch
-    assert card.mismatch is False and card.method == "kd" and card.method_params == {"temperature": 4.0}
-    assert "warning sign" in card.verdict and f"{CALIBRATION['lower_variance']} measured pairs" in card.verdict
+    # no rule predicted mismatch out of sample (docs/diagnostics.md): measurements and a pointer to tune
+    assert card.mismatch is None and card.method is None and card.method_params == {}
+    assert card.verdict.startswith("No verdict") and "x the smaller small's" in card.verdict
+    assert "darkknowledge tune" in card.recommendation
     assert card.disclaimer == DISCLAIMER and DISCLAIMER in card.to_text()
-    back = make_card(small, reference=large, temperature=4.0)
-    assert back.mismatch is False and back.method == "kd" and "warning sign" not in back.verdict
-    alone = make_card(large, temperature=4.0)
-    assert alone.mismatch is None and alone.verdict.startswith("No verdict")
     assert "tau*" in card.to_text() and any(a.startswith("ISATS") for a in card.alternatives)
+    tuned = TunedChoice("large", "student", "dist", {"temperature": 2.0}, 0.91, "runs/tune/result.json")
+    chosen = make_card(large, reference=small, temperature=4.0, tuned=tuned)
+    assert chosen.method == "dist" and chosen.method_params == {"temperature": 2.0}
+    assert "chosen by `darkknowledge tune`" in chosen.recommendation and "91.0 %" in chosen.recommendation
+    other = make_card(small, reference=None, temperature=4.0, tuned=tuned)  # tune chose another teacher
+    assert other.method is None and "Run `darkknowledge tune`" in other.recommendation
+    text = card.to_text() + chosen.to_text()
+    for finding in ("points above KD", "measured pairs", "beat it", "seeds;"):  # measured results live in docs
+        assert finding not in text
 
 
 def test_logits_file_roundtrip(tmp_path):

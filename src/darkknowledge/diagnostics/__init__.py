@@ -11,7 +11,7 @@ Every statistic is an accumulator with ``update(...)`` per chunk and ``result()`
 """
 
 from darkknowledge.diagnostics.api import diagnose, diagnose_stream
-from darkknowledge.diagnostics.card import CALIBRATION, DISCLAIMER, TeacherCard, make_card
+from darkknowledge.diagnostics.card import DISCLAIMER, RULES_VERSION, TeacherCard, TunedChoice, make_card
 from darkknowledge.diagnostics.collect import collect_outputs
 from darkknowledge.diagnostics.decompose import (
     Decomposition,
@@ -44,7 +44,8 @@ from darkknowledge.diagnostics.stats import DEFAULT_TEMPERATURES, TeacherStats, 
 
 __all__ = [
     "DEFAULT_TEMPERATURES",
-    "CALIBRATION",
+    "RULES_VERSION",
+    "TunedChoice",
     "DISCLAIMER",
     "Decomposition",
     "DecompositionAccumulator",

@@ -13,15 +13,16 @@ The statistics follow published claims:
 * DKD: plain KD scales the non-target term by (1 - p_t); a confident teacher makes that
   factor small.
 
-The verdict is calibrated on capacity sweeps (:data:`CALIBRATION`, docs/diagnostics.md
-"Calibration"): a lower non-target variance than the smaller teacher's went with a worse
-KD student in too few measured pairs to call it a mismatch, so the card reports it as a
-signal to check, predicts no mismatch, and recommends KD. Every card carries
-:data:`DISCLAIMER`.
+The card gives no capacity-mismatch verdict: a rule over these measurements was tested
+against the measured ladders and the card states only what a rule has been shown to predict
+(docs/diagnostics.md, "Does the card predict?"). It reports the measurements and recommends
+what ``darkknowledge tune`` found for this teacher and student, when given, else to run it.
+Every card carries :data:`DISCLAIMER`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,19 +32,29 @@ from darkknowledge.diagnostics.decompose import Decomposition
 from darkknowledge.diagnostics.ranks import RankConsistency
 from darkknowledge.diagnostics.stats import TeacherStats
 
-__all__ = ["CALIBRATION", "DISCLAIMER", "TeacherCard", "make_card"]
+__all__ = ["DISCLAIMER", "RULES_VERSION", "TeacherCard", "TunedChoice", "make_card"]
 
-#: What the capacity sweeps measured (docs/diagnostics.md, "Calibration"): adjacent teacher
-#: pairs of the measured ladders, those where the larger teacher's non-target variance at
-#: T = 4 was lower, and those where KD from the larger teacher was measurably worse
-#: (paired by seed, more than one standard error), overall and among the lower-variance ones.
-CALIBRATION = {"pairs": 10, "lower_variance": 8, "kd_worse": 3, "lower_variance_and_kd_worse": 2}
+#: changes whenever what a card says changes (a sweep then re-writes its diagnostics)
+RULES_VERSION = 2
 
 DISCLAIMER = (
-    "CALIBRATED ON FEW LADDERS: the verdict follows what this toolkit's capacity sweeps measured "
-    "(docs/diagnostics.md, 'Calibration'), a handful of small CPU-scale ladders; confirm it for your "
-    "teacher and student with a capacity sweep (several teachers x this student, several seeds)."
+    "MEASUREMENTS, NOT A PREDICTION: the card reports this teacher's dark knowledge; whether a larger teacher "
+    "will teach this student worse is not predicted from it (docs/diagnostics.md, 'Does the card predict?'). "
+    "Choose teacher, method and temperature on a validation split with `darkknowledge tune`."
 )
+
+
+@dataclass(frozen=True)
+class TunedChoice:
+    """What ``darkknowledge tune`` chose for a student (on its validation split)."""
+
+    teacher: str
+    student: str
+    method: str
+    params: dict[str, Any]
+    val_top1: float
+    source: str  # the tune result file
+
 
 #: thresholds of the heuristic (documented in docs/diagnostics.md)
 CONFIDENT_TARGET_PROB = 0.9  # mean p_y at T = 1 above which a teacher counts as over-confident
@@ -58,10 +69,10 @@ class TeacherCard:
     student: str | None
     reference: str | None
     temperature: float
-    mismatch: bool | None  # None: not enough evidence to say
+    mismatch: bool | None  # None: no verdict
     verdict: str
     evidence: list[str]
-    method: str
+    method: str | None  # None: no recommended method (run tune)
     method_params: dict[str, Any]
     recommendation: str
     alternatives: list[str] = field(default_factory=list)
@@ -118,6 +129,7 @@ def make_card(
     student: TeacherStats | None = None,
     decomposition: Decomposition | None = None,
     temperature: float = 4.0,
+    tuned: TunedChoice | None = None,
 ) -> TeacherCard:
     """Build the card for ``teacher`` (optionally distilled into ``student``), comparing
     with a smaller ``reference`` teacher when given. ``temperature``: the KD temperature
@@ -149,20 +161,17 @@ def make_card(
             f"searched in [{_fmt(float(tau.get('tau_min', float('nan'))))}, {_fmt(float(tau.get('tau_max', float('nan'))))}]."
         )
 
-    mismatch: bool | None = None
-    lower_var = False
+    mismatch: bool | None = None  # no rule has been shown to predict it (docs/diagnostics.md)
     ratio = float("nan")
     if reference is not None:
         r_row = reference.row(temp)
         v_r = float(r_row["nt_var"])
         ratio = v_t / v_r if v_r > 0 else float("inf")
-        lower_var = v_t < v_r
         evidence.append(
             f"Smaller teacher {reference.name}{_params(reference)} at T={_fmt(float(r_row['temperature']))}: "
             f"non-target variance {_fmt(v_r)}, target probability {_fmt(float(r_row['target_prob']))}, "
             f"top-1 {100 * reference.top1:.1f} %; {teacher.name}'s variance is {_fmt(ratio)}x that."
         )
-        mismatch = False  # calibrated (CALIBRATION): the variance comparison did not predict KD drops
     overconfident = py1 >= CONFIDENT_TARGET_PROB
 
     rho_ref = _rank(ranks, "spearman", teacher.name, reference.name) if reference is not None else float("nan")
@@ -195,67 +204,47 @@ def make_card(
             f"discriminability {_fmt(a.get('discriminability', float('nan')))}."
         )
 
-    # ---- verdict and recommendation (calibrated: CALIBRATION, docs/diagnostics.md) -----------
-    c = CALIBRATION
-    measured = (
-        f"in this toolkit's measured ladders KD from the larger teacher of a pair was worse in "
-        f"{c['kd_worse']} of {c['pairs']} adjacent pairs"
+    # ---- no verdict; the recommendation is tune's choice, when one is given -------------------
+    verdict = "No verdict on capacity mismatch: see the measurements above"
+    verdict += (
+        f" (variance {_fmt(ratio)}x the smaller {reference.name}'s at T={_fmt(temp)})." if reference is not None else "."
     )
-    if reference is not None and lower_var:
-        verdict = (
-            f"No capacity mismatch predicted, one warning sign: at T={_fmt(temp)} the wrong-class probabilities of "
-            f"{teacher.name} are less spread out than those of the smaller {reference.name} ({_fmt(ratio)}x its "
-            f"variance), the sign the capacity-mismatch papers describe; but a lower variance went with a worse KD "
-            f"student in only {c['lower_variance_and_kd_worse']} of the {c['lower_variance']} measured pairs that "
-            f"showed it, and {measured}. Prefer the more accurate teacher and confirm with a sweep."
-        )
-    elif reference is not None:
-        verdict = (
-            f"No capacity mismatch predicted: {teacher.name}'s wrong-class probabilities are at least as spread out "
-            f"as the smaller {reference.name}'s at T={_fmt(temp)}, and {measured}."
-        )
-    elif overconfident:
-        verdict = (
-            f"No verdict: {teacher.name} is very confident (mean target probability {_fmt(py1)} at T={_fmt(t1)}), "
-            f"which leaves little spread among its wrong classes at low temperature; no smaller teacher was given "
-            f"to compare with ({measured})."
+    method: str | None = None
+    params: dict[str, Any] = {}
+    if tuned is not None and tuned.teacher == teacher.name and (student is None or tuned.student == student.name):
+        method, params = tuned.method, dict(tuned.params)
+        recommendation = (
+            f"{tuned.method} {json.dumps(tuned.params, sort_keys=True)} from {tuned.teacher}: chosen by "
+            f"`darkknowledge tune` for {tuned.student} (validation top-1 {100 * tuned.val_top1:.1f} %; {tuned.source})."
         )
     else:
-        verdict = (
-            f"No verdict: {teacher.name} is not over-confident (mean target probability {_fmt(py1)} at T={_fmt(t1)}); "
-            f"give a smaller teacher for a comparison ({measured})."
+        recommendation = (
+            "Run `darkknowledge tune` with this teacher (and the smaller ones) as candidates: it chooses teacher, "
+            "method and temperature on the validation split within a budget."
         )
-
-    method = "kd"
-    params: dict[str, Any] = {"temperature": temp}
-    recommendation = (
-        f"Standard KD at T={_fmt(temp)}: no capacity-mismatch method beat it by more than the seed noise in the "
-        f"measured capacity sweeps (the methods that did are the alternatives below)."
-    )
-    alternatives.append(
-        "DIST or TTM/WTTM: 2.6 / 2.0 / 1.9 points above KD from the largest teacher of the capacity protocol "
-        "(paired by seed, all 3 seeds; docs/results.md), the only methods that beat KD there by more than the noise."
-    )
     if math.isfinite(tau_med):
         alternatives.append(
-            f"ISATS (per-sample temperature tau*(x), median {_fmt(tau_med)} here, student at T=4): level with KD "
-            f"from the measured protocol's largest teacher (8 seeds), 2 below it with converged teachers (docs/results.md); "
-            f"the asymmetric setting (target at 2 tau*, student at T=1) lost 4 points."
+            f"ISATS (per-sample temperature tau*(x); median {_fmt(tau_med)} here) as a candidate of the search."
         )
     if agree:
         alternatives.append(
-            f"RCKD (T=4): the teachers agree on the non-target ranking (Spearman {_fmt(rho_ref)}), so a loss that "
-            f"matches relative confidences keeps the knowledge shared across capacities without copying the "
-            f"large teacher's over-confidence."
+            f"RCKD or DIST as candidates: the teachers agree on the non-target ranking (Spearman {_fmt(rho_ref)}), "
+            "which losses that match rankings or relations rather than values transfer."
         )
     if math.isfinite(fidelity) and fidelity < LOW_FIDELITY_SPEARMAN:
         alternatives.append(
-            f"Rank-based losses (RCKD, DIST): the student's rank fidelity to this teacher is low ({_fmt(fidelity)})."
+            f"Rank-based losses (RCKD, DIST) as candidates: the student's rank fidelity to this teacher is low "
+            f"({_fmt(fidelity)})."
         )
     if math.isfinite(coupling) and coupling < SMALL_COUPLING:
         alternatives.append(
-            f"DKD: the mean coupling weight 1-p_t is {_fmt(coupling)}, so plain KD damps the non-target term; "
-            f"DKD weights it separately (beta)."
+            f"DKD as a candidate: the mean coupling weight 1-p_t is {_fmt(coupling)}, so plain KD damps the "
+            "non-target term; DKD weights it separately (beta)."
+        )
+    if overconfident:
+        alternatives.append(
+            f"Higher temperatures in the search: the teacher is very confident (mean target probability {_fmt(py1)} "
+            f"at T={_fmt(t1)})."
         )
     return TeacherCard(
         teacher=teacher.name,

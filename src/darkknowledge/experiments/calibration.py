@@ -111,7 +111,7 @@ def card_checks(
         if not diffs:
             continue
         measured = measured_mismatch(diffs)
-        label = matching_label(methods, card["method"], card.get("method_params") or {})
+        label = matching_label(methods, card["method"], card.get("method_params") or {}) if card.get("method") else None
         gain = paired(students, (teacher, label), (teacher, kd_label)) if label else []
         mean, std = _mean_std(diffs)
         g_mean, g_std = _mean_std(gain)
@@ -124,7 +124,7 @@ def card_checks(
                 "kd_minus_reference_std": std,
                 "seeds": len(diffs),
                 "measured_mismatch": measured,
-                "agree": card.get("mismatch") == measured,
+                "agree": None if card.get("mismatch") is None else card.get("mismatch") == measured,
                 "card_method": card["method"],
                 "card_method_params": card.get("method_params") or {},
                 "card_label": label or "",
@@ -159,12 +159,13 @@ def checks_markdown(rows: list[dict[str, Any]], kd_label: str = "kd") -> str:
         "|---|---|---|---:|---|---|---|---:|",
     ]
     for r in rows:
-        rec = r["card_method"] + (f" ({r['card_label']})" if r["card_label"] else "")
+        rec = (r["card_method"] or "none (tune)") + (f" ({r['card_label']})" if r["card_label"] else "")
         lines.append(
             f"| {r['teacher']} | {r['reference']} | {yes_no[r['card_mismatch']]} | "
             f"{_signed(r['kd_minus_reference'], r['kd_minus_reference_std'], r['seeds'])} | {yes_no[r['measured_mismatch']]} | "
-            f"{'yes' if r['agree'] else 'no'} | {rec} | {_signed(r['card_minus_kd'], r['card_minus_kd_std'], r['card_seeds'])} |"
+            f"{ {True: 'yes', False: 'no', None: 'n/a'}[r['agree']] } | {rec} | {_signed(r['card_minus_kd'], r['card_minus_kd_std'], r['card_seeds'])} |"
         )
-    agree = sum(r["agree"] for r in rows)
-    lines += ["", f"Verdicts agreeing with the measurement: **{agree} of {len(rows)}**.", ""]
+    judged = [r for r in rows if r["agree"] is not None]
+    agree = sum(r["agree"] for r in judged)
+    lines += ["", f"Verdicts agreeing with the measurement: **{agree} of {len(judged)}** cards that gave one.", ""]
     return "\n".join(lines)

@@ -33,7 +33,7 @@ MARKER_ID = "darkknowledge_sweep"  # the key inside sweep.json that says this pr
 MARKER_VERSION = 1
 # what a sweep writes beside its stage directories (removed by ``clear``)
 OUTPUT_FILES = ("results.csv", "teachers.csv", "results.md", "student_vs_teacher.png", "card_check.csv")
-OUTPUT_DIRS = {"submitit": "."}
+OUTPUT_DIRS = {"submitit": ".", "diagnostics": "diagnostics.json"}
 DIAGNOSE_TEMPERATURES = [1.0, 2.0, 4.0, 8.0]
 
 
@@ -164,9 +164,9 @@ class _Planner:
         return self._add(Kind.CACHE, f"cache-{label}", config, {"teacher": source}, {"teacher": label})
 
     def diagnose(self, teachers: list[tuple[str, Input]], ce: StageSpec) -> StageSpec:
-        from darkknowledge.diagnostics import CALIBRATION, DISCLAIMER
+        from darkknowledge.diagnostics import DISCLAIMER, RULES_VERSION
 
-        rules = hashlib.sha256(json.dumps([DISCLAIMER, CALIBRATION]).encode()).hexdigest()[:16]
+        rules = hashlib.sha256(json.dumps([DISCLAIMER, RULES_VERSION]).encode()).hexdigest()[:16]
         inputs: dict[str, Input] = {f"teacher.{i}": ref for i, (_, ref) in enumerate(teachers)}
         inputs["student.0"] = ce.ref("last.pt")
         config = {
@@ -476,7 +476,7 @@ class Sweep:
                 break
             step += 1
             self.log(
-                f"step {step}: {len(ready)} stage(s) to run, {len(todo) - len(ready)} after them ({self.executor.name} executor)"
+                f"wave {step}: {len(ready)} stage(s) to run, {len(todo) - len(ready)} after them ({self.executor.name} executor)"
             )
             for n in ready:
                 self.store.write_request(n)
@@ -487,7 +487,7 @@ class Sweep:
                 attempted.add(n.key)
                 self.log(self._outcome_line(n))
                 self.store.write_record(n)
-            self.log(f"step {step} finished in {time.perf_counter() - start:.1f}s")
+            self.log(f"wave {step} finished in {time.perf_counter() - start:.1f}s")
             ran = {n.key for n in ready}
             for twin in (n for n in self.graph.nodes if n.key in ran and self.store.twin_of(n) is not None):
                 self.store.write_record(twin)

@@ -8,10 +8,8 @@ rules A/B/C), the target gets tau1 (rule A: ``target_ratio * tau*`` or
 ``max(target_temperature, tau*)``), and the student loss is ATS's:
 ce_weight * CE + kd_weight * tau_s^2 * softCE(q, softmax(v / tau_s)). tau* is recorded
 each step as ``isats_tau``. The rules, the search and its cost: docs/methods.md ("ISATS").
-Defaults (target_ratio 1, tau_s 4, CE 0.1 / KD 0.9, misclassified rows at T = 4) were chosen
-on the validation split of configs/capacity_cifar10.yaml and benchmarks/capacity_explore4.yaml;
-the ATS-code setting (ratio 2, tau_s 1, 0.5 / 0.5) was 4 points lower there (docs/methods.md,
-"ISATS, ATS and FGCR on the capacity protocol").
+How the defaults were chosen, and what they measured: docs/methods.md ("ISATS, ATS and FGCR on the
+capacity protocol").
 """
 
 from __future__ import annotations
@@ -48,17 +46,13 @@ TemperatureScope = Literal["instance", "batch"]
 
 
 class ISATSParams(MethodParams):
-    ce_weight: float = Field(
-        0.1, ge=0, description="Weight of the cross-entropy term (ATS code: 0.5; 0.1 chosen on validation)."
-    )
+    ce_weight: float = Field(0.1, ge=0, description="Weight of the cross-entropy term (ATS code: 0.5).")
     kd_weight: float = Field(
         0.9,
         ge=0,
-        description="Weight of the tau_s^2-scaled soft cross-entropy term (ATS code: 0.5; 0.9 chosen on validation).",
+        description="Weight of the tau_s^2-scaled soft cross-entropy term (ATS code: 0.5).",
     )
-    student_temperature: float = Field(
-        4.0, gt=0, description="Student softmax temperature tau_s (ATS code: 1; 4, as KD, chosen on validation)."
-    )
+    student_temperature: float = Field(4.0, gt=0, description="Student softmax temperature tau_s (ATS code: 1).")
     search_rule: SearchRule = Field(
         "A",
         description=(
@@ -109,7 +103,7 @@ class ISATSParams(MethodParams):
         description=(
             "Rows the teacher gets wrong (argmax != target) get plain temperature scaling at this T (tau1 = tau2 = T) "
             "instead of the search, whose optimum there is always tau_min (the label collapses on the wrong class); "
-            "None: searched like the others. 4 chosen on validation (+3 points with converged teachers)."
+            "None: searched like the others."
         ),
     )
     center_logits: bool = Field(
@@ -257,6 +251,12 @@ class ISATS(DistillMethod):
     name = "isats"
     summary = "Instance-specific ATS: per-sample temperature maximising non-target variance (reconstruction)."
     Params = ISATSParams
+    params: ISATSParams
+
+    @property
+    def token_batch(self) -> str:
+        """Over LM tokens the batch of the batch-median temperature is one sequence (methods/tokens.py)."""
+        return "sequence" if self.params.temperature_scope == "batch" else "token"
 
     def forward(
         self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, ctx: StepContext
