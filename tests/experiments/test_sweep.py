@@ -140,7 +140,9 @@ def test_sweep_runs_reuses_and_writes_results(tmp_path, capsys):
             float(r["best_top1"]) == summary["best"]["test/top1"]
             and int(r["best_epoch"]) == summary["best"]["epoch"] + 1
         )
-        assert summary["seed"] == int(r["seed"]) and summary["method"] == json.loads(r["method_params"]).get("name", "ce")
+        assert summary["seed"] == int(r["seed"]) and summary["method"] == json.loads(r["method_params"]).get(
+            "name", "ce"
+        )
     assert len({r["run_dir"] for r in rows}) == len(rows)
     assert all(r["last_rank_fidelity"] for r in rows if r["method"] != "ce")
     teachers = list(csv.DictReader((sw / "teachers.csv").open()))
@@ -150,8 +152,10 @@ def test_sweep_runs_reuses_and_writes_results(tmp_path, capsys):
     table = (sw / "results.md").read_text()
     assert "## Last epoch" in table and "## Best epoch" in table and "Student alone (CE)" in table
     assert "| mlp_h128 |" in table and "| kd-T4 | kd-T8 |" in table
-    report = re.search(r"\]\((runs/diagnose-teachers-[0-9a-f]{8}/report\.html)\)", table)
-    assert report and (sw / report.group(1)).is_file()
+    assert "[diagnostics/report.html](diagnostics/report.html)" in table and (sw / "diagnostics/report.html").is_file()
+    assert (sw / "diagnostics/diagnostics.json").read_bytes() == next(
+        sw.glob("runs/diagnose-*/diagnostics.json")
+    ).read_bytes()
     assert "## Paired with the student alone" in table and len(re.findall(r" \([0-2]/2\) \|", table)) == 4
     assert (sw / "student_vs_teacher.png").stat().st_size > 1000
 

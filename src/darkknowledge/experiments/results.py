@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
+import shutil
 import statistics
 from pathlib import Path
 from typing import Any
@@ -332,13 +332,23 @@ def plot(sweep: Sweep, teachers: list[dict[str, Any]], students: list[dict[str, 
     return True
 
 
-def diagnostics_report(sweep: Sweep) -> str | None:
-    """The ladder's diagnostics report (a path relative to the sweep directory) when its stage ran here."""
+def publish_diagnostics(sweep: Sweep) -> str | None:
+    """Copy the report of the ladder's diagnose stage (when it ran here) to ``<sweep>/diagnostics``;
+    return its path relative to the sweep directory."""
     node = next(iter(sweep.graph.of_kind(Kind.DIAGNOSE)), None)
     if node is None or sweep.state(node) != "done":
         return None
-    report = sweep.store.files_dir(node) / DIAGNOSE_REPORT
-    return os.path.relpath(report, sweep.out) if report.is_file() else None
+    source = sweep.store.files_dir(node)
+    if not (source / DIAGNOSE_REPORT).is_file():
+        return None
+    target = sweep.out / "diagnostics"
+    staging = sweep.out / ".diagnostics.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging, ignore=shutil.ignore_patterns("stage.json", "result.json", "log.txt", ".lock"))
+    if target.is_dir():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return f"diagnostics/{DIAGNOSE_REPORT}"
 
 
 def card_checks_of(sweep: Sweep, students: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -363,7 +373,7 @@ def write_results(sweep: Sweep) -> dict[str, Any]:
     teachers = teacher_rows(sweep)
     students = student_rows(sweep, teachers)
     out = sweep.out
-    report = diagnostics_report(sweep)
+    report = publish_diagnostics(sweep)
     atomic_write_text(out / "results.csv", _csv(students, RESULT_COLUMNS))
     atomic_write_text(out / "teachers.csv", _csv(teachers + intermediate_rows(sweep), TEACHER_COLUMNS))
     table = markdown_table(sweep, teachers, students, report)
