@@ -48,8 +48,8 @@ DEFAULT_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
 
 def crop_views_from_uniforms(
-    widths: np.ndarray,
-    heights: np.ndarray,
+    widths: np.ndarray | float,
+    heights: np.ndarray | float,
     uniforms: np.ndarray,
     *,
     scale: Sequence[float] = DEFAULT_SCALE,
@@ -183,7 +183,11 @@ def apply_view(
     dw, dh = image.size
     sx, sy = (s, s) if s != 1.0 else (width / dw, height / dh)
     left, top, right, bottom = view_box(v, width, height)
-    box = (left / sx, top / sy, min(right / sx, dw), min(bottom / sy, dh))
+    # float32 views of whole-pixel boxes land within ~1e-4 px of an integer: snap them back exactly
+    box = tuple(
+        float(round(c)) if abs(c - round(c)) < 1e-3 else c
+        for c in (left / sx, top / sy, min(right / sx, dw), min(bottom / sy, dh))
+    )
     # crop to the enclosing whole pixels first, so the filter never reads outside the box (as crop-then-resize)
     outer = (math.floor(box[0] + 1e-6), math.floor(box[1] + 1e-6), math.ceil(box[2] - 1e-6), math.ceil(box[3] - 1e-6))
     if image.mode not in ("RGB", "L"):

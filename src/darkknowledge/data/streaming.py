@@ -1,0 +1,453 @@
+"""Streaming full-resolution image datasets: files are decoded lazily in ``DataLoader``
+workers, one view per sample, and only uint8 batches cross to the training device.
+
+* :class:`StreamingDataset`: a :class:`~darkknowledge.data.sources.Source` (class
+  folders or webdataset shards) + the output size, decoder and bad-file policy. It holds
+  no pixels; memory does not grow with the dataset.
+* :class:`StreamingLoader`: :class:`~darkknowledge.data.loader.BatchLoader`'s interface
+  (``epoch(e)``, ``len``, rank/world_size sharding, ``view_table`` replay). A worker turns
+  one batch description (rows + views) into one uint8 ``(B, H, W, 3)`` tensor; the
+  loader normalises it on the device (channels_last when asked).
+* Determinism: epoch ``e``'s order is ``randperm`` of ``(seed, e)`` as in the in-memory
+  loader, and sample ``i``'s training view is a function of ``(seed, e, i)`` and the
+  image's size only (counter-based uniforms), so neither the worker count, the batch
+  size nor the number of ranks changes what a sample looks like.
+* :func:`build_splits` builds (train, val or None, test) from a ``DataConfig``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from darkknowledge.data.base import AugmentSpec, DataSpec
+from darkknowledge.data.folders import IMAGENET_MEAN, IMAGENET_STD
+from darkknowledge.data.jpeg import DECODERS, BadImage, get_decoder
+from darkknowledge.data.loader import Batch, epoch_generator
+from darkknowledge.data.sources import BAD_FILES, Source, index_class_folders, index_shards
+from darkknowledge.data.transforms import select_indices
+from darkknowledge.data.views import (
+    UNIFORMS_PER_VIEW,
+    VIEW_DIM,
+    center_views,
+    crop_views_from_uniforms,
+)
+from darkknowledge.errors import UserError
+from darkknowledge.registry import Registry
+
+__all__ = [
+    "STREAMING_DATASETS",
+    "StreamingDataset",
+    "StreamingLoader",
+    "build_splits",
+    "held_out_rows",
+    "is_streaming",
+    "view_uniforms",
+]
+
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser (uint64 in, uint64 out; wraps modulo 2**64)."""
+    z = z ^ (z >> np.uint64(30))
+    z = z * np.uint64(0xBF58476D1CE4E5B9)
+    z = z ^ (z >> np.uint64(27))
+    z = z * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def view_uniforms(seed: int, epoch: int, rows: np.ndarray, count: int = UNIFORMS_PER_VIEW) -> np.ndarray:
+    """Uniforms in [0, 1) for each row: float64 (len(rows), count), a function of (seed, epoch, row) only."""
+    with np.errstate(over="ignore"):
+        key = _mix(np.array([int(seed) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) + 1)
+        key = _mix(key ^ (np.uint64(int(epoch) & 0xFFFFFFFF) * np.uint64(0xD1B54A32D192ED03)))
+        counter = np.asarray(rows, dtype=np.uint64)[:, None] * np.uint64(count) + np.arange(count, dtype=np.uint64)
+        bits = _mix((counter * np.uint64(0x9E3779B97F4A7C15)) ^ key) & _M64
+    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+@dataclass
+class _Work:
+    """One batch to decode: dataset rows, and either fixed views (B, 5) or (seed, epoch) to sample them."""
+
+    rows: np.ndarray
+    views: np.ndarray | None
+    seed: int
+    epoch: int
+
+
+class StreamingDataset(torch.utils.data.Dataset):
+    """Samples of ``source`` decoded on demand to ``crop_size`` x ``crop_size`` uint8 RGB.
+
+    ``dataset[work]`` (called in a loader worker) returns one batch as a dict: ``images``
+    uint8 (B, H, W, 3), ``rows``, ``targets``, ``views`` float32 (B, 5) as applied, ``skipped``
+    ("file: reason" of each bad file left out, with ``bad_files=skip``) and ``error``
+    (the one-line message of the first bad file, with ``bad_files=error``).
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        name: str,
+        *,
+        crop_size: int = 224,
+        resize_size: int = 256,
+        decoder: str = "auto",
+        bad_files: str = "error",
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+    ):
+        if bad_files not in BAD_FILES:
+            raise UserError(f"data.bad_files={bad_files!r} is not one of {', '.join(BAD_FILES)}")
+        if crop_size < 1 or resize_size < crop_size:
+            raise UserError(
+                f"data.crop_size={crop_size} and data.resize_size={resize_size}: need 1 <= crop_size <= resize_size"
+            )
+        self.source = source
+        self.crop_size, self.resize_size = int(crop_size), int(resize_size)
+        self.decoder = get_decoder(decoder)
+        self.bad_files = bad_files
+        self.scale, self.ratio = scale, ratio
+        self.targets = torch.from_numpy(np.asarray(source.targets, dtype=np.int64))
+        self.spec = DataSpec(
+            name=name,
+            num_classes=len(source.class_names),
+            in_channels=3,
+            image_size=(self.crop_size, self.crop_size),
+            mean=mean,
+            std=std,
+            augment=AugmentSpec(pad=0, flip=True),
+            class_names=tuple(source.class_names),
+        )
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def subset(self, rows: Tensor | np.ndarray) -> StreamingDataset:
+        """Rows ``rows`` (same settings)."""
+        out = object.__new__(StreamingDataset)
+        out.__dict__.update(self.__dict__)
+        out.source = self.source.subset(np.asarray(rows, dtype=np.int64))
+        out.targets = torch.from_numpy(np.asarray(out.source.targets, dtype=np.int64))
+        return out
+
+    def relabel(self, classes: list[int]) -> StreamingDataset:
+        """Keep labels in ``classes`` only (callers subset first), renumbered 0..k-1 in that order."""
+        lookup = np.full(self.spec.num_classes, -1, dtype=np.int64)
+        lookup[np.asarray(classes, dtype=np.int64)] = np.arange(len(classes))
+        out = self.subset(np.arange(len(self)))
+        out.source.targets = lookup[out.source.targets]
+        out.targets = torch.from_numpy(out.source.targets)
+        names = tuple(self.spec.class_names[c] for c in classes)
+        from dataclasses import replace
+
+        out.spec = replace(self.spec, num_classes=len(classes), class_names=names)
+        return out
+
+    def describe(self, i: int) -> str:
+        """The file (or shard member) of row ``i``."""
+        return self.source.describe(i)
+
+    def original_size(self, i: int) -> tuple[int, int]:
+        """(width, height) of row ``i``'s image as stored (reads the header only)."""
+        from darkknowledge.data.jpeg import _open
+
+        try:
+            return _open(self.source.read(i)).size
+        except (BadImage, OSError) as e:
+            raise UserError(f"cannot read image {self.describe(i)}: {e}; delete or replace the file") from None
+
+    def _view_rule(self, work: _Work, j: int, uniforms: np.ndarray | None) -> Callable[[int, int], np.ndarray]:
+        """Sample ``j``'s view as a function of its image's (width, height): stored, sampled or the centre view."""
+        if work.views is not None:
+            fixed = work.views[j]
+            return lambda width, height: fixed
+        if uniforms is not None:
+            u = uniforms[j]
+            return lambda width, height: crop_views_from_uniforms(
+                np.float64(width), np.float64(height), u, scale=self.scale, ratio=self.ratio
+            )
+        return lambda width, height: center_views([(width, height)], self.resize_size, self.crop_size)[0].numpy()
+
+    def __getitem__(self, work: _Work) -> dict[str, Any]:
+        decode = DECODERS[self.decoder]
+        out_size = (self.crop_size, self.crop_size)
+        rows = work.rows
+        images = np.empty((len(rows), self.crop_size, self.crop_size, 3), dtype=np.uint8)
+        applied = np.empty((len(rows), VIEW_DIM), dtype=np.float32)
+        uniforms = view_uniforms(work.seed, work.epoch, rows) if work.views is None and work.seed >= 0 else None
+        kept: list[int] = []
+        skipped: list[str] = []
+        for j, row in enumerate(rows.tolist()):
+            view_of = self._view_rule(work, j, uniforms)
+            try:
+                data = self.source.read(row)
+                pixels, view = decode(data, view_of, out_size)
+            except (BadImage, OSError) as e:
+                message = f"cannot decode image {self.describe(row)}: {e}"
+                if self.bad_files == "error":
+                    return {"error": message + "; delete or replace the file (or set data.bad_files=skip)"}
+                skipped.append(message)
+                continue
+            images[len(kept)] = pixels
+            applied[len(kept)] = view
+            kept.append(j)
+        keep = np.asarray(kept, dtype=np.int64)
+        return {
+            "images": torch.from_numpy(images[: len(kept)]),
+            "rows": torch.from_numpy(rows[keep]),
+            "targets": self.targets[torch.from_numpy(rows[keep])],
+            "views": torch.from_numpy(applied[: len(kept)]),
+            "keep": torch.from_numpy(keep),
+            "skipped": skipped,
+            "error": None,
+        }
+
+
+class _Plan(torch.utils.data.Sampler):
+    """The loader's current epoch as an iterable of :class:`_Work` (re-set before each epoch)."""
+
+    def __init__(self) -> None:
+        self.items: list[_Work] = []
+
+    def __iter__(self) -> Iterator[_Work]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+class StreamingLoader:
+    """Iterates :class:`~darkknowledge.data.loader.Batch` es of a :class:`StreamingDataset` on ``device``.
+
+    Same arguments and sharding as :class:`~darkknowledge.data.loader.BatchLoader`, plus ``workers``
+    (``DataLoader`` worker processes, persistent; 0 decodes in this process) and ``prefetch``
+    (batches in flight per worker). Training views are RandomResizedCrop + flip (``augment``), otherwise
+    the evaluation view (resize, centre crop); ``view_table`` (N, K, 5) float32 replays stored views
+    (``Batch.views`` says which). ``Batch.aug_params`` holds the float32 (B, 5) views applied.
+    ``skipped`` lists the bad files left out so far (``bad_files=skip``).
+    """
+
+    def __init__(
+        self,
+        dataset: StreamingDataset,
+        batch_size: int,
+        *,
+        train: bool,
+        augment: bool = True,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        channels_last: bool = True,
+        drop_last: bool | None = None,
+        view_table: Tensor | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        workers: int = 2,
+        prefetch: int = 2,
+    ):
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if workers < 0:
+            raise UserError(f"data.workers={workers} must be >= 0")
+        self.dataset = dataset
+        self.spec = dataset.spec
+        self.batch_size = batch_size
+        self.train = train
+        self.augment = augment and train
+        self.seed = seed
+        self.device = torch.device(device)
+        self.channels_last = channels_last
+        self.drop_last = train if drop_last is None else drop_last
+        self.rank, self.world_size = rank, world_size
+        if view_table is not None:
+            if view_table.dim() != 3 or view_table.shape[0] != len(dataset) or view_table.shape[2] != VIEW_DIM:
+                raise ValueError(f"view table {tuple(view_table.shape)} is not ({len(dataset)}, K, {VIEW_DIM})")
+            view_table = view_table.to(torch.float32).cpu()
+        self.view_table = view_table
+        self.skipped: list[str] = []
+        from darkknowledge.data.augment import Normalizer
+
+        self.normalize = Normalizer(self.spec.mean, self.spec.std, self.device, channels_last)
+        self._plan = _Plan()
+        self._loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=None,
+            sampler=self._plan,
+            num_workers=workers,
+            collate_fn=_identity,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+            prefetch_factor=prefetch if workers > 0 else None,
+        )
+
+    def _shard_size(self) -> int:
+        n = len(self.dataset)
+        if self.train and self.world_size > 1:
+            return n // self.world_size
+        return len(range(self.rank, n, self.world_size))
+
+    def __len__(self) -> int:
+        n = self._shard_size()
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def plan(self, epoch: int = 0) -> tuple[list[_Work], Tensor | None]:
+        """The batches of ``epoch`` (rows and views, before decoding) and the view ids when replaying."""
+        n = len(self.dataset)
+        gen = epoch_generator(self.seed, epoch)
+        order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)
+        if self.train and self.world_size > 1:
+            order = order[: n - n % self.world_size]
+        order = order[self.rank :: self.world_size]
+        view_ids = fixed = None
+        if self.view_table is not None:
+            view_ids = torch.randint(0, self.view_table.shape[1], (n,), generator=gen)
+            fixed = self.view_table[torch.arange(n), view_ids].numpy()
+        rows_all = order.numpy()
+        seed = self.seed if self.augment else -1  # -1: the evaluation view
+        work = []
+        for i in range(len(self)):
+            rows = rows_all[i * self.batch_size : (i + 1) * self.batch_size]
+            work.append(_Work(rows, None if fixed is None else fixed[rows], seed, epoch))
+        return work, view_ids
+
+    def epoch(self, epoch: int = 0) -> Iterator[Batch]:
+        self._plan.items, view_ids = self.plan(epoch)
+        non_blocking = self.device.type == "cuda"
+        for out in self._loader:
+            if out["error"] is not None:
+                raise UserError(out["error"])
+            self.skipped.extend(s for s in out["skipped"] if s not in self.skipped)
+            if len(out["rows"]) == 0:
+                continue
+            images = out["images"].to(self.device, non_blocking=non_blocking).permute(0, 3, 1, 2)
+            rows = out["rows"]
+            yield Batch(
+                images=self.normalize(images),
+                targets=out["targets"].to(self.device, non_blocking=non_blocking),
+                indices=rows.to(self.device),
+                views=None if view_ids is None else view_ids[rows].to(self.device),
+                aug_params=out["views"],
+            )
+
+    __iter__ = epoch
+
+
+# --------------------------------------------------------------------------- splits
+
+STREAMING_DATASETS: Registry[Any] = Registry("streaming dataset")
+
+
+def _imagenet(root: Path, train: bool, bad_files: str) -> Source:
+    split = "train" if train else "val"
+    class_split = "train" if (root / "train").is_dir() else split
+    return index_class_folders(root, split, class_split, name="imagenet", bad_files=bad_files)
+
+
+def _imagefolder(root: Path, train: bool, bad_files: str) -> Source:
+    split = "train" if train else ("val" if (root / "val").is_dir() or not (root / "test").is_dir() else "test")
+    class_split = "train" if (root / "train").is_dir() else split
+    return index_class_folders(root, split, class_split, name="imagefolder", bad_files=bad_files)
+
+
+def _webdataset(root: Path, train: bool, bad_files: str) -> Source:
+    split = "train" if train else ("val" if (root / "val").is_dir() or not (root / "test").is_dir() else "test")
+    return index_shards(root / split, bad_files=bad_files)
+
+
+_imagenet.__doc__ = "ImageNet layout, streamed: train/<wnid>/*.JPEG, val/<wnid>/*"
+_imagefolder.__doc__ = "class folders, streamed: train/<class>/**, val/<class>/** (or test/)"
+_webdataset.__doc__ = "webdataset tar shards, streamed: train/*.tar, val/*.tar (key.jpg + key.cls)"
+STREAMING_DATASETS.add("imagenet", _imagenet)
+STREAMING_DATASETS.add("imagefolder", _imagefolder)
+STREAMING_DATASETS.add("webdataset", _webdataset)
+
+
+def is_streaming(data_cfg: Any) -> bool:
+    """Whether the data section asks for the streaming path (``data.stream``)."""
+    return bool(getattr(data_cfg, "stream", False))
+
+
+def held_out_rows(targets: Tensor, per_class: int, seed: int, num_classes: int) -> Tensor:
+    """Validation rows: ``per_class`` rows of each class chosen by a generator seeded with (seed, class),
+    sorted - the rule of the in-memory path, so both paths hold out the same files."""
+    held = []
+    for c in range(num_classes):
+        rows = (targets == c).nonzero().flatten()
+        if len(rows) == 0:
+            continue
+        if len(rows) <= per_class:
+            raise UserError(
+                f"data.val_per_class={per_class} leaves no training image of class {c} "
+                f"({len(rows)} in the training split); lower it"
+            )
+        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + c * 7919 + 424_242) % (2**63 - 1))
+        held.append(rows[torch.randperm(len(rows), generator=g)[:per_class]])
+    return torch.cat(held).sort().values if held else torch.zeros(0, dtype=torch.int64)
+
+
+def _read_split(data_cfg: Any, train: bool, per_class: int | None) -> StreamingDataset:
+    reader = STREAMING_DATASETS.get(data_cfg.name)
+    from darkknowledge.data.registry import default_root
+
+    root = Path(data_cfg.root).expanduser() if data_cfg.root else default_root(data_cfg.name)
+    if not root.is_dir():
+        raise UserError(f"{data_cfg.name}: data.root {root} is not a folder")
+    source = reader(root, train, data_cfg.bad_files)
+    ds = StreamingDataset(
+        source,
+        data_cfg.name,
+        crop_size=data_cfg.crop_size,
+        resize_size=data_cfg.resize_size,
+        decoder=data_cfg.decoder,
+        bad_files=data_cfg.bad_files,
+    )
+    return _select(ds, data_cfg.classes, per_class, data_cfg.subset_seed)
+
+
+def _select(ds: StreamingDataset, classes: list[int] | None, per_class: int | None, seed: int) -> StreamingDataset:
+    from darkknowledge.data.transforms import resolve_classes
+
+    if classes is None and per_class is None:
+        return ds
+    idx = resolve_classes(classes, ds.spec) if classes is not None else None
+    rows = select_indices(ds.targets, idx, per_class, seed)
+    ds = ds.subset(rows.numpy())
+    return ds.relabel(idx) if idx is not None else ds
+
+
+def build_splits(data_cfg: Any) -> tuple[StreamingDataset, StreamingDataset | None, StreamingDataset]:
+    """(train, validation or None, test) of a streaming ``data`` config section: the files are indexed,
+    ``classes`` / ``train_per_class`` / ``test_per_class`` applied, and ``val_per_class`` images per class
+    held out of the training split (:func:`held_out_rows`)."""
+    full = _read_split(data_cfg, True, data_cfg.train_per_class)
+    test = _read_split(data_cfg, False, data_cfg.test_per_class)
+    if test.spec.num_classes != full.spec.num_classes:  # shards: class count from the largest label of either split
+        k = max(test.spec.num_classes, full.spec.num_classes)
+        from dataclasses import replace
+
+        names = tuple(str(c) for c in range(k))
+        for ds in (full, test):
+            ds.spec = replace(ds.spec, num_classes=k, class_names=names)
+    val = None
+    if data_cfg.val_per_class:
+        held = held_out_rows(full.targets, data_cfg.val_per_class, data_cfg.subset_seed, full.spec.num_classes)
+        keep = torch.ones(len(full), dtype=torch.bool)
+        keep[held] = False
+        train, val = full.subset(keep.nonzero().flatten().numpy()), full.subset(held.numpy())
+    else:
+        train = full
+    return train, val, test
