@@ -14,6 +14,7 @@ from darkknowledge.methods import (  # noqa: F401  (registration)  # noqa: F401 
     fgcr,
     isats,
     kd,
+    lm_losses,
     lskd,
     rckd,
     regt,

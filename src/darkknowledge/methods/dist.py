@@ -13,7 +13,8 @@ both B x C:
 Defaults (authors' CIFAR-100 config ``dist_cifar.yaml``, ``kd: dist_t4``): tau = 4,
 inter_weight (beta) = intra_weight (gamma) = 1, ce_weight 1, kd_weight 2, eps 1e-8
 (ImageNet uses tau = 1). The intra term depends on the batch composition; with a
-batch of one it is constant (1).
+batch of one it is constant (1). Over language-model tokens the batch is one sequence
+(``token_batch``; :mod:`darkknowledge.methods.tokens`).
 """
 
 from __future__ import annotations
@@ -68,3 +69,4 @@ class DIST(DistillMethod):
     )
     Params = DISTParams
     loss_fn = staticmethod(dist_loss)
+    token_batch = "sequence"  # the intra term correlates the rows of a batch

@@ -149,6 +149,7 @@ class SCKD(DistillMethod):
     Params = SCKDParams
     params: SCKDParams
     loss_fn = staticmethod(sckd_loss)  # the module adds the gate's inputs and records the gate
+    token_batch = "batch"  # the gate compares gradients of the whole batch: never chunked over tokens
 
     def __init__(self, params=None, num_classes=None):
         super().__init__(params, num_classes)

@@ -1,0 +1,423 @@
+"""A language-model teacher cache: top-k logits per token plus the full log-partition.
+
+Per token position of each window the cache keeps the teacher's ``k`` largest logits
+(int32 ids, float16 or float32 values), the log-sum-exp of the full-vocabulary logits
+(float32; with it the probability of every cached token and the tail's total mass
+1 - sum of the top-k probabilities are exact), the next token, and statistics that need
+the full distribution and cannot be recovered from the truncated copy, computed while
+writing: the target's log-probability, the entropy, the variance of the non-target
+probabilities at T = 1 and ISATS's tau* (rule A, :func:`darkknowledge.nontarget.isats_search`).
+
+On disk (one directory per key, written under a temporary name and renamed into place,
+so a failed or interrupted write leaves nothing)::
+
+    meta.json              format, version, key (corpus, tokenizer, teacher digests),
+                           vocabulary, k, value dtype, window length, shards
+    shard_00000/ids.npy    int32   (rows, k)     top-k token ids, largest first
+                values.npy float16|float32 (rows, k)
+                lse.npy    float32 (rows,)
+                targets.npy int32  (rows,)       next token, -100 where unknown
+                <statistic>.npy float32 (rows,)  NaN where the target is unknown
+
+Arrays are memory-mapped on read. The key is the three digests given by the caller; a
+cache opened with another key, a different format or a truncated file is a one-line
+:class:`~darkknowledge.errors.UserError`.
+
+Missing mass (docs/lm.md, "Teacher cache"): a student sees full-vocabulary teacher rows
+rebuilt from the top-k. ``"uniform"`` (default) spreads the tail's mass evenly over the
+V - k other tokens (:func:`darkknowledge.engine.cache.expand_topk`): the cached tokens keep
+their exact probabilities and the row sums to 1. ``"ignore"`` drops the tail: the other
+tokens get a logit :data:`IGNORED_LOGIT_GAP` below the largest one (probability exactly 0
+in float32 at any temperature up to ~90) and the top-k are renormalised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from darkknowledge.engine.cache import expand_topk
+from darkknowledge.errors import UserError
+from darkknowledge.fileio import DIR_MODE, atomic_write_json
+from darkknowledge.methods.functional import as_float
+from darkknowledge.nontarget import isats_search, nontarget_variance
+
+LM_CACHE_FORMAT = "darkknowledge-lm-teacher-cache"
+LM_CACHE_VERSION = 1
+IGNORE_INDEX = -100
+IGNORED_LOGIT_GAP = 1e4
+MissingMass = Literal["uniform", "ignore"]
+MISSING_MASS_POLICIES: tuple[str, ...] = ("uniform", "ignore")
+STATISTICS = ("target_logprob", "entropy", "nontarget_variance", "tau_star")
+_VALUE_DTYPES = {"float16": np.float16, "float32": np.float32}
+_ROW_BLOCK = 256  # full-vocabulary rows processed at once while writing
+
+
+@dataclass(frozen=True)
+class LMCacheKey:
+    """What a cache belongs to: digests of the corpus, the tokenizer and the teacher weights."""
+
+    corpus: str
+    tokenizer: str
+    teacher: str
+
+    def digest(self) -> str:
+        text = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def lm_cache_dir(root: str | Path, key: LMCacheKey) -> Path:
+    """The directory of ``key``'s cache under ``root``."""
+    return Path(root) / f"lm-teacher-{key.digest()}"
+
+
+def check_k(k: int, vocab_size: int) -> None:
+    if not 1 <= k <= vocab_size:
+        raise UserError(
+            f"lm cache: k={k} is not between 1 and the teacher's vocabulary of {vocab_size} tokens; "
+            f"set k to at most {vocab_size}"
+        )
+
+
+def token_statistics(logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    """Per-row full-distribution statistics (float32; NaN where ``targets`` is -100 and the
+    statistic needs a target). ``logits`` (N, V) in any float dtype."""
+    z = logits.float()
+    lse = z.logsumexp(-1)
+    log_p = z - lse.unsqueeze(-1)
+    probs = log_p.exp()
+    entropy = -(probs * log_p).sum(-1)
+    known = targets != IGNORE_INDEX
+    safe = targets.clamp(min=0).long()
+    nan = torch.full_like(lse, float("nan"))
+    target_logprob = torch.where(known, log_p.gather(1, safe.unsqueeze(1)).squeeze(1), nan)
+    mask = F.one_hot(safe, z.shape[-1]).bool()
+    variance = torch.where(known, nontarget_variance(probs, mask).float(), nan)
+    tau = torch.where(known, isats_search(z, safe).float(), nan)
+    return {"target_logprob": target_logprob, "entropy": entropy, "nontarget_variance": variance, "tau_star": tau}
+
+
+def _targets_of(windows: Tensor, positions: int) -> Tensor:
+    """Next token of each of the first ``positions`` positions: windows of ``positions + 1``
+    tokens give every target; windows of ``positions`` tokens leave the last unknown."""
+    if windows.dim() != 2 or windows.shape[1] not in (positions, positions + 1):
+        raise ValueError(
+            f"token windows {tuple(windows.shape)} do not match teacher logits over {positions} positions "
+            f"(expected (batch, {positions}) or (batch, {positions + 1}))"
+        )
+    targets = torch.full((windows.shape[0], positions), IGNORE_INDEX, dtype=torch.long)
+    nxt = windows[:, 1:].long()
+    targets[:, : nxt.shape[1]] = nxt
+    return targets
+
+
+class LMCacheWriter:
+    """Writes a cache batch by batch; :meth:`close` renames it into place.
+
+    Use as a context manager (an exception removes the partial directory) or call
+    :meth:`add` then :meth:`close`. ``add(windows, logits)``: ``logits`` (B, L, V) are the
+    teacher's at the L positions of ``windows`` ((B, L) or (B, L + 1) token ids).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        key: LMCacheKey,
+        *,
+        k: int,
+        value_dtype: Literal["float16", "float32"] = "float16",
+        shard_tokens: int = 1 << 20,
+        statistics: bool = True,
+    ):
+        if value_dtype not in _VALUE_DTYPES:
+            raise UserError(f"lm cache: value_dtype must be one of {list(_VALUE_DTYPES)}, got {value_dtype!r}")
+        if k < 1:
+            raise UserError(f"lm cache: k must be at least 1, got {k}")
+        self.path, self.key, self.k = Path(path), key, k
+        self.value_dtype, self.shard_tokens, self.statistics = value_dtype, shard_tokens, statistics
+        if self.path.exists():
+            raise UserError(f"lm cache: {self.path} already exists; remove it or choose another directory")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        self.vocab_size: int | None = None
+        self.window_length: int | None = None
+        self._shards: list[dict[str, int]] = []
+        self._buffer: dict[str, list[np.ndarray]] = {}
+        self._buffered_rows = 0
+        self._buffered_windows = 0
+
+    def __enter__(self) -> LMCacheWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def abort(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    @torch.no_grad()
+    def add(self, windows: Tensor, logits: Tensor) -> None:
+        if logits.dim() != 3:
+            raise ValueError(f"teacher logits must be (batch, positions, vocab), got {tuple(logits.shape)}")
+        b, length, vocab = logits.shape
+        if self.vocab_size is None:
+            check_k(self.k, vocab)
+            self.vocab_size, self.window_length = vocab, length
+        if (vocab, length) != (self.vocab_size, self.window_length):
+            raise ValueError(
+                f"every batch needs {self.window_length} positions over {self.vocab_size} tokens, "
+                f"got {length} over {vocab}"
+            )
+        targets = _targets_of(windows.cpu(), length).reshape(-1)
+        flat = logits.detach().reshape(-1, vocab)
+        for start in range(0, flat.shape[0], _ROW_BLOCK):
+            z = flat[start : start + _ROW_BLOCK].float()
+            y = targets[start : start + _ROW_BLOCK].to(z.device)
+            values, ids = z.topk(self.k, dim=-1)
+            part = {
+                "ids": ids.int(),
+                "values": values,
+                "lse": z.logsumexp(-1),
+                "targets": y.int(),
+            }
+            if self.statistics:
+                part.update(token_statistics(z, y))
+            for name, tensor in part.items():
+                array = tensor.cpu().numpy()
+                if name == "values":
+                    array = array.astype(_VALUE_DTYPES[self.value_dtype])
+                self._buffer.setdefault(name, []).append(array)
+        self._buffered_rows += b * length
+        self._buffered_windows += b
+        if self._buffered_rows >= self.shard_tokens:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffered_rows:
+            return
+        shard = self._tmp / f"shard_{len(self._shards):05d}"
+        shard.mkdir()
+        for name, parts in self._buffer.items():
+            np.save(shard / f"{name}.npy", np.concatenate(parts))
+        self._shards.append({"rows": self._buffered_rows, "windows": self._buffered_windows})
+        self._buffer, self._buffered_rows, self._buffered_windows = {}, 0, 0
+
+    def close(self) -> LMTeacherCache:
+        """Finish the shards, write meta.json and rename the directory into place."""
+        try:
+            self._flush()
+            if not self._shards:
+                raise UserError("lm cache: no token windows were given; nothing to cache")
+            meta = {
+                "format": LM_CACHE_FORMAT,
+                "version": LM_CACHE_VERSION,
+                "key": asdict(self.key),
+                "vocab_size": self.vocab_size,
+                "k": self.k,
+                "value_dtype": self.value_dtype,
+                "window_length": self.window_length,
+                "statistics": list(STATISTICS) if self.statistics else [],
+                "shards": self._shards,
+            }
+            atomic_write_json(self._tmp / "meta.json", meta)
+            os.chmod(self._tmp, DIR_MODE)
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        return LMTeacherCache.open(self.path, self.key)
+
+
+def write_lm_cache(
+    path: str | Path,
+    key: LMCacheKey,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    *,
+    k: int,
+    value_dtype: Literal["float16", "float32"] = "float16",
+    shard_tokens: int = 1 << 20,
+    statistics: bool = True,
+) -> LMTeacherCache:
+    """Cache ``(token windows, teacher logits)`` batches under ``path`` (see :class:`LMCacheWriter`)."""
+    with LMCacheWriter(
+        path, key, k=k, value_dtype=value_dtype, shard_tokens=shard_tokens, statistics=statistics
+    ) as writer:
+        for windows, logits in batches:
+            writer.add(windows, logits)
+        return writer.close()
+
+
+def expand_topk_rows(
+    ids: Tensor, values: Tensor, lse: Tensor, vocab_size: int, missing_mass: MissingMass = "uniform"
+) -> Tensor:
+    """Full-vocabulary logits ``(N, V)`` from cached top-k rows under a missing-mass policy."""
+    values, lse = as_float(values), as_float(lse).to(as_float(values).dtype)
+    if missing_mass == "uniform":
+        return expand_topk(values, ids.long(), lse, vocab_size)
+    if missing_mass == "ignore":
+        floor = values.amax(-1, keepdim=True) - IGNORED_LOGIT_GAP
+        out = floor.expand(values.shape[0], vocab_size).clone()
+        return out.scatter_(1, ids.long(), values)
+    raise UserError(f"lm cache: missing_mass must be one of {list(MISSING_MASS_POLICIES)}, got {missing_mass!r}")
+
+
+def truncation_kl(logits: Tensor, k: int, missing_mass: MissingMass = "uniform") -> Tensor:
+    """Per-row KL(p || p_k) of the full softmax p against its top-k rebuild p_k (float64)."""
+    check_k(k, logits.shape[-1])
+    z = logits.double()
+    values, ids = z.topk(k, dim=-1)
+    rebuilt = expand_topk_rows(ids, values, z.logsumexp(-1), z.shape[-1], missing_mass).double()
+    log_p, log_pk = z.log_softmax(-1), rebuilt.log_softmax(-1)
+    return (log_p.exp() * (log_p - log_pk)).sum(-1)
+
+
+class TopKTeacher:
+    """Cached teacher rows of a batch of windows as a :class:`~darkknowledge.methods.tokens.TokenTeacher`:
+    ``rows(index)`` rebuilds full-vocabulary logits for the flattened positions ``index`` only."""
+
+    def __init__(
+        self, ids: Tensor, values: Tensor, lse: Tensor, vocab_size: int, missing_mass: MissingMass = "uniform"
+    ):
+        if missing_mass not in MISSING_MASS_POLICIES:
+            raise UserError(
+                f"lm cache: missing_mass must be one of {list(MISSING_MASS_POLICIES)}, got {missing_mass!r}"
+            )
+        b, length, k = ids.shape
+        self.shape = (b, length, vocab_size)
+        self.vocab_size, self.missing_mass = vocab_size, missing_mass
+        self._ids, self._values, self._lse = ids.reshape(-1, k), values.reshape(-1, k), lse.reshape(-1)
+
+    def rows(self, index: Tensor) -> Tensor:
+        index = index.to(self._ids.device)
+        return expand_topk_rows(
+            self._ids.index_select(0, index),
+            self._values.index_select(0, index),
+            self._lse.index_select(0, index),
+            self.vocab_size,
+            self.missing_mass,
+        )
+
+    def dense(self) -> Tensor:
+        """All rows, ``(B, L, V)`` (small inputs and tests)."""
+        return self.rows(torch.arange(self._lse.numel())).reshape(self.shape)
+
+
+class LMTeacherCache:
+    """A cache opened for reading (memory-mapped); see the module docstring."""
+
+    def __init__(self, path: Path, meta: dict[str, Any], shards: list[dict[str, np.ndarray]]):
+        self.path, self.meta, self._shards = path, meta, shards
+        self.vocab_size: int = meta["vocab_size"]
+        self.k: int = meta["k"]
+        self.window_length: int = meta["window_length"]
+        counts = [s["windows"] for s in meta["shards"]]
+        self._first_window = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.num_windows = int(self._first_window[-1])
+
+    @classmethod
+    def open(cls, path: str | Path, key: LMCacheKey | None = None) -> LMTeacherCache:
+        path = Path(path)
+        meta_path = path / "meta.json"
+        if not meta_path.is_file():
+            raise UserError(f"lm cache: {path} is not a teacher cache (no meta.json); build it first")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"lm cache: cannot read {meta_path}: {exc}") from None
+        if meta.get("format") != LM_CACHE_FORMAT or meta.get("version") != LM_CACHE_VERSION:
+            raise UserError(
+                f"lm cache: {path} has format {meta.get('format')!r} version {meta.get('version')!r}, "
+                f"expected {LM_CACHE_FORMAT!r} version {LM_CACHE_VERSION}; rebuild the cache"
+            )
+        if key is not None:
+            stored = meta.get("key", {})
+            wrong = [
+                f"{field} {stored.get(field)!r} (this run: {mine!r})"
+                for field, mine in asdict(key).items()
+                if stored.get(field) != mine
+            ]
+            if wrong:
+                raise UserError(
+                    f"lm cache: {path} belongs to another {', '.join(wrong)}; "
+                    "build a cache for this corpus, tokenizer and teacher"
+                )
+        names = ["ids", "values", "lse", "targets", *meta.get("statistics", [])]
+        shards = []
+        for i, info in enumerate(meta["shards"]):
+            arrays = {}
+            for name in names:
+                file = path / f"shard_{i:05d}" / f"{name}.npy"
+                try:
+                    array = np.load(file, mmap_mode="r")
+                except (OSError, ValueError) as exc:
+                    raise UserError(f"lm cache: {file} is missing or truncated ({exc}); rebuild the cache") from None
+                if array.shape[0] != info["rows"]:
+                    raise UserError(
+                        f"lm cache: {file} has {array.shape[0]} rows, meta.json says {info['rows']}; rebuild the cache"
+                    )
+                arrays[name] = array
+            shards.append(arrays)
+        return cls(path, meta, shards)
+
+    def _gather(self, name: str, windows: Tensor) -> np.ndarray:
+        length = self.window_length
+        out = []
+        for w in windows.reshape(-1).tolist():
+            if not 0 <= w < self.num_windows:
+                raise IndexError(f"window {w} outside the cache's {self.num_windows} windows")
+            shard = int(np.searchsorted(self._first_window, w, side="right")) - 1
+            local = w - int(self._first_window[shard])
+            out.append(np.asarray(self._shards[shard][name][local * length : (local + 1) * length]))
+        return np.stack(out)
+
+    def window_arrays(self, windows: Tensor, name: str) -> Tensor:
+        """``name`` (ids, values, lse, targets or a statistic) for ``windows``: (B, L[, k])."""
+        return torch.from_numpy(self._gather(name, windows))
+
+    def teacher(self, windows: Tensor, missing_mass: MissingMass = "uniform") -> TopKTeacher:
+        """The cached teacher of a batch of windows (window indices in cache order)."""
+        return TopKTeacher(
+            self.window_arrays(windows, "ids"),
+            self.window_arrays(windows, "values"),
+            self.window_arrays(windows, "lse"),
+            self.vocab_size,
+            missing_mass,
+        )
+
+    def statistic(self, name: str) -> Tensor:
+        """One statistic over every cached position, in cache order, (rows,)."""
+        if name not in self.meta.get("statistics", []):
+            raise UserError(
+                f"lm cache: {self.path} has no statistic {name!r} (has: {self.meta.get('statistics')}); "
+                "rebuild it with statistics"
+            )
+        return torch.from_numpy(np.concatenate([np.asarray(s[name]) for s in self._shards]))
+
+
+__all__ = [
+    "IGNORED_LOGIT_GAP",
+    "LMCacheKey",
+    "LMCacheWriter",
+    "LMTeacherCache",
+    "MISSING_MASS_POLICIES",
+    "STATISTICS",
+    "TopKTeacher",
+    "expand_topk_rows",
+    "lm_cache_dir",
+    "token_statistics",
+    "truncation_kl",
+    "write_lm_cache",
+]

@@ -1,0 +1,204 @@
+"""The LM teacher cache: round trip, statistics from the full distribution, missing-mass
+policies, keys and bad input, and the token losses fed from it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from darkknowledge.engine.lm_cache import (
+    IGNORE_INDEX,
+    LMCacheKey,
+    LMCacheWriter,
+    LMTeacherCache,
+    expand_topk_rows,
+    lm_cache_dir,
+    token_statistics,
+    truncation_kl,
+    write_lm_cache,
+)
+from darkknowledge.errors import UserError
+from darkknowledge.methods import build_method
+from darkknowledge.methods.tokens import token_terms
+from darkknowledge.nontarget import isats_search
+
+V, L, K = 50, 6, 8
+KEY = LMCacheKey(corpus="corpus-a", tokenizer="tok-a", teacher="teacher-a")
+
+
+def batches(n_batches: int = 3, b: int = 2, seed: int = 0, extra_token: bool = True, teacher_right: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_batches):
+        windows = torch.randint(0, V, (b, L + int(extra_token)), generator=g)
+        logits = torch.randn(b, L, V, generator=g) * 3
+        if teacher_right:  # the next token is the teacher's top-1 (tau* is searched, not fixed)
+            windows[:, 1:] = logits.argmax(-1)[:, : windows.shape[1] - 1]
+        out.append((windows, logits))
+    return out
+
+
+def build(tmp_path, data=None, **kw):
+    data = data if data is not None else batches()
+    kw.setdefault("k", K)
+    return write_lm_cache(lm_cache_dir(tmp_path, KEY), KEY, data, **kw), data
+
+
+def test_round_trip_across_shards(tmp_path):
+    cache, data = build(tmp_path, value_dtype="float32", shard_tokens=2 * L)  # one batch of 2 windows per shard
+    assert cache.num_windows == 6 and len(cache.meta["shards"]) == 3
+    assert isinstance(cache._shards[1]["ids"], np.memmap)
+    windows = torch.tensor([5, 0, 3])
+    ids = cache.window_arrays(windows, "ids")
+    values = cache.window_arrays(windows, "values")
+    lse = cache.window_arrays(windows, "lse")
+    targets = cache.window_arrays(windows, "targets")
+    all_logits = torch.cat([z for _, z in data])
+    all_windows = torch.cat([w for w, _ in data])
+    for row, w in enumerate(windows.tolist()):
+        top_v, top_i = all_logits[w].topk(K, dim=-1)
+        assert torch.equal(ids[row].long(), top_i)
+        torch.testing.assert_close(values[row], top_v)
+        torch.testing.assert_close(lse[row], all_logits[w].logsumexp(-1))
+        assert torch.equal(targets[row].long(), all_windows[w, 1:])
+
+
+def test_statistics_come_from_the_full_distribution(tmp_path):
+    cache, data = build(tmp_path, data=batches(extra_token=False, teacher_right=True))
+    logits = torch.cat([z for _, z in data]).reshape(-1, V)
+    windows = torch.cat([w for w, _ in data])
+    targets = torch.cat([windows[:, 1:], torch.full((windows.shape[0], 1), IGNORE_INDEX)], 1).reshape(-1)
+    known = targets != IGNORE_INDEX
+    tau = cache.statistic("tau_star")
+    assert torch.isnan(tau[~known]).all() and torch.isfinite(tau[known]).all()
+    torch.testing.assert_close(tau[known], isats_search(logits[known], targets[known]).float())
+    p = logits.softmax(-1)
+    py = p[known].gather(1, targets[known, None]).squeeze(1)
+    torch.testing.assert_close(cache.statistic("target_logprob")[known], py.log())
+    nontarget = p[known].clone()
+    nontarget.scatter_(1, targets[known, None], float("nan"))
+    expected_var = torch.from_numpy(np.nanvar(nontarget.double().numpy(), axis=1)).float()
+    torch.testing.assert_close(cache.statistic("nontarget_variance")[known], expected_var)
+    torch.testing.assert_close(cache.statistic("entropy"), -(p * p.log()).sum(-1))
+    # the truncated copy gives a different tau*: the cache must not be the source
+    rebuilt = cache.teacher(torch.arange(cache.num_windows), "ignore").dense().reshape(-1, V)
+    assert not torch.allclose(isats_search(rebuilt[known], targets[known]).float(), tau[known])
+
+
+def test_missing_mass_policies():
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(4, V, generator=g, dtype=torch.float64) * 2
+    values, ids = z.topk(K, dim=-1)
+    lse = z.logsumexp(-1)
+    uniform = expand_topk_rows(ids, values, lse, V, "uniform").double()
+    log_p = uniform.log_softmax(-1)
+    torch.testing.assert_close(uniform.logsumexp(-1), lse)  # the tail keeps its mass
+    torch.testing.assert_close(log_p.gather(1, ids), values - lse[:, None])  # cached tokens exact
+    tail = torch.ones_like(z, dtype=torch.bool).scatter_(1, ids, False)
+    assert torch.allclose(log_p[tail].reshape(4, -1).std(-1), torch.zeros(4, dtype=torch.float64))
+    ignore = expand_topk_rows(ids, values.float(), lse.float(), V, "ignore")
+    p = ignore.softmax(-1)
+    assert (p[tail] == 0).all()
+    torch.testing.assert_close(p.gather(1, ids).double(), values.softmax(-1), rtol=1e-5, atol=1e-6)
+    with pytest.raises(UserError, match="missing_mass"):
+        expand_topk_rows(ids, values, lse, V, "spread")  # type: ignore[arg-type]
+
+
+def test_truncation_kl_falls_with_k_and_vanishes_at_full_vocabulary():
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(16, V, generator=g) * 3
+    for policy in ("uniform", "ignore"):
+        errors = [float(truncation_kl(z, k, policy).mean()) for k in (1, 4, 16, 40)]
+        assert errors == sorted(errors, reverse=True) and errors[0] > 0.1
+        assert float(truncation_kl(z, V, policy).abs().max()) < 1e-10
+    # spreading the tail is never worse than dropping it (the dropped mass costs log 1/(1 - tail))
+    assert (truncation_kl(z, 8, "uniform") <= truncation_kl(z, 8, "ignore") + 1e-12).all()
+
+
+def test_token_losses_from_the_cache_equal_the_dense_rebuild(tmp_path):
+    cache, data = build(tmp_path)
+    windows = torch.tensor([1, 4])
+    teacher = cache.teacher(windows)
+    targets = cache.window_arrays(windows, "targets").long()
+    g = torch.Generator().manual_seed(3)
+    student = torch.randn(2, L, V, generator=g, requires_grad=True)
+    for name in ("kd", "reverse_kl", "dkd"):
+        method = build_method(name, num_classes=V)
+        a = token_terms(method, student, teacher, targets, chunk_tokens=5)
+        b = token_terms(method, student, teacher.dense(), targets, chunk_tokens=None)
+        ga = torch.autograd.grad(sum(a.values()), student)[0]
+        gb = torch.autograd.grad(sum(b.values()), student)[0]
+        for k in a:
+            torch.testing.assert_close(a[k], b[k])
+        torch.testing.assert_close(ga, gb)
+
+
+def test_k_larger_than_vocabulary_is_a_user_error_and_leaves_nothing(tmp_path):
+    target = lm_cache_dir(tmp_path, KEY)
+    with pytest.raises(UserError, match=f"k={V + 1} .*vocabulary of {V} tokens"):
+        write_lm_cache(target, KEY, batches(), k=V + 1)
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    with pytest.raises(UserError, match="vocabulary"):
+        truncation_kl(torch.zeros(2, 5), 6)
+
+
+def test_interrupted_write_leaves_nothing(tmp_path):
+    target = lm_cache_dir(tmp_path, KEY)
+
+    def broken():
+        yield from batches(1)
+        raise RuntimeError("teacher died")
+
+    with pytest.raises(RuntimeError):
+        write_lm_cache(target, KEY, broken(), k=K)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(UserError, match="no token windows"):
+        write_lm_cache(target, KEY, [], k=K)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("field", ["corpus", "tokenizer", "teacher"])
+def test_cache_of_another_corpus_tokenizer_or_teacher_is_refused(tmp_path, field):
+    cache, _ = build(tmp_path)
+    other = LMCacheKey(**{**KEY.__dict__, field: "something-else"})
+    with pytest.raises(UserError, match=f"another {field} 'something-else'|another {field} '{getattr(KEY, field)}'"):
+        LMTeacherCache.open(cache.path, other)
+    assert lm_cache_dir(tmp_path, other) != cache.path
+    LMTeacherCache.open(cache.path, KEY)  # its own key opens
+
+
+def test_truncated_or_foreign_files_are_user_errors(tmp_path):
+    cache, _ = build(tmp_path)
+    with pytest.raises(UserError, match="already exists"):
+        LMCacheWriter(cache.path, KEY, k=K)
+    shard_file = cache.path / "shard_00000" / "values.npy"
+    data = shard_file.read_bytes()
+    shard_file.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="truncated"):
+        LMTeacherCache.open(cache.path, KEY)
+    meta = json.loads((cache.path / "meta.json").read_text())
+    (cache.path / "meta.json").write_text(json.dumps({**meta, "format": "other"}))
+    with pytest.raises(UserError, match="format"):
+        LMTeacherCache.open(cache.path, KEY)
+    with pytest.raises(UserError, match="not a teacher cache"):
+        LMTeacherCache.open(tmp_path / "nowhere", KEY)
+
+
+def test_statistics_match_token_statistics_and_can_be_skipped(tmp_path):
+    cache, data = build(tmp_path, statistics=False)
+    with pytest.raises(UserError, match="no statistic"):
+        cache.statistic("tau_star")
+    z = data[0][1].reshape(-1, V)
+    stats = token_statistics(z, data[0][0][:, 1:].reshape(-1))
+    assert set(stats) == {"target_logprob", "entropy", "nontarget_variance", "tau_star"}
+    assert all(torch.isfinite(v).all() for v in stats.values())
+
+
+def test_float16_values(tmp_path):
+    cache, data = build(tmp_path, value_dtype="float16")
+    values = cache.window_arrays(torch.tensor([0]), "values")
+    assert values.dtype == torch.float16
+    torch.testing.assert_close(values[0].float(), data[0][1][0].topk(K, dim=-1).values, rtol=1e-3, atol=1e-2)
