@@ -16,9 +16,20 @@ def _add_bench(p):
     p.add_argument("--methods", default=None, help="comma-separated methods for the loss-overhead table (default: all)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference loop")
     p.add_argument("--out", default=None, help="write the full result as JSON here")
+    data = p.add_argument_group("data path (--data): streaming loader vs a torchvision-style reference, same files")
+    data.add_argument(
+        "--data", default=None, metavar="FOLDER", help="benchmark the image data path on the images under FOLDER"
+    )
+    data.add_argument("--data-workers", default="1,2", help="comma-separated DataLoader worker counts")
+    data.add_argument("--data-passes", type=int, default=3, help="timed passes over the files (median)")
+    data.add_argument("--data-limit", type=int, default=None, help="use only the first N images")
+    data.add_argument("--decoder", default="auto", choices=["auto", "pil", "simplejpeg"])
+    data.add_argument("--crop-size", type=int, default=224)
 
 
 def cmd_bench(args) -> int:
+    if args.data is not None:
+        return _cmd_bench_data(args)
     from darkknowledge.bench.run import format_report, run_bench, save_result
 
     steps = args.steps or (12 if args.quick else 40)
@@ -42,9 +53,37 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_bench_data(args) -> int:
+    import json
+
+    from darkknowledge.bench.data import format_data_report, run_data_bench
+    from darkknowledge.errors import UserError
+
+    try:
+        workers = [int(w) for w in args.data_workers.split(",")]
+    except ValueError:
+        raise UserError(f"--data-workers {args.data_workers!r} is not a comma-separated list of integers") from None
+    result = run_data_bench(
+        args.data,
+        workers=workers,
+        batch_size=args.batch_size,
+        crop_size=args.crop_size,
+        decoder=args.decoder,
+        passes=args.data_passes,
+        limit=args.data_limit,
+    )
+    print(format_data_report(result))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {args.out}")
+    return 0
+
+
 BENCH = Command(
     "benchmark: reference mdistiller-style loop vs our trainer (live / cached teacher), loss overheads, memory",
-    "darkknowledge bench --quick\n  darkknowledge bench --teacher resnet32x4 --student resnet8x4 --out bench.json",
+    "darkknowledge bench --quick\n  darkknowledge bench --teacher resnet32x4 --student resnet8x4 --out bench.json"
+    "\n  darkknowledge bench --data ../shared/data/imagenet_sample",
     _add_bench,
     cmd_bench,
 )
