@@ -20,15 +20,18 @@ from typing import Any
 
 from darkknowledge.errors import UserError
 from darkknowledge.experiments.graph import StageSpec
-from darkknowledge.experiments.kinds import KINDS
+from darkknowledge.experiments.kinds import KINDS, place_run_inputs
 from darkknowledge.experiments.stage import INPUT_PLACEHOLDER, read_json
 from darkknowledge.fileio import atomic_write_json
 
 
-def _legacy_config(config: dict[str, Any], kind: str) -> dict[str, Any]:
-    """A stored config as the current rules read it: ``engine.keep_epochs`` beyond the run's epochs
-    never wrote a file (they were accepted silently then, and are refused now): dropped; a cache
-    stage's own cache path was filled in only when its job ran: its placeholder is added."""
+def _legacy_config(config: dict[str, Any], kind: str, inputs: dict[str, str]) -> dict[str, Any]:
+    """A stored config as the current rules read it: the record's inputs at their fields (an
+    identity config leaves paths out); ``engine.keep_epochs`` beyond the run's epochs never wrote
+    a file (accepted silently then, refused now): dropped; a cache stage's own cache path was
+    filled in only when its job ran: its placeholder is added."""
+    if kind != "diagnose":
+        config = place_run_inputs(config, dict.fromkeys(inputs, INPUT_PLACEHOLDER))
     teacher = config.get("teacher") or {}
     if kind == "cache" and not teacher.get("cache"):
         config = {**config, "teacher": {**teacher, "cache": INPUT_PLACEHOLDER}}
@@ -79,7 +82,9 @@ def rekey_records(spec_path: str | Path, write: bool = True, log=print) -> dict[
             if not isinstance(rec, dict) or rec.get("kind") != node.kind.value or not isinstance(rec.get("key"), str):
                 continue
             try:
-                identity = KINDS[node.kind.value].identity(_legacy_config(rec.get("config") or {}, node.kind.value))
+                identity = KINDS[node.kind.value].identity(
+                    _legacy_config(rec.get("config") or {}, node.kind.value, rec.get("inputs") or {})
+                )
             except UserError as exc:
                 reasons.append(f"{path.name}: config no longer valid ({exc})")
                 continue

@@ -34,8 +34,6 @@ from darkknowledge.fileio import atomic_write_json
 # where a run config names the files it consumes: role -> (section, field); identified by inputs, not paths
 INPUT_FIELDS = {"teacher": ("teacher", "checkpoint"), "cache": ("teacher", "cache"), "init": ("model", "init")}
 INPUT_PLACEHOLDER = "<input>"  # an input's field in a planned config, until a job receives the path
-# settings that never change a run's result (used until config.py declares it per field)
-IGNORED_KEYS = {"": ("output_dir", "name"), "engine": ("progress", "threads", "tensorboard")}
 STAGE_FILE, RESULT_FILE, LOG_FILE = "stage.json", "result.json", "log.txt"
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}
@@ -55,14 +53,10 @@ def weight_digest(path: str | Path) -> str:
     return _DIGESTS[memo]
 
 
-def _affects_result(field: Any, path: str) -> bool:
-    """Whether a config field changes a run's result: the field's own declaration
-    (``json_schema_extra={"affects_result": False}``) where config.py gives one, else IGNORED_KEYS."""
+def _affects_result(field: Any) -> bool:
+    """Whether a config field changes a run's result, as config.py declares it (``setting(affects_result=...)``)."""
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-    if "affects_result" in extra:
-        return bool(extra["affects_result"])
-    section, _, name = path.rpartition(".")
-    return name not in IGNORED_KEYS.get(section, ())
+    return bool(extra.get("affects_result", True))
 
 
 def _is_tag(field: Any) -> bool:
@@ -80,7 +74,7 @@ def _non_default(model: BaseModel, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, field in type(model).model_fields.items():
         path = f"{prefix}{name}"
-        if path in _INPUT_PATHS or not _affects_result(field, path):
+        if path in _INPUT_PATHS or not _affects_result(field):
             continue
         value = getattr(model, name)
         if isinstance(value, BaseModel):
