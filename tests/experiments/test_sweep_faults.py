@@ -142,9 +142,12 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_killed_parallel_sweep_leaves_no_workers_and_a_rerun_recovers(tmp_path):
-    base = {**BASE, "optim": {"epochs": 40, "lr": 0.05, "schedule": "cosine"}}
-    spec = write_spec(
-        tmp_path / "s.yaml", teachers=[{"model": "mlp_h32"}], methods=[{"name": "kd"}], seeds=[0], base=base
+    spec = write_spec(  # a long teacher (to be killed in), quick students
+        tmp_path / "s.yaml",
+        teachers=[{"model": "mlp_h32"}],
+        teacher_config={"optim": {"epochs": 40}},
+        methods=[{"name": "kd"}],
+        seeds=[0],
     )
     sw = tmp_path / "sw"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -183,4 +186,4 @@ def test_killed_parallel_sweep_leaves_no_workers_and_a_rerun_recovers(tmp_path):
     assert "partial" in states.values()  # left in use by the dead worker
     assert sweep.run() == {"done": 3}  # the rerun takes the stage over and finishes it
     config = yaml.safe_load((sweep.store.dir(sweep.stages()[0]) / "config.yaml").read_text())
-    assert config["optim"]["epochs"] == 40
+    assert config["optim"]["epochs"] == 40 and config["model"]["name"] == "mlp_h32"
