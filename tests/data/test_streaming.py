@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from darkknowledge.data.jpeg import decode_pil, decode_simplejpeg, have_simplejpeg
+from darkknowledge.data.jpeg import decode_one, have_simplejpeg
 from darkknowledge.data.streaming import StreamingLoader, build_splits, held_out_rows, view_uniforms
 from darkknowledge.data.views import apply_view, sample_crop_views
 
@@ -95,7 +95,7 @@ def test_view_table_replay(stream_folders, stream_helpers):
         i, v = int(batch.indices[0]), int(batch.views[0])
         data = Path(train.describe(i)).read_bytes()
         stored = table[i, v].numpy()
-        pixels, _ = decode_pil(data, lambda w, h, stored=stored: stored, (24, 24))
+        pixels, _ = decode_one("pil", data, lambda w, h, stored=stored: stored, (24, 24))
         ref = loader.normalize(torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None])[0]
         torch.testing.assert_close(batch.images[0], ref)
         seen += len(batch)
@@ -183,8 +183,8 @@ def test_simplejpeg_matches_pillow(stream_helpers):
     data = stream_helpers.jpeg_bytes(400, 300, 1)
     views = sample_crop_views([(400, 300)], 8, torch.Generator().manual_seed(0))[0]
     for v in views:
-        a, va = decode_simplejpeg(data, lambda w, h, v=v: v.numpy(), (32, 32))
-        b, vb = decode_pil(data, lambda w, h, v=v: v.numpy(), (32, 32))
+        a, va = decode_one("simplejpeg", data, lambda w, h, v=v: v.numpy(), (32, 32))
+        b, vb = decode_one("pil", data, lambda w, h, v=v: v.numpy(), (32, 32))
         assert a.shape == b.shape == (32, 32, 3) and np.array_equal(va, vb)
         assert np.abs(a.astype(np.int16) - b).mean() < 4
 

@@ -152,19 +152,15 @@ def measure_loader(
 
 
 def _floor_worker(args: tuple[FileSource, list[int], int, str, int, Any]) -> float:
-    source, rows, crop_size, decoder, passes, barrier = args
+    source, rows, crop_size, decoder_name, passes, barrier = args
     torch.set_num_threads(1)
-    decode = DECODERS[decoder]
-    uniforms = view_uniforms(0, 0, np.asarray(rows))
+    decoder = DECODERS[decoder_name]
+    sizes = np.array([[p.width, p.height] for p in map(decoder.probe, map(source.read, rows))], dtype=np.float64)
+    views = crop_views_from_uniforms(sizes[:, 0], sizes[:, 1], view_uniforms(0, 0, np.asarray(rows)))
 
-    def loop() -> None:
+    def loop() -> None:  # the bare per-image work: read, header, decode + crop + resize + flip
         for j, i in enumerate(rows):
-            u = uniforms[j]
-
-            def view_of(width: int, height: int, u: np.ndarray = u) -> np.ndarray:
-                return crop_views_from_uniforms(float(width), float(height), u)
-
-            decode(source.read(i), view_of, (crop_size, crop_size))
+            decoder.decode(decoder.probe(source.read(i)), views[j], (crop_size, crop_size))
 
     loop()
     barrier.wait()

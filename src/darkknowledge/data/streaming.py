@@ -18,7 +18,7 @@ workers, one view per sample, and only uint8 batches cross to the training devic
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from torch import Tensor
 
 from darkknowledge.data.base import AugmentSpec, DataSpec
 from darkknowledge.data.folders import IMAGENET_MEAN, IMAGENET_STD
-from darkknowledge.data.jpeg import DECODERS, BadImage, get_decoder
+from darkknowledge.data.jpeg import DECODERS, BadImage, Probed, get_decoder
 from darkknowledge.data.loader import Batch, epoch_generator
 from darkknowledge.data.sources import BAD_FILES, Source, index_class_folders, index_shards
 from darkknowledge.data.transforms import select_indices
@@ -160,55 +160,63 @@ class StreamingDataset(torch.utils.data.Dataset):
 
     def original_size(self, i: int) -> tuple[int, int]:
         """(width, height) of row ``i``'s image as stored (reads the header only)."""
-        from darkknowledge.data.jpeg import _open
-
         try:
-            return _open(self.source.read(i)).size
+            probed = DECODERS[self.decoder].probe(self.source.read(i))
         except (BadImage, OSError) as e:
             raise UserError(f"cannot read image {self.describe(i)}: {e}; delete or replace the file") from None
+        return probed.width, probed.height
 
-    def _view_rule(self, work: _Work, j: int, uniforms: np.ndarray | None) -> Callable[[int, int], np.ndarray]:
-        """Sample ``j``'s view as a function of its image's (width, height): stored, sampled or the centre view."""
+    def _views(self, work: _Work, kept: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """float32 (len(kept), 5): the stored views, RandomResizedCrop views from (seed, epoch, row), or the
+        centre views of images of ``sizes`` (width, height)."""
         if work.views is not None:
-            fixed = work.views[j]
-            return lambda width, height: fixed
-        if uniforms is not None:
-            u = uniforms[j]
-            return lambda width, height: crop_views_from_uniforms(
-                np.float64(width), np.float64(height), u, scale=self.scale, ratio=self.ratio
-            )
-        return lambda width, height: center_views([(width, height)], self.resize_size, self.crop_size)[0].numpy()
+            return np.asarray(work.views[kept], dtype=np.float32)
+        if work.seed >= 0:
+            uniforms = view_uniforms(work.seed, work.epoch, work.rows[kept])
+            return crop_views_from_uniforms(sizes[:, 0], sizes[:, 1], uniforms, scale=self.scale, ratio=self.ratio)
+        return center_views(sizes, self.resize_size, self.crop_size).numpy()
+
+    def _bad(self, row: int, error: Exception, skipped: list[str]) -> str | None:
+        message = f"cannot decode image {self.describe(row)}: {error}"
+        if self.bad_files == "error":
+            return message + "; delete or replace the file (or set data.bad_files=skip)"
+        skipped.append(message)
+        return None
 
     def __getitem__(self, work: _Work) -> dict[str, Any]:
-        decode = DECODERS[self.decoder]
+        decoder = DECODERS[self.decoder]
         out_size = (self.crop_size, self.crop_size)
         rows = work.rows
-        images = np.empty((len(rows), self.crop_size, self.crop_size, 3), dtype=np.uint8)
-        applied = np.empty((len(rows), VIEW_DIM), dtype=np.float32)
-        uniforms = view_uniforms(work.seed, work.epoch, rows) if work.views is None and work.seed >= 0 else None
-        kept: list[int] = []
         skipped: list[str] = []
+        # 1. headers of the whole batch, 2. every view at once, 3. decode
+        probes: list[Probed] = []
+        kept: list[int] = []
         for j, row in enumerate(rows.tolist()):
-            view_of = self._view_rule(work, j, uniforms)
             try:
-                data = self.source.read(row)
-                pixels, view = decode(data, view_of, out_size)
+                probes.append(decoder.probe(self.source.read(row)))
             except (BadImage, OSError) as e:
-                message = f"cannot decode image {self.describe(row)}: {e}"
-                if self.bad_files == "error":
-                    return {"error": message + "; delete or replace the file (or set data.bad_files=skip)"}
-                skipped.append(message)
+                if (error := self._bad(row, e, skipped)) is not None:
+                    return {"error": error}
                 continue
-            images[len(kept)] = pixels
-            applied[len(kept)] = view
             kept.append(j)
-        keep = np.asarray(kept, dtype=np.int64)
+        sizes = np.array([(p.width, p.height) for p in probes], dtype=np.float64).reshape(-1, 2)
+        views = self._views(work, np.asarray(kept, dtype=np.int64), sizes)
+        images = np.empty((len(kept), self.crop_size, self.crop_size, 3), dtype=np.uint8)
+        done: list[int] = []
+        for k, (j, probed) in enumerate(zip(kept, probes)):
+            try:
+                images[len(done)] = decoder.decode(probed, views[k], out_size)
+            except (BadImage, OSError) as e:
+                if (error := self._bad(int(rows[j]), e, skipped)) is not None:
+                    return {"error": error}
+                continue
+            done.append(k)
+        keep = np.asarray(kept, dtype=np.int64)[done]
         return {
-            "images": torch.from_numpy(images[: len(kept)]),
+            "images": torch.from_numpy(images[: len(done)]),
             "rows": torch.from_numpy(rows[keep]),
             "targets": self.targets[torch.from_numpy(rows[keep])],
-            "views": torch.from_numpy(applied[: len(kept)]),
-            "keep": torch.from_numpy(keep),
+            "views": torch.from_numpy(np.ascontiguousarray(views[done])),
             "skipped": skipped,
             "error": None,
         }
