@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from darkknowledge.data.jpeg import decode_one, have_simplejpeg
-from darkknowledge.data.streaming import StreamingLoader, build_splits, held_out_rows, view_uniforms
+from darkknowledge.data.streaming import StreamingLoader, build_splits, eval_batches, held_out_rows, view_uniforms
 from darkknowledge.data.views import apply_view, sample_crop_views
 
 SAMPLE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "imagenet_sample"
@@ -78,6 +78,8 @@ def test_evaluation_is_the_centre_view_in_order(stream_folders, stream_helpers):
     batches = list(StreamingLoader(test, 4, train=False, workers=0).epoch(0))
     assert torch.equal(torch.cat([b.indices for b in batches]), torch.arange(len(test)))
     views = torch.cat([b.aug_params for b in batches])
+    again = list(eval_batches(test, 5, workers=1))
+    assert torch.equal(torch.cat([b.images for b in again]), torch.cat([b.images for b in batches]))
     assert (views[:, 4] == 0).all() and torch.allclose(views[:, 2:4].max(1).values, torch.tensor(24 / 28))
 
 

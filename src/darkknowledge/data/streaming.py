@@ -47,6 +47,7 @@ __all__ = [
     "StreamingDataset",
     "StreamingLoader",
     "build_splits",
+    "eval_batches",
     "held_out_rows",
     "is_streaming",
     "view_uniforms",
@@ -352,6 +353,21 @@ class StreamingLoader:
             )
 
     __iter__ = epoch
+
+
+def eval_batches(
+    dataset: StreamingDataset,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    channels_last: bool = True,
+    workers: int = 2,
+) -> Iterator[Batch]:
+    """Evaluation-view batches in dataset order (evaluation, diagnostics, cache builds); for repeated
+    evaluations keep one ``StreamingLoader(train=False)`` instead, so its workers persist."""
+    loader = StreamingLoader(
+        dataset, batch_size, train=False, device=device, channels_last=channels_last, workers=workers
+    )
+    return loader.epoch(0)
 
 
 # --------------------------------------------------------------------------- splits
