@@ -62,7 +62,20 @@ def workspace(tmp_path_factory, teacher_run) -> Path:
         )
     )
     assert main(["cache", "build", str(ws / "cache"), f"teacher.checkpoint={teacher}", "--views", "1", *FAST]) == 0
+    torch.save({"payload": _Pickled()}, ws / "evil.pt")  # a pickle that would call a function when unpickled
+    (ws / "listmeta").mkdir()
+    (ws / "listmeta" / "meta.json").write_text("[1, 2]")
+    (ws / "userdiag").mkdir()
+    (ws / "userdiag" / "diagnostics.json").write_text('{"mine": true}')
+    spec = {"teachers": [{"model": "mlp_h32"}], "student": {"model": "mlp_h16"}}
+    search = {"methods": [{"name": "kd"}], "min_epochs": 1, "budget_epochs": 300}
+    (ws / "tune_no_val.yaml").write_text(yaml.safe_dump({**spec, "search": search}))
     return ws
+
+
+class _Pickled:
+    def __reduce__(self):
+        return (print, ("unpickled",))
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -146,6 +159,27 @@ CATALOGUE = [
     (["diagnose"], ["at least one --teacher"]),
     (["diagnose", "-t", "T.pt", "--device", "banana"], ["'banana' is not a torch device"]),
     (["diagnose", "-t", "garbage.pt"], ["corrupted"]),
+    (["diagnose", "-t", "T.pt", "--out", "userdiag"], ["not written by darkknowledge diagnose", "left as it is"]),
+    # the upper-half audit: teachers, caches, settings, files not ours
+    (
+        ["distill", *TINY, "teacher.checkpoint=T.pt", "data.image_size=16"],
+        ["trained on 8x8 images", "data.image_size=8"],
+    ),
+    (["distill", *TINY, "teacher.checkpoint=T.pt", "teacher.cache=nocache"], ["does not exist", "teacher.build=true"]),
+    (["distill", *TINY, "teacher.module=no_such_module:make"], ["cannot import"]),
+    (["distill", *TINY, "teacher.module=nocolon"], ["package.module:factory"]),
+    (["train", *TINY, "engine.keep_epochs=[0]"], ["engine.keep_epochs", "not an epoch of this run"]),
+    (["train", *TINY, "engine.keep_epochs=[-1]"], ["engine.keep_epochs", "not an epoch of this run"]),
+    (["train", *TINY, "engine.keep_epochs=[99]"], ["engine.keep_epochs", "not an epoch of this run"]),
+    (["evaluate", "evil.pt"], ["refused", "could run code"]),
+    (["cache", "info", "listmeta"], ["not a darkknowledge teacher cache"]),
+    (
+        ["cache", "build", "listmeta", "--overwrite", "teacher.checkpoint=T.pt", *FAST],
+        ["not a darkknowledge teacher cache"],
+    ),
+    (["--plugin", "", "methods"], ["not a Python module name"]),
+    (["tune", "tune_no_val.yaml", "--out", "newtune"], ["validation split"]),
+    (["tune", "missing.yaml"], ["missing.yaml", "does not exist"]),
     # demo and sweeps
     (["demo", "--out", "mine", "--overwrite", "--epochs", "-1"], ["--epochs must be at least 1"]),
     (["demo", "--out", "mine", "--epochs", "0"], ["--epochs must be at least 1"]),
@@ -170,6 +204,29 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(workspace, monkeypatch
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     for text in contains:
         assert text in lines[0], (text, lines[0])
+    assert tree(workspace) == before
+
+
+ENV_CATALOGUE = [
+    ({"DARKKNOWLEDGE_PLUGINS": ".."}, ["methods"], ["'..'", "not a Python module name"]),
+    ({"RANK": "0", "WORLD_SIZE": "2"}, ["train", *TINY], ["MASTER_ADDR", "torchrun"]),
+]
+
+
+@pytest.mark.parametrize("env, argv, contains", ENV_CATALOGUE)
+def test_bad_environment_is_one_line_exit_2_and_changes_nothing(workspace, monkeypatch, capsys, env, argv, contains):
+    import darkknowledge.plugins
+
+    monkeypatch.chdir(workspace)
+    monkeypatch.setattr(darkknowledge.plugins, "_discovered", False)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    before = tree(workspace)
+    assert main(list(argv)) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and all(t in lines[0] for t in contains), lines
     assert tree(workspace) == before
 
 

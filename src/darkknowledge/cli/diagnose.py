@@ -40,6 +40,11 @@ def _add_diagnose(p):
     p.add_argument("--out", default="runs/diagnose", help="output directory (diagnostics.json, CSV, PNG, report.html)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-plots", action="store_true", help="skip PNG plots (JSON/CSV/HTML only)")
+    p.add_argument(
+        "--tuned",
+        metavar="TUNE_JSON",
+        help="a `darkknowledge tune` result: the chosen teacher's card recommends its choice",
+    )
 
 
 def _diagnose(args) -> int:
@@ -69,6 +74,7 @@ def _diagnose(args) -> int:
             out_dir=args.out,
             options=opts,
             device=args.device,
+            tuned=args.tuned,
         )
     for card in result.cards:
         print(card.to_text())

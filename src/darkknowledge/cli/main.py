@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from darkknowledge.cli import bench, cache, catalog, diagnose, runs, sweep
+from darkknowledge.cli import bench, cache, catalog, diagnose, runs, sweep, tune
 from darkknowledge.cli.command import Command
 from darkknowledge.errors import UserError
 from darkknowledge.plugins import load_plugins
@@ -20,6 +20,7 @@ COMMANDS: dict[str, Command] = {
     "distill": runs.DISTILL,
     "evaluate": runs.EVALUATE,
     "sweep": sweep.SWEEP,
+    "tune": tune.TUNE,
     "diagnose": diagnose.DIAGNOSE,
     "cache": cache.CACHE,
     "bench": bench.BENCH,

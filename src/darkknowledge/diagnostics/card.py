@@ -55,6 +55,29 @@ class TunedChoice:
     val_top1: float
     source: str  # the tune result file
 
+    @classmethod
+    def from_file(cls, path: str, names: dict[str, str] | None = None) -> TunedChoice:
+        """The choice in a ``tune.json``; ``names`` maps checkpoint paths (resolved) to the diagnosed
+        names, so the card of the teacher tune chose carries it."""
+        from pathlib import Path
+
+        from darkknowledge.errors import UserError
+
+        try:
+            result = json.loads(Path(path).read_text())
+            chosen = result["chosen"]
+            checkpoint = str(Path(result["teacher_checkpoint"]).resolve())
+            return cls(
+                teacher=(names or {}).get(checkpoint, chosen["teacher"]),
+                student=str(result["student"]),
+                method=str(chosen["method"]),
+                params=dict(chosen["params"]),
+                val_top1=float(result["val_top1"]) / 100.0,
+                source=str(path),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"--tuned {path}: not a tune result written by `darkknowledge tune` ({exc})") from None
+
 
 #: thresholds of the heuristic (documented in docs/diagnostics.md)
 CONFIDENT_TARGET_PROB = 0.9  # mean p_y at T = 1 above which a teacher counts as over-confident
@@ -207,11 +230,13 @@ def make_card(
     # ---- no verdict; the recommendation is tune's choice, when one is given -------------------
     verdict = "No verdict on capacity mismatch: see the measurements above"
     verdict += (
-        f" (variance {_fmt(ratio)}x the smaller {reference.name}'s at T={_fmt(temp)})." if reference is not None else "."
+        f" (variance {_fmt(ratio)}x the smaller {reference.name}'s at T={_fmt(temp)})."
+        if reference is not None
+        else "."
     )
     method: str | None = None
     params: dict[str, Any] = {}
-    if tuned is not None and tuned.teacher == teacher.name and (student is None or tuned.student == student.name):
+    if tuned is not None and tuned.teacher == teacher.name:
         method, params = tuned.method, dict(tuned.params)
         recommendation = (
             f"{tuned.method} {json.dumps(tuned.params, sort_keys=True)} from {tuned.teacher}: chosen by "

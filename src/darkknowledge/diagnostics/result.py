@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from darkknowledge.diagnostics._common import jsonable
-from darkknowledge.diagnostics.card import TeacherCard, make_card
+from darkknowledge.diagnostics.card import TeacherCard, TunedChoice, make_card
 from darkknowledge.diagnostics.decompose import Decomposition
 from darkknowledge.diagnostics.geometry import GeometryResult
 from darkknowledge.diagnostics.isats_search import GRID_SIZE, REFINE_SIZE
@@ -93,6 +93,7 @@ class DiagnoseOptions:
     card_temperature: float = 4.0
     chunk_size: int = 2048
     plots: bool = True
+    tuned: TunedChoice | None = None  # what `darkknowledge tune` chose: the card recommends it
 
 
 @dataclass
@@ -155,10 +156,12 @@ class DiagnosticsResult:
             student=self.model(student) if student is not None else None,
             decomposition=dec,
             temperature=self.options.card_temperature,
+            tuned=self.options.tuned,
         )
 
     def to_dict(self) -> dict[str, Any]:
         opts = dict(self.options.__dict__)
+        opts["tuned"] = self.options.tuned.__dict__ if self.options.tuned is not None else None
         return jsonable(
             {
                 "data": self.data,

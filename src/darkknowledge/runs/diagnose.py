@@ -32,8 +32,10 @@ def diagnose_checkpoints(
     options=None,
     device: str = "cpu",
     names: list[str] | None = None,
+    tuned: str | None = None,
 ):
     """Load checkpoints, run them over the (un-augmented) split once, and diagnose.
+    ``tuned``: a ``tune.json``; the card of the teacher it chose recommends its choice.
 
     The result records the data it was computed on; a (teacher, student) report card is
     made only when the student was distilled from that teacher or trained without one.
@@ -87,6 +89,13 @@ def diagnose_checkpoints(
         if taught_by(s_ckpt, t_path, t_digest, memo)
     ]
     t_out.sort(key=lambda o: o.num_params or 0)
+    if tuned is not None:
+        from dataclasses import replace
+
+        from darkknowledge.diagnostics import DiagnoseOptions, TunedChoice
+
+        by_path = {str(Path(path).resolve()): o.name for (path, _, _), o in zip(models, outputs)}
+        options = replace(options or DiagnoseOptions(), tuned=TunedChoice.from_file(tuned, by_path))
     return diagnose(t_out, s_out, out_dir=out_dir, options=options, data=data, card_pairs=pairs)
 
 

@@ -1,0 +1,54 @@
+"""``darkknowledge tune SPEC.yaml``: choose teacher, method and parameters on the validation split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from darkknowledge.cli.command import Command
+
+
+def _add_tune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="tune spec YAML (see docs/tune.md)")
+    p.add_argument("--out", help="tune directory (default: runs/tune/<spec name>)")
+    p.add_argument("--jobs", "-j", type=int, default=None, help="trials side by side (default: search.jobs)")
+    p.add_argument(
+        "--executor",
+        choices=["auto", "inline", "local", "submitit"],
+        default="auto",
+        help="inline: in this process; local: subprocesses; submitit: SLURM (auto: inline for 1 job, else local)",
+    )
+    p.add_argument("--cluster", default=None, help="submitit cluster: slurm (default where available), local, debug")
+    p.add_argument(
+        "--submitit-param", action="append", default=[], metavar="KEY=VALUE", help="submitit executor parameter"
+    )
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from darkknowledge.cli.sweep import _submitit_params
+    from darkknowledge.experiments.tune import open_tune, result_markdown
+
+    if args.jobs is not None and args.jobs < 1:
+        from darkknowledge.errors import UserError
+
+        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
+    tune = open_tune(
+        args.spec,
+        args.out,
+        executor=args.executor,
+        jobs=args.jobs,
+        cluster=args.cluster,
+        submitit_params=_submitit_params(args.submitit_param),
+    )
+    result = tune.run()
+    print(result_markdown(result))
+    print(json.dumps({"out": str(tune.out), "result": str(tune.out / "tune.json")}, indent=2))
+    return 0
+
+
+TUNE = Command(
+    "choose teacher, method and its parameters for a student on the validation split, within a budget (Optuna, successive halving)",
+    "darkknowledge tune my_tune.yaml --out runs/tune1\n  darkknowledge tune my_tune.yaml --jobs 2",
+    _add_tune,
+    _tune,
+)
