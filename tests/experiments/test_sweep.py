@@ -227,6 +227,13 @@ def test_failed_stage_is_reported_and_does_not_stop_the_others(tmp_path, capsys)
     assert "done     student   student-mlp_h16-kd-from-mlp_h64-s0" in status
     rows = list(csv.DictReader((tmp_path / "sw/results.csv").open()))
     assert sorted(r["method"] + ":" + r["teacher"] for r in rows) == ["ce:", "kd:mlp_h64"]
+    main(["sweep", str(spec), "--out", str(tmp_path / "sw"), "--dry-run", "--no-retry-failed"])
+    plan = capsys.readouterr().out
+    assert "skip     student   student-mlp_h16-kd-from-mlp_h32-s0  blocked: needs teacher-mlp_h32 (failed)" in plan
+    main(["sweep", str(spec), "--out", str(tmp_path / "sw"), "--dry-run"])
+    plan = capsys.readouterr().out
+    assert "run      teacher   teacher-mlp_h32                     run again (it failed)" in plan
+    assert "run      student   student-mlp_h16-kd-from-mlp_h32-s0  new, after its inputs" in plan
 
 
 def test_killed_sweep_resumes_where_it_stopped(tmp_path):

@@ -282,6 +282,7 @@ class Sweep:
         self.graph, self.teacher_inputs = build_graph(spec, self.executor.threads_per_job())
         self.store = StageStore(self.out / "runs", records)
         self.store.set_groups(self.graph.groups())
+        self._status: dict[int, tuple[str, str]] = {}
 
     # ------------------------------------------------------------------ reading
     def stages(self) -> list[StageSpec]:
@@ -291,8 +292,10 @@ class Sweep:
         return self.store.state(node)
 
     def refresh(self) -> None:
+        """Read states again (after jobs ran)."""
         self.store.refresh()
         self.store.set_groups(self.graph.groups())
+        self._status.clear()
 
     def _ready(self, node: StageSpec) -> tuple[str, str] | None:
         """Why ``node`` cannot run yet: (state, detail), or None when its inputs are here."""
@@ -315,7 +318,12 @@ class Sweep:
 
     def status_of(self, node: StageSpec) -> tuple[str, str]:
         """(state, detail) of a stage from the store: done / recorded / failed / partial /
-        pending, or, for a stage still to run, waiting / blocked / skipped."""
+        pending, or, for a stage still to run, waiting / blocked / skipped (read once per pass)."""
+        if id(node) not in self._status:
+            self._status[id(node)] = self._status_of(node)
+        return self._status[id(node)]
+
+    def _status_of(self, node: StageSpec) -> tuple[str, str]:
         state = self.store.state(node)
         twin = self.store.twin_of(node)
         if twin is not None:
@@ -362,10 +370,12 @@ class Sweep:
         return needed
 
     def plan(self, retry_failed: bool = True, exclude: set[str] | None = None) -> list[StageSpec]:
-        """The stages this invocation would run (one per key), in graph order."""
+        """The stages this invocation would run (one per key), in graph order: those not finished
+        (failed ones unless ``retry_failed``), the recorded ones whose files they need, minus any
+        that could not get their inputs (a producer failed and is not run again, or did not write
+        the file)."""
         exclude = exclude or set()
-        homes = [g[0] for g in self.graph.groups().values()]
-        homes = [self.store.home(n) for n in homes]
+        homes = [self.store.home(g[0]) for g in self.graph.groups().values()]
         wanted = [
             n
             for n in homes
@@ -373,9 +383,19 @@ class Sweep:
             and (self.store.state(n) in ("pending", "partial") or (retry_failed and self.store.state(n) == "failed"))
             and (self._ready(n) or ("", ""))[0] != "skipped"
         ]
-        needed = self._needed(wanted)
-        todo = {n.key for n in wanted} | (needed - exclude)
-        return [n for n in self.graph.nodes if n.key in todo and self.store.home(n) is n]
+        todo = {n.key for n in wanted} | (self._needed(wanted) - exclude)
+        changed = True
+        while changed:  # drop what cannot get its inputs
+            changed = False
+            for n in (h for h in homes if h.key in todo):
+                for ref in (r for r in n.inputs.values() if isinstance(r, StageRef)):
+                    producer = self.store.home(ref.stage)
+                    here = self.store.state(producer) == "done" and self.store.output(ref).exists()
+                    if producer.key not in todo and not here:
+                        todo.discard(n.key)
+                        changed = True
+                        break
+        return [n for n in homes if n.key in todo]
 
     def plan_rows(self, retry_failed: bool = True) -> list[dict[str, str]]:
         """``--dry-run``: every stage and what this invocation would do with it (nothing is run or written)."""
@@ -393,7 +413,7 @@ class Sweep:
                     "partial": "resume from its last.pt",
                     "failed": "run again (it failed)",
                 }.get(state, "new")
-                if state in ("waiting",) or (state == "pending" and self._ready(n)):
+                if self._ready(n) is not None:
                     why += ", after its inputs"
             elif state in ("done", "recorded"):
                 action, why = "reuse", state
