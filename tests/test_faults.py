@@ -18,9 +18,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import FAST, read_metrics
 from darkknowledge.cli.main import main
 from darkknowledge.engine.checkpoint import atomic_torch_save, load_checkpoint
+from support import FAST, read_metrics
 
 TINY = [
     "model.name=cnn_w4",

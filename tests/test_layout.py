@@ -1,6 +1,6 @@
 """The test tree mirrors the package: every folder tests/<a>/<b> names a subpackage or module
 src/darkknowledge/<a>/<b>; test files have unique basenames; no test module imports another
-(shared helpers and fixtures live in conftest.py)."""
+(fixtures live in conftest.py, shared helpers in support.py)."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def test_checks_catch_a_broken_layout(tmp_path):
         tests,
         {
             "conftest.py": "",
-            "engine/test_cache.py": "from conftest import FAST\n",
+            "engine/test_cache.py": "from support import FAST\n",
             "engine/cache/test_build.py": "",  # mirrors the module engine/cache.py
             "plugins/example.py": "",  # mirrors the module plugins.py
             "engines/test_trainer.py": "import test_cache\n",  # no such subpackage; imports a test module
@@ -109,3 +109,18 @@ def test_checks_catch_a_broken_layout(tmp_path):
         "methods/test_kd.py: test_dkd",
     ]
     assert duplicate_basenames(tests) == ["test_cache.py: data/test_cache.py, engine/test_cache.py"]
+
+
+def test_no_module_imports_conftest_by_name():
+    """With a conftest.py per folder, ``conftest`` names whichever pytest imported last: helpers
+    that test modules import live in ``support.py``."""
+    offenders = [
+        str(path.relative_to(TESTS))
+        for path in _python_files(TESTS)
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+        if isinstance(node, ast.ImportFrom)
+        and node.module == "conftest"
+        or isinstance(node, ast.Import)
+        and any(a.name == "conftest" for a in node.names)
+    ]
+    assert offenders == []

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 
-from conftest import fast_config
 from darkknowledge.bench.reference import PerSampleAugmentDataset, ReferenceKDLoop, reference_loader
 from darkknowledge.bench.run import format_report, run_bench
 from darkknowledge.data.augment import apply_augment
@@ -16,6 +15,7 @@ from darkknowledge.engine.metrics import evaluate
 from darkknowledge.engine.teacher import LiveTeacher
 from darkknowledge.engine.trainer import build_trainer
 from darkknowledge.models import build_model
+from support import fast_config
 
 EPOCHS = 4
 LR = 0.05

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST
 from darkknowledge.cli.main import COMMANDS, main
+from support import FAST
 
 TINY = [
     "model.name=cnn_w4",

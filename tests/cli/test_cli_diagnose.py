@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import fast_config
 from darkknowledge.cli.main import main
+from support import fast_config
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import json
 
 import yaml
 
-from conftest import FAST
 from darkknowledge.cli.main import main
+from support import FAST
 
 
 def test_distill_inherits_teacher_data(tmp_path, teacher3_ckpt, capsys):

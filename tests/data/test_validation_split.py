@@ -40,9 +40,9 @@ def test_val_errors():
 
 
 def test_training_selects_on_validation_and_reports_test_once(tmp_path):
-    from conftest import fast_config, read_metrics
     from darkknowledge.engine.checkpoint import load_checkpoint
     from darkknowledge.engine.trainer import train
+    from support import fast_config, read_metrics
 
     summary = train(fast_config(tmp_path, "model.name=mlp_h32", "optim.epochs=3", "data.val_per_class=15", "name=v"))
     records = read_metrics(tmp_path / "v")

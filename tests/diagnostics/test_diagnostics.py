@@ -16,13 +16,13 @@ from torch import nn
 
 from darkknowledge.diagnostics import (
     DISCLAIMER,
-    TunedChoice,
     DecompositionAccumulator,
     DiagnoseOptions,
     FeatureGeometryAccumulator,
     OutputsBatch,
     TeacherOutputs,
     TeacherStatsAccumulator,
+    TunedChoice,
     aid_decomposition,
     ats_decomposition,
     collect_outputs,

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import fast_config, read_metrics
 from darkknowledge.data import build_dataset
 from darkknowledge.data.loader import eval_batches
 from darkknowledge.engine.adapter import TeacherAdapter
@@ -18,6 +17,7 @@ from darkknowledge.engine.teacher import teacher_from_module
 from darkknowledge.engine.trainer import build_trainer
 from darkknowledge.errors import UserError
 from darkknowledge.experiments.diagnose import diagnose_modules
+from support import fast_config, read_metrics
 
 DISTILL = [
     "model.name=cnn_w4",
@@ -77,7 +77,9 @@ def test_wrong_output_width_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match=r"shape \(16, 7\), expected \(batch, 10\) logits"):
         trainer.fit()
     with pytest.raises(UserError, match="the teacher has 7 classes but dataset 'digits' has 10"):
-        build_trainer(fast_config(tmp_path, *DISTILL, "name=seven"), teacher=teacher_from_module(PlainNet(7), num_classes=7))
+        build_trainer(
+            fast_config(tmp_path, *DISTILL, "name=seven"), teacher=teacher_from_module(PlainNet(7), num_classes=7)
+        )
     with pytest.raises(UserError, match="no .classifier layer; give num_classes"):
         from darkknowledge.engine.teacher import LiveTeacher
 

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import FAST, fast_config, read_metrics
 from darkknowledge.data import build_dataset
 from darkknowledge.data.augment import identity_params
 from darkknowledge.data.loader import BatchLoader
@@ -27,6 +26,7 @@ from darkknowledge.engine.checkpoint import atomic_torch_save, load_checkpoint, 
 from darkknowledge.engine.teacher import LiveTeacher
 from darkknowledge.engine.trainer import build_trainer, train
 from darkknowledge.errors import UserError
+from support import FAST, fast_config, read_metrics
 
 K = 3
 PER_CLASS = 5  # 50 training images
@@ -317,7 +317,12 @@ DISTILL = [
 
 def test_distill_from_cache_built_on_the_fly_and_reused(tmp_path, teacher_ckpt):
     cache_dir = tmp_path / "cache"
-    extra = [f"teacher.checkpoint={teacher_ckpt}", f"teacher.cache={cache_dir}", "teacher.build=true", "teacher.views=2"]
+    extra = [
+        f"teacher.checkpoint={teacher_ckpt}",
+        f"teacher.cache={cache_dir}",
+        "teacher.build=true",
+        "teacher.views=2",
+    ]
     s1 = train(fast_config(tmp_path, *DISTILL, *extra, "name=a"))
     assert (cache_dir / "meta.json").is_file()
     assert s1["teacher"]["kind"] == "cache"

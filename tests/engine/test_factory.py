@@ -8,11 +8,11 @@ import textwrap
 import pytest
 import torch
 
-from conftest import fast_config
 from darkknowledge.config import CacheTeacher, CheckpointTeacher, ModuleTeacher, NoTeacher, load_config
 from darkknowledge.data.splits import Splits, load_splits
 from darkknowledge.engine.factory import build_parts
 from darkknowledge.errors import UserError
+from support import fast_config
 
 STUDENT = ["model.name=cnn_w4", "data.train_per_class=10", "data.test_per_class=4", "optim.epochs=1"]
 

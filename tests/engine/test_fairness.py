@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import fast_config, read_metrics, state_equal
 from darkknowledge.engine.checkpoint import load_checkpoint
 from darkknowledge.engine.trainer import build_trainer, train
 from darkknowledge.errors import UserError
+from support import fast_config, read_metrics, state_equal
 
 STUDENT = [
     "model.name=mlp_h16",
@@ -76,7 +76,9 @@ def test_global_rng_after_setup_is_independent_of_teacher(tmp_path, two_teachers
 
 
 def test_cached_teacher_sees_same_batch_order_as_live(tmp_path, two_teachers):
-    live = build_trainer(fast_config(tmp_path, *STUDENT, "seed=3", f"teacher.checkpoint={two_teachers[0]}", "method.name=kd"))
+    live = build_trainer(
+        fast_config(tmp_path, *STUDENT, "seed=3", f"teacher.checkpoint={two_teachers[0]}", "method.name=kd")
+    )
     cached = build_trainer(
         fast_config(
             tmp_path,

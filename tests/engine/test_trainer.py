@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from conftest import fast_config, read_metrics, state_equal
 from darkknowledge.config import load_config
 from darkknowledge.engine.checkpoint import load_checkpoint, load_model
 from darkknowledge.engine.metrics import ClassificationMeter
 from darkknowledge.engine.trainer import build_trainer, train
 from darkknowledge.errors import UserError
+from support import fast_config, read_metrics, state_equal
 
 # A tiny, quick run: cnn_w4 on 20 digits per class (200 images), batch 32 -> 6 steps per epoch.
 TINY = [

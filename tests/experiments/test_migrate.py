@@ -6,10 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 
-from conftest import quiet, write_spec
 from darkknowledge.config import validate_config
 from darkknowledge.experiments import open_sweep
 from darkknowledge.experiments.migrate import rekey_records
+from support import quiet, write_spec
 
 
 def _old_style(records, sweep) -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import FAST, quiet, spec_dict, write_spec
 from darkknowledge.cli.main import main
 from darkknowledge.engine.checkpoint import load_checkpoint
 from darkknowledge.experiments import open_sweep
 from darkknowledge.experiments.spec import parse_spec
+from support import FAST, quiet, spec_dict, write_spec
 
 
 def stages_of(sweep, kind):

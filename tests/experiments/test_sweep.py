@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BASE, quiet, spec_dict, write_spec
 from darkknowledge.cli.main import main
 from darkknowledge.errors import UserError
 from darkknowledge.experiments import open_sweep
 from darkknowledge.experiments.results import write_results
 from darkknowledge.experiments.spec import parse_spec
 from darkknowledge.experiments.stage import identity_config, stage_key
+from support import BASE, quiet, spec_dict, write_spec
 
 
 def stage_log_lines(sweep) -> dict[str, str]:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BASE, quiet, write_spec
 from darkknowledge.cli.main import main
+from support import BASE, quiet, write_spec
 
 
 def tree(root: Path) -> dict[str, bytes]:

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import FAST, GOLD_S, GOLD_T, GOLD_Y, fast_config, gold_inputs, read_metrics
 from darkknowledge.cli.main import main
 from darkknowledge.methods import SetupContext, StepContext, build_method
 from darkknowledge.methods.aid import aid_loss, intra_class_kl, nontarget_kl
@@ -23,6 +22,7 @@ from darkknowledge.methods.functional import tempered_kl
 from darkknowledge.methods.kd import kd_loss
 from darkknowledge.methods.regt import nontarget_spread, prediction_entropy, regt_loss
 from darkknowledge.methods.sckd import gradient_cosine, last_linear, sckd_loss, sckd_loss_and_cosine
+from support import FAST, GOLD_S, GOLD_T, GOLD_Y, fast_config, gold_inputs, read_metrics
 
 # ---------------------------------------------------------------------------------------
 # independent float64 NumPy references

@@ -8,6 +8,7 @@ for every run, model and method, and they are never in the training rows that co
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -20,18 +21,23 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class Splits:
-    """The training rows (validation rows removed), the validation rows (or None) and the test split."""
+    """The training rows (validation rows removed), the validation rows (or None) and the test split
+    (in-memory datasets, or streamed ones with ``data.stream``)."""
 
-    train: ArrayDataset
-    val: ArrayDataset | None
-    test: ArrayDataset
+    train: Any
+    val: Any | None
+    test: Any
 
     def __iter__(self):  # train, val, test = splits
         return iter((self.train, self.val, self.test))
 
 
 def load_splits(data: DataConfig) -> Splits:
-    """The configured splits, reading the training files once."""
+    """The configured splits, reading the training files once (indexing them, when streamed)."""
+    if data.stream:
+        from darkknowledge.data.streaming import build_splits
+
+        return Splits(*build_splits(data))
     train, val = split_validation(_training_files(data), data.val_per_class, data.subset_seed)
     return Splits(train, val, load_split(data, "test"))
 
@@ -77,14 +83,14 @@ def _training_files(data: DataConfig) -> ArrayDataset:
     )
 
 
-def split_validation(full: ArrayDataset, per_class: int | None, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:
-    """(training rows, validation rows): ``per_class`` rows of each class, chosen by a generator
-    seeded with (seed, class)."""
-    if not per_class:
-        return full, None
+def held_out_rows(targets: torch.Tensor, per_class: int, seed: int, num_classes: int) -> torch.Tensor:
+    """The validation rows (sorted): ``per_class`` rows of each class chosen by a generator seeded with
+    (seed, class) — the same rows for every run, model and method, in memory or streamed."""
     held = []
-    for c in range(full.spec.num_classes):
-        rows = (full.targets == c).nonzero().flatten()
+    for c in range(num_classes):
+        rows = (targets == c).nonzero().flatten()
+        if len(rows) == 0:
+            continue
         if len(rows) <= per_class:
             raise UserError(
                 f"data.val_per_class={per_class} leaves no training image of class {c} "
@@ -92,7 +98,14 @@ def split_validation(full: ArrayDataset, per_class: int | None, seed: int) -> tu
             )
         g = torch.Generator().manual_seed((int(seed) * 1_000_003 + c * 7919 + 424_242) % (2**63 - 1))
         held.append(rows[torch.randperm(len(rows), generator=g)[:per_class]])
-    val_rows = torch.cat(held).sort().values
+    return torch.cat(held).sort().values if held else torch.zeros(0, dtype=torch.int64)
+
+
+def split_validation(full: ArrayDataset, per_class: int | None, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:
+    """(training rows, validation rows) of an in-memory split (:func:`held_out_rows`)."""
+    if not per_class:
+        return full, None
+    val_rows = held_out_rows(full.targets, per_class, seed, full.spec.num_classes)
     keep = torch.ones(len(full), dtype=torch.bool)
     keep[val_rows] = False
     return full.subset(keep.nonzero().flatten()), full.subset(val_rows)

@@ -32,6 +32,7 @@ from darkknowledge.data.folders import IMAGENET_MEAN, IMAGENET_STD
 from darkknowledge.data.jpeg import DECODERS, BadImage, Probed, get_decoder
 from darkknowledge.data.loader import Batch, epoch_generator
 from darkknowledge.data.sources import BAD_FILES, Source, index_class_folders, index_shards
+from darkknowledge.data.splits import held_out_rows
 from darkknowledge.data.transforms import select_indices
 from darkknowledge.data.views import (
     UNIFORMS_PER_VIEW,
@@ -403,24 +404,6 @@ STREAMING_DATASETS.add("webdataset", _webdataset)
 def is_streaming(data_cfg: Any) -> bool:
     """Whether the data section asks for the streaming path (``data.stream``)."""
     return bool(getattr(data_cfg, "stream", False))
-
-
-def held_out_rows(targets: Tensor, per_class: int, seed: int, num_classes: int) -> Tensor:
-    """Validation rows: ``per_class`` rows of each class chosen by a generator seeded with (seed, class),
-    sorted - the rule of the in-memory path, so both paths hold out the same files."""
-    held = []
-    for c in range(num_classes):
-        rows = (targets == c).nonzero().flatten()
-        if len(rows) == 0:
-            continue
-        if len(rows) <= per_class:
-            raise UserError(
-                f"data.val_per_class={per_class} leaves no training image of class {c} "
-                f"({len(rows)} in the training split); lower it"
-            )
-        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + c * 7919 + 424_242) % (2**63 - 1))
-        held.append(rows[torch.randperm(len(rows), generator=g)[:per_class]])
-    return torch.cat(held).sort().values if held else torch.zeros(0, dtype=torch.int64)
 
 
 def _read_split(data_cfg: Any, train: bool, per_class: int | None) -> StreamingDataset:

@@ -27,12 +27,12 @@ check.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-import dataclasses
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from darkknowledge.data.base import ArrayDataset
-from darkknowledge.data.loader import eval_batches
+from darkknowledge.data.loaders import evaluation_batches
 from darkknowledge.engine.metrics import ClassificationMeter, collect_logits
 from darkknowledge.engine.teacher import TeacherSignal
 from darkknowledge.errors import UserError
@@ -31,7 +31,7 @@ class Evaluator:
         self._teacher_logits: dict[str, Tensor | None] = {}
 
     def _batches(self, split: str):
-        return eval_batches(self.datasets[split], self.batch_size, self.device, self.channels_last)
+        return evaluation_batches(self.datasets[split], self.batch_size, self.device, self.channels_last)
 
     def __call__(self, model: nn.Module, split: str) -> dict[str, float]:
         logits, targets = collect_logits(model, self._batches(split), self.precision)

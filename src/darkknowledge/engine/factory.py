@@ -29,6 +29,7 @@ from darkknowledge.config import (
 )
 from darkknowledge.data.base import DataSpec
 from darkknowledge.data.loader import BatchLoader
+from darkknowledge.data.loaders import training_loader
 from darkknowledge.data.splits import Splits, load_splits
 from darkknowledge.engine.cache import CachedTeacher, build_cache
 from darkknowledge.engine.checkpoint import load_checkpoint, load_model, state_digest
@@ -53,7 +54,7 @@ class RunParts:
     model: nn.Module
     method: DistillMethod
     teacher: TeacherSignal | None
-    loader: BatchLoader
+    loader: BatchLoader  # or a StreamingLoader: the same interface
 
     @property
     def spec(self) -> DataSpec:
@@ -105,11 +106,9 @@ def build_parts(cfg: RunConfig, *, splits: Splits | None = None, teacher: Teache
             f"the teacher has {teacher.num_classes} classes but dataset {spec.name!r} has "
             f"{spec.num_classes}; use a teacher for the same data/classes"
         )
-    loader = BatchLoader(
+    loader = training_loader(
         splits.train,
-        cfg.data.batch_size,
-        train=True,
-        augment=cfg.data.augment,
+        cfg.data,
         seed=cfg.seed,
         device=device,
         channels_last=cfg.engine.channels_last,

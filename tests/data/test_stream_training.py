@@ -1,0 +1,66 @@
+"""The streaming path end to end: a streamed class-folder dataset trains a teacher and distils a
+student through the same factory, trainer and evaluation as the in-memory datasets."""
+
+from __future__ import annotations
+
+import pytest
+
+from darkknowledge.config import load_config
+from darkknowledge.data.splits import load_splits
+from darkknowledge.data.streaming import StreamingDataset, StreamingLoader
+from darkknowledge.engine.factory import build_parts
+from darkknowledge.runs import train
+from support import FAST
+
+STREAM = ["data.stream=true", "data.name=imagefolder", "data.crop_size=24", "data.resize_size=28", "data.workers=0"]
+SMALL = ["data.batch_size=6", "data.eval_batch_size=8", "optim.epochs=2", "optim.schedule=constant", "optim.lr=0.05"]
+
+
+def _config(tmp_path, root, *extra):
+    return load_config(
+        overrides=[f"output_dir={tmp_path / 'runs'}", *FAST, *STREAM, f"data.root={root}", *SMALL, *extra]
+    )
+
+
+def test_a_streamed_dataset_trains_and_distils_through_the_factory(tmp_path, stream_folders):
+    cfg = _config(tmp_path, stream_folders, "model.name=cnn_w8", "data.val_per_class=2", "name=teacher")
+    parts = build_parts(cfg)
+    assert isinstance(parts.loader, StreamingLoader) and isinstance(parts.splits.train, StreamingDataset)
+    assert len(parts.splits.train) == 3 * 8 and len(parts.splits.val) == 3 * 2 and len(parts.splits.test) == 3 * 3
+    teacher = train(cfg)
+    assert teacher["selection"] == "val" and 0 <= teacher["final"]["test/top1"] <= 100
+    assert "val/top1" in teacher["best"]
+    student = train(
+        _config(
+            tmp_path,
+            stream_folders,
+            "model.name=cnn_w4",
+            "data.val_per_class=2",
+            "method.name=kd",
+            f"teacher.checkpoint={teacher['run_dir']}/last.pt",
+            "name=student",
+        )
+    )
+    assert student["teacher"]["kind"] == "live" and "test/teacher_agreement" in student["final"]
+
+
+def test_streamed_and_in_memory_splits_hold_out_the_same_rule(tmp_path, stream_folders):
+    splits = load_splits(_config(tmp_path, stream_folders, "data.val_per_class=3").data)
+    held = set(splits.val.describe(i) for i in range(len(splits.val)))
+    assert len(held) == 9 and not held & {splits.train.describe(i) for i in range(len(splits.train))}
+
+
+def test_a_streamed_teacher_at_another_crop_size_is_refused(tmp_path, stream_folders):
+    teacher = train(_config(tmp_path, stream_folders, "model.name=cnn_w4", "optim.epochs=1", "name=t24"))
+    from darkknowledge.errors import UserError
+
+    cfg = _config(
+        tmp_path,
+        stream_folders,
+        "data.crop_size=16",
+        "method.name=kd",
+        f"teacher.checkpoint={teacher['run_dir']}/last.pt",
+        "name=s16",
+    )
+    with pytest.raises(UserError, match="trained on 24x24 images but the data gives 16x16"):
+        build_parts(cfg)
