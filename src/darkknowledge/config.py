@@ -269,9 +269,9 @@ class OptimConfig(_Strict):
 
 class EngineConfig(_Strict):
     device: str = setting("cpu", "Torch device, e.g. `cpu`, `cuda`, `cuda:1`.", resumable=True)
-    precision: Literal["auto", "bf16", "fp32"] = setting(
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = setting(
         "auto",
-        description="Autocast precision of forward passes (weights and optimiser stay fp32); `auto` = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32.",
+        description="Autocast precision of forward passes (weights and optimiser stay fp32); `auto` = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32; `fp16` (CUDA only) adds a gradient scaler.",
     )
     channels_last: bool = setting(True, description="Use channels_last memory format for images and conv weights.")
     threads: int | None = setting(
@@ -301,6 +301,28 @@ class EngineConfig(_Strict):
     )
     eval_every: int = setting(1, ge=1, description="Evaluate every N epochs (and always after the last).")
     save_every: int = setting(1, ge=1, description="Write last.pt every N epochs (and always after the last).")
+    compile: bool = setting(
+        False,
+        "Compile the student's training forward and backward with torch.compile (inductor; needs a C++ compiler on "
+        "a CPU, triton on CUDA); compilation takes tens of seconds at the first step.",
+        affects_result=False,
+        resumable=True,
+    )
+    fused_optimizer: bool = setting(
+        True,
+        "Use torch's fused SGD kernel where it has one (CPU, CUDA); false: the foreach implementation.",
+        affects_result=False,
+        resumable=True,
+    )
+    finite_check_every: int = setting(
+        20,
+        "With nonfinite=stop: test the loss for inf/nan on the host every N steps and at the end of each epoch "
+        "(one device sync each; the run still stops before any checkpoint of non-finite weights). nonfinite=skip "
+        "checks every step.",
+        ge=1,
+        affects_result=False,
+        resumable=True,
+    )
 
 
 class RunConfig(_Strict):

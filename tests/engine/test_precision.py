@@ -66,7 +66,12 @@ def test_other_devices_stay_fp32_on_auto(cpu_with):
 
 
 def test_unknown_precision_is_a_user_error():
-    with pytest.raises(UserError, match="'fp16'.*auto, bf16 or fp32"):
+    with pytest.raises(UserError, match="'fp8'.*auto, bf16, fp16 \\(CUDA\\) or fp32"):
+        resolve_precision("fp8", "cpu")
+
+
+def test_fp16_is_cuda_only():
+    with pytest.raises(UserError, match="fp16.*CUDA-only.*bf16 or fp32"):
         resolve_precision("fp16", "cpu")
 
 

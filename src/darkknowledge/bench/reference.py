@@ -8,12 +8,15 @@ structure (our own implementation of it; no code copied):
   ``Normalize`` in Python, batched by a ``DataLoader`` with 2 worker processes;
 * fp32 everywhere, contiguous (NCHW) memory format;
 * the teacher's forward on every step under ``torch.no_grad()``, in eval mode;
-* Hinton KD loss (``kd_loss``), SGD with momentum.
+* Hinton KD loss (``kd_loss``), SGD with momentum;
+* on a GPU (``device="cuda"``), each batch copied to the device as those repositories do
+  (``.cuda()`` of a pageable CPU tensor), models on the device.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -87,11 +90,15 @@ class ReferenceKDLoop:
         temperature: float = 4.0,
         ce_weight: float = 0.1,
         kd_weight: float = 0.9,
+        device: torch.device | str = "cpu",
     ):
-        self.student, self.teacher, self.loader = student, teacher, loader
+        self.device = torch.device(device)
+        self.student = student.to(self.device)
+        self.teacher = teacher.to(self.device) if teacher is not None else None
+        self.loader = loader
         self.optimizer = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
         self.temperature, self.ce_weight, self.kd_weight = temperature, ce_weight, kd_weight
-        self._it = None
+        self._it: Iterator | None = None
 
     def _next(self):
         if self._it is None:
@@ -99,11 +106,12 @@ class ReferenceKDLoop:
         try:
             return next(self._it)
         except StopIteration:
-            self._it = iter(self.loader)
-            return next(self._it)
+            it = self._it = iter(self.loader)
+            return next(it)
 
     def step(self) -> int:
         x, y = self._next()
+        x, y = x.to(self.device), y.to(self.device)
         self.student.train()
         logits = self.student(x)
         if self.teacher is not None:
@@ -111,7 +119,13 @@ class ReferenceKDLoop:
             with torch.no_grad():
                 t_logits = self.teacher(x)
             terms = kd_loss(
-                logits, t_logits, y, temperature=self.temperature, ce_weight=self.ce_weight, kd_weight=self.kd_weight
+                logits,
+                t_logits,
+                y,
+                temperature=self.temperature,
+                ce_weight=self.ce_weight,
+                kd_weight=self.kd_weight,
+                logit_standardization=False,
             )
             loss = terms["ce"] + terms["kd"]
         else:
@@ -128,4 +142,6 @@ class ReferenceKDLoop:
     def run(self, steps: int) -> float:
         t0 = time.perf_counter()
         n = sum(self.step() for _ in range(steps))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         return n / (time.perf_counter() - t0)

@@ -7,7 +7,13 @@ default, or a real dataset), with the same teacher/student pair and batch size:
 (b) ``live``       our trainer with the live teacher;  ``cached``: with a teacher cache;
 (c) ``loss overhead``: the step time of every method relative to KD;
 (d) ``student-only``: our trainer with CE only (the ceiling for a cached teacher);
-(e) peak resident memory of each phase (this process; DataLoader workers excluded).
+(e) peak resident memory of each phase (this process; DataLoader workers excluded), and
+    on CUDA the peak GPU memory allocated by torch;
+(f) yardsticks that carry between machines: the device's matmul peak in fp32 and in the
+    run's precision (:mod:`darkknowledge.bench.peak`), the FLOPs of a student training step
+    and of a teacher forward (torch's flop counter), and from them each loop's achieved
+    GFLOP/s as a fraction of the peak of the precision it computes in; the CPU's capability
+    flags (or the GPU's name).
 
 Each measurement is repeated and the median reported. Weights are random: speed does
 not depend on them.
@@ -15,6 +21,7 @@ not depend on them.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import statistics
@@ -30,7 +37,9 @@ from torch import Tensor
 from darkknowledge.config import load_config
 from darkknowledge.data.base import ArrayDataset, AugmentSpec, DataSpec
 from darkknowledge.data.loader import Batch
+from darkknowledge.data.splits import Splits
 from darkknowledge.engine.cache import CachedTeacher, build_cache
+from darkknowledge.engine.factory import build_parts
 from darkknowledge.engine.teacher import LiveTeacher, TeacherSignal
 from darkknowledge.engine.trainer import Trainer
 from darkknowledge.models import build_model, count_parameters
@@ -75,9 +84,10 @@ def _reset_peak_rss() -> bool:
 
 def _peak_rss_mib() -> float:
     try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
     except OSError:
         pass
     import resource
@@ -94,8 +104,11 @@ def _trainer(
     teacher: TeacherSignal | None,
     precision: str,
     channels_last: bool,
+    extra: list[str] | None = None,
+    device: str = "cpu",
 ) -> Trainer:
     overrides = [
+        f"engine.device={device}",
         f"model.name={student}",
         f"method.name={method['name']}",
         f"data.batch_size={batch_size}",
@@ -105,16 +118,48 @@ def _trainer(
         "optim.epochs=1000",
         "optim.schedule=constant",
     ] + [f"method.{k}={v}" for k, v in method.items() if k != "name"]
-    cfg = load_config(overrides=overrides)
+    cfg = load_config(overrides=overrides + list(extra or []))
     # the bench only calls train_epoch(); fit() (which writes the run dir) never runs
-    return Trainer(
-        cfg, train_set=ds, test_set=ds, teacher=teacher, run_dir=Path(tempfile.gettempdir()) / "dk-bench-unused"
-    )
+    parts = build_parts(cfg, splits=Splits(ds, None, ds), teacher=teacher)
+    return Trainer(parts, run_dir=Path(tempfile.gettempdir()) / "dk-bench-unused")
 
 
 def _median_rate(fn: Callable[[], float], repeats: int) -> tuple[float, list[float]]:
     rates = [fn() for _ in range(repeats)]
     return statistics.median(rates), rates
+
+
+def _fmt(rates: list[float]) -> str:
+    return "[" + ", ".join(f"{r:.1f}" for r in rates) + "]"
+
+
+class _Phase:
+    """Peak host (and CUDA) memory of one bench phase."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        _reset_peak_rss()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def memory(self) -> dict[str, float]:
+        out = {"peak_rss_mib": _peak_rss_mib()}
+        if self.device.type == "cuda":
+            out["gpu_peak_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        return out
+
+
+def step_flops_per_image(teacher: torch.nn.Module, student: torch.nn.Module, images: Tensor) -> dict[str, float]:
+    """FLOPs per image of a student training step and of a teacher inference forward."""
+    from darkknowledge.bench.peak import forward_flops, train_step_flops
+
+    n = images.shape[0]
+    student.train()
+    return {
+        "student_train_step": train_step_flops(student, images) / n,
+        "teacher_forward": forward_flops(teacher.eval(), images) / n,
+    }
 
 
 def run_bench(
@@ -135,13 +180,20 @@ def run_bench(
     workers: int = 2,
     precision: str = "auto",
     channels_last: bool = True,
+    device: str = "cpu",
+    extra: list[str] | None = None,
+    peak_seconds: float = 1.0,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
+    """``extra``: config overrides of our trainer's loops (e.g. ``engine.compile=true``)."""
+    from darkknowledge.bench.peak import capability, matmul_peak
     from darkknowledge.bench.reference import ReferenceKDLoop, reference_loader
+    from darkknowledge.engine.factory import resolve_device
     from darkknowledge.engine.precision import resolve_precision
     from darkknowledge.methods import METHODS
 
-    precision = resolve_precision(precision, "cpu")
+    dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
     torch.manual_seed(0)
     n = steps * batch_size
     ds = dataset if dataset is not None else synthetic_dataset(n, num_classes, image_size)
@@ -155,6 +207,7 @@ def run_bench(
             "cores": os.cpu_count(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "capability": capability(dev),
         },
         "setup": {
             "teacher": teacher,
@@ -169,30 +222,53 @@ def run_bench(
             "channels_last": channels_last,
             "cache_views": cache_views,
             "workers": workers,
+            "device": str(dev),
+            "overrides": list(extra or []),
         },
         "images_per_s": {},
         "peak_rss_mib": {},
         "raw": {},
     }
+    if dev.type == "cuda":
+        result["gpu_peak_mib"] = {}
     t_model = build_model(teacher, num_classes, in_ch).eval()
+    s_model = build_model(student, num_classes, in_ch)
     result["setup"]["teacher_params"] = count_parameters(t_model)
-    result["setup"]["student_params"] = count_parameters(build_model(student, num_classes, in_ch))
+    result["setup"]["student_params"] = count_parameters(s_model)
+    probe = ds.images[: min(batch_size, len(ds))].float()
+    result["flops_per_image"] = step_flops_per_image(t_model, s_model, probe)
+    del s_model
+    result["peak_gflops"] = {}
+    for prec in dict.fromkeys(["fp32", precision]):
+        peak = matmul_peak(prec, dev, seconds=peak_seconds)
+        result["peak_gflops"][prec] = peak["gflops"]
+        log(
+            f"matmul peak {prec}: {peak['gflops']:.0f} GFLOP/s ({peak['size']}x{peak['size']}, best of {peak['blocks']})"
+        )
+    t_model = t_model.to(dev)
+
+    def record(name: str, med: float, raw: list[float], phase: _Phase) -> None:
+        result["images_per_s"][name], result["raw"][name] = med, raw
+        mem = phase.memory()
+        result["peak_rss_mib"][name] = mem["peak_rss_mib"]
+        if "gpu_peak_mib" in mem:
+            result["gpu_peak_mib"][name] = mem["gpu_peak_mib"]
 
     # (a) reference loop -------------------------------------------------------------
     log(f"(a) reference loop: {teacher} -> {student}, fp32, DataLoader with {workers} workers")
-    _reset_peak_rss()
+    phase = _Phase(dev)
     torch.manual_seed(0)
     ref = ReferenceKDLoop(
         build_model(student, num_classes, in_ch),
         build_model(teacher, num_classes, in_ch),
         reference_loader(ds, batch_size, workers=workers),
+        device=dev,
     )
     ref.run(3)  # warm-up (worker start, allocator)
-    med, raw = _median_rate(lambda: ref.run(steps), repeats)
+    med, raw = _median_rate(functools.partial(ref.run, steps), repeats)
     del ref
-    result["images_per_s"]["reference"], result["raw"]["reference"] = med, raw
-    result["peak_rss_mib"]["reference"] = _peak_rss_mib()
-    log(f"    {med:8.1f} img/s  {['%.1f' % r for r in raw]}")
+    record("reference", med, raw, phase)
+    log(f"    {med:8.1f} img/s  {_fmt(raw)}")
 
     def epoch_rate(tr: Trainer) -> Callable[[], float]:
         state = {"epoch": 0}
@@ -205,45 +281,50 @@ def run_bench(
 
     # (b) live teacher ---------------------------------------------------------------
     log(f"(b) our trainer, live teacher ({precision}, channels_last={channels_last})")
-    _reset_peak_rss()
-    live = LiveTeacher(build_model(teacher, num_classes, in_ch), precision=precision, channels_last=channels_last)
-    tr = _trainer(student, {"name": "kd"}, ds, batch_size, live, precision, channels_last)
+    phase = _Phase(dev)
+    live = LiveTeacher(
+        build_model(teacher, num_classes, in_ch).to(dev), precision=precision, channels_last=channels_last
+    )
+    tr = _trainer(student, {"name": "kd"}, ds, batch_size, live, precision, channels_last, extra, str(dev))
     tr.train_epoch(0)  # warm-up
     med, raw = _median_rate(epoch_rate(tr), repeats)
     del tr, live
-    result["images_per_s"]["live"], result["raw"]["live"] = med, raw
-    result["peak_rss_mib"]["live"] = _peak_rss_mib()
-    log(f"    {med:8.1f} img/s  {['%.1f' % r for r in raw]}")
+    record("live", med, raw, phase)
+    log(f"    {med:8.1f} img/s  {_fmt(raw)}")
 
     # (b) cached teacher -------------------------------------------------------------
     log(f"(b) our trainer, cached teacher ({cache_views} views per sample)")
     with tempfile.TemporaryDirectory(prefix="dk-bench-cache-") as tmp:
         t0 = time.perf_counter()
         path = build_cache(
-            t_model, ds, Path(tmp) / "cache", num_views=cache_views, precision=precision, channels_last=channels_last
+            t_model,
+            ds,
+            Path(tmp) / "cache",
+            num_views=cache_views,
+            precision=precision,
+            channels_last=channels_last,
+            device=dev,
         )
         result["cache_build_s"] = time.perf_counter() - t0
         result["cache_build_images_per_s"] = len(ds) * cache_views / result["cache_build_s"]
-        _reset_peak_rss()
-        cached = CachedTeacher(path)
-        tr = _trainer(student, {"name": "kd"}, ds, batch_size, cached, precision, channels_last)
+        phase = _Phase(dev)
+        cached = CachedTeacher(path, device=dev)
+        tr = _trainer(student, {"name": "kd"}, ds, batch_size, cached, precision, channels_last, extra, str(dev))
         tr.train_epoch(0)
         med, raw = _median_rate(epoch_rate(tr), repeats)
         del tr, cached
-    result["images_per_s"]["cached"], result["raw"]["cached"] = med, raw
-    result["peak_rss_mib"]["cached"] = _peak_rss_mib()
-    log(f"    {med:8.1f} img/s  {['%.1f' % r for r in raw]}  (cache build {result['cache_build_s']:.1f}s)")
+    record("cached", med, raw, phase)
+    log(f"    {med:8.1f} img/s  {_fmt(raw)}  (cache build {result['cache_build_s']:.1f}s)")
 
     # (d) student alone --------------------------------------------------------------
     log("(d) our trainer, student alone (CE)")
-    _reset_peak_rss()
-    tr = _trainer(student, {"name": "ce"}, ds, batch_size, None, precision, channels_last)
+    phase = _Phase(dev)
+    tr = _trainer(student, {"name": "ce"}, ds, batch_size, None, precision, channels_last, extra, str(dev))
     tr.train_epoch(0)
     med, raw = _median_rate(epoch_rate(tr), repeats)
     del tr
-    result["images_per_s"]["student_only"], result["raw"]["student_only"] = med, raw
-    result["peak_rss_mib"]["student_only"] = _peak_rss_mib()
-    log(f"    {med:8.1f} img/s  {['%.1f' % r for r in raw]}")
+    record("student_only", med, raw, phase)
+    log(f"    {med:8.1f} img/s  {_fmt(raw)}")
 
     # (c) loss overhead --------------------------------------------------------------
     names = methods or [m for m in METHODS.names() if METHODS.get(m).needs_teacher]
@@ -262,6 +343,7 @@ def run_bench(
         precision,
         channels_last,
         log,
+        device=str(dev),
     )
 
     ips = result["images_per_s"]
@@ -270,7 +352,23 @@ def run_bench(
         "cached_vs_reference": ips["cached"] / ips["reference"],
         "cached_epoch_vs_student_only_epoch": ips["student_only"] / ips["cached"],
     }
+    result["achieved"] = achieved_gflops(ips, result["flops_per_image"], result["peak_gflops"], precision)
     return result
+
+
+def achieved_gflops(
+    images_per_s: dict[str, float], flops: dict[str, float], peaks: dict[str, float], precision: str
+) -> dict[str, dict[str, Any]]:
+    """Each loop's counted GFLOP/s and its fraction of the matmul peak of the precision it runs in
+    (the reference loop: fp32; ours: ``precision``)."""
+    step, teacher = flops["student_train_step"], flops["teacher_forward"]
+    per_image = {"reference": step + teacher, "live": step + teacher, "cached": step, "student_only": step}
+    out: dict[str, dict[str, Any]] = {}
+    for loop, f in per_image.items():
+        prec = "fp32" if loop == "reference" else precision
+        gflops = images_per_s[loop] * f / 1e9
+        out[loop] = {"gflops": gflops, "precision": prec, "fraction_of_peak": gflops / peaks[prec]}
+    return out
 
 
 def loss_overhead(
@@ -285,6 +383,7 @@ def loss_overhead(
     precision: str,
     channels_last: bool,
     log: Callable[[str], None] = print,
+    device: str = "cpu",
 ) -> dict[str, dict[str, float]]:
     """Per method: median training-step time (interleaved rounds) and the loss's own extra
     cost over KD as a percentage of a KD training step."""
@@ -307,16 +406,16 @@ def loss_overhead(
             ),
         )
     g = torch.Generator().manual_seed(2)
-    teacher = TensorTeacher(torch.randn(n, num_classes, generator=g) * 3)
+    teacher = TensorTeacher((torch.randn(n, num_classes, generator=g) * 3).to(device))
     trainers = {}
     for name in names:
-        tr = _trainer(student, {"name": name}, ds, batch_size, teacher, precision, channels_last)
+        tr = _trainer(student, {"name": name}, ds, batch_size, teacher, precision, channels_last, device=device)
         tr.method.setup(
             SetupContext(
                 num_classes=num_classes,
                 teacher_logits_fn=teacher,
                 train_batches=lambda tr=tr: tr.loader.epoch(0),
-                device="cpu",
+                device=device,
             )
         )
         tr.train_epoch(0)  # warm-up
@@ -329,7 +428,9 @@ def loss_overhead(
     step_kd = statistics.median(times["kd"])
     # The loss's own cost, timed in isolation (forward + backward of the loss on fixed
     # logits, many repetitions): far less noisy than differencing two whole steps.
-    loss_s = {name: _loss_time(tr.method, batch_size, num_classes, repeats) for name, tr in trainers.items()}
+    loss_s = {
+        name: _loss_time(tr.method, batch_size, num_classes, repeats, device=device) for name, tr in trainers.items()
+    }
     out = {}
     for name in names:
         out[name] = {
@@ -344,18 +445,20 @@ def loss_overhead(
     return out
 
 
-def _loss_time(method, batch_size: int, num_classes: int, repeats: int, calls: int = 30) -> float:
+def _loss_time(method, batch_size: int, num_classes: int, repeats: int, calls: int = 30, device: str = "cpu") -> float:
     """Median seconds of one loss forward + backward (w.r.t. the student logits)."""
     from darkknowledge.methods import StepContext
 
     g = torch.Generator().manual_seed(3)
-    student = (torch.randn(batch_size, num_classes, generator=g) * 2).requires_grad_(True)
-    teacher = torch.randn(batch_size, num_classes, generator=g) * 3
-    targets = torch.randint(0, num_classes, (batch_size,), generator=g)
+    student = (torch.randn(batch_size, num_classes, generator=g) * 2).to(device).requires_grad_(True)
+    teacher = (torch.randn(batch_size, num_classes, generator=g) * 3).to(device)
+    targets = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
+    dev = torch.device(device)
     ctx = StepContext(epoch=5, num_epochs=10, step_in_epoch=0, steps_per_epoch=10)
 
     def once() -> None:
         loss = sum(method(student, teacher, targets, ctx).values())
+        assert isinstance(loss, Tensor)
         loss.backward()
         student.grad = None
 
@@ -366,6 +469,8 @@ def _loss_time(method, batch_size: int, num_classes: int, repeats: int, calls: i
         t0 = time.perf_counter()
         for _ in range(calls):
             once()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
         samples.append((time.perf_counter() - t0) / calls)
     method.epoch_stats()  # drop what the timing recorded
     return statistics.median(samples)
@@ -389,6 +494,32 @@ def format_report(result: dict[str, Any]) -> str:
     }
     for k, label in labels.items():
         lines.append(f"| {label} | {ips[k]:.1f} | {result['peak_rss_mib'][k]:.0f} |")
+    if "achieved" in result:
+        cap = result["machine"]["capability"]
+        flops = result["flops_per_image"]
+        lines += [
+            "",
+            f"device: {cap['name']}"
+            + (
+                f", torch CPU capability {cap['torch_cpu_capability']}, flags {' '.join(cap['flags'])}"
+                if "flags" in cap
+                else ""
+            )
+            + "; matmul peak: "
+            + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in result["peak_gflops"].items()),
+            f"FLOPs per image: student training step {flops['student_train_step'] / 1e6:.1f} M, "
+            f"teacher forward {flops['teacher_forward'] / 1e6:.1f} M (torch flop counter)",
+            "",
+            "| loop | achieved GFLOP/s | precision | fraction of its matmul peak |"
+            + (" GPU peak (MiB) |" if "gpu_peak_mib" in result else ""),
+            "|---|---|---|---|" + ("---|" if "gpu_peak_mib" in result else ""),
+        ]
+        for k, label in labels.items():
+            a = result["achieved"][k]
+            row = f"| {label} | {a['gflops']:.1f} | {a['precision']} | {100 * a['fraction_of_peak']:.1f} % |"
+            if "gpu_peak_mib" in result:
+                row += f" {result['gpu_peak_mib'][k]:.0f} |"
+            lines.append(row)
     lines += [
         "",
         "| method | training step (ms) | loss fwd+bwd (ms) | extra time over KD, % of a KD step |",

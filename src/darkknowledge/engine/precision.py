@@ -7,6 +7,10 @@ AVX2 several times slower than fp32 (measured in docs/performance.md), and AVX-5
 AVX512_BF16 (Skylake-class) are similarly slow. oneDNN's own check
 (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) is true on any AVX-512 CPU, so it is
 not used.
+
+``fp16`` (CUDA only) autocasts to float16 and scales the loss with a
+``torch.amp.GradScaler`` (:func:`grad_scaler`), which fp16's narrow exponent range needs;
+bf16 has fp32's range and needs no scaler.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import torch
 
 from darkknowledge.errors import UserError
 
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 # CPU flags (as /proc/cpuinfo names them) of instructions that compute in bf16.
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
@@ -83,11 +88,32 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     if precision == "auto":
         return "bf16" if bf16_is_fast(device) else "fp32"
     if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}: use auto, bf16 or fp32")
+        raise UserError(f"unknown precision {precision!r}: use auto, bf16, fp16 (CUDA) or fp32")
+    if precision == "fp16" and torch.device(device).type != "cuda":
+        raise UserError(
+            f"engine.precision=fp16 (autocast with a gradient scaler) is CUDA-only, and the device is "
+            f"{torch.device(device).type}; use engine.precision=bf16 or fp32 there"
+        )
     return precision
 
 
 def autocast(device: torch.device | str, precision: str):
-    """``torch.autocast`` for bf16 (``auto`` resolved per device), a no-op context for fp32."""
+    """``torch.autocast`` for bf16 / fp16 (``auto`` resolved per device), a no-op context for fp32."""
     device_type = torch.device(device).type
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=(resolve_precision(precision, device) == "bf16"))
+    resolved = resolve_precision(precision, device)
+    return torch.autocast(device_type, dtype=DTYPES.get(resolved, torch.bfloat16), enabled=resolved in DTYPES)
+
+
+def grad_scaler(device: torch.device | str, precision: str) -> torch.amp.GradScaler | None:
+    """The loss scaler fp16 training needs (CUDA); ``None`` for bf16 and fp32."""
+    if resolve_precision(precision, device) != "fp16":
+        return None
+    return torch.amp.GradScaler(torch.device(device).type)
+
+
+def configure_backends(device: torch.device | str, deterministic: bool = False) -> None:
+    """Process-wide kernel choices for training on ``device``: on CUDA, cuDNN's benchmark mode
+    (it times the convolution algorithms once per input shape and keeps the fastest; the
+    training loader's batches all have one shape); not with ``engine.deterministic``."""
+    if torch.device(device).type == "cuda" and not deterministic:
+        torch.backends.cudnn.benchmark = True

@@ -33,10 +33,12 @@ from darkknowledge.config import RunConfig, settings_with
 from darkknowledge.data.loader import eval_batches
 from darkknowledge.data.splits import Splits
 from darkknowledge.engine.checkpoint import FORMAT, VERSION, atomic_torch_save, load_checkpoint, spec_to_dict
+from darkknowledge.engine.compile import compile_for_training
 from darkknowledge.engine.evaluation import Evaluator
 from darkknowledge.engine.factory import RunParts, build_parts
 from darkknowledge.engine.loggers import build_loggers, json_safe, print_epoch
-from darkknowledge.engine.precision import autocast
+from darkknowledge.engine.optim import build_optimizer
+from darkknowledge.engine.precision import autocast, configure_backends, grad_scaler
 from darkknowledge.engine.rundir import comparable_config, read_history, remove_stale_temporaries, saved_config
 from darkknowledge.engine.runlock import RunLock
 from darkknowledge.engine.schedule import learning_rate
@@ -72,10 +74,7 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad] + [
             p for p in self.method.parameters() if p.requires_grad
         ]
-        o = cfg.optim
-        self.optimizer = torch.optim.SGD(
-            params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
-        )
+        self.optimizer = build_optimizer(params, cfg.optim, self.device, cfg.engine.fused_optimizer)
         # the student only is data-parallel; the teacher is never wrapped (it has no gradients)
         self.train_model = distributed.wrap(self.model, self.device) if self.world_size > 1 else self.model
         self.start_epoch = 0
@@ -181,8 +180,22 @@ class Trainer:
             )
         )
 
+    def _step_parts(self) -> tuple[torch.nn.Module, torch.amp.GradScaler | None]:
+        """The module a training step calls (the student, data-parallel and/or compiled as
+        configured) and the fp16 loss scaler; made once, at the first epoch."""
+        if getattr(self, "_step_model", None) is None:
+            configure_backends(self.device, self.cfg.engine.deterministic)
+            model = self.train_model
+            if self.cfg.engine.compile:
+                model = compile_for_training(model, self.device)
+            self._step_model: torch.nn.Module | None = model
+            self._scaler = grad_scaler(self.device, self.precision)
+        assert self._step_model is not None
+        return self._step_model, self._scaler
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg = self.cfg
+        model, scaler = self._step_parts()
         self.model.train()
         self.method.train()
         steps = len(self.loader)
@@ -193,6 +206,10 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False, dynamic_ncols=True)
+        # skip must decide per batch (a host sync per step); stop may look every N steps, since the run
+        # ends before anything of this epoch is saved
+        skip = cfg.engine.nonfinite == "skip"
+        watch = _NonfiniteWatch(epoch, steps, cfg.engine.finite_check_every)
         t0 = time.perf_counter()
         skipped = 0
         for i, batch in enumerate(self.loader.epoch(epoch)):
@@ -200,23 +217,31 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             ctx = StepContext(epoch=epoch, num_epochs=cfg.optim.epochs, step_in_epoch=i, steps_per_epoch=steps)
-            teacher_logits = self.teacher(batch) if self.method.needs_teacher else None
+            teacher_logits = self.teacher(batch) if self.teacher is not None else None
             with autocast(self.device, self.precision):
-                student_logits = self.train_model(batch.images)
+                student_logits = model(batch.images)
             terms = self.method(student_logits, teacher_logits, batch.targets, ctx)
             loss = sum(terms.values())
-            if not distributed.all_finite(loss):
-                if cfg.engine.nonfinite == "stop":
-                    raise UserError(_nonfinite_message(epoch, i, steps, terms))
-                skipped += 1
-                if bar is not None:
-                    bar.update(1)
-                continue
+            if skip:
+                if not distributed.all_finite(loss):
+                    skipped += 1
+                    if bar is not None:
+                        bar.update(1)
+                    continue
+            else:
+                watch.record(i, loss, terms)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+            else:
+                loss.backward()
             if self.world_size > 1:
                 distributed.average_gradients(self.method.parameters())
-            self.optimizer.step()
+            if scaler is not None:
+                scaler.step(self.optimizer)
+                scaler.update()
+            else:
+                self.optimizer.step()
             n = len(batch)
             seen += n
             for k, v in terms.items():
@@ -226,6 +251,9 @@ class Trainer:
                 bar.update(1)
                 if i % 20 == 0 or i == steps - 1:
                     bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
+        watch.check()
+        if self.device.type == "cuda":  # the time of the work, not of its queueing
+            torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - t0
         if bar is not None:
             bar.close()
@@ -243,7 +271,7 @@ class Trainer:
         out["lr"] = learning_rate(cfg.optim, epoch, 0.0)
         out["train_time_s"] = elapsed
         out["train_images_per_s"] = seen / max(elapsed, 1e-9)
-        if cfg.engine.nonfinite == "skip":
+        if skip:
             out["nonfinite_skipped"] = skipped
         out.update({f"method/{k}": v for k, v in self.method.epoch_stats().items()})
         return out
@@ -346,8 +374,54 @@ class Trainer:
         }
 
 
-def _nonfinite_message(epoch: int, step: int, steps: int, terms: dict[str, Tensor]) -> str:
-    values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+class _NonfiniteWatch:
+    """Non-finite losses of one epoch (engine.nonfinite=stop), tested on the host every ``every`` steps.
+
+    Per step it adds two small device operations and no sync: ``probe`` accumulates ``loss * 0``
+    (finite exactly while every loss so far was), and the first bad step's index and loss terms
+    are kept. :meth:`check` syncs once and raises naming that step; it runs again at the end of
+    the epoch, before anything of it can be saved.
+    """
+
+    def __init__(self, epoch: int, steps: int, every: int):
+        self.epoch, self.steps, self.every = epoch, steps, every
+        self.probe: Tensor | None = None
+        self.first_step: Tensor | None = None
+        self.first_terms: Tensor | None = None
+        self.names: list[str] = []
+
+    def record(self, step: int, loss: Tensor, terms: dict[str, Tensor]) -> None:
+        loss = loss.detach().float()
+        values = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
+        if self.probe is None:
+            self.names = list(terms)
+            self.probe = torch.zeros((), device=loss.device)
+            self.first_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self.first_terms = torch.zeros_like(values)
+        assert self.first_step is not None and self.first_terms is not None
+        new = ~torch.isfinite(loss) & (self.first_step < 0)
+        self.probe = self.probe + loss * 0
+        self.first_step = torch.where(new, step, self.first_step)
+        self.first_terms = torch.where(new, values, self.first_terms)
+        if (step + 1) % self.every == 0:
+            self.check()
+
+    def check(self) -> None:
+        if self.probe is None or distributed.all_finite(self.probe):
+            return
+        assert self.first_step is not None and self.first_terms is not None
+        step = int(self.first_step.item())
+        values = dict(zip(self.names, self.first_terms.tolist()))
+        if step < 0:  # non-finite on another rank only
+            raise UserError(
+                f"non-finite loss on another process in epoch {self.epoch + 1}; the run stopped, nothing of this "
+                "epoch was saved; lower optim.lr or check the data"
+            )
+        raise UserError(_nonfinite_message(self.epoch, step, self.steps, values))
+
+
+def _nonfinite_message(epoch: int, step: int, steps: int, terms: dict[str, float]) -> str:
+    values = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
     return (
         f"non-finite loss at epoch {epoch + 1}, step {step + 1}/{steps} ({values}); the run stopped, nothing of this "
         "epoch was saved; lower optim.lr, check the data, or set engine.nonfinite=skip to skip such batches"
