@@ -31,8 +31,10 @@ prepare() {
   [[ -f $data/cifar10_jpeg_bytes.npz ]] || die "no CIFAR-10 container at $data (set DK_CIFAR10_JPEG)"
   rm -rf "$bundle"
   mkdir -p "$bundle/wheels" "$bundle/cifar10"
+  # a glibc 2.28 machine also runs wheels tagged for older glibc (pydantic-core is manylinux_2_17)
   "$pip" download --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
-    --implementation cp --no-deps -d "$bundle/wheels" "${WHEELS[@]}"
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --implementation cp --no-deps \
+    -d "$bundle/wheels" "${WHEELS[@]}"
   cp "$data/cifar10_jpeg_bytes.npz" "$data/to_cifar_python.py" "$bundle/cifar10/"
   local mib
   mib=$(du -sm "$bundle" | cut -f1)
