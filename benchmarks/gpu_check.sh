@@ -64,10 +64,10 @@ run() {
     device=cuda
     [[ -d $bundle/wheels ]] || die "no $bundle/wheels: run 'prepare' on a machine with PyPI and carry gpu_bundle/"
     echo "== installing the bundle's wheels offline (--no-deps) into /tmp/dk-gpu-site"
-    "$py" -m pip install --quiet --no-index --no-deps --target /tmp/dk-gpu-site "$bundle"/wheels/*.whl
+    "$py" -m pip install --quiet --no-index --no-deps --upgrade --target /tmp/dk-gpu-site "$bundle"/wheels/*.whl
     export PYTHONPATH="/tmp/dk-gpu-site:$REPO/src${PYTHONPATH:+:$PYTHONPATH}"
     echo "== the project (--no-deps); its source stays first on PYTHONPATH either way"
-    "$py" -m pip install --quiet --no-index --no-deps --no-build-isolation --target /tmp/dk-gpu-project "$REPO" ||
+    "$py" -m pip install --quiet --no-index --no-deps --no-build-isolation --upgrade --target /tmp/dk-gpu-project "$REPO" ||
       echo "(install failed; running from $REPO/src)"
   fi
 
