@@ -30,7 +30,7 @@ from torch import Tensor
 
 import darkknowledge.engine.distributed as distributed
 from darkknowledge.config import RunConfig, settings_with
-from darkknowledge.data.loader import eval_batches
+from darkknowledge.data.loaders import evaluation_batches
 from darkknowledge.data.splits import Splits
 from darkknowledge.engine.checkpoint import FORMAT, VERSION, atomic_torch_save, load_checkpoint, spec_to_dict
 from darkknowledge.engine.compile import compile_for_training
@@ -165,7 +165,7 @@ class Trainer:
         teacher = self.teacher
 
         def train_batches():
-            batches = eval_batches(
+            batches = evaluation_batches(
                 self.train_set, self.cfg.data.eval_batch_size, self.device, self.cfg.engine.channels_last
             )
             return batches if teacher is None else teacher.plain_batches(batches, self.spec)
