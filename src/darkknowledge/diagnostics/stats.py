@@ -38,7 +38,6 @@ import torch
 
 from darkknowledge.diagnostics._common import check_logits_targets, jsonable, to_tensor
 from darkknowledge.diagnostics.isats_search import GRID_SIZE, REFINE_SIZE, optimal_nontarget_temperature
-from darkknowledge.nontarget import split_nontarget
 
 __all__ = ["DEFAULT_TEMPERATURES", "TeacherStats", "TeacherStatsAccumulator", "teacher_stats"]
 
@@ -163,48 +162,59 @@ class TeacherStatsAccumulator:
 
     @torch.no_grad()
     def update(self, logits: Any, targets: Any) -> None:
-        z = to_tensor(logits)
-        y = to_tensor(targets).long().reshape(-1).to(z.device)
-        check_logits_targets(z, y, f"logits of {self.name!r}")
-        b, c = z.shape
+        given = to_tensor(logits)
+        y = to_tensor(targets).long().reshape(-1).to(given.device)
+        check_logits_targets(given, y, f"logits of {self.name!r}")
+        b, c = given.shape
         if self.num_classes is None:
             self.num_classes = c
         elif c != self.num_classes:
             raise ValueError(f"{self.name}: chunk has {c} classes, earlier chunks had {self.num_classes}")
         if b == 0:
             return
-        z = z.to(self.dtype)
+        z = given.to(self.dtype, copy=True)  # shifted in place below
         self.n += b
         pred = z.argmax(1)
         correct = pred == y
         self._correct1 += int(correct.sum())
         top = z.topk(min(5, c), dim=1).indices
         self._correct5 += int((top == y.unsqueeze(1)).any(1).sum())
-        centred = z - z.mean(1, keepdim=True)
-        self._logit_std += float((torch.linalg.vecdot(centred, centred) / c).sqrt().sum(dtype=torch.float64))
-        del centred
+        e = torch.empty_like(z)
+        work = torch.empty_like(z)
+        torch.sub(z, z.mean(1, keepdim=True), out=work)
+        self._logit_std += float((torch.linalg.vector_norm(work, dim=1) / math.sqrt(c)).sum(dtype=torch.float64))
 
-        z_nt, z_y = split_nontarget(z, y)
-        m = z_nt.amax(1)
-        s_nt = z_nt - m.unsqueeze(1)
+        # The non-target classes are the row minus the target column, which is masked:
+        # s = z - max_{c != y} z off the target, and the most negative finite number at
+        # the target, so that there e = exp(s / tau) = 0 and e * s = 0.
+        col = y.unsqueeze(1)
+        z_y = z.gather(1, col).squeeze(1)
+        s_nt = z.scatter_(1, col, float("-inf"))
+        m = s_nt.amax(1)
+        s_nt.sub_(m.unsqueeze(1)).scatter_(1, col, torch.finfo(z.dtype).min)
         s_y = z_y - m
         n_nt = c - 1
         correct_f = correct.to(torch.float64).cpu()
-        buf = torch.empty_like(s_nt)
-        buf2 = torch.empty_like(s_nt)
-        for i, tau in enumerate(self.temperatures):
+        # e = exp(s / tau), by descending tau; where a temperature is half the previous
+        # one, e is the previous e squared (exact up to rounding, several times cheaper)
+        previous = None
+        for i in sorted(range(len(self.temperatures)), key=lambda k: -self.temperatures[k]):
+            tau = self.temperatures[i]
             inv = 1.0 / tau
-            x = torch.mul(s_nt, inv, out=buf)
-            xy = s_y * inv
-            e = torch.exp(x, out=buf2)
+            if previous is not None and previous == 2.0 * tau:
+                torch.mul(e, e, out=e)
+            else:
+                torch.mul(s_nt, inv, out=e).exp_()
+            previous = tau
             tot = e.sum(1)  # >= 1 (the shifted max contributes exp(0))
-            ex = torch.linalg.vecdot(e, x)
+            xy = s_y * inv
+            ex = torch.mul(e, s_nt, out=work).sum(1) * inv  # sum_c e_c x_c
             log_nt = torch.log(tot)
             lse = torch.logaddexp(xy, log_nt)
             p_y = torch.exp(xy - lse)
             one_minus = torch.exp(log_nt - lse)
-            e.sub_((tot / n_nt).unsqueeze(1))  # two-pass variance: centre, then sum squares
-            var_r = torch.linalg.vecdot(e, e) / (n_nt * tot * tot)
+            torch.sub(e, (tot / n_nt).unsqueeze(1), out=work).scatter_(1, col, 0.0)  # two passes: centre, square
+            var_r = torch.linalg.vector_norm(work, dim=1).square() / (n_nt * tot * tot)  # variance of e / tot
             std_r = var_r.sqrt()
             ent = log_nt - ex / tot
             conf = torch.exp(torch.clamp(xy, min=0.0) - lse)
@@ -225,9 +235,10 @@ class TeacherStatsAccumulator:
             self._bin_count[i] += torch.bincount(idx, minlength=self.ece_bins).to(torch.float64)
             self._bin_conf[i] += torch.bincount(idx, weights=conf64, minlength=self.ece_bins)
             self._bin_correct[i] += torch.bincount(idx, weights=correct_f, minlength=self.ece_bins)
+        del e, work, s_nt, z
         if self.tau_star:
             taus = optimal_nontarget_temperature(
-                z,
+                given,
                 y,
                 self.tau_min,
                 self.tau_max,
