@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -30,3 +31,37 @@ def config_args(p: argparse.ArgumentParser) -> None:
 
 def no_args(p: argparse.ArgumentParser) -> None:
     pass
+
+
+def executor_args(p: argparse.ArgumentParser, jobs_default: int | None, jobs_help: str) -> None:
+    """Where stages run: ``--jobs``, ``--executor``, ``--cluster``, ``--submitit-param`` (sweep, tune)."""
+    p.add_argument("--jobs", "-j", type=int, default=jobs_default, help=jobs_help)
+    p.add_argument(
+        "--executor",
+        choices=["auto", "inline", "local", "submitit"],
+        default="auto",
+        help="inline: in this process; local: subprocesses; submitit: SLURM job arrays (auto: inline for 1 job, else local)",
+    )
+    p.add_argument("--cluster", default=None, help="submitit cluster: slurm (default where available), local, debug")
+    p.add_argument(
+        "--submitit-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="submitit executor parameter, e.g. timeout_min=120 slurm_partition=gpu cpus_per_task=4 (repeatable)",
+    )
+
+
+def submitit_params(items: list[str]) -> dict[str, Any]:
+    """``--submitit-param KEY=VALUE`` items as a dict (values parsed as YAML scalars)."""
+    import yaml
+
+    from darkknowledge.errors import UserError
+
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--submitit-param {item!r} is not KEY=VALUE (e.g. timeout_min=60)")
+        params[key] = yaml.safe_load(value)
+    return params

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from darkknowledge.cli.command import Command
+from darkknowledge.cli.command import Command, executor_args, submitit_params
 from darkknowledge.errors import UserError
 
 
@@ -22,38 +22,10 @@ def _add_sweep(p):
         help="print each stage's state (done / recorded / failed / partial / pending / waiting / blocked) with log paths",
     )
     p.add_argument("--report", action="store_true", help="only (re)write the results files from the finished stages")
-    p.add_argument(
-        "--jobs", "-j", type=int, default=1, help="stages run at once (local executor: cores/N threads each)"
-    )
-    p.add_argument(
-        "--executor",
-        choices=["auto", "inline", "local", "submitit"],
-        default="auto",
-        help="inline: in this process; local: subprocesses; submitit: SLURM job arrays (auto: inline for 1 job, else local)",
-    )
-    p.add_argument("--cluster", default=None, help="submitit cluster: slurm (default where available), local, debug")
-    p.add_argument(
-        "--submitit-param",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="submitit executor parameter, e.g. timeout_min=120 slurm_partition=gpu cpus_per_task=4 (repeatable)",
-    )
+    executor_args(p, 1, "stages run at once (local executor: cores/N threads each)")
     p.add_argument(
         "--no-retry-failed", action="store_true", help="leave failed stages failed instead of running them again"
     )
-
-
-def _submitit_params(items: list[str]) -> dict:
-    import yaml
-
-    params = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--submitit-param {item!r} is not KEY=VALUE (e.g. timeout_min=60)")
-        params[key] = yaml.safe_load(value)
-    return params
 
 
 def _print_rows(rows: list[dict[str, str]], first: str) -> None:
@@ -73,7 +45,7 @@ def cmd_sweep(args) -> int:
         executor=args.executor,
         jobs=args.jobs,
         cluster=args.cluster,
-        submitit_params=_submitit_params(args.submitit_param),
+        submitit_params=submitit_params(args.submitit_param),
     )
     if args.dry_run:
         rows = sweep.plan_rows(retry_failed=not args.no_retry_failed)

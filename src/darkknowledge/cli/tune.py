@@ -5,27 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 
-from darkknowledge.cli.command import Command
+from darkknowledge.cli.command import Command, executor_args, submitit_params
 
 
 def _add_tune(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="tune spec YAML (see docs/tune.md)")
     p.add_argument("--out", help="tune directory (default: runs/tune/<spec name>)")
-    p.add_argument("--jobs", "-j", type=int, default=None, help="trials side by side (default: search.jobs)")
-    p.add_argument(
-        "--executor",
-        choices=["auto", "inline", "local", "submitit"],
-        default="auto",
-        help="inline: in this process; local: subprocesses; submitit: SLURM (auto: inline for 1 job, else local)",
-    )
-    p.add_argument("--cluster", default=None, help="submitit cluster: slurm (default where available), local, debug")
-    p.add_argument(
-        "--submitit-param", action="append", default=[], metavar="KEY=VALUE", help="submitit executor parameter"
-    )
+    executor_args(p, None, "trials side by side (default: search.jobs)")
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from darkknowledge.cli.sweep import _submitit_params
     from darkknowledge.experiments.tune import open_tune, result_markdown
 
     if args.jobs is not None and args.jobs < 1:
@@ -38,7 +27,7 @@ def _tune(args: argparse.Namespace) -> int:
         executor=args.executor,
         jobs=args.jobs,
         cluster=args.cluster,
-        submitit_params=_submitit_params(args.submitit_param),
+        submitit_params=submitit_params(args.submitit_param),
     )
     result = tune.run()
     print(result_markdown(result))

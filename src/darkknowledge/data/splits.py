@@ -44,7 +44,6 @@ def load_splits(data: DataConfig) -> Splits:
 
 def load_split(data: DataConfig, split: str) -> ArrayDataset:
     """One split: ``train`` (without the validation rows), ``val`` or ``test``."""
-    from darkknowledge.data import build_dataset
 
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -53,31 +52,26 @@ def load_split(data: DataConfig, split: str) -> ArrayDataset:
             "there is no validation split: set data.val_per_class=N (images per class held out of training)"
         )
     if split == "test":
-        return build_dataset(
-            data.name,
-            root=data.root,
-            train=False,
-            download=data.download,
-            classes=data.classes,
-            train_per_class=data.test_per_class,
-            image_size=data.image_size,
-            seed=data.subset_seed,
-        )
+        return _read(data, train=False)
     train, val = split_validation(_training_files(data), data.val_per_class, data.subset_seed)
     return val if split == "val" and val is not None else train
 
 
 def _training_files(data: DataConfig) -> ArrayDataset:
     """The training split as read (``train_per_class`` applied), before the validation rows are held out."""
+    return _read(data, train=True)
+
+
+def _read(data: DataConfig, train: bool) -> ArrayDataset:
     from darkknowledge.data import build_dataset
 
     return build_dataset(
         data.name,
         root=data.root,
-        train=True,
+        train=train,
         download=data.download,
         classes=data.classes,
-        train_per_class=data.train_per_class,
+        train_per_class=data.train_per_class if train else data.test_per_class,
         image_size=data.image_size,
         seed=data.subset_seed,
     )
