@@ -74,11 +74,10 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _init_worker(threads: int | None, parent: int) -> None:
-    _die_with_parent(parent)
-    if threads:
-        import torch
+    from darkknowledge.engine.runtime import apply_runtime
 
-        torch.set_num_threads(threads)
+    _die_with_parent(parent)
+    apply_runtime(threads)  # once per worker: the stages' own engine.threads (capped to the same) find it applied
 
 
 def _run_in_worker(stage_dir: str) -> str:
