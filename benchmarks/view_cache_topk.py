@@ -16,6 +16,7 @@ costs, what a cache weighs and how long it takes to build.
 Writes ``OUT/view_cache_topk.json`` and ``.csv``. Needs ``make install-imagenet``; heavy::
 
     flock /tmp/dk-heavy.lock .venv/bin/python benchmarks/view_cache_topk.py
+    flock /tmp/dk-heavy.lock .venv/bin/python benchmarks/view_cache_topk.py --build-only   # the timing alone
     .venv/bin/python benchmarks/view_cache_topk.py --limit 40 --out /tmp/vc   # quick check
 """
 
@@ -129,6 +130,7 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         cache_dir = Path(tmp) / "cache"
         model = pretrained_efficientnet_lite(build_model)
+        load_before = os.getloadavg()[0]
         meta = build_view_cache(
             model,
             source,
@@ -142,6 +144,7 @@ def run(args: argparse.Namespace) -> dict:
             batch_size=args.batch,
             precision="auto",
         )
+        load_after = os.getloadavg()[0]
         shard_bytes = sum(f.stat().st_size for f in cache_dir.glob("shard-*/*.npy"))
         total_bytes = sum(f.stat().st_size for f in cache_dir.rglob("*") if f.is_file())
         t0 = time.perf_counter()
@@ -166,6 +169,8 @@ def run(args: argparse.Namespace) -> dict:
         "bytes_per_image_measured": shard_bytes / n,
         "bytes_total_with_meta": total_bytes,
         "open_and_verify_seconds": open_s,
+        "loadavg_1min_before": load_before,
+        "loadavg_1min_after": load_after,
         "projected_imagenet_build_hours": IMAGENET_TRAIN / (n / build_s) / 3600,
         "projected_imagenet_gb": {
             f"K{k_views}_top{k}": cache_bytes_per_image(k_views, k, "float16") * IMAGENET_TRAIN / 1e9
@@ -174,6 +179,15 @@ def run(args: argparse.Namespace) -> dict:
         },
     }
     print(json.dumps(build), flush=True)
+    if args.build_only:
+        payload = {
+            "build": build,
+            "threads": args.threads,
+            "command": f"benchmarks/view_cache_topk.py --build-only "
+            f"--views {args.views} --threads {args.threads}" + (f" --limit {args.limit}" if args.limit else ""),
+        }
+        (out / "view_cache_build.json").write_text(json.dumps(payload, indent=1) + "\n")
+        return payload
     targets = torch.as_tensor(labels).repeat_interleave(args.kl_views)
     rows, replay = [], {}
     for name, variant in VARIANTS.items():
@@ -215,6 +229,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64, help="views per teacher batch while building")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None, help="use only the first N images (quick check)")
+    ap.add_argument("--build-only", action="store_true", help="only the timed build (OUT/view_cache_build.json)")
     run(ap.parse_args())
 
 
