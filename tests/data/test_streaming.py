@@ -206,3 +206,26 @@ def test_real_imagenet_sample_images():
     batch = next(iter(StreamingLoader(ds, 20, train=False, workers=0).epoch(0)))
     assert batch.images.shape == (20, 3, 224, 224)
     assert abs(float(batch.images.mean())) < 1.0 and float(batch.images.std()) > 0.5
+
+
+def test_normalised_batches_never_alias_and_memory_is_reused(stream_folders, stream_helpers):
+    train, _, _ = build_splits(stream_helpers.stream_config(stream_folders))
+    loader = StreamingLoader(train, 4, train=True, seed=0, workers=0)
+    held, copies = [], []
+    for batch in loader.epoch(0):  # the caller keeps every batch: each must keep its own pixels
+        held.append(batch)
+        copies.append(batch.images.clone())
+    assert all(torch.equal(b.images, c) for b, c in zip(held, copies))
+    view = held[0].images[:, :1]  # a view alone keeps its memory from being handed out again
+    del held, batch
+    for _ in loader.epoch(0):
+        pass
+    assert torch.equal(view, copies[0][:, :1])
+    pooled = list(loader._host.buffers)
+    addresses = set()
+    for _ in range(3):  # batches dropped after use: the pooled memory is used again, nothing new is pooled
+        for b in loader.epoch(1):
+            addresses.add(b.images.data_ptr())
+            del b
+    assert loader._host.buffers == pooled and len(pooled) <= loader._host.pool
+    assert len(addresses) <= 2

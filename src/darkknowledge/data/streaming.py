@@ -18,6 +18,8 @@ workers, one view per sample, and only uint8 batches cross to the training devic
 from __future__ import annotations
 
 import math
+import mmap
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,6 +226,41 @@ class StreamingDataset(torch.utils.data.Dataset):
         }
 
 
+class _HostBuffers:
+    """Page-mapped output memory for normalised CPU batches, reused once nothing made from it is alive.
+
+    A fresh float batch of several MB per step from the C heap fragments it: the training process grew by
+    hundreds of MB over an epoch (glibc keeps the freed chunks). Here each batch lives in its own anonymous
+    mapping; a pooled mapping is handed out again only when no tensor (or view) of it exists any more, so
+    batches never alias; when every pooled one is in use a new mapping is made (returned to the system
+    when its tensors die)."""
+
+    def __init__(self, pool: int = 4):
+        self.pool = pool
+        self.buffers: list[mmap.mmap] = []
+        self.free_refs: list[int] = []
+
+    def _refs(self, i: int) -> int:
+        return sys.getrefcount(self.buffers[i])
+
+    def empty(self, shape: tuple[int, ...], channels_last: bool) -> Tensor:
+        """float32 ``shape`` (B, C, H, W), channels_last or contiguous, in mapped memory."""
+        nbytes = 4 * math.prod(shape)
+        buf = None
+        for i in range(len(self.buffers)):
+            if len(self.buffers[i]) == nbytes and self._refs(i) == self.free_refs[i]:
+                buf = self.buffers[i]
+                break
+        if buf is None:
+            buf = mmap.mmap(-1, nbytes)
+            if len(self.buffers) < self.pool:
+                self.buffers.append(buf)
+                self.free_refs.append(self._refs(len(self.buffers) - 1) - 1)  # minus the local name `buf`
+        flat = torch.frombuffer(buf, dtype=torch.float32, count=math.prod(shape))
+        b, c, h, w = shape
+        return flat.view(b, h, w, c).permute(0, 3, 1, 2) if channels_last else flat.view(b, c, h, w)
+
+
 class _Plan(torch.utils.data.Sampler):
     """The loader's current epoch as an iterable of :class:`_Work` (re-set before each epoch)."""
 
@@ -292,6 +329,7 @@ class StreamingLoader:
         from darkknowledge.data.augment import Normalizer
 
         self.normalize = Normalizer(self.spec.mean, self.spec.std, self.device, channels_last)
+        self._host = _HostBuffers() if self.device.type == "cpu" else None
         self._plan = _Plan()
         self._loader = torch.utils.data.DataLoader(
             dataset,
@@ -344,9 +382,15 @@ class StreamingLoader:
             if len(out["rows"]) == 0:
                 continue
             images = out["images"].to(self.device, non_blocking=non_blocking).permute(0, 3, 1, 2)
+            if self._host is not None:  # x * scale + shift of the Normalizer, into mapped memory
+                normalised = self._host.empty(tuple(images.shape), self.channels_last)
+                normalised.copy_(images)
+                images = torch.addcmul(self.normalize.shift, normalised, self.normalize.scale, out=normalised)
+            else:
+                images = self.normalize(images)
             rows = out["rows"]
             yield Batch(
-                images=self.normalize(images),
+                images=images,
                 targets=out["targets"].to(self.device, non_blocking=non_blocking),
                 indices=rows.to(self.device),
                 views=None if view_ids is None else view_ids[rows].to(self.device),
