@@ -35,7 +35,7 @@ def setting(
     when ``--resume`` continues a run; ``describes_data`` — whether it says which data a model
     was trained on (what ``distill`` inherits from a teacher's checkpoint). Every list of such
     keys is derived from these flags."""
-    extra = {"affects_result": affects_result, "resumable": resumable, "describes_data": describes_data}
+    extra: dict[str, Any] = {"affects_result": affects_result, "resumable": resumable, "describes_data": describes_data}
     return Field(default, description=description, json_schema_extra=extra, **constraints)
 
 
@@ -602,7 +602,7 @@ def config_reference_markdown() -> str:
             if model is RunConfig and fname in ("data", "model", "teacher", "method", "optim", "engine"):
                 continue
             ann = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
-            default = field.default if field.default_factory is None else field.default_factory()
+            default = field.get_default(call_default_factory=True)
             key = f"{prefix}.{fname}" if prefix else fname
             policy = ", ".join(
                 word

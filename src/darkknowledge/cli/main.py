@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 INTERRUPTED = "interrupted (a run continues from its last checkpoint with --resume)"
 
 
-def _interrupted(exc: BaseException) -> bool:
+def _interrupted(exc: BaseException | None) -> bool:
     """Whether ``exc`` was raised while handling a Ctrl-C (KeyboardInterrupt in its context chain)."""
     seen = set()
     while exc is not None and id(exc) not in seen:

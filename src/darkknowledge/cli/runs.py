@@ -47,7 +47,8 @@ def _distill(args: argparse.Namespace) -> int:
         from darkknowledge.experiments.chain import run_assistant
 
         extra["assistant"] = run_assistant(cfg, args.assistant, log=lambda m: print(m, file=sys.stderr))
-        assistant = CheckpointTeacher(checkpoint=extra["assistant"], fold_batchnorm=cfg.teacher.fold_batchnorm)
+        fold = getattr(cfg.teacher, "fold_batchnorm", True)
+        assistant = CheckpointTeacher(checkpoint=extra["assistant"], fold_batchnorm=fold)
         cfg = cfg.model_copy(update={"teacher": assistant})
     return _report(train(cfg, resume=args.resume), extra)
 

@@ -35,7 +35,26 @@ def training_loader(
     world_size: int = 1,
 ):
     """The training loader of ``dataset``: ``data.batch_size``, ``data.augment`` (and ``data.workers`` when streamed)."""
-    common = dict(
+    if _streamed(dataset):
+        from darkknowledge.data.streaming import StreamingLoader
+
+        return StreamingLoader(
+            dataset,
+            data.batch_size,
+            train=True,
+            augment=data.augment,
+            seed=seed,
+            device=device,
+            channels_last=channels_last,
+            view_table=view_table,
+            rank=rank,
+            world_size=world_size,
+            workers=data.workers,
+        )
+    assert isinstance(dataset, ArrayDataset)
+    return BatchLoader(
+        dataset,
+        data.batch_size,
         train=True,
         augment=data.augment,
         seed=seed,
@@ -45,12 +64,6 @@ def training_loader(
         rank=rank,
         world_size=world_size,
     )
-    if _streamed(dataset):
-        from darkknowledge.data.streaming import StreamingLoader
-
-        return StreamingLoader(dataset, data.batch_size, workers=data.workers, **common)
-    assert isinstance(dataset, ArrayDataset)
-    return BatchLoader(dataset, data.batch_size, **common)
 
 
 def evaluation_batches(

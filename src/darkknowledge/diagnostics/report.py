@@ -185,7 +185,9 @@ def check_report_dir(out_dir: str | os.PathLike[str]) -> None:
         raise UserError(f"--out {out} is a file; choose a directory")
     marker = out / "diagnostics.json"
     if marker.exists() and not _written_by_us(marker):
-        raise UserError(f"{marker} was not written by darkknowledge diagnose; it is left as it is: choose another --out")
+        raise UserError(
+            f"{marker} was not written by darkknowledge diagnose; it is left as it is: choose another --out"
+        )
     if not marker.exists() and (out / "report.html").exists():
         raise UserError(f"{out} holds a report.html that darkknowledge diagnose did not write; choose another --out")
 

@@ -98,7 +98,7 @@ def build_parts(cfg: RunConfig, *, splits: Splits | None = None, teacher: Teache
             if shared_build and rank == 0:
                 distributed.barrier()
     if cfg.engine.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
     if not method.needs_teacher:
         teacher = None
     elif teacher is not None and teacher.num_classes != spec.num_classes:

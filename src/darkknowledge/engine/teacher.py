@@ -87,7 +87,7 @@ def prepare_for_inference(model: nn.Module, *, channels_last: bool = True, fold_
         except Exception:
             pass
     if channels_last:
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
     return model
 
 

@@ -134,12 +134,13 @@ class Trainer:
                 f"--resume: the configuration differs from the one saved in {self.run_dir}/config.yaml "
                 f"(only {', '.join(k for k in settings_with('resumable', True) if '[' not in k)} may change)"
             )
-        self._resume_checkpoint = ckpt
+        self._resume_checkpoint: dict[str, Any] | None = ckpt
         return source
 
     def _prepare_run_dir(self, source: Path | None) -> None:
         if source is not None:
             ckpt, self._resume_checkpoint = self._resume_checkpoint, None
+            assert ckpt is not None  # read by _resume_source
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.method.load_state_dict(ckpt["method"])

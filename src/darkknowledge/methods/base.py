@@ -209,7 +209,7 @@ def build_method(
     """Construct a registered method from its validated ``Params`` (a dict is validated first)."""
     cls = METHODS.get(name)
     if not isinstance(params, cls.Params):
-        params = validate_params(name, params)
+        params = validate_params(name, params.model_dump() if isinstance(params, MethodParams) else params)
     return cls(params, num_classes=num_classes)
 
 

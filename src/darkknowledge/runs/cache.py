@@ -53,7 +53,7 @@ def build_teacher_cache(
             )
         read_cache_meta(target)  # a damaged meta.json is an error too: only a readable cache is replaced
     teacher = cfg.teacher
-    num_views = views or getattr(teacher, "views", 8)
+    num_views = views if views is not None else int(getattr(teacher, "views", 8))
     device = resolve_device(cfg.engine.device)
     splits = load_splits(cfg.data)
     model, ckpt = load_model(checkpoint, device)

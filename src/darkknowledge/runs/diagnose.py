@@ -47,8 +47,8 @@ def diagnose_checkpoints(
         )
     if out_dir is not None:
         check_report_dir(out_dir)
-    device = resolve_device(str(device))
-    models = [(p, *load_model(p, device)) for p in teachers + students]
+    torch_device = resolve_device(str(device))
+    models = [(p, *load_model(p, torch_device)) for p in teachers + students]
     d = checkpoint_data_config(models[0][2], data_overrides, "diagnose")
     ds = load_split(d, split)
     outputs, used = [], set()
@@ -61,8 +61,8 @@ def diagnose_checkpoints(
         outputs.append(
             collect_outputs(
                 model,
-                eval_batches(ds, d.eval_batch_size, device, channels_last=False),
-                device,
+                eval_batches(ds, d.eval_batch_size, torch_device, channels_last=False),
+                torch_device,
                 name=name,
                 num_params=count_parameters(model),
             )
@@ -146,7 +146,7 @@ def student_origin(ckpt: dict[str, Any]) -> tuple[str | None, str | None, str | 
 
 
 def _trained_without_teacher(method: str | None) -> bool:
-    if method in METHODS:
+    if method is not None and method in METHODS:
         return not METHODS.get(method).needs_teacher
     return method == "ce"
 
@@ -191,4 +191,4 @@ def taught_by(
         return True
     if recorded and _recorded_digest(recorded, {} if memo is None else memo) == teacher_digest:
         return True
-    return bool(cache) and _cache_digest(cache) == teacher_digest
+    return cache is not None and _cache_digest(cache) == teacher_digest
