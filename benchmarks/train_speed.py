@@ -31,9 +31,9 @@ SETTINGS: dict[str, tuple[str, bool, list[str]]] = {
     "fp32+cl+compile": ("fp32", True, ["engine.compile=true"]),
     "bf16+cl": ("bf16", True, []),
     "bf16+cl+compile": ("bf16", True, ["engine.compile=true"]),
-    "bf16+cl, foreach SGD": ("bf16", True, ["engine.fused_optimizer=false"]),
-    "bf16+cl, finite check every step": ("bf16", True, ["engine.finite_check_every=1"]),
-    "bf16+cl+compile, finite check every step": ("bf16", True, ["engine.compile=true", "engine.finite_check_every=1"]),
+    "bf16+cl foreach-SGD": ("bf16", True, ["engine.fused_optimizer=false"]),
+    "bf16+cl check-every-step": ("bf16", True, ["engine.finite_check_every=1"]),
+    "bf16+cl+compile check-every-step": ("bf16", True, ["engine.compile=true", "engine.finite_check_every=1"]),
 }
 
 

@@ -208,6 +208,7 @@ def run_bench(
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "capability": capability(dev),
+            "load_average_at_start": _load_average(),
         },
         "setup": {
             "teacher": teacher,
@@ -353,7 +354,16 @@ def run_bench(
         "cached_epoch_vs_student_only_epoch": ips["student_only"] / ips["cached"],
     }
     result["achieved"] = achieved_gflops(ips, result["flops_per_image"], result["peak_gflops"], precision)
+    result["machine"]["load_average_at_end"] = _load_average()
     return result
+
+
+def _load_average() -> list[float] | None:
+    """The 1/5/15-minute load averages (other processes competing for the cores), where the OS has them."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def achieved_gflops(
@@ -507,6 +517,8 @@ def format_report(result: dict[str, Any]) -> str:
             )
             + "; matmul peak: "
             + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in result["peak_gflops"].items()),
+            f"load average (1/5/15 min) at start {result['machine'].get('load_average_at_start')}, "
+            f"at end {result['machine'].get('load_average_at_end')} on {result['machine']['cores']} cores",
             f"FLOPs per image: student training step {flops['student_train_step'] / 1e6:.1f} M, "
             f"teacher forward {flops['teacher_forward'] / 1e6:.1f} M (torch flop counter)",
             "",
