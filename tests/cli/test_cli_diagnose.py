@@ -203,7 +203,7 @@ def test_student_teacher_match_by_weights_when_the_teacher_was_copied(capsys, tm
 def test_taught_by_reads_method_teacher_path_and_cache_digest(tmp_path):
     import yaml
 
-    from darkknowledge.experiments.diagnose import taught_by
+    from darkknowledge.runs.diagnose import taught_by
 
     def student(method, checkpoint=None, cache=None):
         return {

@@ -123,11 +123,7 @@ def test_validation_split_rule_and_subsets(stream_folders, stream_helpers):
     assert [again.describe(i) for i in range(len(again))] == [val.describe(i) for i in range(len(val))]
     # the in-memory path holds out the same rows
     from darkknowledge.data.base import ArrayDataset, DataSpec
-
-    try:  # the in-memory rule moved from engine.assembly to data.splits
-        from darkknowledge.data.splits import split_validation
-    except ImportError:
-        from darkknowledge.engine.assembly import split_validation
+    from darkknowledge.data.splits import split_validation
 
     spec = DataSpec("x", 3, 3, (1, 1), (0.0,) * 3, (1.0,) * 3)
     arr = ArrayDataset(torch.zeros(len(full), 3, 1, 1, dtype=torch.uint8), full.targets.clone(), spec)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from darkknowledge.config import DataConfig
-from darkknowledge.engine.assembly import build_split, load_splits
+from darkknowledge.data.splits import load_split, load_splits
 from darkknowledge.errors import UserError
 
 
@@ -16,27 +16,25 @@ def _rows(ds) -> set[bytes]:
 
 def test_val_is_held_out_of_train_per_class_and_deterministic():
     data = DataConfig(name="digits", val_per_class=10)
-    full = build_split(DataConfig(name="digits"), "train")
+    full = load_split(DataConfig(name="digits"), "train")
     train, val, test = load_splits(data)
     assert len(val) == 10 * 10 and len(train) + len(val) == len(full)
     assert torch.bincount(val.targets, minlength=10).tolist() == [10] * 10
     assert not _rows(train) & _rows(val)
-    again = build_split(data, "val")
-    assert torch.equal(again.images, val.images) and torch.equal(build_split(data, "train").images, train.images)
-    assert torch.equal(
-        test.images, build_split(DataConfig(name="digits"), "test").images
-    )  # the test split is untouched
-    other = build_split(DataConfig(name="digits", val_per_class=10, subset_seed=1), "val")
+    again = load_split(data, "val")
+    assert torch.equal(again.images, val.images) and torch.equal(load_split(data, "train").images, train.images)
+    assert torch.equal(test.images, load_split(DataConfig(name="digits"), "test").images)  # the test split is untouched
+    other = load_split(DataConfig(name="digits", val_per_class=10, subset_seed=1), "val")
     assert not torch.equal(other.images, val.images)
 
 
 def test_val_errors():
     with pytest.raises(UserError, match="no validation split"):
-        build_split(DataConfig(name="digits"), "val")
+        load_split(DataConfig(name="digits"), "val")
     with pytest.raises(UserError, match="leaves no training image"):
-        build_split(DataConfig(name="digits", train_per_class=5, val_per_class=5), "train")
+        load_split(DataConfig(name="digits", train_per_class=5, val_per_class=5), "train")
     with pytest.raises(UserError, match="unknown split"):
-        build_split(DataConfig(name="digits"), "dev")
+        load_split(DataConfig(name="digits"), "dev")
 
 
 def test_training_selects_on_validation_and_reports_test_once(tmp_path):

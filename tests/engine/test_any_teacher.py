@@ -16,7 +16,7 @@ from darkknowledge.engine.cache import CachedTeacher, build_cache
 from darkknowledge.engine.teacher import teacher_from_module
 from darkknowledge.engine.trainer import build_trainer
 from darkknowledge.errors import UserError
-from darkknowledge.experiments.diagnose import diagnose_modules
+from darkknowledge.runs.diagnose import diagnose_modules
 from support import fast_config, read_metrics
 
 DISTILL = [

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from darkknowledge.data import build_dataset
 from darkknowledge.data.augment import identity_params
 from darkknowledge.data.loader import BatchLoader
-from darkknowledge.engine.assembly import open_cache_for_run
+from darkknowledge.data.splits import Splits, load_splits
 from darkknowledge.engine.cache import (
     CachedTeacher,
     build_cache,
@@ -23,6 +23,7 @@ from darkknowledge.engine.cache import (
     make_view_table,
 )
 from darkknowledge.engine.checkpoint import atomic_torch_save, load_checkpoint, load_model, state_digest
+from darkknowledge.engine.factory import build_teacher_signal
 from darkknowledge.engine.teacher import LiveTeacher
 from darkknowledge.engine.trainer import build_trainer, train
 from darkknowledge.errors import UserError
@@ -220,12 +221,12 @@ def test_cache_of_another_teacher_is_refused(tmp_path, cache_fp32, subset, teach
         tmp_path, "data.train_per_class=5", f"teacher.checkpoint={teacher_b}", f"teacher.cache={cache_fp32}"
     )
     with pytest.raises(UserError, match="other teacher"):
-        open_cache_for_run(cfg, subset, torch.device("cpu"))
+        build_teacher_signal(cfg, Splits(subset, None, subset), torch.device("cpu"))
     # teacher A is fine
     cfg = fast_config(
         tmp_path, "data.train_per_class=5", f"teacher.checkpoint={teacher_ckpt}", f"teacher.cache={cache_fp32}"
     )
-    assert open_cache_for_run(cfg, subset, torch.device("cpu")).num_classes == 10
+    assert build_teacher_signal(cfg, Splits(subset, None, subset), torch.device("cpu")).num_classes == 10
 
 
 @pytest.mark.parametrize(
@@ -299,7 +300,7 @@ def test_existing_path_without_overwrite(tmp_path, teacher_model, subset, cache_
 def test_cache_missing_for_run_without_checkpoint(tmp_path, subset):
     cfg = fast_config(tmp_path, "data.train_per_class=5", f"teacher.cache={tmp_path / 'none'}")
     with pytest.raises(UserError, match="does not exist"):
-        open_cache_for_run(cfg, subset, torch.device("cpu"))
+        build_teacher_signal(cfg, Splits(subset, None, subset), torch.device("cpu"))
 
 
 # ----------------------------------------------------------------------------- distillation from a cache
@@ -422,9 +423,8 @@ def test_views_to_replay_are_part_of_the_signal(cache_fp32, teacher_ckpt):
 
 
 def _cache_for_run(cfg, teacher_model, path, with_eval: bool):
-    from darkknowledge.engine.assembly import load_datasets
-
-    train_set, test_set = load_datasets(cfg)
+    splits = load_splits(cfg.data)
+    train_set, test_set = splits.train, splits.test
     return _build(
         teacher_model,
         train_set,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from darkknowledge.engine.checkpoint import load_checkpoint
-from darkknowledge.engine.trainer import build_trainer, train
+from darkknowledge.engine.trainer import Trainer, build_trainer, train
 from darkknowledge.errors import UserError
 from support import fast_config, read_metrics, state_equal
 
