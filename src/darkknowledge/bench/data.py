@@ -11,7 +11,8 @@ written as torchvision-style training scripts do it, on the same files.
 * ``floor``: the bare per-image work of our decoder (read + decode + crop + resize + flip)
   in a loop without any loader, in as many processes as there are workers.
 
-Images/s are counted over whole passes over the files after a warm-up pass, median of
+Images/s are counted over whole passes over the files after a warm-up pass; the three are
+timed in interleaved rounds (so a change in the machine's load hits all of them), median of
 ``passes``; the projected ImageNet epoch time is 1,281,167 images at that rate.
 """
 
@@ -43,8 +44,7 @@ __all__ = [
     "ReferenceDataset",
     "folder_source",
     "format_data_report",
-    "measure_floor",
-    "measure_loader",
+    "measure_worker_count",
     "run_data_bench",
 ]
 
@@ -107,83 +107,89 @@ class ReferenceDataset(Dataset):
         return (x - self.mean) / self.std, int(self.source.targets[i])  # Normalize
 
 
-def _median_rate(loop, n_images: int, passes: int) -> float:
-    loop()  # warm-up: worker start, page cache
-    times = []
-    for _ in range(passes):
-        t0 = time.perf_counter()
-        loop()
-        times.append(time.perf_counter() - t0)
-    return n_images / statistics.median(times)
+def _ours_pass(source: FileSource, workers: int, *, batch_size: int, crop_size: int, decoder: str):
+    ds = StreamingDataset(source, "bench", crop_size=crop_size, decoder=decoder)
+    loader = StreamingLoader(ds, batch_size, train=True, drop_last=False, workers=workers)
+    state = {"epoch": 0}
+
+    def one_pass() -> None:
+        for batch in loader.epoch(state["epoch"]):
+            batch.images.sum()  # touch the normalised batch, as a model would
+        state["epoch"] += 1
+
+    return one_pass
 
 
-def measure_loader(
-    source: FileSource, kind: str, workers: int, *, batch_size: int, crop_size: int, decoder: str, passes: int
-) -> float:
-    """Images/s of one loader (``kind`` ``ours`` or ``reference``) over whole passes of ``source``."""
-    n = len(source)
-    if kind == "ours":
-        ds = StreamingDataset(source, "bench", crop_size=crop_size, decoder=decoder)
-        loader = StreamingLoader(ds, batch_size, train=True, drop_last=False, workers=workers)
-        state = {"epoch": 0}
+def _reference_pass(source: FileSource, workers: int, *, batch_size: int, crop_size: int):
+    ref = DataLoader(
+        ReferenceDataset(source, crop_size),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(0),
+    )
 
-        def loop() -> None:
-            for batch in loader.epoch(state["epoch"]):
-                batch.images.sum()  # touch the normalised batch, as a model would
-            state["epoch"] += 1
+    def one_pass() -> None:
+        for images, _ in ref:
+            images.sum()
 
-        return _median_rate(loop, n, passes)
-    if kind == "reference":
-        ref = DataLoader(
-            ReferenceDataset(source, crop_size),
-            batch_size=batch_size,
-            shuffle=True,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            generator=torch.Generator().manual_seed(0),
-        )
-
-        def loop() -> None:
-            for images, _ in ref:
-                images.sum()
-
-        return _median_rate(loop, n, passes)
-    raise ValueError(kind)
+    return one_pass
 
 
-def _floor_worker(args: tuple[FileSource, list[int], int, str, int, Any]) -> float:
-    source, rows, crop_size, decoder_name, passes, barrier = args
+_FLOOR: dict[str, Any] = {}
+
+
+def _floor_init(source: FileSource, crop_size: int, decoder: str) -> None:
     torch.set_num_threads(1)
-    decoder = DECODERS[decoder_name]
-    sizes = np.array([[p.width, p.height] for p in map(decoder.probe, map(source.read, rows))], dtype=np.float64)
-    views = crop_views_from_uniforms(sizes[:, 0], sizes[:, 1], view_uniforms(0, 0, np.asarray(rows)))
-
-    def loop() -> None:  # the bare per-image work: read, header, decode + crop + resize + flip
-        for j, i in enumerate(rows):
-            decoder.decode(decoder.probe(source.read(i)), views[j], (crop_size, crop_size))
-
-    loop()
-    barrier.wait()
-    times = []
-    for _ in range(passes):
-        t0 = time.perf_counter()
-        loop()
-        times.append(time.perf_counter() - t0)
-    return len(rows) / statistics.median(times)
+    _FLOOR.update(source=source, crop_size=crop_size, decoder=DECODERS[decoder])
 
 
-def measure_floor(source: FileSource, processes: int, *, crop_size: int, decoder: str, passes: int) -> float:
-    """Images/s of the bare decode + view loop (no loader) in ``processes`` processes together."""
-    shares = [list(range(p, len(source), processes)) for p in range(processes)]
-    if processes == 1:
-        ctx = mp.get_context("fork")
-        return _floor_worker((source, shares[0], crop_size, decoder, passes, ctx.Barrier(1)))
+def _floor_share(task: tuple[np.ndarray, np.ndarray]) -> int:
+    """The bare per-image work on a share of the files: read, header, decode + crop + resize + flip."""
+    rows, views = task
+    source, decoder, size = _FLOOR["source"], _FLOOR["decoder"], (_FLOOR["crop_size"],) * 2
+    for j, i in enumerate(rows.tolist()):
+        decoder.decode(decoder.probe(source.read(i)), views[j], size)
+    return len(rows)
+
+
+def _floor_pass(source: FileSource, processes: int, pool, *, decoder: str):
+    d = DECODERS[decoder]
+    rows = np.arange(len(source))
+    sizes = np.array([[p.width, p.height] for p in map(d.probe, map(source.read, rows.tolist()))], dtype=np.float64)
+    views = crop_views_from_uniforms(sizes[:, 0], sizes[:, 1], view_uniforms(0, 0, rows))
+    shares = [(rows[p::processes], views[p::processes]) for p in range(processes)]
+
+    def one_pass() -> None:
+        pool.map(_floor_share, shares)
+
+    return one_pass
+
+
+def measure_worker_count(
+    source: FileSource, workers: int, *, batch_size: int, crop_size: int, decoder: str, passes: int
+) -> dict[str, float]:
+    """Images/s of the reference loader, ours and the floor (``max(workers, 1)`` processes), timed in
+    interleaved rounds (the order rotating) after one warm-up pass each; the median pass of each."""
+    n = len(source)
     ctx = mp.get_context("fork")
-    with ctx.Manager() as manager:
-        barrier = manager.Barrier(processes)
-        with ctx.Pool(processes) as pool:
-            rates = pool.map(_floor_worker, [(source, s, crop_size, decoder, passes, barrier) for s in shares])
-    return float(sum(rates))
+    with ctx.Pool(max(workers, 1), initializer=_floor_init, initargs=(source, crop_size, decoder)) as pool:
+        runs = {
+            "floor": _floor_pass(source, max(workers, 1), pool, decoder=decoder),
+            "reference": _reference_pass(source, workers, batch_size=batch_size, crop_size=crop_size),
+            "ours": _ours_pass(source, workers, batch_size=batch_size, crop_size=crop_size, decoder=decoder),
+        }
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for one_pass in runs.values():
+            one_pass()
+        names = list(runs)
+        for r in range(passes):
+            for name in names[r % 3 :] + names[: r % 3]:
+                t0 = time.perf_counter()
+                runs[name]()
+                times[name].append(time.perf_counter() - t0)
+    return {k: n / statistics.median(v) for k, v in times.items()}
 
 
 def run_data_bench(
@@ -203,12 +209,10 @@ def run_data_bench(
     decoder = get_decoder(decoder)
     rows = []
     for w in workers:
-        floor = measure_floor(source, max(1, w), crop_size=crop_size, decoder=decoder, passes=passes)
-        ref, ours = (
-            measure_loader(source, kind, w, batch_size=batch_size, crop_size=crop_size, decoder=decoder, passes=passes)
-            for kind in ("reference", "ours")
+        rates = measure_worker_count(
+            source, w, batch_size=batch_size, crop_size=crop_size, decoder=decoder, passes=passes
         )
-        rows.append({"workers": w, "reference": ref, "ours": ours, "floor": floor})
+        rows.append({"workers": w, **rates})
     return {
         "folder": str(folder),
         "images": len(source),
