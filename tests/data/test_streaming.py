@@ -235,3 +235,16 @@ def test_cpu_normalisation_equals_the_normalizer(stream_folders, stream_helpers)
         ours = loader._normalise(pixels)
         torch.testing.assert_close(ours, loader.normalize(pixels.permute(0, 3, 1, 2)))
         assert ours.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_worker_slots_survive_an_abandoned_epoch(stream_folders, stream_helpers):
+    train, _, _ = build_splits(stream_helpers.stream_config(stream_folders))
+    loader = StreamingLoader(train, 3, train=True, seed=5, workers=2, prefetch=2)
+    assert loader._slots is not None and loader._slots.is_shared() and len(loader._slots) == 6
+    reference = _epoch(StreamingLoader(train, 3, train=True, seed=5, workers=0), 1)
+    it = loader.epoch(0)
+    next(it), next(it)  # leave epoch 0 with tasks in flight
+    del it
+    got = _epoch(loader, 1)
+    assert len(got) == len(reference) == 10
+    assert all(torch.equal(x[1], y[1]) and torch.equal(x[0], y[0]) for x, y in zip(got, reference))

@@ -17,6 +17,7 @@ workers, one view per sample, and only uint8 batches cross to the training devic
 
 from __future__ import annotations
 
+import copy
 import math
 import mmap
 import sys
@@ -80,12 +81,14 @@ def view_uniforms(seed: int, epoch: int, rows: np.ndarray, count: int = UNIFORMS
 
 @dataclass
 class _Work:
-    """One batch to decode: dataset rows, and either fixed views (B, 5) or (seed, epoch) to sample them."""
+    """One batch to decode: dataset rows, and either fixed views (B, 5) or (seed, epoch) to sample them;
+    ``slot``: write the pixels into this slot of the dataset's shared ``slots`` (-1: return them)."""
 
     rows: np.ndarray
     views: np.ndarray | None
     seed: int
     epoch: int
+    slot: int = -1
 
 
 class StreamingDataset(torch.utils.data.Dataset):
@@ -118,6 +121,7 @@ class StreamingDataset(torch.utils.data.Dataset):
                 f"data.crop_size={crop_size} and data.resize_size={resize_size}: need 1 <= crop_size <= resize_size"
             )
         self.source = source
+        self.slots: Tensor | None = None  # a loader's shared uint8 (S, B, H, W, 3) output slots
         self.crop_size, self.resize_size = int(crop_size), int(resize_size)
         self.decoder = get_decoder(decoder)
         self.bad_files = bad_files
@@ -205,7 +209,11 @@ class StreamingDataset(torch.utils.data.Dataset):
             kept.append(j)
         sizes = np.array([(p.width, p.height) for p in probes], dtype=np.float64).reshape(-1, 2)
         views = self._views(work, np.asarray(kept, dtype=np.int64), sizes)
-        images = np.empty((len(kept), self.crop_size, self.crop_size, 3), dtype=np.uint8)
+        if work.slot >= 0 and self.slots is not None:
+            batch = self.slots[work.slot, : len(kept)]  # shared with the loader: nothing to send
+        else:
+            batch = torch.empty((len(kept), self.crop_size, self.crop_size, 3), dtype=torch.uint8)
+        images = batch.numpy()
         done: list[int] = []
         for k, (j, probed) in enumerate(zip(kept, probes)):
             try:
@@ -217,7 +225,8 @@ class StreamingDataset(torch.utils.data.Dataset):
             done.append(k)
         keep = np.asarray(kept, dtype=np.int64)[done]
         return {
-            "images": torch.from_numpy(images[: len(done)]),
+            "images": None if work.slot >= 0 and self.slots is not None else batch[: len(done)],
+            "slot": work.slot,
             "rows": torch.from_numpy(rows[keep]),
             "targets": self.targets[torch.from_numpy(rows[keep])],
             "views": torch.from_numpy(np.ascontiguousarray(views[done])),
@@ -332,8 +341,20 @@ class StreamingLoader:
         self._host = _HostBuffers() if self.device.type == "cpu" else None
         self._tiled: tuple[Tensor, Tensor] | None = None
         self._plan = _Plan()
+        # CPU with workers: each worker decodes into one of a ring of shared-memory slots that outlives the
+        # batch, so no batch is allocated in shared memory and copied per step. A slot is reused after
+        # in_flight + 1 batches: by then the loader has normalised out of it (the DataLoader keeps at most
+        # workers * prefetch tasks in flight and dispatches the next when it hands one over).
+        worker_ds = dataset
+        self._slots: Tensor | None = None
+        if self.device.type == "cpu" and workers > 0:
+            size = dataset.crop_size
+            self._slots = torch.empty((workers * prefetch + 2, batch_size, size, size, 3), dtype=torch.uint8)
+            self._slots.share_memory_()
+            worker_ds = copy.copy(dataset)
+            worker_ds.slots = self._slots
         self._loader = torch.utils.data.DataLoader(
-            dataset,
+            worker_ds,
             batch_size=None,
             sampler=self._plan,
             num_workers=workers,
@@ -388,7 +409,8 @@ class StreamingLoader:
         work = []
         for i in range(len(self)):
             rows = rows_all[i * self.batch_size : (i + 1) * self.batch_size]
-            work.append(_Work(rows, None if fixed is None else fixed[rows], seed, epoch))
+            slot = i % len(self._slots) if self._slots is not None else -1
+            work.append(_Work(rows, None if fixed is None else fixed[rows], seed, epoch, slot))
         return work, view_ids
 
     def epoch(self, epoch: int = 0) -> Iterator[Batch]:
@@ -400,7 +422,11 @@ class StreamingLoader:
             self.skipped.extend(s for s in out["skipped"] if s not in self.skipped)
             if len(out["rows"]) == 0:
                 continue
-            pixels = out["images"].to(self.device, non_blocking=non_blocking)  # uint8 (B, H, W, 3)
+            if out["images"] is None:
+                assert self._slots is not None
+                pixels = self._slots[out["slot"], : len(out["rows"])]  # uint8 (B, H, W, 3)
+            else:
+                pixels = out["images"].to(self.device, non_blocking=non_blocking)
             images = self._normalise(pixels) if self._host is not None else self.normalize(pixels.permute(0, 3, 1, 2))
             rows = out["rows"]
             yield Batch(
