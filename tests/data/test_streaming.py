@@ -149,8 +149,11 @@ def test_webdataset_shards(tmp_path, stream_helpers):
     train, _, test = build_splits(h.stream_config(tmp_path / "shards", name="webdataset"))
     assert len(train) == 14 and len(test) == 6 and train.spec.num_classes == 4
     assert train.describe(0).endswith("train-000000.tar:s0_0000")
+    assert train.original_size(1) == (61, 50)  # opens the shard in this process before the workers fork
     batches = list(StreamingLoader(train, 4, train=True, seed=0, workers=2).epoch(0))
     assert sum(len(b) for b in batches) == 12
+    in_process = list(StreamingLoader(train, 4, train=True, seed=0, workers=0).epoch(0))
+    assert all(torch.equal(a.images, b.images) for a, b in zip(batches, in_process))
     for b in batches:
         assert torch.equal(b.targets, train.targets[b.indices])
     # the member bytes are the image

@@ -84,8 +84,8 @@ class ShardSource(Source):
                 self._handles.popitem(last=False)[1].close()
             f = open(self.shards[shard], "rb")  # noqa: SIM115  kept open across reads, closed on eviction
         self._handles[shard] = f  # most recently used last
-        f.seek(int(self.offsets[i]))
-        data = f.read(int(self.sizes[i]))
+        # positional read: a descriptor inherited by forked workers shares its file offset, pread has none
+        data = os.pread(f.fileno(), int(self.sizes[i]), int(self.offsets[i]))
         if len(data) != int(self.sizes[i]):
             raise OSError(f"shard ends {int(self.sizes[i]) - len(data)} bytes early")
         return data

@@ -22,7 +22,7 @@ import math
 import mmap
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -157,8 +157,6 @@ class StreamingDataset(torch.utils.data.Dataset):
         out.source.targets = lookup[out.source.targets]
         out.targets = torch.from_numpy(out.source.targets)
         names = tuple(self.spec.class_names[c] for c in classes)
-        from dataclasses import replace
-
         out.spec = replace(self.spec, num_classes=len(classes), class_names=names)
         return out
 
@@ -528,8 +526,6 @@ def build_splits(data_cfg: Any) -> tuple[StreamingDataset, StreamingDataset | No
     test = _read_split(data_cfg, False, data_cfg.test_per_class)
     if test.spec.num_classes != full.spec.num_classes:  # shards: class count from the largest label of either split
         k = max(test.spec.num_classes, full.spec.num_classes)
-        from dataclasses import replace
-
         names = tuple(str(c) for c in range(k))
         for ds in (full, test):
             ds.spec = replace(ds.spec, num_classes=k, class_names=names)
