@@ -221,6 +221,13 @@ def write_docs(summary: dict, cmd: str) -> None:
     b = summary["breakdown_s"]
     section = (
         "## At scale\n\n"
+        "The accumulators read the logits in row chunks (memory-mapped `.npy`/`.npz` files are "
+        "never loaded whole, and no N x C float64 array exists), keep only running sums and 4 bytes "
+        "of tau* per sample and model, and use both cores: torch's intra-op threads for the "
+        "statistics and tau*, a thread per block of rows for the rank statistics. "
+        "`benchmarks/diagnose_scale.py` generates two synthetic teachers as float16 files and times "
+        "each part; the anonymous RSS excludes the mapped files' page cache, which the kernel can "
+        "drop (the plain RSS includes it and grows with the file size).\n\n"
         f"Command: `{cmd}`\n\n"
         f"Synthetic {summary['n']:,} x {summary['classes']:,} float16 logits for two teachers, memory-mapped, "
         f"chunks of {summary['chunk']} rows, {summary['torch_threads']} torch thread(s); {summary['cpu']}; "

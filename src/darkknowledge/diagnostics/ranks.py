@@ -266,7 +266,9 @@ def _kendall(a: RankInfo, b: RankInfo) -> np.ndarray:
         return np.empty(0)
     dt = np.int32 if n * n < 2**31 else np.int64
     primary = a.first_sorted.astype(dt) * n
-    key = primary + np.take_along_axis(b.first, a.order, axis=1)  # (group in A, group in B), in A's order
+    w = b.first.shape[1]
+    at = a.order + (np.arange(rows, dtype=np.int64 if rows * w >= 2**31 else np.int32) * w)[:, None]
+    key = primary + b.first.reshape(-1)[at]  # (group in A, group in B), in A's order
     key.sort(axis=1)  # only ties in A move anything
     joint = _tie_groups(key)[3]
     discordant = _count_inversions(key - primary)  # B's groups in (A, B) order
