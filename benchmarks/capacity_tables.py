@@ -33,7 +33,8 @@ def signed(values: list[float]) -> str:
 
 
 def main(path: str) -> None:
-    rows = list(csv.DictReader(open(path)))
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
     cell: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
     teachers: dict[str, int] = {}
     methods: list[str] = []

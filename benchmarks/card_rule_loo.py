@@ -56,7 +56,8 @@ def ladder_pairs(name: str, stats_csv: str, check_csv: str) -> list[dict[str, An
                 "reference": small,
                 "mismatch": check["measured_mismatch"] == "True",
                 "kd_minus_reference": float(check["kd_minus_reference"]),
-                "variance_ratio_T4": _stat(stats, big, "nt_var", TEMPERATURE) / _stat(stats, small, "nt_var", TEMPERATURE),
+                "variance_ratio_T4": _stat(stats, big, "nt_var", TEMPERATURE)
+                / _stat(stats, small, "nt_var", TEMPERATURE),
                 "target_prob_T1": _stat(stats, big, "target_prob", 1.0),
                 "target_prob_gain_T1": _stat(stats, big, "target_prob", 1.0) - _stat(stats, small, "target_prob", 1.0),
             }
@@ -107,7 +108,13 @@ def leave_one_ladder_out(pairs: list[dict[str, Any]]) -> dict[str, Any]:
         train = [p for p in pairs if p["ladder"] != held]
         rule = fit_rule(train)
         for p in (p for p in pairs if p["ladder"] == held):
-            rows.append({**p, "rule": f"{rule['feature']} {rule['direction']} {rule['threshold']:.4g}", "predicted": predict(rule, p)})
+            rows.append(
+                {
+                    **p,
+                    "rule": f"{rule['feature']} {rule['direction']} {rule['threshold']:.4g}",
+                    "predicted": predict(rule, p),
+                }
+            )
             fitted.append(rows[-1]["predicted"])
             constant.append(False)
     truth = [r["mismatch"] for r in rows]
@@ -134,7 +141,7 @@ def markdown(result: dict[str, Any]) -> str:
         "| rule | agreement | balanced accuracy |",
         "|---|---:|---:|",
         f"| best single-feature threshold, fitted on the other ladders | {f['agreement']:.2f} | {f['balanced_accuracy']:.2f} |",
-        f"| constant \"no mismatch\" | {c['agreement']:.2f} | {c['balanced_accuracy']:.2f} |",
+        f'| constant "no mismatch" | {c["agreement"]:.2f} | {c["balanced_accuracy"]:.2f} |',
         "",
         f"Fitted on all ladders (in sample, for reference): `{r['feature']} {r['direction']} {r['threshold']:.4g}`, "
         f"agreement {r['agreement']:.2f}, balanced accuracy {r['balanced_accuracy']:.2f}.",

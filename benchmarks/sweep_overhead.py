@@ -53,7 +53,8 @@ def measure(out: Path, epochs: int, executor: str, jobs: int) -> dict:
     resumed = time.perf_counter() - t0
     stages = [s for s in sweep.stages() if isinstance(s, Stage)]
     train_s = sum(
-        sum(json.loads(l)["train_time_s"] for l in (s.dir / "metrics.jsonl").read_text().splitlines()) for s in stages
+        sum(json.loads(line)["train_time_s"] for line in (s.dir / "metrics.jsonl").read_text().splitlines())
+        for s in stages
     )
     job_s = sum(s.result()["job_wall_s"] for s in stages)
     return {

@@ -34,4 +34,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'darkknowledge' has no attribute {name!r}")
 
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = sorted(_LAZY) + ["__version__"]  # noqa: PLE0605 - built from the lazy table, the one list of names

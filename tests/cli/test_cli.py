@@ -304,7 +304,7 @@ def test_distill_works_for_every_method(capsys, tmp_path, teacher_ckpt, method):
         f"name={method}",
     )
     assert code == 0, err
-    lines = [json.loads(l) for l in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
     losses = {k: v for k, v in lines[-1].items() if k.startswith("loss/")}
     assert len(losses) >= 2 and all(math.isfinite(v) for v in losses.values()), losses
     assert "test/top1" in lines[-1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import pickle
 import random
 import stat
 
@@ -73,7 +74,7 @@ def test_failed_write_keeps_the_old_file(tmp_path):
     target = tmp_path / "last.pt"
     atomic_torch_save(_ckpt(), target)
     before = target.read_bytes()
-    with pytest.raises(Exception):
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # which one depends on the Python version
         atomic_torch_save({"bad": lambda: 0}, target)  # lambdas cannot be pickled
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

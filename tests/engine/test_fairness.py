@@ -119,8 +119,8 @@ def test_model_init_errors(tmp_path, two_teachers):
 
 def test_epoch_line_printed_without_progress_bar(tmp_path, capsys):
     train(fast_config(tmp_path, *STUDENT, "optim.epochs=2"))
-    lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("epoch ")]
-    assert [l.split()[1] for l in lines] == ["1/2", "2/2"]
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
 
 
 def test_tensorboard_logger_writes_events(tmp_path):

@@ -120,6 +120,13 @@ def _check_member_path(base: Path, name: str, archive: Path) -> Path:
     return target
 
 
+def _open_tar(archive: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(archive)
+    except (tarfile.TarError, OSError) as e:
+        raise UserError(f"cannot open archive {archive}: {e}; delete it and download it again") from None
+
+
 def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
     """Extract a ``.tar``/``.tar.gz``/``.tgz``/``.tar.bz2``/``.tar.xz``/``.zip`` into ``dest``.
 
@@ -136,11 +143,7 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> Path
                 _check_member_path(base, name, archive)
             zf.extractall(base)
         return dest
-    try:
-        tf = tarfile.open(archive)
-    except (tarfile.TarError, OSError) as e:
-        raise UserError(f"cannot open archive {archive}: {e}; delete it and download it again") from None
-    with tf:
+    with _open_tar(archive) as tf:
         members = tf.getmembers()
         for m in members:
             target = _check_member_path(base, m.name, archive)
