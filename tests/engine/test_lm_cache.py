@@ -202,3 +202,38 @@ def test_float16_values(tmp_path):
     values = cache.window_arrays(torch.tensor([0]), "values")
     assert values.dtype == torch.float16
     torch.testing.assert_close(values[0].float(), data[0][1][0].topk(K, dim=-1).values, rtol=1e-3, atol=1e-2)
+
+
+def test_cache_from_the_token_loader_keeps_padding_and_window_order(tmp_path):
+    pytest.importorskip("tokenizers")
+    from darkknowledge.data.text import SplitRule, read_text_files, stdlib_root
+    from darkknowledge.data.tokenize import train_bpe
+    from darkknowledge.data.tokens import TokenBatchLoader, TokenWindows, tokenize_corpus
+    from darkknowledge.engine.lm_cache import teacher_logit_batches
+
+    corpus = read_text_files(stdlib_root() / "json", suffixes=(".py",), rule=SplitRule(validation=0.3, test=0.0))
+    tokenizer = train_bpe(corpus, vocab_size=300)
+    arrays = tokenize_corpus(corpus, tokenizer, tmp_path / "tokens")
+    windows = TokenWindows(arrays["train"], context=64, packing="document")  # padded last windows
+    g = torch.Generator().manual_seed(4)
+    table = torch.randn(tokenizer.vocab_size, tokenizer.vocab_size, generator=g) * 2
+
+    def teacher(inputs):  # a bigram "teacher": logits depend on the current token only
+        return table[inputs]
+
+    key = LMCacheKey(corpus=corpus.digest, tokenizer=tokenizer.digest, teacher="bigram-4")
+    loader = TokenBatchLoader(windows, batch_size=3, train=False)
+    cache = write_lm_cache(tmp_path / "cache", key, teacher_logit_batches(loader, teacher), k=16)
+    assert cache.num_windows == len(windows)
+    batch = next(iter(TokenBatchLoader(windows, batch_size=len(windows), train=False)))
+    assert (batch.targets == IGNORE_INDEX).any()  # the document packing padded something
+    assert torch.equal(cache.window_arrays(batch.indices, "targets").long(), batch.targets)
+    padded = batch.targets == IGNORE_INDEX
+    assert torch.isnan(cache.statistic("entropy")).sum() == 0
+    assert torch.isnan(cache.statistic("tau_star").reshape(len(windows), -1)[padded]).all()
+    logits = teacher(batch.inputs)
+    torch.testing.assert_close(cache.window_arrays(batch.indices, "lse"), logits.logsumexp(-1))
+    shuffled = TokenBatchLoader(windows, batch_size=3, train=True, seed=1)
+    with pytest.raises(ValueError, match="in order"):
+        write_lm_cache(tmp_path / "cache2", key, teacher_logit_batches(shuffled, teacher), k=16)
+    assert not (tmp_path / "cache2").exists()

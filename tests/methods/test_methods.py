@@ -16,7 +16,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import gold_inputs
 from darkknowledge.errors import UserError
 from darkknowledge.methods import METHODS, SetupContext, StepContext, build_method
 from darkknowledge.methods.ats import ats_loss
@@ -32,6 +31,7 @@ from darkknowledge.methods.rckd import rckd_loss
 from darkknowledge.methods.ttm import ttm_loss
 from darkknowledge.methods.wttm import wttm_loss, wttm_weights
 from darkknowledge.nontarget import TARGET_RATIO, isats_search
+from support import gold_inputs
 
 # ---------------------------------------------------------------------------------------
 # fixtures and helpers
@@ -796,6 +796,13 @@ from darkknowledge.methods.aid import aid_loss  # noqa: E402
 from darkknowledge.methods.ce import ce_loss  # noqa: E402
 from darkknowledge.methods.ctkd import ctkd_loss  # noqa: E402
 from darkknowledge.methods.eskd import eskd_loss  # noqa: E402
+from darkknowledge.methods.lm_losses import (  # noqa: E402
+    jsd_loss,
+    reverse_kl_loss,
+    skew_kl_loss,
+    skew_reverse_kl_loss,
+    total_variation_loss,
+)
 from darkknowledge.methods.regt import regt_loss  # noqa: E402
 from darkknowledge.methods.sckd import sckd_loss  # noqa: E402
 
@@ -817,6 +824,11 @@ FUNCTIONS = {
     "aid": aid_loss,
     "eskd": eskd_loss,
     "sckd": sckd_loss,
+    "reverse_kl": reverse_kl_loss,
+    "jsd": jsd_loss,
+    "skew_kl": skew_kl_loss,
+    "skew_reverse_kl": skew_reverse_kl_loss,
+    "tv": total_variation_loss,
 }
 # Non-default parameters: together the sets of a method change every field.
 NON_DEFAULT = {
@@ -903,6 +915,11 @@ NON_DEFAULT = {
         {"ce_weight": 0.3, "kd_weight": 2.0, "temperature": 2.5, "threshold": -0.5, "gate_scope": "logits"},
         {"threshold": 0.5, "gate_scope": "last_layer"},
     ],
+    "reverse_kl": [{"ce_weight": 0.5, "kd_weight": 2.0, "temperature": 2.0}],
+    "jsd": [{"ce_weight": 0.5, "kd_weight": 2.0, "temperature": 2.0, "beta": 0.2}],
+    "skew_kl": [{"ce_weight": 0.5, "kd_weight": 2.0, "temperature": 2.0, "alpha": 0.3}],
+    "skew_reverse_kl": [{"ce_weight": 0.5, "kd_weight": 2.0, "temperature": 2.0, "alpha": 0.3}],
+    "tv": [{"ce_weight": 0.5, "kd_weight": 2.0, "temperature": 2.0}],
 }
 ROUTE_CASES = [(n, None) for n in ALL] + [(n, p) for n in sorted(NON_DEFAULT) for p in NON_DEFAULT[n]]
 ROUTE_CTX = StepContext(epoch=2, num_epochs=10, step_in_epoch=1, steps_per_epoch=4)

@@ -38,7 +38,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -169,7 +169,8 @@ class LMCacheWriter:
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     @torch.no_grad()
-    def add(self, windows: Tensor, logits: Tensor) -> None:
+    def add(self, windows: Tensor, logits: Tensor, targets: Tensor | None = None) -> None:
+        """``targets`` (B, L), -100 at padding, override the next tokens read from ``windows``."""
         if logits.dim() != 3:
             raise ValueError(f"teacher logits must be (batch, positions, vocab), got {tuple(logits.shape)}")
         b, length, vocab = logits.shape
@@ -181,7 +182,11 @@ class LMCacheWriter:
                 f"every batch needs {self.window_length} positions over {self.vocab_size} tokens, "
                 f"got {length} over {vocab}"
             )
-        targets = _targets_of(windows.cpu(), length).reshape(-1)
+        if targets is None:
+            targets = _targets_of(windows.cpu(), length)
+        elif targets.shape != (b, length):
+            raise ValueError(f"targets {tuple(targets.shape)} do not match teacher logits {tuple(logits.shape)}")
+        targets = targets.cpu().long().reshape(-1)
         flat = logits.detach().reshape(-1, vocab)
         for start in range(0, flat.shape[0], _ROW_BLOCK):
             z = flat[start : start + _ROW_BLOCK].float()
@@ -244,20 +249,37 @@ class LMCacheWriter:
 def write_lm_cache(
     path: str | Path,
     key: LMCacheKey,
-    batches: Iterable[tuple[Tensor, Tensor]],
+    batches: Iterable[tuple[Tensor, ...]],
     *,
     k: int,
     value_dtype: Literal["float16", "float32"] = "float16",
     shard_tokens: int = 1 << 20,
     statistics: bool = True,
 ) -> LMTeacherCache:
-    """Cache ``(token windows, teacher logits)`` batches under ``path`` (see :class:`LMCacheWriter`)."""
+    """Cache ``(token windows, teacher logits[, targets])`` batches under ``path`` (see
+    :class:`LMCacheWriter`); window i of the cache is the i-th window given."""
     with LMCacheWriter(
         path, key, k=k, value_dtype=value_dtype, shard_tokens=shard_tokens, statistics=statistics
     ) as writer:
-        for windows, logits in batches:
-            writer.add(windows, logits)
+        for batch in batches:
+            writer.add(*batch)
         return writer.close()
+
+
+def teacher_logit_batches(loader: Iterable[Any], teacher: Callable[[Tensor], Tensor]) -> Iterator[tuple[Tensor, ...]]:
+    """``(tokens, teacher logits, targets)`` for each batch of an in-order token loader
+    (:class:`darkknowledge.data.tokens.TokenBatchLoader` with ``train=False``: batches with
+    ``tokens``, ``inputs``, ``targets`` and window ``indices``), for :func:`write_lm_cache`.
+    The windows must arrive in order, so that cache window i is the loader's window i."""
+    expected = 0
+    for batch in loader:
+        indices = batch.indices.reshape(-1).cpu()
+        if not torch.equal(indices, torch.arange(expected, expected + indices.numel())):
+            raise ValueError("the cache needs the token windows in order: use a loader with train=False, one rank")
+        expected += indices.numel()
+        with torch.no_grad():
+            logits = teacher(batch.inputs)
+        yield batch.tokens, logits, batch.targets
 
 
 def expand_topk_rows(
@@ -419,5 +441,6 @@ __all__ = [
     "lm_cache_dir",
     "token_statistics",
     "truncation_kl",
+    "teacher_logit_batches",
     "write_lm_cache",
 ]

