@@ -10,9 +10,10 @@ tokenizer. Text: the validation split of the standard-library corpus (code) and,
 
 The teacher's logits are written through :func:`darkknowledge.engine.lm_cache.write_lm_cache`
 (k = 256, float16 values) and read back; the first k of the 256 cached entries are the
-top-k. Per token, KL(p || p_k) of the full softmax p against the rebuild p_k under each
-missing-mass policy, averaged over tokens (nats): from the float16 cache, and from float32
-top-k values (no cache rounding). Also the mean tail mass 1 - sum of the top-k
+top-k. Per token, KL(p || p_k) and KL(p_k || p) of the full softmax p against the rebuild
+p_k under each missing-mass policy (:func:`darkknowledge.engine.lm_cache.topk_kl`), averaged
+over tokens (nats): from the float16 cache, and from float32 top-k values (no cache
+rounding). With the tail ignored, KL(p || p_k) is infinite (p_k is 0 where p is not). Also the mean tail mass 1 - sum of the top-k
 probabilities and the cache's bytes per token. Prints the table of docs/lm.md.
 """
 
@@ -27,7 +28,7 @@ import torch
 
 from darkknowledge.data.text import read_jsonl, stdlib_corpus
 from darkknowledge.data.tokenize import tokenizer_from_gguf
-from darkknowledge.engine.lm_cache import STATISTICS, LMCacheKey, expand_topk_rows, write_lm_cache
+from darkknowledge.engine.lm_cache import STATISTICS, LMCacheKey, topk_kl, write_lm_cache
 from darkknowledge.models.lm import load_gguf_lm, smollm2_gguf, weights_digest
 
 KS = (8, 16, 32, 64, 128, 256)
@@ -48,18 +49,15 @@ def windows_of(corpus, tokenizer, count: int, context: int) -> torch.Tensor:
     return torch.tensor(ids[:need]).reshape(count, context + 1)
 
 
-def kl_rows(
-    full: torch.Tensor, ids: torch.Tensor, values: torch.Tensor, lse: torch.Tensor, policy: str
-) -> torch.Tensor:
-    """Per-row KL(softmax(full) || rebuild) in float64, block by block."""
-    out = []
-    for i in range(0, full.shape[0], BLOCK):
-        z = full[i : i + BLOCK].double()
-        rebuilt = expand_topk_rows(ids[i : i + BLOCK], values[i : i + BLOCK].double(), lse[i : i + BLOCK].double(),
-                                   z.shape[-1], policy).double()  # fmt: skip
-        log_p, log_q = z.log_softmax(-1), rebuilt.log_softmax(-1)
-        out.append((log_p.exp() * (log_p - log_q)).sum(-1))
-    return torch.cat(out)
+def mean_kl(full: torch.Tensor, ids, values, lse, policy: str, reverse: bool) -> float:
+    """Mean over rows of :func:`topk_kl`, computed block by block (float64)."""
+    parts = [
+        topk_kl(
+            full[i : i + BLOCK], ids[i : i + BLOCK], values[i : i + BLOCK], lse[i : i + BLOCK], policy, reverse=reverse
+        )
+        for i in range(0, full.shape[0], BLOCK)
+    ]
+    return float(torch.cat(parts).mean())
 
 
 def main() -> None:
@@ -103,18 +101,24 @@ def main() -> None:
         for k in KS:
             tail = float((-torch.expm1(log_p_top[:, :k].logsumexp(-1))).mean())
             row = {"corpus": label, "k": k, "tail": tail, "bytes": k * (4 + 2) + 4 + 4 + 4 * len(STATISTICS)}
-            for policy in ("uniform", "ignore"):
-                row[f"{policy}16"] = float(kl_rows(full, ids16[:, :k], values16[:, :k], lse, policy).mean())
-                row[f"{policy}32"] = float(kl_rows(full, ids32[:, :k], values32[:, :k], lse, policy).mean())
+            lse32 = full.logsumexp(-1)
+            row["uniform16"] = mean_kl(full, ids16[:, :k], values16[:, :k], lse, "uniform", False)
+            row["uniform32"] = mean_kl(full, ids32[:, :k], values32[:, :k], lse32, "uniform", False)
+            row["uniform_rev16"] = mean_kl(full, ids16[:, :k], values16[:, :k], lse, "uniform", True)
+            row["ignore_rev16"] = mean_kl(full, ids16[:, :k], values16[:, :k], lse, "ignore", True)
+            row["ignore_rev32"] = mean_kl(full, ids32[:, :k], values32[:, :k], lse32, "ignore", True)
             rows.append(row)
             print(row, flush=True)
-    print("\nKL(p || p_k) in nats per token, mean over tokens; cache values float16 (float32 in brackets)\n")
-    print("| text | k | mean tail mass | KL, uniform tail (default) | KL, tail ignored | bytes/token |")
-    print("|---|---|---|---|---|---|")
+    print("\nnats per token, mean over tokens; p the full softmax, p_k its rebuild from the float16 cache")
+    print("(float32 top-k values in brackets); with the tail ignored KL(p || p_k) is infinite\n")
+    print(
+        "| text | k | mean tail mass | KL(p ‖ p_k), uniform tail | KL(p_k ‖ p), uniform tail | KL(p_k ‖ p), tail ignored | bytes/token |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['corpus']} | {r['k']} | {r['tail']:.4f} | {r['uniform16']:.4f} ({r['uniform32']:.4f}) "
-            f"| {r['ignore16']:.4f} ({r['ignore32']:.4f}) | {r['bytes']} |"
+            f"| {r['uniform_rev16']:.4f} | {r['ignore_rev16']:.4f} ({r['ignore_rev32']:.4f}) | {r['bytes']} |"
         )
 
 

@@ -110,12 +110,15 @@ def test_missing_mass_policies():
 def test_truncation_kl_falls_with_k_and_vanishes_at_full_vocabulary():
     g = torch.Generator().manual_seed(2)
     z = torch.randn(16, V, generator=g) * 3
-    for policy in ("uniform", "ignore"):
-        errors = [float(truncation_kl(z, k, policy).mean()) for k in (1, 4, 16, 40)]
-        assert errors == sorted(errors, reverse=True) and errors[0] > 0.1
-        assert float(truncation_kl(z, V, policy).abs().max()) < 1e-10
-    # spreading the tail is never worse than dropping it (the dropped mass costs log 1/(1 - tail))
-    assert (truncation_kl(z, 8, "uniform") <= truncation_kl(z, 8, "ignore") + 1e-12).all()
+    for policy, reverse in (("uniform", False), ("uniform", True), ("ignore", True)):
+        errors = [float(truncation_kl(z, k, policy, reverse=reverse).mean()) for k in (1, 4, 16, 40)]
+        assert errors == sorted(errors, reverse=True) and errors[0] > 0.1 and errors[-1] > 0
+        assert float(truncation_kl(z, V, policy, reverse=reverse).abs().max()) < 1e-10
+    # dropping the tail: KL(p || p_k) is infinite, KL(p_k || p) is the log of the kept mass
+    assert torch.isinf(truncation_kl(z, 8, "ignore")).all()
+    p = z.double().softmax(-1)
+    kept = p.topk(8, dim=-1).values.sum(-1)
+    torch.testing.assert_close(truncation_kl(z, 8, "ignore", reverse=True), -kept.log())
 
 
 def test_token_losses_from_the_cache_equal_the_dense_rebuild(tmp_path):

@@ -296,14 +296,33 @@ def expand_topk_rows(
     raise UserError(f"lm cache: missing_mass must be one of {list(MISSING_MASS_POLICIES)}, got {missing_mass!r}")
 
 
-def truncation_kl(logits: Tensor, k: int, missing_mass: MissingMass = "uniform") -> Tensor:
-    """Per-row KL(p || p_k) of the full softmax p against its top-k rebuild p_k (float64)."""
+def topk_kl(
+    logits: Tensor,
+    ids: Tensor,
+    values: Tensor,
+    lse: Tensor,
+    missing_mass: MissingMass = "uniform",
+    *,
+    reverse: bool = False,
+) -> Tensor:
+    """Per-row KL(p || p_k) of the full softmax p against its rebuild p_k from top-k rows
+    (``reverse``: KL(p_k || p)), in float64. Under ``"ignore"`` p_k is 0 on the tail, so
+    KL(p || p_k) is infinite wherever the tail has mass, and KL(p_k || p) = -log(1 - tail mass)."""
+    z = logits.double()
+    rebuilt = expand_topk_rows(ids, values.double(), lse.double(), z.shape[-1], missing_mass).double()
+    log_p = z.log_softmax(-1)
+    q = rebuilt.softmax(-1)
+    log_q = q.log()  # -inf where q underflows to 0 (the ignored tail)
+    a, log_a, log_b = (q, log_q, log_p) if reverse else (log_p.exp(), log_p, log_q)
+    return torch.where(a > 0, a * (log_a - log_b), torch.zeros_like(a)).sum(-1)
+
+
+def truncation_kl(logits: Tensor, k: int, missing_mass: MissingMass = "uniform", *, reverse: bool = False) -> Tensor:
+    """:func:`topk_kl` of each row of ``logits`` (N, V) against its own top-k (float64 values)."""
     check_k(k, logits.shape[-1])
     z = logits.double()
     values, ids = z.topk(k, dim=-1)
-    rebuilt = expand_topk_rows(ids, values, z.logsumexp(-1), z.shape[-1], missing_mass).double()
-    log_p, log_pk = z.log_softmax(-1), rebuilt.log_softmax(-1)
-    return (log_p.exp() * (log_p - log_pk)).sum(-1)
+    return topk_kl(z, ids, values, z.logsumexp(-1), missing_mass, reverse=reverse)
 
 
 class TopKTeacher:
@@ -440,6 +459,7 @@ __all__ = [
     "expand_topk_rows",
     "lm_cache_dir",
     "token_statistics",
+    "topk_kl",
     "truncation_kl",
     "teacher_logit_batches",
     "write_lm_cache",
