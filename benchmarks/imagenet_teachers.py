@@ -93,29 +93,36 @@ def run_model(fn, images: torch.Tensor, batch: int = 50) -> torch.Tensor:
     return torch.cat([fn(normalise(images[s : s + batch])).float() for s in range(0, len(images), batch)])
 
 
-def images_per_second(fn, x: torch.Tensor, repeats: int) -> float:
+def batch_seconds(fn, x: torch.Tensor) -> float:
     with torch.inference_mode():
-        fn(x)  # warm-up (oneDNN primitive creation)
         t0 = time.perf_counter()
-        for _ in range(repeats):
-            fn(x)
-        return repeats * x.shape[0] / (time.perf_counter() - t0)
+        fn(x)
+        return time.perf_counter() - t0
 
 
 def throughput(model, teacher_fn, x: torch.Tensor, repeats: int, precision: str) -> dict[str, float]:
     """Images/s of ``model`` on batch ``x``: fp32 NCHW, fp32 channels_last (BN kept, then
-    folded), and ``teacher_fn`` (the teacher as the project runs it); with the load average."""
+    folded), and ``teacher_fn`` (the teacher as the project runs it). The configurations
+    take turns for ``repeats`` rounds after a warm-up round; each reports its fastest batch
+    (on a shared machine the least disturbed one) and its median. With the load average."""
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    nchw = prepare_for_inference(model, channels_last=False, fold_batchnorm=False)
-    cl = prepare_for_inference(model, channels_last=True, fold_batchnorm=False)
-    cl_folded = prepare_for_inference(model, channels_last=True, fold_batchnorm=True)
-    load_before = os.getloadavg()[0]
-    speed = {
-        "fp32_nchw": images_per_second(nchw, x, repeats),
-        "fp32_channels_last": images_per_second(cl, x_cl, repeats),
-        "fp32_channels_last_folded": images_per_second(cl_folded, x_cl, repeats),
-        f"teacher_{precision}_channels_last_folded": images_per_second(teacher_fn, x, repeats),
+    configs = {
+        "fp32_nchw": (prepare_for_inference(model, channels_last=False, fold_batchnorm=False), x),
+        "fp32_channels_last": (prepare_for_inference(model, channels_last=True, fold_batchnorm=False), x_cl),
+        "fp32_channels_last_folded": (prepare_for_inference(model, channels_last=True, fold_batchnorm=True), x_cl),
+        f"teacher_{precision}_channels_last_folded": (teacher_fn, x),
     }
+    load_before = os.getloadavg()[0]
+    times: dict[str, list[float]] = {key: [] for key in configs}
+    for round_ in range(repeats + 1):
+        for key, (fn, batch) in configs.items():
+            seconds = batch_seconds(fn, batch)
+            if round_:  # round 0 warms up (oneDNN primitive creation)
+                times[key].append(seconds)
+    speed: dict[str, float] = {}
+    for key, ts in times.items():
+        speed[key] = x.shape[0] / min(ts)
+        speed[f"{key}_median"] = x.shape[0] / float(np.median(ts))
     speed["loadavg_1min_before"] = load_before
     speed["loadavg_1min_after"] = os.getloadavg()[0]
     return speed
