@@ -123,6 +123,7 @@ def run(args: argparse.Namespace) -> dict:
         write_report,
     )
     from darkknowledge.diagnostics.api import _resolve_options
+    from darkknowledge.diagnostics.parallel import worker_count
     from darkknowledge.diagnostics.stats import summarize_tau_star
 
     work = Path(args.workdir)
@@ -133,10 +134,12 @@ def run(args: argparse.Namespace) -> dict:
     logits = {k: np.load(work / f"teacher_{k}.npy", mmap_mode="r") for k in ("small", "large")}
     params = {"small": 1_000_000, "large": 20_000_000}
     opts = _resolve_options(None, DiagnoseOptions(chunk_size=args.chunk))
+    workers = args.workers or None
     stats = {
-        k: TeacherStatsAccumulator(opts.temperatures, name=k, num_params=params[k], tau_star=False) for k in logits
+        k: TeacherStatsAccumulator(opts.temperatures, name=k, num_params=params[k], tau_star=False, threads=workers)
+        for k in logits
     }
-    ranks = RankConsistencyAccumulator(list(logits), ks=opts.ks, kendall=True)
+    ranks = RankConsistencyAccumulator(list(logits), ks=opts.ks, kendall=True, threads=workers)
     timers = {"read": 0.0, "stats": 0.0, "tau_star": 0.0, "ranks": 0.0}
     n = len(y_all)
     # the tau* search is timed on its own (diagnose() runs it inside the stats accumulator)
@@ -153,7 +156,7 @@ def run(args: argparse.Namespace) -> dict:
         timers["stats"] += time.perf_counter() - t
         t = time.perf_counter()
         for k in logits:
-            taus[k].append(optimal_nontarget_temperature(z[k], y, opts.tau_min, opts.tau_max).numpy())
+            taus[k].append(optimal_nontarget_temperature(z[k], y, opts.tau_min, opts.tau_max, threads=workers).numpy())
         timers["tau_star"] += time.perf_counter() - t
         t = time.perf_counter()
         ranks.update([z[k] for k in logits], y)
@@ -177,6 +180,7 @@ def run(args: argparse.Namespace) -> dict:
         "classes": int(logits["small"].shape[1]),
         "chunk": args.chunk,
         "torch_threads": torch.get_num_threads(),
+        "workers": worker_count(workers),
         "compute_s": round(compute_s, 2),
         "breakdown_s": {k: round(v, 2) for k, v in timers.items()},
         "report_s": round(report_s, 2),
@@ -230,7 +234,8 @@ def write_docs(summary: dict, cmd: str) -> None:
         "drop (the plain RSS includes it and grows with the file size).\n\n"
         f"Command: `{cmd}`\n\n"
         f"Synthetic {summary['n']:,} x {summary['classes']:,} float16 logits for two teachers, memory-mapped, "
-        f"chunks of {summary['chunk']} rows, {summary['torch_threads']} torch thread(s); {summary['cpu']}; "
+        f"chunks of {summary['chunk']} rows, {summary['workers']} worker thread(s) for row blocks, "
+        f"{summary['torch_threads']} torch intra-op thread(s); {summary['cpu']}; "
         f"{summary['machine']}; 1-minute load average at the end {summary['load_avg_1min_at_end']} "
         "(the machine is shared with other jobs).\n\n"
         "| what | value |\n|---|---|\n"
@@ -263,7 +268,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50_000)
     ap.add_argument("--c", type=int, default=1_000)
     ap.add_argument("--chunk", type=int, default=2048)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument(
+        "--workers", type=int, default=0, help="diagnostics worker threads for row blocks (0: torch's thread count)"
+    )
     ap.add_argument("--workdir", default=None, help="where to write the synthetic files (default: a temp dir)")
     ap.add_argument(
         "--write-docs", action="store_true", help="write the numbers under '## At scale' in docs/diagnostics.md"
@@ -286,7 +294,8 @@ def main() -> None:
         gen_s = time.perf_counter() - t
         # measure in a fresh process so that peak RSS excludes data generation
         out = subprocess.run(
-            [*base, "--chunk", str(args.chunk), "--threads", str(args.threads), "--measure-only"],
+            [*base, "--chunk", str(args.chunk), "--threads", str(args.threads), "--workers", str(args.workers)]
+            + ["--measure-only"],
             check=True,
             capture_output=True,
             text=True,

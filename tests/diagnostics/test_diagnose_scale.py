@@ -12,7 +12,13 @@ import torch
 
 import darkknowledge.diagnostics.isats_search as isats_search_module
 import darkknowledge.diagnostics.ranks as ranks_module
-from darkknowledge.diagnostics import DiagnoseOptions, diagnose_from_logits_file, optimal_nontarget_temperature
+import darkknowledge.diagnostics.stats as stats_module
+from darkknowledge.diagnostics import (
+    DiagnoseOptions,
+    TeacherStatsAccumulator,
+    diagnose_from_logits_file,
+    optimal_nontarget_temperature,
+)
 from darkknowledge.diagnostics.ranks import count_inversions, rank_info
 
 TEMPERATURES = (0.5, 1.0, 2.0, 3.0, 6.0)  # 2 is not half of 3: e is both exponentiated and squared
@@ -97,7 +103,8 @@ def _reference_ranks(za: np.ndarray, zb: np.ndarray, y: np.ndarray, ks: list[int
 
 def test_chunked_threaded_diagnose_matches_references(tmp_path, monkeypatch, two_threads):
     monkeypatch.setattr(ranks_module, "_BLOCK_ROWS", 16)  # many row blocks per chunk, on two threads
-    monkeypatch.setattr(isats_search_module, "_BLOCK_ROWS", 24)
+    monkeypatch.setattr(stats_module, "_BLOCK_ROWS", 20)
+    monkeypatch.setattr(isats_search_module, "_BLOCK_ROWS", 8)
     za, zb, y = _two_teachers(n=230, c=40)
     path = tmp_path / "logits.npz"
     np.savez(path, logits_a=za, logits_b=zb, targets=y)  # uncompressed: memory-mapped when read
@@ -140,6 +147,21 @@ def test_kendall_stride_and_threads_do_not_change_the_result(monkeypatch, two_th
     ref = _reference_ranks(za[rows], zb[rows], y[rows], [1])["kendall"]
     assert ranks.value("kendall", "a", "b") == pytest.approx(ref[0], rel=1e-12)
     assert ranks.undefined["kendall"][0][1] == ref[1]
+
+
+def test_worker_threads_do_not_change_the_statistics(monkeypatch):
+    monkeypatch.setattr(stats_module, "_BLOCK_ROWS", 9)
+    za, _, y = _two_teachers(n=100, c=25, seed=4)
+    results = []
+    for threads in (1, 2, 3):
+        acc = TeacherStatsAccumulator(TEMPERATURES, threads=threads)
+        for start in range(0, 100, 33):
+            acc.update(za[start : start + 33], y[start : start + 33])
+        res = acc.result()
+        results.append((res.to_dict(), res.tau_star_values))
+    for stats, taus in results[1:]:
+        assert stats == results[0][0]
+        np.testing.assert_array_equal(taus, results[0][1])
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])

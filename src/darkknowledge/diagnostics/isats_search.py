@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from darkknowledge.diagnostics.parallel import map_blocks
 from darkknowledge.nontarget import isats_search
 
 # Search settings of the diagnostics: 12 grid points + 10 golden-section steps, tau* to
@@ -31,13 +32,16 @@ def optimal_nontarget_temperature(
     refine_size: int = REFINE_SIZE,
     dtype: torch.dtype = torch.float32,
     undefined: float = float("nan"),
+    threads: int | None = None,
 ) -> Tensor:
     """Per-row tau* ``(N,)`` maximising the variance of the non-target softmax entries.
 
     ``grid_size`` log-spaced temperatures, then ``refine_size`` golden-section steps in
     log tau. ``dtype``: element-wise compute precision (float32 is ample for locating a
     maximum; float64 for reference checks). Rows with no optimum get ``undefined``.
-    Rows are searched in blocks of 512 (each row's result does not depend on the block).
+    Rows are searched in blocks of 512 (each row's result does not depend on the block),
+    on ``threads`` worker threads (None: ``torch.get_num_threads()``; see
+    :mod:`~darkknowledge.diagnostics.parallel`).
     """
     if logits.dim() != 2:
         raise ValueError(f"logits must be (N, C), got {tuple(logits.shape)}")
@@ -45,8 +49,9 @@ def optimal_nontarget_temperature(
         raise ValueError(f"need 0 < tau_min < tau_max, got [{tau_min}, {tau_max}]")
     z = logits.to(dtype)
     y = targets.reshape(-1)
-    blocks = [
-        isats_search(
+
+    def block(start: int) -> Tensor:
+        return isats_search(
             z[start : start + _BLOCK_ROWS],
             y[start : start + _BLOCK_ROWS],
             search_rule="A",
@@ -56,6 +61,6 @@ def optimal_nontarget_temperature(
             refine_size=refine_size,
             undefined=undefined,
         )
-        for start in range(0, max(1, z.shape[0]), _BLOCK_ROWS)
-    ]
+
+    blocks = map_blocks(block, range(0, max(1, z.shape[0]), _BLOCK_ROWS), threads)
     return blocks[0] if len(blocks) == 1 else torch.cat(blocks)

@@ -21,7 +21,7 @@ keys, packed with their column id into one int64 and sorted, so ties come out in
 order. Twice the average rank is an integer, so Spearman's sums are exact. Kendall tau-b
 is exact and O(n log n) per row: sort by (tie group in A, tie group in B), then count
 the inversions of the B ranks by a bottom-up merge count. The accumulator spreads
-blocks of rows over ``torch.get_num_threads()`` threads (numpy releases the GIL).
+blocks of rows over worker threads (numpy releases the GIL).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import itertools
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +37,7 @@ import torch
 from torch import Tensor
 
 from darkknowledge.diagnostics._common import check_logits_targets, jsonable, to_tensor
+from darkknowledge.diagnostics.parallel import map_blocks
 
 __all__ = [
     "RankInfo",
@@ -351,7 +351,8 @@ class RankConsistencyAccumulator:
     same order). ``kendall_stride``: compute tau-b on every k-th row only (rows chosen
     by global index, so the result does not depend on chunking); 1 = all rows.
     ``dtype``: the precision the logits are ranked in (float32: ties are ties of the
-    float32 values). Rows are processed in blocks on ``torch.get_num_threads()`` threads.
+    float32 values). Rows are processed in blocks of 256 on ``threads`` worker threads
+    (default ``torch.get_num_threads()``, see :mod:`~darkknowledge.diagnostics.parallel`).
     """
 
     def __init__(
@@ -362,6 +363,7 @@ class RankConsistencyAccumulator:
         kendall: bool = True,
         kendall_stride: int = 1,
         dtype: torch.dtype = torch.float32,
+        threads: int | None = None,
     ):
         self.names = list(names)
         if len(set(self.names)) != len(self.names):
@@ -376,8 +378,7 @@ class RankConsistencyAccumulator:
         self._sum: dict[str, np.ndarray] = {}
         self._cnt: dict[str, np.ndarray] = {}
         self._m = m
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_size = 0
+        self.threads = threads
 
     def _ks(self, c: int) -> list[int]:
         out: list[int] = []
@@ -462,16 +463,7 @@ class RankConsistencyAccumulator:
             rows = None if kendall_at is None else np.flatnonzero(kendall_at[sl])
             return self._block([z[sl] for z in scores], y_np[sl], rows, ks)
 
-        threads = min(torch.get_num_threads(), len(starts))
-        if threads > 1:
-            if self._pool is None or self._pool_size != threads:
-                if self._pool is not None:
-                    self._pool.shutdown()
-                self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dk-ranks")
-                self._pool_size = threads
-            parts = list(self._pool.map(work, starts))
-        else:
-            parts = [work(s) for s in starts]
+        parts = map_blocks(work, starts, self.threads)
         for key in parts[0]:
             metric, i, j = key
             self._add(metric, i, j, np.concatenate([p[key] for p in parts]))

@@ -38,6 +38,7 @@ import torch
 
 from darkknowledge.diagnostics._common import check_logits_targets, jsonable, to_tensor
 from darkknowledge.diagnostics.isats_search import GRID_SIZE, REFINE_SIZE, optimal_nontarget_temperature
+from darkknowledge.diagnostics.parallel import map_blocks
 
 __all__ = ["DEFAULT_TEMPERATURES", "TeacherStats", "TeacherStatsAccumulator", "teacher_stats"]
 
@@ -116,11 +117,27 @@ class TeacherStats:
         )
 
 
+@dataclass
+class _BlockSums:
+    """One block's contribution (``sums``: temperatures x ``_SUM_KEYS``)."""
+
+    correct1: int
+    correct5: int
+    logit_std: float
+    sums: torch.Tensor
+    bin_count: torch.Tensor
+    bin_conf: torch.Tensor
+    bin_correct: torch.Tensor
+    taus: np.ndarray | None
+
+
 class TeacherStatsAccumulator:
     """Streaming per-teacher statistics: call :meth:`update` per chunk, then :meth:`result`.
 
     Memory: O(chunk * C) temporaries plus 4 bytes per sample for the tau* values (kept
-    for exact quantiles).
+    for exact quantiles). Each chunk is processed in blocks of 256 rows on ``threads``
+    worker threads (default ``torch.get_num_threads()``, see
+    :mod:`~darkknowledge.diagnostics.parallel`); the result does not depend on them.
     """
 
     def __init__(
@@ -137,6 +154,7 @@ class TeacherStatsAccumulator:
         refine_size: int = REFINE_SIZE,
         tau_hist_bins: int = 30,
         dtype: torch.dtype = torch.float64,
+        threads: int | None = None,
     ):
         temps = [float(t) for t in temperatures]
         if not temps or any(not (t > 0 and math.isfinite(t)) for t in temps):
@@ -150,6 +168,7 @@ class TeacherStatsAccumulator:
         self.grid_size, self.refine_size = grid_size, refine_size
         self.tau_hist_bins = tau_hist_bins
         self.dtype = dtype
+        self.threads = threads
         self.num_classes: int | None = None
         self.n = 0
         self._correct1 = 0
@@ -175,32 +194,39 @@ class TeacherStatsAccumulator:
         if b == 0:
             return
         self.n += b
-        for start in range(0, b, _BLOCK_ROWS):
-            self._add_block(given[start : start + _BLOCK_ROWS], y[start : start + _BLOCK_ROWS])
-        if self.tau_star:
-            taus = optimal_nontarget_temperature(
-                given,
-                y,
-                self.tau_min,
-                self.tau_max,
-                grid_size=self.grid_size,
-                refine_size=self.refine_size,
-            )
-            self._taus.append(taus.float().cpu().numpy())
 
-    def _add_block(self, given: torch.Tensor, y: torch.Tensor) -> None:
-        """Add the sums of the (checked, non-empty) rows ``given``."""
+        def block(start: int) -> _BlockSums:
+            return self._block_sums(given[start : start + _BLOCK_ROWS], y[start : start + _BLOCK_ROWS])
+
+        for part in map_blocks(block, range(0, b, _BLOCK_ROWS), self.threads):  # merged in block order
+            self._correct1 += part.correct1
+            self._correct5 += part.correct5
+            self._logit_std += part.logit_std
+            for key, sums in zip(_SUM_KEYS, part.sums.unbind(1)):
+                self._sums[key] += sums
+            self._bin_count += part.bin_count
+            self._bin_conf += part.bin_conf
+            self._bin_correct += part.bin_correct
+            if part.taus is not None:
+                self._taus.append(part.taus)
+
+    def _block_sums(self, given: torch.Tensor, y: torch.Tensor) -> _BlockSums:
+        """The sums of the (checked, non-empty) rows ``given`` (one worker's block)."""
         c = given.shape[1]
+        k = len(self.temperatures)
+        sum_table = torch.zeros(k, len(_SUM_KEYS), dtype=torch.float64)
+        bin_count = torch.zeros(k, self.ece_bins, dtype=torch.float64)
+        bin_conf = torch.zeros(k, self.ece_bins, dtype=torch.float64)
+        bin_correct = torch.zeros(k, self.ece_bins, dtype=torch.float64)
         z = given.to(self.dtype, copy=True)  # shifted in place below
         pred = z.argmax(1)
         correct = pred == y
-        self._correct1 += int(correct.sum())
         top = z.topk(min(5, c), dim=1).indices
-        self._correct5 += int((top == y.unsqueeze(1)).any(1).sum())
+        correct5 = int((top == y.unsqueeze(1)).any(1).sum())
         e = torch.empty_like(z)
         work = torch.empty_like(z)
         torch.sub(z, z.mean(1, keepdim=True), out=work)
-        self._logit_std += float((torch.linalg.vector_norm(work, dim=1) / math.sqrt(c)).sum(dtype=torch.float64))
+        logit_std = float((torch.linalg.vector_norm(work, dim=1) / math.sqrt(c)).sum(dtype=torch.float64))
 
         # The non-target classes are the row minus the target column, which is masked:
         # s = z - max_{c != y} z off the target, and the most negative finite number at
@@ -246,14 +272,27 @@ class TeacherStatsAccumulator:
                 "nt_std_renorm": std_r,
                 "nt_entropy_renorm": ent,
             }
-            totals = torch.stack(list(vals.values())).sum(1, dtype=torch.float64).tolist()
-            for key, total in zip(vals, totals):
-                self._sums[key][i] += total
+            sum_table[i] = torch.stack([vals[key] for key in _SUM_KEYS]).sum(1, dtype=torch.float64)
             conf64 = conf.to(torch.float64).cpu()
             idx = (torch.ceil(conf64 * self.ece_bins).long() - 1).clamp(0, self.ece_bins - 1)
-            self._bin_count[i] += torch.bincount(idx, minlength=self.ece_bins).to(torch.float64)
-            self._bin_conf[i] += torch.bincount(idx, weights=conf64, minlength=self.ece_bins)
-            self._bin_correct[i] += torch.bincount(idx, weights=correct_f, minlength=self.ece_bins)
+            bin_count[i] = torch.bincount(idx, minlength=self.ece_bins).to(torch.float64)
+            bin_conf[i] = torch.bincount(idx, weights=conf64, minlength=self.ece_bins)
+            bin_correct[i] = torch.bincount(idx, weights=correct_f, minlength=self.ece_bins)
+        taus = None
+        if self.tau_star:
+            taus = optimal_nontarget_temperature(
+                given, y, self.tau_min, self.tau_max, grid_size=self.grid_size, refine_size=self.refine_size, threads=1
+            )
+        return _BlockSums(
+            correct1=int(correct.sum()),
+            correct5=correct5,
+            logit_std=logit_std,
+            sums=sum_table,
+            bin_count=bin_count,
+            bin_conf=bin_conf,
+            bin_correct=bin_correct,
+            taus=None if taus is None else taus.float().cpu().numpy(),
+        )
 
     def result(self) -> TeacherStats:
         if self.n == 0 or self.num_classes is None:
