@@ -116,6 +116,34 @@ class DataConfig(_Strict):
         description="Streaming: an unreadable image, folder or shard member stops the run with an error naming it "
         "(error), or is left out and counted (skip).",
     )
+    context: int = setting(
+        256,
+        "Text: tokens per training window (the model sees `context` tokens, predicts the next).",
+        ge=1,
+        describes_data=True,
+    )
+    tokenizer: str = setting(
+        "bpe",
+        "Text: `bpe` (a byte-level BPE trained on the training split, cached beside the tokens), or a Hugging "
+        "Face tokenizer directory or GGUF file (a pretrained teacher's: teacher and student must share it).",
+        describes_data=True,
+    )
+    vocab_size: int = setting(4096, "Text: vocabulary of the trained BPE.", ge=257, describes_data=True)
+    text_field: str = setting(
+        "text", "Text: the field of a JSON-lines corpus that holds the text.", describes_data=True
+    )
+    max_bytes: int | None = setting(
+        None,
+        "Text: keep the first documents (sorted by name) up to this many bytes (small runs).",
+        ge=1,
+        describes_data=True,
+    )
+    packing: Literal["concat", "document"] = setting(
+        "concat",
+        "Text: windows run across document boundaries (concat, separated by the separator token) or stay inside "
+        "one document (document, padded; padding is never a target).",
+        describes_data=True,
+    )
 
 
 class ModelConfig(_Strict):
@@ -188,12 +216,31 @@ class CacheTeacher(_TeacherBase):
     fold_batchnorm: bool = setting(True, _FOLD_BATCHNORM + " (while building the cache)")
 
 
-TeacherConfig = Annotated[NoTeacher | CheckpointTeacher | ModuleTeacher | CacheTeacher, Field(discriminator="kind")]
+class HFTeacher(_TeacherBase):
+    """A pretrained causal language model: a Hugging Face model directory (config + safetensors)."""
+
+    kind: Literal["hf"] = setting("hf", "A pretrained language model from a Hugging Face directory.")
+    hf: str = setting(description="The model directory; `data.tokenizer` must name the same directory.")
+
+
+class GGUFTeacher(_TeacherBase):
+    """A pretrained causal language model from a GGUF file (de-quantised to fp32 on load)."""
+
+    kind: Literal["gguf"] = setting("gguf", "A pretrained language model from a GGUF file.")
+    gguf: str = setting(description="The .gguf file; `data.tokenizer` must name the same file.")
+
+
+TeacherConfig = Annotated[
+    NoTeacher | CheckpointTeacher | ModuleTeacher | CacheTeacher | HFTeacher | GGUFTeacher,
+    Field(discriminator="kind"),
+]
 TEACHER_KINDS: dict[str, type[_TeacherBase]] = {
     "none": NoTeacher,
     "checkpoint": CheckpointTeacher,
     "module": ModuleTeacher,
     "cache": CacheTeacher,
+    "hf": HFTeacher,
+    "gguf": GGUFTeacher,
 }
 # the flat teacher section of earlier versions: name -> (name now, value that meant "not set")
 _LEGACY_TEACHER_KEYS = {"cache_views": ("views", 8), "cache_view_seed": ("view_seed", 0)}
@@ -215,6 +262,10 @@ def _teacher_section(raw: Any) -> Any:
             section["kind"] = "cache"
         elif section.get("module"):
             section["kind"] = "module"
+        elif section.get("hf"):
+            section["kind"] = "hf"
+        elif section.get("gguf"):
+            section["kind"] = "gguf"
         elif section.get("checkpoint"):
             section["kind"] = "checkpoint"
         else:
@@ -264,6 +315,13 @@ class OptimConfig(_Strict):
     min_lr: float = setting(0.0, ge=0, description="cosine: final learning rate.")
     warmup_epochs: float = setting(
         0.0, ge=0, description="Linear warm-up from 0 to `lr` over this many epochs (per step)."
+    )
+    optimizer: Literal["sgd", "adamw"] = setting(
+        "sgd", "SGD with momentum (images), or AdamW (language models: decoupled weight decay, `betas`)."
+    )
+    betas: tuple[float, float] = setting((0.9, 0.95), "AdamW: exponential decay rates of the moment estimates.")
+    grad_clip: float | None = setting(
+        None, "Clip the global gradient norm to this value before each step (None: no clipping).", gt=0
     )
 
 

@@ -34,6 +34,11 @@ class Batch:
     views: Tensor | None = None  # int64 (B,) cached view id, when replaying a view table
     aug_params: Tensor | None = None  # int64 (B, 3) (dy, dx, flip) applied
 
+    @property
+    def inputs(self) -> Tensor:
+        """What the model reads (the images; token batches have their own)."""
+        return self.images
+
     def __len__(self) -> int:
         return int(self.targets.shape[0])
 

@@ -14,13 +14,20 @@ from torch import Tensor
 
 from darkknowledge.config import DataConfig
 from darkknowledge.data.base import ArrayDataset
-from darkknowledge.data.loader import Batch, BatchLoader, eval_batches
+from darkknowledge.data.loader import BatchLoader, eval_batches
 
 
 def _streamed(dataset: Any) -> bool:
     from darkknowledge.data.streaming import StreamingDataset
 
     return isinstance(dataset, StreamingDataset)
+
+
+def is_tokens(dataset: Any) -> bool:
+    """Whether ``dataset`` is token windows of a text corpus (a language-model run)."""
+    from darkknowledge.data.tokens import TokenWindows
+
+    return isinstance(dataset, TokenWindows)
 
 
 def training_loader(
@@ -35,6 +42,12 @@ def training_loader(
     world_size: int = 1,
 ):
     """The training loader of ``dataset``: ``data.batch_size``, ``data.augment`` (and ``data.workers`` when streamed)."""
+    if is_tokens(dataset):
+        from darkknowledge.data.tokens import TokenBatchLoader
+
+        return TokenBatchLoader(
+            dataset, data.batch_size, train=True, seed=seed, device=device, rank=rank, world_size=world_size
+        )
     if _streamed(dataset):
         from darkknowledge.data.streaming import StreamingLoader
 
@@ -68,8 +81,12 @@ def training_loader(
 
 def evaluation_batches(
     dataset: Any, batch_size: int, device: torch.device | str = "cpu", channels_last: bool = True, workers: int = 2
-) -> Iterator[Batch]:
+) -> Iterator[Any]:
     """Un-augmented batches of ``dataset`` in order (``workers`` decode a streamed dataset)."""
+    if is_tokens(dataset):
+        from darkknowledge.data.tokens import TokenBatchLoader
+
+        return TokenBatchLoader(dataset, batch_size, train=False, device=device).epoch(0)
     if _streamed(dataset):
         from darkknowledge.data import streaming
 

@@ -38,19 +38,26 @@ def load_splits(data: DataConfig) -> Splits:
         from darkknowledge.data.streaming import build_splits
 
         return Splits(*build_splits(data))
+    from darkknowledge.data.corpora import is_text, load_text_splits
+
+    if is_text(data):
+        return load_text_splits(data)
     train, val = split_validation(_training_files(data), data.val_per_class, data.subset_seed)
     return Splits(train, val, load_split(data, "test"))
 
 
-def load_split(data: DataConfig, split: str) -> ArrayDataset:
+def load_split(data: DataConfig, split: str) -> Any:
     """One split: ``train`` (without the validation rows), ``val`` or ``test``."""
+    from darkknowledge.data.corpora import is_text
 
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    if split == "val" and not data.val_per_class:
+    if split == "val" and not data.val_per_class and not is_text(data):
         raise UserError(
             "there is no validation split: set data.val_per_class=N (images per class held out of training)"
         )
+    if data.stream or is_text(data):
+        return getattr(load_splits(data), split)
     if split == "test":
         return _read(data, train=False)
     train, val = split_validation(_training_files(data), data.val_per_class, data.subset_seed)

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from darkknowledge.data.base import DataSpec
 from darkknowledge.data.loader import epoch_generator
 from darkknowledge.data.text import SPLITS, Split, TextCorpus
 from darkknowledge.data.tokenize import LMTokenizer
@@ -192,6 +193,8 @@ def _write_split(directory: Path, split: Split, corpus: TextCorpus, tokenizer: L
 
 class TokenWindows:
     """Windows of ``context + 1`` tokens over one :class:`TokenArray` (see the module doc)."""
+
+    spec: DataSpec | None = None  # set by data.corpora for a run: classes = vocabulary, size = 1 x context
 
     def __init__(self, array: TokenArray, context: int, packing: Packing = "concat"):
         if isinstance(context, bool) or not isinstance(context, int) or context < 1:

@@ -3,12 +3,16 @@ validation or test split, with agreement and rank fidelity to the teacher signal
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from darkknowledge.data.base import ArrayDataset
 from darkknowledge.data.loaders import evaluation_batches
 from darkknowledge.engine.metrics import ClassificationMeter, collect_logits
+from darkknowledge.engine.precision import autocast
 from darkknowledge.engine.teacher import TeacherSignal
 from darkknowledge.errors import UserError
 
@@ -29,6 +33,12 @@ class Evaluator:
         self.teacher = teacher
         self.batch_size, self.device, self.precision, self.channels_last = batch_size, device, precision, channels_last
         self._teacher_logits: dict[str, Tensor | None] = {}
+
+    @staticmethod
+    def selection_score(record: dict[str, Any], split: str) -> float | None:
+        """Higher is better: the top-1 accuracy."""
+        value = record.get(f"{split}/top1")
+        return None if value is None else float(value)
 
     def _batches(self, split: str):
         return evaluation_batches(self.datasets[split], self.batch_size, self.device, self.channels_last)
@@ -61,3 +71,83 @@ class Evaluator:
         if split not in self._teacher_logits:
             self._teacher_logits[split] = self.teacher.eval_logits(self.datasets[split], self._batches(split))
         return self._teacher_logits[split]
+
+
+class TokenEvaluator:
+    """Next-token metrics of a language model on the ``val`` or ``test`` token windows: NLL per
+    token, perplexity, bits per byte (over the split's UTF-8 bytes, comparable across tokenizers),
+    next-token top-1 and agreement with the teacher, computed batch by batch (no ``[N, V]`` buffer)."""
+
+    def __init__(
+        self,
+        datasets: dict[str, Any],
+        teacher: TeacherSignal | None,
+        batch_size: int,
+        device: torch.device,
+        precision: str,
+    ):
+        self.datasets = {k: v for k, v in datasets.items() if v is not None}
+        self.teacher, self.batch_size, self.device, self.precision = teacher, batch_size, device, precision
+
+    @staticmethod
+    def selection_score(record: dict[str, Any], split: str) -> float | None:
+        """Higher is better: the negative validation NLL."""
+        value = record.get(f"{split}/nll")
+        return None if value is None else -float(value)
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module, split: str) -> dict[str, float]:
+        from darkknowledge.data.loaders import evaluation_batches
+        from darkknowledge.data.tokens import bits_per_byte
+
+        windows = self.datasets[split]
+        was_training = model.training
+        model.eval()
+        nats = torch.zeros((), dtype=torch.float64)
+        tokens = correct = agree = 0
+        with torch.inference_mode():
+            for batch in evaluation_batches(windows, self.batch_size, self.device):
+                with autocast(self.device, self.precision):
+                    logits = model(batch.inputs)
+                logits = logits.float()
+                targets, mask = batch.tokens[:, 1:], batch.mask
+                logp = torch.log_softmax(logits, dim=-1)
+                nats += -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)[mask].double().sum().cpu()
+                predicted = logits.argmax(-1)
+                correct += int(predicted.eq(targets)[mask].sum())
+                tokens += int(mask.sum())
+                if self.teacher is not None:
+                    agree += int(self.teacher(batch).argmax(-1).eq(predicted)[mask].sum())
+        model.train(was_training)
+        if tokens == 0:
+            raise UserError(f"the {split} split has no tokens to predict; use a larger corpus")
+        nll = float(nats) / tokens
+        if not math.isfinite(nll):
+            raise UserError(
+                f"the model's outputs on the {split} split are non-finite: training diverged; lower optim.lr"
+            )
+        out = {
+            f"{split}/nll": nll,
+            f"{split}/ppl": math.exp(min(nll, 700.0)),
+            f"{split}/bpb": bits_per_byte(float(nats), windows.array.num_bytes),
+            f"{split}/top1": 100.0 * correct / tokens,
+        }
+        if self.teacher is not None:
+            out[f"{split}/teacher_agreement"] = 100.0 * agree / tokens
+        return out
+
+
+def make_evaluator(
+    datasets: dict[str, Any],
+    teacher: TeacherSignal | None,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    channels_last: bool,
+) -> Evaluator | TokenEvaluator:
+    """The evaluator of a run's splits: classification metrics, or next-token metrics over token windows."""
+    from darkknowledge.data.loaders import is_tokens
+
+    if any(is_tokens(d) for d in datasets.values() if d is not None):
+        return TokenEvaluator(datasets, teacher, batch_size, device, precision)
+    return Evaluator(datasets, teacher, batch_size, device, precision, channels_last)

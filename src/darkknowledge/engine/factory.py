@@ -22,6 +22,8 @@ from darkknowledge.config import (
     CacheTeacher,
     CheckpointTeacher,
     DataConfig,
+    GGUFTeacher,
+    HFTeacher,
     ModuleTeacher,
     NoTeacher,
     RunConfig,
@@ -29,7 +31,7 @@ from darkknowledge.config import (
 )
 from darkknowledge.data.base import DataSpec
 from darkknowledge.data.loader import BatchLoader
-from darkknowledge.data.loaders import training_loader
+from darkknowledge.data.loaders import is_tokens, training_loader
 from darkknowledge.data.splits import Splits, load_splits
 from darkknowledge.engine.cache import CachedTeacher, build_cache
 from darkknowledge.engine.checkpoint import load_checkpoint, load_model, state_digest
@@ -39,6 +41,7 @@ from darkknowledge.engine.seeding import seed_everything
 from darkknowledge.engine.teacher import LiveTeacher, TeacherSignal
 from darkknowledge.errors import UserError
 from darkknowledge.methods import DistillMethod, build_method
+from darkknowledge.methods.tokens import TokenMethod
 
 
 @dataclass
@@ -52,7 +55,7 @@ class RunParts:
     precision: str
     splits: Splits
     model: nn.Module
-    method: DistillMethod
+    method: DistillMethod | TokenMethod
     teacher: TeacherSignal | None
     loader: BatchLoader  # or a StreamingLoader: the same interface
 
@@ -88,7 +91,10 @@ def build_parts(cfg: RunConfig, *, splits: Splits | None = None, teacher: Teache
     model = model.to(device)
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
-        method = build_method(cfg.method.name, cfg.method.params, num_classes=spec.num_classes).to(device)
+        built = build_method(cfg.method.name, cfg.method.params, num_classes=spec.num_classes)
+        # a language model: the method's own loss over the valid tokens, chunked over the vocabulary
+        method: DistillMethod | TokenMethod = TokenMethod(built) if is_tokens(splits.train) else built
+        method = method.to(device)
         if method.needs_teacher and teacher is None:
             # a cache built here: rank 0 builds it, the others open it afterwards
             shared_build = world_size > 1 and isinstance(cfg.teacher, CacheTeacher)
@@ -230,11 +236,34 @@ def _cache_teacher(cfg: RunConfig, splits: Splits, device: torch.device) -> Teac
     return cache
 
 
+def _language_model_teacher(cfg: RunConfig, splits: Splits, device: torch.device) -> TeacherSignal:
+    """A pretrained causal LM (``teacher.hf`` / ``teacher.gguf``) whose tokenizer is the data's."""
+    from darkknowledge.models.lm import load_gguf_lm, load_hf_lm
+
+    teacher = cfg.teacher
+    path = teacher.hf if isinstance(teacher, HFTeacher) else teacher.gguf  # type: ignore[union-attr]
+    if Path(cfg.data.tokenizer).resolve() != Path(path).resolve():
+        raise UserError(
+            f"teacher {path} has its own tokenizer but the data is tokenized with data.tokenizer={cfg.data.tokenizer}; "
+            f"set data.tokenizer={path} so that teacher and student share one vocabulary"
+        )
+    model = load_hf_lm(path) if isinstance(teacher, HFTeacher) else load_gguf_lm(path)
+    return LiveTeacher(
+        model.to(device),
+        precision=resolve_precision(cfg.engine.precision, device),
+        channels_last=False,
+        fold_batchnorm=False,
+        name=Path(path).name,
+    )
+
+
 TEACHER_BUILDERS: dict[str, Callable[[RunConfig, Splits, torch.device], TeacherSignal]] = {
     NoTeacher.model_fields["kind"].default: _no_teacher,
     CheckpointTeacher.model_fields["kind"].default: _checkpoint_teacher,
     ModuleTeacher.model_fields["kind"].default: _module_teacher,
     CacheTeacher.model_fields["kind"].default: _cache_teacher,
+    HFTeacher.model_fields["kind"].default: _language_model_teacher,
+    GGUFTeacher.model_fields["kind"].default: _language_model_teacher,
 }
 
 

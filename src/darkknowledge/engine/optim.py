@@ -26,15 +26,20 @@ def fused_sgd_available(device: torch.device | str) -> bool:
 
 def build_optimizer(
     params: Iterable[torch.nn.Parameter], optim: OptimConfig, device: torch.device | str, fused: bool = True
-) -> torch.optim.SGD:
-    """SGD over ``params`` with ``optim``'s settings: fused where asked and available, else foreach."""
+) -> torch.optim.Optimizer:
+    """``optim.optimizer`` over ``params`` (SGD with momentum, or AdamW with ``optim.betas``): fused
+    where asked and available, else foreach."""
     use_fused = fused and fused_sgd_available(device)
+    kernels: dict = {"fused": use_fused or None, "foreach": None if use_fused else True}
+    if optim.optimizer == "adamw":
+        return torch.optim.AdamW(
+            list(params), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay, **kernels
+        )
     return torch.optim.SGD(
         list(params),
         lr=optim.lr,
         momentum=optim.momentum,
         nesterov=optim.nesterov,
         weight_decay=optim.weight_decay,
-        fused=use_fused or None,
-        foreach=None if use_fused else True,
+        **kernels,
     )

@@ -58,8 +58,8 @@ class TeacherSignal:
 
 
 def check_logits_width(logits: Tensor, num_classes: int, what: str) -> None:
-    """UserError unless ``logits`` is ``(B, num_classes)``."""
-    if logits.dim() != 2 or logits.shape[1] != num_classes:
+    """UserError unless ``logits`` is ``(B, num_classes)`` (or ``(B, T, num_classes)`` over tokens)."""
+    if logits.dim() not in (2, 3) or logits.shape[-1] != num_classes:
         raise UserError(
             f"{what} returns outputs of shape {tuple(logits.shape)}, expected (batch, {num_classes}) logits for "
             f"the data's {num_classes} classes; give a model for these classes or wrap it in TeacherAdapter"
@@ -124,8 +124,8 @@ class LiveTeacher(TeacherSignal):
 
     def __call__(self, batch: Batch) -> Tensor:
         self.model.eval()  # guard: nothing may switch the teacher to train mode
-        with torch.inference_mode(), autocast(batch.images.device, self.precision):
-            logits = self.model(batch.images)
+        with torch.inference_mode(), autocast(batch.inputs.device, self.precision):
+            logits = self.model(batch.inputs)
         if not isinstance(logits, Tensor):
             raise UserError(
                 f"teacher {self.name!r} returns a {type(logits).__name__}, not a logits tensor; "

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ from darkknowledge.data.loaders import evaluation_batches
 from darkknowledge.data.splits import Splits
 from darkknowledge.engine.checkpoint import FORMAT, VERSION, atomic_torch_save, load_checkpoint, spec_to_dict
 from darkknowledge.engine.compile import compile_for_training
-from darkknowledge.engine.evaluation import Evaluator
+from darkknowledge.engine.evaluation import make_evaluator
 from darkknowledge.engine.factory import RunParts, build_parts
 from darkknowledge.engine.loggers import build_loggers, json_safe, print_epoch
 from darkknowledge.engine.optim import build_optimizer
@@ -74,13 +75,14 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad] + [
             p for p in self.method.parameters() if p.requires_grad
         ]
+        self._trained_params = params
         self.optimizer = build_optimizer(params, cfg.optim, self.device, cfg.engine.fused_optimizer)
         # the student only is data-parallel; the teacher is never wrapped (it has no gradients)
         self.train_model = distributed.wrap(self.model, self.device) if self.world_size > 1 else self.model
         self.start_epoch = 0
-        self.best_top1 = -1.0
+        self.best_top1 = -math.inf  # the best selection score so far (checkpoint key kept as it was)
         self.history: list[dict[str, Any]] = []
-        self.evaluator = Evaluator(
+        self.evaluator = make_evaluator(
             {"val": self.val_set, "test": self.test_set},
             self.teacher,
             cfg.data.eval_batch_size,
@@ -220,7 +222,7 @@ class Trainer:
             ctx = StepContext(epoch=epoch, num_epochs=cfg.optim.epochs, step_in_epoch=i, steps_per_epoch=steps)
             teacher_logits = self.teacher(batch) if self.teacher is not None else None
             with autocast(self.device, self.precision):
-                student_logits = model(batch.images)
+                student_logits = model(batch.inputs)
             terms = self.method(student_logits, teacher_logits, batch.targets, ctx)
             loss = sum(terms.values())
             if skip:
@@ -238,6 +240,10 @@ class Trainer:
                 loss.backward()
             if self.world_size > 1:
                 distributed.average_gradients(self.method.parameters())
+            if cfg.optim.grad_clip is not None:
+                if scaler is not None:
+                    scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self._trained_params, cfg.optim.grad_clip)
             if scaler is not None:
                 scaler.step(self.optimizer)
                 scaler.update()
@@ -309,9 +315,11 @@ class Trainer:
             if self.rank == 0:
                 for logger in loggers:
                     logger.log_epoch(record)
-                improved = record.get(f"{self.selection}/top1", -1.0) > self.best_top1
-                if improved:
-                    self.best_top1 = record[f"{self.selection}/top1"]
+                # best.pt: the selection split's score (top-1; -NLL for language models), higher is better
+                score = self.evaluator.selection_score(record, self.selection)
+                improved = score is not None and score > self.best_top1
+                if score is not None and improved:
+                    self.best_top1 = score
                 if (epoch + 1) % cfg.engine.save_every == 0 or final or improved:
                     if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
                         raise UserError(
@@ -350,11 +358,11 @@ class Trainer:
         return out | {"epoch": ckpt["epoch"] - 1}
 
     def summary(self, last: dict[str, Any], wall_s: float) -> dict[str, Any]:
-        key = f"{self.selection}/top1"
         if self.selection == "val":
             best = self._best_on_validation()
         else:
-            record = max((h for h in self.history if key in h), key=lambda h: h[key], default={})
+            scored = [(s, h) for h in self.history if (s := self.evaluator.selection_score(h, "test")) is not None]
+            record = max(scored, key=lambda sh: sh[0])[1] if scored else {}
             best = {k: v for k, v in record.items() if k.startswith("test/")} | (
                 {"epoch": record["epoch"]} if record else {}
             )

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from darkknowledge.methods.base import DistillMethod, StepContext
 
 IGNORE_INDEX = -100
+CHUNK_TOKENS = 256  # default group size; its peak memory: docs/methods.md, "Language models"
 
 
 class TokenTeacher(Protocol):
@@ -189,7 +190,7 @@ def token_terms(
     targets: Tensor,
     ctx: StepContext | None = None,
     *,
-    chunk_tokens: int | None = 1024,
+    chunk_tokens: int | None = CHUNK_TOKENS,
     ignore_index: int = IGNORE_INDEX,
 ) -> dict[str, Tensor]:
     """``method``'s weighted terms over ``[B, T, V]`` logits, averaged over the valid tokens.
@@ -234,9 +235,22 @@ class TokenMethod(nn.Module):
     """A method applied over tokens: ``TokenMethod(method)(student, teacher, targets, ctx)``
     with ``[B, T, V]`` logits and ``[B, T]`` targets returns :func:`token_terms`."""
 
-    def __init__(self, method: DistillMethod, chunk_tokens: int | None = 1024, ignore_index: int = IGNORE_INDEX):
+    def __init__(self, method: DistillMethod, chunk_tokens: int | None = CHUNK_TOKENS, ignore_index: int = IGNORE_INDEX):
         super().__init__()
         self.method, self.chunk_tokens, self.ignore_index = method, chunk_tokens, ignore_index
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.method.needs_teacher
+
+    def setup(self, ctx: Any) -> None:
+        self.method.setup(ctx)
+
+    def epoch_stats(self) -> dict[str, float]:
+        return self.method.epoch_stats()
+
+    def check_schedule(self, epochs: int) -> list[str]:
+        return self.method.check_schedule(epochs)
 
     def forward(
         self,

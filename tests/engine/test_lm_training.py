@@ -1,0 +1,99 @@
+"""Language models through the one trainer: a text corpus becomes token windows, the factory
+wraps any method over tokens, AdamW with clipping trains, next-token metrics select best.pt."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from darkknowledge.config import load_config
+from darkknowledge.errors import UserError
+from darkknowledge.runs import train
+from support import FAST
+
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+TEXT = [
+    "data.name=textfiles",
+    "data.root=corpus",
+    "data.vocab_size=320",
+    "data.context=32",
+    "data.batch_size=16",
+    "data.eval_batch_size=32",
+    "optim.optimizer=adamw",
+    "optim.lr=0.003",
+    "optim.weight_decay=0.01",
+    "optim.schedule=cosine",
+    "optim.grad_clip=1.0",
+    "optim.epochs=1",
+]
+
+
+def write_corpus(root, documents: int = 80, size: int = 1500) -> None:
+    """``documents`` text files cut from the standard library's own sources (real text, any machine)."""
+    from darkknowledge.data.text import stdlib_files
+
+    text = "".join(f.read_text(encoding="utf-8", errors="replace") for f in stdlib_files()[:40])
+    root.mkdir()
+    for i in range(documents):
+        (root / f"doc{i:03d}.txt").write_text(text[i * size : (i + 1) * size])
+
+
+@pytest.fixture(scope="module")
+def lm_teacher(tmp_path_factory):
+    work = tmp_path_factory.mktemp("lm")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)  # the corpus is ./corpus, token caches go to ./data/tokens
+        write_corpus(work / "corpus")
+        summary = train(load_config(overrides=[f"output_dir={work}", *FAST, *TEXT, "model.name=lm_d32_l2", "name=t"]))
+    return work, summary
+
+
+def test_a_language_model_trains_with_next_token_metrics(lm_teacher):
+    work, summary = lm_teacher
+    final = summary["final"]
+    for split in ("val", "test"):
+        assert math.isfinite(final[f"{split}/nll"]) and final[f"{split}/nll"] > 0
+        assert final[f"{split}/ppl"] == pytest.approx(math.exp(final[f"{split}/nll"]), rel=1e-6)
+        assert 0 < final[f"{split}/bpb"] < 8 and 0 <= final[f"{split}/top1"] <= 100
+    assert summary["selection"] == "val" and "val/nll" in summary["best"]
+    # a byte-level BPE of 320 tokens predicts less than 8 bits per byte after one epoch of Python source
+    assert final["val/bpb"] < 8.0
+    assert (work / "data" / "tokens").is_dir()
+
+
+@pytest.mark.parametrize("method", ["kd", "reverse_kl", "jsd"])
+def test_a_small_language_model_is_distilled_from_a_larger_one(lm_teacher, method, monkeypatch):
+    work, teacher = lm_teacher
+    monkeypatch.chdir(work)
+    cfg = load_config(
+        overrides=[
+            f"output_dir={work}",
+            *FAST,
+            *TEXT,
+            "model.name=lm_d16_l1",
+            f"method.name={method}",
+            f"teacher.checkpoint={teacher['run_dir']}/last.pt",
+            f"name=s-{method}",
+        ]
+    )
+    summary = train(cfg)
+    final = summary["final"]
+    assert summary["teacher"]["kind"] == "live" and 0 <= final["val/teacher_agreement"] <= 100
+    lines = [json.loads(line) for line in (work / f"s-{method}" / "metrics.jsonl").read_text().splitlines()]
+    losses = {k: v for k, v in lines[-1].items() if k.startswith("loss/")}
+    assert len(losses) >= 2 and all(math.isfinite(v) for v in losses.values()), losses
+
+
+def test_a_pretrained_teacher_needs_the_data_to_use_its_tokenizer(tmp_path, monkeypatch):
+    from darkknowledge.engine.factory import build_parts
+
+    monkeypatch.chdir(tmp_path)
+    write_corpus(tmp_path / "corpus", documents=40)
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    cfg = load_config(overrides=[*FAST, *TEXT, "model.name=lm_d16_l1", "method.name=kd", "teacher.gguf=model.gguf"])
+    with pytest.raises(UserError, match="set data.tokenizer=model.gguf"):
+        build_parts(cfg)
