@@ -235,7 +235,9 @@ class TokenMethod(nn.Module):
     """A method applied over tokens: ``TokenMethod(method)(student, teacher, targets, ctx)``
     with ``[B, T, V]`` logits and ``[B, T]`` targets returns :func:`token_terms`."""
 
-    def __init__(self, method: DistillMethod, chunk_tokens: int | None = CHUNK_TOKENS, ignore_index: int = IGNORE_INDEX):
+    def __init__(
+        self, method: DistillMethod, chunk_tokens: int | None = CHUNK_TOKENS, ignore_index: int = IGNORE_INDEX
+    ):
         super().__init__()
         self.method, self.chunk_tokens, self.ignore_index = method, chunk_tokens, ignore_index
 
