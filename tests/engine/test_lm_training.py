@@ -97,3 +97,28 @@ def test_a_pretrained_teacher_needs_the_data_to_use_its_tokenizer(tmp_path, monk
     cfg = load_config(overrides=[*FAST, *TEXT, "model.name=lm_d16_l1", "method.name=kd", "teacher.gguf=model.gguf"])
     with pytest.raises(UserError, match="set data.tokenizer=model.gguf"):
         build_parts(cfg)
+
+
+def test_dark_knowledge_of_language_models_is_diagnosed_over_the_vocabulary(lm_teacher, monkeypatch):
+    from darkknowledge.runs.diagnose import diagnose_checkpoints
+
+    work, teacher = lm_teacher
+    monkeypatch.chdir(work)
+    small = train(
+        load_config(overrides=[f"output_dir={work}", *FAST, *TEXT, "model.name=lm_d16_l1", "name=small-teacher"])
+    )
+    result = diagnose_checkpoints(
+        [f"{small['run_dir']}/last.pt", f"{teacher['run_dir']}/last.pt"],
+        [],
+        [],
+        split="val",
+        out_dir=work / "diag",
+        max_rows=500,
+    )
+    assert result.data["num_classes"] == 320 and [t.num_params for t in result.teachers] == sorted(
+        t.num_params for t in result.teachers
+    )
+    big = result.teachers[-1]
+    assert 0 <= big.top1 <= 1
+    assert 0 < big.at(4.0, "nt_var") and -1 <= result.ranks.value("spearman", result.teachers[0].name, big.name) <= 1
+    assert (work / "diag" / "report.html").is_file()

@@ -41,6 +41,12 @@ def _add_diagnose(p):
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-plots", action="store_true", help="skip PNG plots (JSON/CSV/HTML only)")
     p.add_argument(
+        "--max-rows",
+        type=int,
+        default=None,
+        help="diagnose the first N rows only (language models: predicted tokens; default 16384 there, all images)",
+    )
+    p.add_argument(
         "--tuned",
         metavar="TUNE_JSON",
         help="a `darkknowledge tune` result: the chosen teacher's card recommends its choice",
@@ -61,6 +67,8 @@ def _diagnose(args) -> int:
         if not all(math.isfinite(t) and t > 0 for t in opts.temperatures):
             raise UserError(f"--temperatures must be positive finite numbers, got {args.temperatures!r}")
     check_report_dir(args.out)
+    if args.max_rows is not None and args.max_rows < 1:
+        raise UserError(f"--max-rows must be at least 1, got {args.max_rows}")
     if args.logits:
         result = diagnose_from_logits_file(args.logits, out_dir=args.out, options=opts)
     else:
@@ -75,6 +83,7 @@ def _diagnose(args) -> int:
             options=opts,
             device=args.device,
             tuned=args.tuned,
+            max_rows=args.max_rows,
         )
     for card in result.cards:
         print(card.to_text())

@@ -11,7 +11,7 @@ import yaml
 from torch import nn
 
 from darkknowledge.data.base import ArrayDataset
-from darkknowledge.data.loader import eval_batches
+from darkknowledge.data.loaders import evaluation_batches, is_tokens
 from darkknowledge.data.splits import load_split
 from darkknowledge.diagnostics import collect_outputs, diagnose
 from darkknowledge.diagnostics.report import check_report_dir
@@ -20,6 +20,8 @@ from darkknowledge.engine.factory import check_teacher_fits, checkpoint_data_con
 from darkknowledge.errors import UserError
 from darkknowledge.methods import METHODS
 from darkknowledge.models import count_parameters
+
+TOKEN_ROWS = 16384  # predicted tokens a language model is diagnosed on by default (rows x vocabulary floats)
 
 
 def diagnose_checkpoints(
@@ -33,9 +35,12 @@ def diagnose_checkpoints(
     device: str = "cpu",
     names: list[str] | None = None,
     tuned: str | None = None,
+    max_rows: int | None = None,
 ):
     """Load checkpoints, run them over the (un-augmented) split once, and diagnose.
     ``tuned``: a ``tune.json``; the card of the teacher it chose recommends its choice.
+    ``max_rows``: diagnose the first rows only (language models: one row per predicted token;
+    default there: :data:`TOKEN_ROWS`).
 
     The result records the data it was computed on; a (teacher, student) report card is
     made only when the student was distilled from that teacher or trained without one.
@@ -61,10 +66,11 @@ def diagnose_checkpoints(
         outputs.append(
             collect_outputs(
                 model,
-                eval_batches(ds, d.eval_batch_size, torch_device, channels_last=False),
+                evaluation_batches(ds, d.eval_batch_size, torch_device, channels_last=False),
                 torch_device,
                 name=name,
                 num_params=count_parameters(model),
+                max_rows=max_rows if max_rows is not None or not is_tokens(ds) else TOKEN_ROWS,
             )
         )
     t_out, s_out = outputs[: len(teachers)], outputs[len(teachers) :]
@@ -119,7 +125,7 @@ def diagnose_modules(
         outputs[role] = [
             collect_outputs(
                 model,
-                eval_batches(dataset, batch_size, device, channels_last=False),
+                evaluation_batches(dataset, batch_size, device, channels_last=False),
                 device,
                 name=name,
                 num_params=count_parameters(model),
