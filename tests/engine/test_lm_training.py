@@ -120,5 +120,5 @@ def test_dark_knowledge_of_language_models_is_diagnosed_over_the_vocabulary(lm_t
     )
     big = result.teachers[-1]
     assert 0 <= big.top1 <= 1
-    assert 0 < big.at(4.0, "nt_var") and -1 <= result.ranks.value("spearman", result.teachers[0].name, big.name) <= 1
+    assert big.at(4.0, "nt_var") > 0 and -1 <= result.ranks.value("spearman", result.teachers[0].name, big.name) <= 1
     assert (work / "diag" / "report.html").is_file()
