@@ -273,3 +273,13 @@ def test_shape_errors():
         token_terms(method, s, t, y[:, :-1])
     with pytest.raises(ValueError, match="chunk_tokens"):
         token_terms(method, s, t, y, chunk_tokens=0)
+
+
+def test_method_without_teacher_over_tokens():
+    method = prepared("ce")
+    s, _, y = token_batch(19)
+    keep = y != IGNORE_INDEX
+    got = TokenMethod(method, chunk_tokens=4)(s, None, y)
+    expected = torch.nn.functional.cross_entropy(s.reshape(-1, V), y.reshape(-1), ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(got["ce"], expected)
+    assert int(keep.sum()) < y.numel()
