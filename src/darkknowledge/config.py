@@ -214,6 +214,17 @@ class CacheTeacher(_TeacherBase):
         0, "Seed of the cached augmentation views (shared by all student seeds, so one cache serves them all)."
     )
     fold_batchnorm: bool = setting(True, _FOLD_BATCHNORM + " (while building the cache)")
+    topk: int = setting(
+        64,
+        "Language models: teacher logits kept per token when the cache is built (with the log-sum-exp of the whole "
+        "vocabulary, so the missing mass is known).",
+        ge=1,
+    )
+    missing_mass: Literal["uniform", "ignore"] = setting(
+        "uniform",
+        "Language models: the vocabulary outside a token's cached top-k gets the missing probability spread "
+        "uniformly, or none (renormalised over the top-k).",
+    )
 
 
 class HFTeacher(_TeacherBase):

@@ -122,3 +122,29 @@ def test_dark_knowledge_of_language_models_is_diagnosed_over_the_vocabulary(lm_t
     assert 0 <= big.top1 <= 1
     assert big.at(4.0, "nt_var") > 0 and -1 <= result.ranks.value("spearman", result.teachers[0].name, big.name) <= 1
     assert (work / "diag" / "report.html").is_file()
+
+
+def test_a_student_distils_from_a_top_k_cache_of_the_teacher(lm_teacher, monkeypatch):
+    work, teacher = lm_teacher
+    monkeypatch.chdir(work)
+    common = [f"output_dir={work}", *FAST, *TEXT, "model.name=lm_d16_l1", "method.name=kd"]
+    source = f"teacher.checkpoint={teacher['run_dir']}/last.pt"
+    with pytest.raises(UserError, match="does not exist"):
+        train(load_config(overrides=[*common, source, "teacher.cache=none", "name=no-cache"]))
+    # k = the whole vocabulary: the cache holds the teacher itself (fp16 values), so the student learns as from it live
+    full = train(
+        load_config(
+            overrides=[*common, source, "teacher.cache=c320", "teacher.topk=320", "teacher.build=true", "name=c320"]
+        )
+    )
+    live = train(load_config(overrides=[*common, source, "name=live"]))
+    assert full["teacher"]["kind"] == "lm_cache" and "val/teacher_agreement" not in full["final"]
+    assert full["final"]["val/nll"] == pytest.approx(live["final"]["val/nll"], abs=0.02)
+    top16 = train(
+        load_config(
+            overrides=[*common, source, "teacher.cache=c16", "teacher.topk=16", "teacher.build=true", "name=c16"]
+        )
+    )
+    assert json.loads((work / "c16" / "meta.json").read_text())["k"] == 16 and math.isfinite(top16["final"]["val/nll"])
+    with pytest.raises(UserError, match="windows"):
+        train(load_config(overrides=[*common, "teacher.cache=c16", "data.context=16", "name=other"]))

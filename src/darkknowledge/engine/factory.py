@@ -200,6 +200,8 @@ def _cache_teacher(cfg: RunConfig, splits: Splits, device: torch.device) -> Teac
     belongs to this run's data and, when ``teacher.checkpoint`` is given, to that teacher."""
     teacher = cfg.teacher
     assert isinstance(teacher, CacheTeacher)
+    if is_tokens(splits.train):
+        return _language_model_cache(cfg, teacher, splits, device)
     path = Path(teacher.cache)
     digest = None
     if teacher.checkpoint:
@@ -234,6 +236,40 @@ def _cache_teacher(cfg: RunConfig, splits: Splits, device: torch.device) -> Teac
             f"teacher cache {path} has {cache.num_classes} classes, dataset has {splits.train.spec.num_classes}"
         )
     return cache
+
+
+def _language_model_cache(cfg: RunConfig, teacher: CacheTeacher, splits: Splits, device: torch.device) -> TeacherSignal:
+    """A language model's cache of top-k logits over the training windows (built from
+    ``teacher.checkpoint`` with ``teacher.build``), keyed by corpus, tokenizer and teacher weights."""
+    from darkknowledge.data.tokens import TokenBatchLoader
+    from darkknowledge.engine.lm_cache import LMCachedTeacher, LMCacheKey, LMTeacherCache, write_lm_cache
+
+    path = Path(teacher.cache)
+    meta = splits.train.array.meta
+    key = None
+    if teacher.checkpoint:
+        model, ckpt = load_model(teacher.checkpoint, device)
+        check_teacher_fits(ckpt, splits.train.spec, teacher.checkpoint)
+        key = LMCacheKey(meta["corpus_digest"], meta["tokenizer_digest"], state_digest(model.state_dict()))
+        if teacher.build and not (path / "meta.json").exists():
+            precision = resolve_precision(cfg.engine.precision, device)
+            live = LiveTeacher(model, precision=precision, channels_last=False, fold_batchnorm=False)
+            loader = TokenBatchLoader(splits.train, cfg.data.eval_batch_size, train=False, device=device)
+            batches = ((b.tokens, live(b), b.targets) for b in loader.epoch(0))
+            write_lm_cache(path, key, batches, k=min(teacher.topk, splits.train.spec.num_classes))
+    elif teacher.build:
+        raise UserError("teacher.build=true needs teacher.checkpoint=PATH (the teacher whose outputs are cached)")
+    if not (path / "meta.json").exists():
+        raise UserError(
+            f"teacher cache {path} does not exist: set teacher.build=true (with teacher.checkpoint) to build it first"
+        )
+    cache = LMTeacherCache.open(path, key)
+    if cache.num_windows != len(splits.train):
+        raise UserError(
+            f"teacher cache {path} holds {cache.num_windows} windows, the training split has {len(splits.train)} "
+            "(another context length or packing); build a cache for this data"
+        )
+    return LMCachedTeacher(cache, device, teacher.missing_mass)
 
 
 def _language_model_teacher(cfg: RunConfig, splits: Splits, device: torch.device) -> TeacherSignal:

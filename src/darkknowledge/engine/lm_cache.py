@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from darkknowledge.engine.cache import expand_topk
+from darkknowledge.engine.teacher import TeacherSignal
 from darkknowledge.errors import UserError
 from darkknowledge.fileio import DIR_MODE, atomic_write_json
 from darkknowledge.methods.functional import as_float
@@ -464,3 +465,30 @@ __all__ = [
     "teacher_logit_batches",
     "write_lm_cache",
 ]
+
+
+class LMCachedTeacher(TeacherSignal):
+    """A language-model teacher replayed from an :class:`LMTeacherCache` built over the training
+    windows in order: a batch of windows (``batch.indices``) gets their cached top-k rows as a
+    :class:`TopKTeacher` (full-vocabulary rows rebuilt per chunk by the token methods)."""
+
+    def __init__(
+        self, cache: LMTeacherCache, device: torch.device | str = "cpu", missing_mass: MissingMass = "uniform"
+    ):
+        self.cache, self.device, self.missing_mass = cache, torch.device(device), missing_mass
+        self.num_classes = cache.vocab_size
+
+    def __call__(self, batch: Any) -> Any:
+        windows = batch.indices.cpu()
+        ids, values, lse = (
+            self.cache.window_arrays(windows, name).to(self.device) for name in ("ids", "values", "lse")
+        )
+        return TopKTeacher(ids, values, lse, self.cache.vocab_size, self.missing_mass)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "lm_cache",
+            "path": str(self.cache.path),
+            "topk": self.cache.k,
+            "missing_mass": self.missing_mass,
+        }

@@ -30,6 +30,8 @@ class TeacherSignal:
     :meth:`replay_views`; :meth:`training_views`; :meth:`plain_batches`; :meth:`eval_logits`; :meth:`describe`."""
 
     num_classes: int
+    #: whether the signal answers for any input (a live teacher), not only for stored ones (a cache)
+    answers_any_input: bool = False
 
     def __call__(self, batch: Batch) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -99,6 +101,8 @@ class LiveTeacher(TeacherSignal):
     model). The output width is checked on every batch (a shape check, no sync).
     """
 
+    answers_any_input = True
+
     def __init__(
         self,
         model: nn.Module,
@@ -122,7 +126,7 @@ class LiveTeacher(TeacherSignal):
         self.precision = precision
         self.name = name
 
-    def __call__(self, batch: Batch) -> Tensor:
+    def __call__(self, batch: Any) -> Tensor:  # any batch with .inputs: images or tokens
         self.model.eval()  # guard: nothing may switch the teacher to train mode
         with torch.inference_mode(), autocast(batch.inputs.device, self.precision):
             logits = self.model(batch.inputs)
