@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from darkknowledge.config import RunConfig
+from darkknowledge.data.corpora import is_text
 from darkknowledge.data.splits import load_splits
 from darkknowledge.engine.cache import CachedTeacher, build_cache, read_cache_meta
 from darkknowledge.engine.checkpoint import load_model
@@ -53,6 +54,8 @@ def build_teacher_cache(
             )
         read_cache_meta(target)  # a damaged meta.json is an error too: only a readable cache is replaced
     teacher = cfg.teacher
+    if is_text(cfg.data):
+        return _build_language_model_cache(target, cfg, checkpoint, topk if storage == "topk" else None, overwrite)
     num_views = views if views is not None else int(getattr(teacher, "views", 8))
     device = resolve_device(cfg.engine.device)
     splits = load_splits(cfg.data)
@@ -77,3 +80,25 @@ def build_teacher_cache(
         progress=cfg.engine.progress,
     )
     return CachedTeacher(built, verify=False).meta
+
+
+def _build_language_model_cache(
+    target: Path, cfg: RunConfig, checkpoint: str, topk: int | None, overwrite: bool
+) -> dict[str, Any]:
+    """A language model's top-k cache of the training windows (``topk``: default ``teacher.topk``)."""
+    import shutil
+
+    from darkknowledge.config import CacheTeacher
+    from darkknowledge.engine.factory import build_teacher_signal
+    from darkknowledge.engine.lm_cache import LMCachedTeacher, LMTeacherCache
+
+    k = topk if topk is not None else getattr(cfg.teacher, "topk", CacheTeacher.model_fields["topk"].default)
+    if overwrite and (target / "meta.json").is_file():
+        LMTeacherCache.open(target)  # only a readable language-model cache is replaced
+        shutil.rmtree(target)
+    teacher = CacheTeacher(cache=str(target), checkpoint=checkpoint, build=True, topk=k)
+    signal = build_teacher_signal(
+        cfg.model_copy(update={"teacher": teacher}), load_splits(cfg.data), resolve_device(cfg.engine.device)
+    )
+    assert isinstance(signal, LMCachedTeacher)
+    return dict(signal.cache.meta)
