@@ -1,0 +1,43 @@
+"""A language-model sweep: LM teachers, a top-k teacher cache per teacher and distilled students
+are stages like the image ones."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import yaml
+
+from darkknowledge.cli.main import main
+
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+
+def test_a_language_model_sweep_with_teacher_caches_runs_and_resumes(tmp_path, monkeypatch):
+    from darkknowledge.data.text import stdlib_files
+
+    monkeypatch.chdir(tmp_path)
+    text = "".join(f.read_text(encoding="utf-8", errors="replace") for f in stdlib_files()[:30])
+    (tmp_path / "corpus").mkdir()
+    for i in range(60):
+        (tmp_path / "corpus" / f"doc{i:03d}.txt").write_text(text[i * 1200 : (i + 1) * 1200])
+    spec = {
+        "base": {
+            "data": {"name": "textfiles", "root": "corpus", "vocab_size": 300, "context": 24, "batch_size": 16},
+            "optim": {"optimizer": "adamw", "lr": 0.003, "schedule": "cosine", "grad_clip": 1.0, "epochs": 1},
+            "engine": {"precision": "fp32", "channels_last": False},
+        },
+        "teachers": [{"model": "lm_d32_l1"}],
+        "student": {"model": "lm_d16_l1"},
+        "methods": [{"name": "kd"}],
+        "teacher_cache": True,
+        "diagnose": False,
+    }
+    (tmp_path / "lm.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["sweep", "lm.yaml", "--out", "out"]) == 0
+    with open(tmp_path / "out" / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["method"] for r in rows} == {"ce", "kd"} and all(float(r["last_nll"]) > 0 for r in rows)
+    assert any(p.name.startswith("cache-lm_d32_l1") for p in (tmp_path / "out" / "runs").iterdir())
+    assert main(["sweep", "lm.yaml", "--out", "out", "--status"]) == 0  # everything done, nothing to run
