@@ -113,8 +113,8 @@ def _ours_pass(source: FileSource, workers: int, *, batch_size: int, crop_size: 
     state = {"epoch": 0}
 
     def one_pass() -> None:
-        for batch in loader.epoch(state["epoch"]):
-            batch.images.sum()  # touch the normalised batch, as a model would
+        for _ in loader.epoch(state["epoch"]):  # each batch normalised, as the trainer receives it
+            pass
         state["epoch"] += 1
 
     return one_pass
@@ -131,8 +131,8 @@ def _reference_pass(source: FileSource, workers: int, *, batch_size: int, crop_s
     )
 
     def one_pass() -> None:
-        for images, _ in ref:
-            images.sum()
+        for _ in ref:
+            pass
 
     return one_pass
 
