@@ -16,6 +16,14 @@ def _add_bench(p):
     p.add_argument("--methods", default=None, help="comma-separated methods for the loss-overhead table (default: all)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference loop")
     p.add_argument("--out", default=None, help="write the full result as JSON here")
+    lm = p.add_argument_group(
+        "language models (--lm): a distillation step in tokens/s, reference vs ours live and cached"
+    )
+    lm.add_argument("--lm", action="store_true", help="run the language-model section instead of the image one")
+    lm.add_argument("--lm-teacher", default="lm_d256_l4")
+    lm.add_argument("--lm-student", default="lm_d64_l2")
+    lm.add_argument("--lm-context", type=int, default=256)
+    lm.add_argument("--lm-vocab", type=int, default=4096, help="vocabulary of the BPE trained on the corpus")
     data = p.add_argument_group("data path (--data): streaming loader vs a torchvision-style reference, same files")
     data.add_argument(
         "--data", default=None, metavar="FOLDER", help="benchmark the image data path on the images under FOLDER"
@@ -30,6 +38,8 @@ def _add_bench(p):
 def cmd_bench(args) -> int:
     if args.data is not None:
         return _cmd_bench_data(args)
+    if args.lm:
+        return _cmd_bench_lm(args)
     from darkknowledge.bench.run import format_report, run_bench, save_result
 
     steps = args.steps or (12 if args.quick else 40)
@@ -87,3 +97,27 @@ BENCH = Command(
     _add_bench,
     cmd_bench,
 )
+
+
+def _cmd_bench_lm(args) -> int:
+    import json
+
+    from darkknowledge.bench.lm import format_lm_report, run_lm_bench
+
+    result = run_lm_bench(
+        teacher=args.lm_teacher,
+        student=args.lm_student,
+        context=args.lm_context,
+        vocab_size=args.lm_vocab,
+        batch_size=8 if args.batch_size == 64 else args.batch_size,
+        steps=args.steps or (6 if args.quick else 12),
+        repeats=args.repeats or 3,
+    )
+    print()
+    print(format_lm_report(result))
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return 0

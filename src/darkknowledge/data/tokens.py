@@ -27,6 +27,7 @@ the memory map (the window table holds two int64 per window).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Iterator
@@ -216,6 +217,13 @@ class TokenWindows:
 
     def __len__(self) -> int:
         return int(self.table.shape[0])
+
+    def head(self, n: int) -> TokenWindows:
+        """The first ``n`` windows (benchmarks, smoke runs); the same array, context and spec."""
+        out = copy.copy(self)
+        out.table = self.table[:n]
+        out._memmap = None
+        return out
 
     @property
     def predicted_tokens(self) -> int:
