@@ -95,7 +95,8 @@ class StreamingDataset(torch.utils.data.Dataset):
     """Samples of ``source`` decoded on demand to ``crop_size`` x ``crop_size`` uint8 RGB.
 
     ``dataset[work]`` (called in a loader worker) returns one batch as a dict: ``images``
-    uint8 (B, H, W, 3), ``rows``, ``targets``, ``views`` float32 (B, 5) as applied, ``skipped``
+    uint8 (B, H, W, 3) (None when written into the loader's shared ``slot``), ``rows``, ``views``
+    float32 (B, 5) as applied, ``skipped``
     ("file: reason" of each bad file left out, with ``bad_files=skip``) and ``error``
     (the one-line message of the first bad file, with ``bad_files=error``).
     """
@@ -225,9 +226,8 @@ class StreamingDataset(torch.utils.data.Dataset):
         return {
             "images": None if work.slot >= 0 and self.slots is not None else batch[: len(done)],
             "slot": work.slot,
-            "rows": torch.from_numpy(rows[keep]),
-            "targets": self.targets[torch.from_numpy(rows[keep])],
-            "views": torch.from_numpy(np.ascontiguousarray(views[done])),
+            "rows": rows[keep],  # small arrays travel pickled; a tensor would get its own shared memory
+            "views": np.ascontiguousarray(views[done]),
             "skipped": skipped,
             "error": None,
         }
@@ -333,6 +333,7 @@ class StreamingLoader:
             view_table = view_table.to(torch.float32).cpu()
         self.view_table = view_table
         self.skipped: list[str] = []
+        self._skipped_seen: set[str] = set()
         from darkknowledge.data.augment import Normalizer
 
         self.normalize = Normalizer(self.spec.mean, self.spec.std, self.device, channels_last)
@@ -417,7 +418,10 @@ class StreamingLoader:
         for out in self._loader:
             if out["error"] is not None:
                 raise UserError(out["error"])
-            self.skipped.extend(s for s in out["skipped"] if s not in self.skipped)
+            for message in out["skipped"]:
+                if message not in self._skipped_seen:
+                    self._skipped_seen.add(message)
+                    self.skipped.append(message)
             if len(out["rows"]) == 0:
                 continue
             if out["images"] is None:
@@ -426,13 +430,13 @@ class StreamingLoader:
             else:
                 pixels = out["images"].to(self.device, non_blocking=non_blocking)
             images = self._normalise(pixels) if self._host is not None else self.normalize(pixels.permute(0, 3, 1, 2))
-            rows = out["rows"]
+            rows = torch.from_numpy(out["rows"])
             yield Batch(
                 images=images,
-                targets=out["targets"].to(self.device, non_blocking=non_blocking),
+                targets=self.dataset.targets[rows].to(self.device, non_blocking=non_blocking),
                 indices=rows.to(self.device),
                 views=None if view_ids is None else view_ids[rows].to(self.device),
-                aug_params=out["views"],
+                aug_params=torch.from_numpy(out["views"]),
             )
 
     __iter__ = epoch
