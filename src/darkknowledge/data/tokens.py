@@ -210,8 +210,11 @@ class TokenWindows:
             starts = array.doc_starts()
             ends = np.append(starts[1:], n - 1) + 1  # each document's region ends with its closing separator
             bounds = list(zip(starts.tolist(), ends.tolist()))
-        table = [(s, min(s + context + 1, end)) for begin, end in bounds for s in range(begin, end - 1, context)]
-        self.table = torch.tensor(table, dtype=torch.int64).reshape(-1, 2)
+        parts = []
+        for begin, end in bounds:
+            starts_here = np.arange(begin, end - 1, context, dtype=np.int64)
+            parts.append(np.stack([starts_here, np.minimum(starts_here + context + 1, end)], axis=1))
+        self.table = torch.from_numpy(np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64))
         self.pad_id = int(array.meta["separator_id"])
         self._memmap: np.memmap | None = None
 
