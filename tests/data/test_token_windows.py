@@ -180,6 +180,9 @@ def test_damaged_or_foreign_token_files_are_refused(corpus, bpe, tmp_path):
     train.tokens_path.write_bytes(data[:-10])
     with pytest.raises(UserError, match="truncated or replaced"):
         TokenArray.open(train.directory, "train")
+    (train.directory / "validation.docs.npy").unlink()
+    with pytest.raises(UserError, match="validation.docs.npy is missing"):
+        TokenArray.open(train.directory, "validation")
     with pytest.raises(UserError, match="no test2.json"):
         TokenArray.open(train.directory, "test2")
     other = train_bpe(corpus, vocab_size=300)

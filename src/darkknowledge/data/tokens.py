@@ -116,6 +116,8 @@ class TokenArray:
         if meta.get("format") != FORMAT:
             raise UserError(f"token array {meta_file}: format {meta.get('format')!r}, expected {FORMAT!r}; rebuild it")
         array = cls(directory, split, meta)
+        if not (directory / f"{split}.docs.npy").is_file():
+            raise UserError(f"token array {directory}: {split}.docs.npy is missing; delete the directory to rebuild it")
         size = array.tokens_path.stat().st_size if array.tokens_path.is_file() else -1
         if size != expected:
             raise UserError(
