@@ -5,10 +5,16 @@ parallel on Python threads; each block's result is computed the same way whateve
 thread count, and results come back in block order, so sums do not depend on it. With
 more than one worker, ``torch.set_num_threads(1)`` keeps torch's own threads from
 competing with the workers (docs/diagnostics.md, "At scale").
+
+glibc keeps much of the memory that worker threads free in their own arenas instead of
+reusing or returning it, so resident memory would grow with every chunk; after each
+parallel map, free memory is handed back to the system (``malloc_trim``, glibc only).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +27,20 @@ T = TypeVar("T")
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 _inside = threading.local()  # set in the workers: a nested map runs inline (no pool deadlock)
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+_malloc_trim = _find_malloc_trim()
 
 
 def worker_count(threads: int | None) -> int:
@@ -40,7 +60,10 @@ def map_blocks(fn: Callable[[int], T], starts: Sequence[int], threads: int | Non
             pool = _pools[n] = ThreadPoolExecutor(
                 max_workers=n, thread_name_prefix="darkknowledge-diagnostics", initializer=_mark_worker
             )
-    return list(pool.map(fn, starts))
+    out = list(pool.map(fn, starts))
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+    return out
 
 
 def _mark_worker() -> None:
