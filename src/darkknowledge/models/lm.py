@@ -103,7 +103,7 @@ def build_lm(width: int, layers: int, vocab_size: int) -> CausalLM:
     return CausalLM(hf, f"lm_d{width}_l{layers}")
 
 
-@register_pattern(r"lm_d(\d+)_l(\d+)", "lm_dD_lL")
+@register_pattern(r"lm_d(\d+)_l(\d+)", "lm_dD_lL (causal LM: D a multiple of 16, L layers; vocabulary = num_classes)")
 def _make_lm(match: re.Match[str], num_classes: int, in_channels: int) -> ClassifierModel:
     return build_lm(int(match.group(1)), int(match.group(2)), vocab_size=num_classes)
 
