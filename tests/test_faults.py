@@ -180,6 +180,10 @@ CATALOGUE = [
     (["--plugin", "", "methods"], ["not a Python module name"]),
     (["tune", "tune_no_val.yaml", "--out", "newtune"], ["validation split"]),
     (["tune", "missing.yaml"], ["missing.yaml", "does not exist"]),
+    # benchmark and catalogues
+    (["bench", "--teacher", "nosuch", "--quick"], ["unknown model 'nosuch'"]),
+    (["methods", "nosuch"], ["unknown method 'nosuch'"]),
+    (["models", "--num-classes", "0"], ["num_classes must be a positive integer"]),
     # demo and sweeps
     (["demo", "--out", "mine", "--overwrite", "--epochs", "-1"], ["--epochs must be at least 1"]),
     (["demo", "--out", "mine", "--epochs", "0"], ["--epochs must be at least 1"]),
@@ -230,8 +234,16 @@ def test_bad_environment_is_one_line_exit_2_and_changes_nothing(workspace, monke
     assert tree(workspace) == before
 
 
-def test_catalogue_size():
-    assert len(CATALOGUE) >= 40
+def test_catalogue_covers_every_command_that_takes_input():
+    from darkknowledge.cli.command import no_args
+    from darkknowledge.cli.main import COMMANDS
+
+    argvs = [getattr(case, "values", case)[0] for case in CATALOGUE]  # a case or a pytest.param
+    commands = [next((word for word in argv if word in COMMANDS), None) for argv in argvs]
+    takes_input = {name for name, command in COMMANDS.items() if command.add_args is not no_args}
+    assert None not in commands
+    assert sorted(takes_input - set(commands)) == []
+    assert len({tuple(argv) for argv in argvs}) == len(argvs)  # no case twice
 
 
 @pytest.mark.parametrize(
