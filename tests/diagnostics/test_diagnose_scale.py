@@ -109,7 +109,10 @@ def test_chunked_threaded_diagnose_matches_references(tmp_path, monkeypatch, two
     path = tmp_path / "logits.npz"
     np.savez(path, logits_a=za, logits_b=zb, targets=y)  # uncompressed: memory-mapped when read
     opts = DiagnoseOptions(temperatures=TEMPERATURES, chunk_size=57, plots=False)
-    res = diagnose_from_logits_file(path, num_params={"a": 1, "b": 2}, options=opts)
+    res = diagnose_from_logits_file(path, num_params={"a": 1, "b": 2}, options=opts, threads=2)
+    one = diagnose_from_logits_file(path, num_params={"a": 1, "b": 2}, options=opts, threads=1)
+    assert one.to_dict()["teachers"] == res.to_dict()["teachers"]
+    assert one.to_dict()["rank_consistency"] == res.to_dict()["rank_consistency"]
 
     for z, stats in ((za, res.model("a")), (zb, res.model("b"))):
         z64 = z.astype(np.float64)

@@ -72,6 +72,7 @@ def diagnose_stream(
     geometry: dict[str, GeometryResult] | None = None,
     data: Mapping[str, Any] | None = None,
     card_pairs: Iterable[tuple[str, str]] | None = None,
+    threads: int | None = None,
 ) -> DiagnosticsResult:
     """One pass over ``batches``; ``teachers``/``students`` map model names (keys of
     ``OutputsBatch.logits``) to parameter counts (or list names only). Features present
@@ -79,7 +80,8 @@ def diagnose_stream(
     :mod:`~darkknowledge.diagnostics.geometry`); ``geometry`` adds precomputed ones.
     ``data`` records what the outputs were computed on (dataset, split, data settings;
     ``num_samples`` is filled in). ``card_pairs``: the (teacher, student) pairs that get a
-    report card (default: every pair)."""
+    report card (default: every pair). ``threads``: worker threads for blocks of rows
+    (default ``torch.get_num_threads()``; :mod:`~darkknowledge.diagnostics.parallel`)."""
     opts = _resolve_options(temperatures, options)
     t_params = _names_params(teachers)
     s_params = _names_params(students)
@@ -102,11 +104,14 @@ def diagnose_stream(
             grid_size=opts.grid_size,
             refine_size=opts.refine_size,
             tau_hist_bins=opts.tau_hist_bins,
+            threads=threads,
         )
         for nm in all_names
     }
     ranks = (
-        RankConsistencyAccumulator(all_names, ks=opts.ks, kendall=opts.kendall, kendall_stride=opts.kendall_stride)
+        RankConsistencyAccumulator(
+            all_names, ks=opts.ks, kendall=opts.kendall, kendall_stride=opts.kendall_stride, threads=threads
+        )
         if len(all_names) >= 2
         else None
     )
@@ -193,10 +198,11 @@ def diagnose(
     options: DiagnoseOptions | None = None,
     data: Mapping[str, Any] | None = None,
     card_pairs: Iterable[tuple[str, str]] | None = None,
+    threads: int | None = None,
 ) -> DiagnosticsResult:
     """Diagnose in-memory (or memory-mapped) outputs. ``teachers`` should be ordered by
     capacity when ``num_params`` is unknown. Writes the report to ``out_dir`` if given.
-    ``data`` and ``card_pairs``: see :func:`diagnose_stream`."""
+    ``data``, ``card_pairs`` and ``threads``: see :func:`diagnose_stream`."""
     teachers = list(teachers)
     students = list(students or [])
     if not teachers:
@@ -229,4 +235,5 @@ def diagnose(
         geometry=geo,
         data=data,
         card_pairs=card_pairs,
+        threads=threads,
     )

@@ -133,10 +133,12 @@ def diagnose_from_logits_file(
     temperatures: Sequence[float] | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     options: DiagnoseOptions | None = None,
+    threads: int | None = None,
 ) -> DiagnosticsResult:
     """:func:`diagnose` on the models of a ``.npy``/``.npz`` file (see
     :func:`load_logits_file`). ``teachers``/``students`` pick models by name (default:
-    every model not listed as a student is a teacher, in archive order)."""
+    every model not listed as a student is a teacher, in archive order). ``threads``: see
+    :func:`~darkknowledge.diagnostics.api.diagnose_stream`."""
     students = list(students)
     names = None if teachers is None else [*teachers, *students]
     models = load_logits_file(path, targets=targets, names=names, num_params=num_params)
@@ -146,4 +148,6 @@ def diagnose_from_logits_file(
         raise UserError(f"{path} has no logits for student(s) {missing}; available: {sorted(by_name)}")
     t_models = [m for m in models if m.name not in students]
     s_models = [by_name[s] for s in students]
-    return diagnose(t_models, s_models, temperatures, out_dir, options=options, data={"logits_file": str(path)})
+    return diagnose(
+        t_models, s_models, temperatures, out_dir, options=options, data={"logits_file": str(path)}, threads=threads
+    )
