@@ -216,8 +216,8 @@ class CacheTeacher(_TeacherBase):
     fold_batchnorm: bool = setting(True, _FOLD_BATCHNORM + " (while building the cache)")
     topk: int = setting(
         64,
-        "Language models: teacher logits kept per token when the cache is built (with the log-sum-exp of the whole "
-        "vocabulary, so the missing mass is known).",
+        "Top-k caches (language models, streamed images): teacher logits kept per token or view when the cache is "
+        "built, with the log-sum-exp of all classes so the missing mass is known (in-memory image caches keep all).",
         ge=1,
     )
     missing_mass: Literal["uniform", "ignore"] = setting(

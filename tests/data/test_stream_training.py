@@ -9,6 +9,7 @@ from darkknowledge.config import load_config
 from darkknowledge.data.splits import load_splits
 from darkknowledge.data.streaming import StreamingDataset, StreamingLoader
 from darkknowledge.engine.factory import build_parts
+from darkknowledge.errors import UserError
 from darkknowledge.runs import train
 from support import FAST
 
@@ -52,7 +53,6 @@ def test_streamed_and_in_memory_splits_hold_out_the_same_rule(tmp_path, stream_f
 
 def test_a_streamed_teacher_at_another_crop_size_is_refused(tmp_path, stream_folders):
     teacher = train(_config(tmp_path, stream_folders, "model.name=cnn_w4", "optim.epochs=1", "name=t24"))
-    from darkknowledge.errors import UserError
 
     cfg = _config(
         tmp_path,
@@ -64,3 +64,20 @@ def test_a_streamed_teacher_at_another_crop_size_is_refused(tmp_path, stream_fol
     )
     with pytest.raises(UserError, match="trained on 24x24 images but the data gives 16x16"):
         build_parts(cfg)
+
+
+def test_a_streamed_student_distils_from_a_view_cache_built_on_the_fly(tmp_path, stream_folders):
+    teacher = train(_config(tmp_path, stream_folders, "model.name=cnn_w8", "optim.epochs=1", "name=vt"))
+    cache = tmp_path / "view-cache"
+    common = ["model.name=cnn_w4", "method.name=kd", f"teacher.checkpoint={teacher['run_dir']}/last.pt"]
+    with pytest.raises(UserError, match="does not exist"):
+        build_parts(_config(tmp_path, stream_folders, *common, f"teacher.cache={cache}", "name=s0"))
+    cfg = _config(
+        tmp_path, stream_folders, *common, f"teacher.cache={cache}", "teacher.build=true", "teacher.views=2",
+        "teacher.topk=2", "name=s1",
+    )  # fmt: skip
+    parts = build_parts(cfg)
+    assert parts.teacher.describe()["kind"] == "view_cache" and (cache / "meta.json").is_file()
+    assert parts.loader.view_table is not None and parts.loader.view_table.shape[1] == 2
+    student = train(cfg)
+    assert student["teacher"]["kind"] == "view_cache" and 0 <= student["final"]["test/top1"] <= 100

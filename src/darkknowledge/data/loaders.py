@@ -17,7 +17,8 @@ from darkknowledge.data.base import ArrayDataset
 from darkknowledge.data.loader import BatchLoader, eval_batches
 
 
-def _streamed(dataset: Any) -> bool:
+def is_streamed(dataset: Any) -> bool:
+    """Whether ``dataset`` is decoded from files as it is read (``data.stream``)."""
     from darkknowledge.data.streaming import StreamingDataset
 
     return isinstance(dataset, StreamingDataset)
@@ -48,7 +49,7 @@ def training_loader(
         return TokenBatchLoader(
             dataset, data.batch_size, train=True, seed=seed, device=device, rank=rank, world_size=world_size
         )
-    if _streamed(dataset):
+    if is_streamed(dataset):
         from darkknowledge.data.streaming import StreamingLoader
 
         return StreamingLoader(
@@ -87,7 +88,7 @@ def evaluation_batches(
         from darkknowledge.data.tokens import TokenBatchLoader
 
         return TokenBatchLoader(dataset, batch_size, train=False, device=device).epoch(0)
-    if _streamed(dataset):
+    if is_streamed(dataset):
         from darkknowledge.data import streaming
 
         return streaming.eval_batches(dataset, batch_size, device, channels_last, workers=workers)

@@ -31,7 +31,7 @@ from darkknowledge.config import (
 )
 from darkknowledge.data.base import DataSpec
 from darkknowledge.data.loader import BatchLoader
-from darkknowledge.data.loaders import is_tokens, training_loader
+from darkknowledge.data.loaders import is_streamed, is_tokens, training_loader
 from darkknowledge.data.splits import Splits, load_splits
 from darkknowledge.engine.cache import CachedTeacher, build_cache
 from darkknowledge.engine.checkpoint import load_checkpoint, load_model, state_digest
@@ -202,6 +202,8 @@ def _cache_teacher(cfg: RunConfig, splits: Splits, device: torch.device) -> Teac
     assert isinstance(teacher, CacheTeacher)
     if is_tokens(splits.train):
         return _language_model_cache(cfg, teacher, splits, device)
+    if is_streamed(splits.train):
+        return _view_cache(cfg, teacher, splits, device)
     path = Path(teacher.cache)
     digest = None
     if teacher.checkpoint:
@@ -236,6 +238,44 @@ def _cache_teacher(cfg: RunConfig, splits: Splits, device: torch.device) -> Teac
             f"teacher cache {path} has {cache.num_classes} classes, dataset has {splits.train.spec.num_classes}"
         )
     return cache
+
+
+def _view_cache(cfg: RunConfig, teacher: CacheTeacher, splits: Splits, device: torch.device) -> TeacherSignal:
+    """A streamed dataset's view-keyed cache: K stored views (boxes + flips) per image with the teacher's
+    top-k logits, keyed by the images' digests and the teacher's weights."""
+    from darkknowledge.engine.view_cache import ViewCachedTeacher, build_view_cache
+
+    path = Path(teacher.cache)
+    source = splits.train.source
+    digest = None
+    if teacher.checkpoint:
+        model, ckpt = load_model(teacher.checkpoint, device)
+        check_teacher_fits(ckpt, splits.train.spec, teacher.checkpoint)
+        digest = state_digest(model.state_dict())
+        if teacher.build and not (path / "meta.json").exists():
+            spec = splits.train.spec
+            build_view_cache(
+                model,
+                source,
+                path,
+                mean=spec.mean,
+                std=spec.std,
+                image_size=cfg.data.crop_size,
+                num_views=teacher.views,
+                view_seed=teacher.view_seed,
+                topk=min(teacher.topk, spec.num_classes - 1),
+                precision=cfg.engine.precision,
+                device=device,
+                channels_last=cfg.engine.channels_last,
+                progress=cfg.engine.progress,
+            )
+    elif teacher.build:
+        raise UserError("teacher.build=true needs teacher.checkpoint=PATH (the teacher whose outputs are cached)")
+    if not (path / "meta.json").exists():
+        raise UserError(
+            f"teacher cache {path} does not exist: set teacher.build=true (with teacher.checkpoint) to build it first"
+        )
+    return ViewCachedTeacher(path, source=source, teacher_digest=digest, epochs=cfg.optim.epochs, device=device)
 
 
 def _language_model_cache(cfg: RunConfig, teacher: CacheTeacher, splits: Splits, device: torch.device) -> TeacherSignal:
