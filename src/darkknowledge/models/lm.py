@@ -96,6 +96,9 @@ def build_lm(width: int, layers: int, vocab_size: int) -> CausalLM:
         rms_norm_eps=1e-5,
         attention_bias=False,
         mlp_bias=False,
+        bos_token_id=None,  # the data's tokenizer knows its special tokens; the model never generates here
+        eos_token_id=None,
+        pad_token_id=None,
         **lm_shape(width, layers),
     )
     hf = transformers.LlamaForCausalLM(config)
