@@ -86,6 +86,8 @@ def test_a_small_language_model_is_distilled_from_a_larger_one(lm_teacher, metho
     lines = [json.loads(line) for line in (work / f"s-{method}" / "metrics.jsonl").read_text().splitlines()]
     losses = {k: v for k, v in lines[-1].items() if k.startswith("loss/")}
     assert len(losses) >= 2 and all(math.isfinite(v) for v in losses.values()), losses
+    # throughput counts tokens for a language model, not windows
+    assert lines[-1]["train_tokens_per_s"] > 0 and "train_images_per_s" not in lines[-1]
 
 
 def test_a_pretrained_teacher_needs_the_data_to_use_its_tokenizer(tmp_path, monkeypatch):

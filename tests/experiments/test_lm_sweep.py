@@ -39,5 +39,16 @@ def test_a_language_model_sweep_with_teacher_caches_runs_and_resumes(tmp_path, m
     with open(tmp_path / "out" / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert {r["method"] for r in rows} == {"ce", "kd"} and all(float(r["last_nll"]) > 0 for r in rows)
+    # a language-model sweep reports bits per byte (lower is better), paired with CE by seed
+    assert all(0 < float(r["last_bpb"]) < 8 for r in rows)
+    assert all(float(r["teacher_bpb"]) > 0 for r in rows if r["method"] == "kd")
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "bits per byte (lower is better)" in table and "teacher bpb" in table
+    kd_row = next(r for r in rows if r["method"] == "kd")
+    ce_row = next(r for r in rows if r["method"] == "ce")
+    difference = float(kd_row["last_bpb"]) - float(ce_row["last_bpb"])
+    wins = int(difference < 0)
+    assert f"| lm_d32_l1 | {difference:+.3f} ({wins}/1) |" in table
+    assert (tmp_path / "out" / "student_vs_teacher.png").is_file()
     assert any(p.name.startswith("cache-lm_d32_l1") for p in (tmp_path / "out" / "runs").iterdir())
     assert main(["sweep", "lm.yaml", "--out", "out", "--status"]) == 0  # everything done, nothing to run

@@ -42,6 +42,12 @@ class Batch:
     def __len__(self) -> int:
         return int(self.targets.shape[0])
 
+    unit = "images"  # what train throughput counts: train_images_per_s
+
+    @property
+    def units(self) -> int:
+        return len(self)
+
 
 def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
     """A generator for (seed, epoch, stream), independent of global RNG state."""

@@ -267,6 +267,12 @@ class TokenBatch:
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
+    unit = "tokens"  # what train throughput counts: train_tokens_per_s (padding included; no host sync)
+
+    @property
+    def units(self) -> int:
+        return int(self.tokens.shape[0] * (self.tokens.shape[1] - 1))
+
 
 class TokenBatchLoader:
     """Batches of windows: shuffled per ``(seed, epoch)`` when ``train``, in order otherwise;

@@ -75,10 +75,14 @@ def build_loggers(run_dir: Path, tensorboard: bool) -> list[RunLogger]:
 
 def print_epoch(record: dict[str, Any], epochs: int) -> None:
     parts = [f"epoch {record['epoch'] + 1}/{epochs}", f"loss {record['loss/total']:.4f}"]
-    if "val/top1" in record:
+    if "val/bpb" in record:  # a language model: bits per byte compare across tokenizers
+        parts.append(f"val_bpb {record['val/bpb']:.4f}")
+    elif "val/top1" in record:
         parts.append(f"val_top1 {record['val/top1']:.3f}")
-    for k in ("test/top1", "test/top5", "test/nll", "test/ece"):
+    for k in ("test/top1", "test/top5", "test/nll", "test/bpb", "test/ece"):
         if k in record:
             parts.append(f"{k[5:]} {record[k]:.3f}")
-    parts.append(f"{record['train_images_per_s']:.0f} img/s")
+    for unit, short in (("images", "img"), ("tokens", "tok")):
+        if f"train_{unit}_per_s" in record:
+            parts.append(f"{record[f'train_{unit}_per_s']:.0f} {short}/s")
     print("  ".join(parts), file=sys.stderr, flush=True)  # stdout stays for the final JSON

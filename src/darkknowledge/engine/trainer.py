@@ -203,7 +203,8 @@ class Trainer:
         self.method.train()
         steps = len(self.loader)
         totals: dict[str, Tensor] = {}
-        seen = 0
+        seen = units = 0
+        unit = "images"
         bar = None
         if cfg.engine.progress and self.rank == 0:
             from tqdm.auto import tqdm
@@ -251,6 +252,8 @@ class Trainer:
                 self.optimizer.step()
             n = len(batch)
             seen += n
+            units += batch.units
+            unit = batch.unit
             for k, v in terms.items():
                 v = v.detach() * n
                 totals[k] = totals[k] + v if k in totals else v
@@ -266,9 +269,15 @@ class Trainer:
             bar.close()
         if self.world_size > 1:  # every rank reports the same, global numbers
             totals = distributed.sum_across(
-                {**totals, "__seen": torch.tensor(float(seen)), "__skipped": torch.tensor(float(skipped))}
+                {
+                    **totals,
+                    "__seen": torch.tensor(float(seen)),
+                    "__units": torch.tensor(float(units)),
+                    "__skipped": torch.tensor(float(skipped)),
+                }
             )
-            seen, skipped = int(totals.pop("__seen").item()), int(totals.pop("__skipped").item())
+            seen, units = int(totals.pop("__seen").item()), int(totals.pop("__units").item())
+            skipped = int(totals.pop("__skipped").item())
         if seen == 0:
             raise UserError(
                 f"every batch of epoch {epoch + 1} had a non-finite loss (engine.nonfinite=skip); lower optim.lr or check the data"
@@ -277,7 +286,7 @@ class Trainer:
         out["loss/total"] = sum(out.values())
         out["lr"] = learning_rate(cfg.optim, epoch, 0.0)
         out["train_time_s"] = elapsed
-        out["train_images_per_s"] = seen / max(elapsed, 1e-9)
+        out[f"train_{unit}_per_s"] = units / max(elapsed, 1e-9)
         if skip:
             out["nonfinite_skipped"] = skipped
         out.update({f"method/{k}": v for k, v in self.method.epoch_stats().items()})

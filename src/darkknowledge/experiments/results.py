@@ -9,6 +9,7 @@ import io
 import json
 import shutil
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,30 @@ RESULT_COLUMNS = [
     "run_dir",
 ]
 TEACHER_COLUMNS = ["teacher", "role", "of", "method", "model", "params", "top1", "val_top1", "checkpoint", "run_dir"]
+# language-model sweeps add bits per byte (comparable across tokenizers) beside next-token top-1
+LM_RESULT_COLUMNS = ["teacher_bpb", "best_bpb", "best_val_bpb", "last_bpb", "last_val_bpb"]
+LM_TEACHER_COLUMNS = ["bpb", "val_bpb"]
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The metric the tables, paired comparisons and plot report: test top-1 for classifiers,
+    test bits per byte for language models."""
+
+    metric: str  # "top1" or "bpb": the column suffix and the metrics key after "test/"
+    title: str
+    higher_is_better: bool
+
+    def better(self, difference: float) -> bool:
+        return difference > 0 if self.higher_is_better else difference < 0
+
+
+TOP1 = Headline("top1", "top-1 (%)", True)
+BITS_PER_BYTE = Headline("bpb", "bits per byte (lower is better)", False)
+
+
+def headline_of(students: list[dict[str, Any]]) -> Headline:
+    return BITS_PER_BYTE if any(r.get("last_bpb") not in (None, "") for r in students) else TOP1
 
 
 def teacher_rows(sweep: Sweep) -> list[dict[str, Any]]:
@@ -99,10 +124,18 @@ def _stage_row(
         "method": method,
         "model": summary.get("model"),
         "params": int(summary.get("num_params") or 0),
-        "top1": metrics.get("test/top1"),
-        "val_top1": metrics.get("val/top1"),
+        **_split_metrics(metrics),
         "checkpoint": str(files / "last.pt"),
         "run_dir": str(files),
+    }
+
+
+def _split_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "top1": metrics.get("test/top1"),
+        "val_top1": metrics.get("val/top1"),
+        "bpb": metrics.get("test/bpb"),
+        "val_bpb": metrics.get("val/bpb"),
     }
 
 
@@ -118,8 +151,7 @@ def _checkpoint_row(label: str, role: str, of: str, method: str, path: str) -> d
         "method": method,
         "model": ckpt["model_name"],
         "params": int(ckpt.get("num_params") or 0),
-        "top1": metrics.get("test/top1"),
-        "val_top1": metrics.get("val/top1"),
+        **_split_metrics(metrics),
         "checkpoint": path,
         "run_dir": str(Path(path).parent),
     }
@@ -151,6 +183,11 @@ def student_rows(sweep: Sweep, teachers: list[dict[str, Any]]) -> list[dict[str,
                 "last_ece": final.get("test/ece"),
                 "last_rank_fidelity": final.get("test/rank_fidelity", ""),
                 "last_teacher_agreement": final.get("test/teacher_agreement", ""),
+                "teacher_bpb": t.get("bpb", ""),
+                "best_bpb": best.get("test/bpb"),
+                "best_val_bpb": best.get("val/bpb", ""),
+                "last_bpb": final.get("test/bpb"),
+                "last_val_bpb": final.get("val/bpb", ""),
                 "wall_time_s": summary.get("wall_time_s"),
                 "run_dir": str(sweep.store.files_dir(s)),
             }
@@ -166,17 +203,17 @@ def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return buf.getvalue()
 
 
-def mean_std(values: list[float], signed: bool = False) -> str:
+def mean_std(values: list[float], signed: bool = False, digits: int = 2) -> str:
     if not values:
         return "–"
+    sign = "+" if signed else ""
     if len(values) == 1:
-        return f"{values[0]:+.2f} (1 seed)" if signed else f"{values[0]:.2f} (1 seed)"
-    mean = f"{statistics.mean(values):+.2f}" if signed else f"{statistics.mean(values):.2f}"
-    return f"{mean} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:{sign}.{digits}f} (1 seed)"
+    return f"{statistics.mean(values):{sign}.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def _values(rows: list[dict[str, Any]], column: str, **match: Any) -> list[float]:
-    return [float(r[column]) for r in rows if all(r[k] == v for k, v in match.items()) and r[column] is not None]
+    return [float(r[column]) for r in rows if all(r[k] == v for k, v in match.items()) and r[column] not in (None, "")]
 
 
 def markdown_table(
@@ -185,36 +222,47 @@ def markdown_table(
     spec = sweep.spec
     methods = [m.label for m in spec.methods]
     data = spec.base.get("data", {})
+    head = headline_of(students)
+    digits = 3 if head is BITS_PER_BYTE else 2
+    if head is BITS_PER_BYTE:
+        best = (
+            "the checkpoint with the lowest validation NLL (the corpus's validation documents), "
+            "evaluated once on the test split."
+        )
+    elif data.get("val_per_class"):
+        best = (
+            "the checkpoint with the best validation accuracy (`data.val_per_class` held out of training), "
+            "evaluated once on the test split."
+        )
+    else:
+        best = (
+            "the best epoch on the test split itself (an optimistic, selected number: report it only beside *last*; "
+            "set `data.val_per_class` to select on a validation split)."
+        )
     lines = [
         f"# Sweep: student {spec.student.model}, {len(teachers)} teachers, methods {', '.join(methods)}",
         "",
-        f"Dataset `{data.get('name', 'digits')}`; seeds {spec.seeds}; student top-1 (%) on the test split, "
-        "mean ± std over seeds. *Last* is the final epoch; *best* is "
-        + (
-            "the checkpoint with the best validation accuracy (`data.val_per_class` held out of training), "
-            "evaluated once on the test split."
-            if data.get("val_per_class")
-            else "the best epoch on the test split itself (an optimistic, selected number: report it only beside *last*; "
-            "set `data.val_per_class` to select on a validation split)."
-        ),
+        f"Dataset `{data.get('name', 'digits')}`; seeds {spec.seeds}; student {head.title} on the test split, "
+        "mean ± std over seeds. *Last* is the final epoch; *best* is " + best,
         "",
     ]
-    for col, title in (("last_top1", "Last epoch"), ("best_top1", "Best epoch")):
+    for col, title in ((f"last_{head.metric}", "Last epoch"), (f"best_{head.metric}", "Best epoch")):
         ce = _values(students, col, method="ce")
         lines += [
             f"## {title}",
             "",
-            f"Student alone (CE): **{mean_std(ce)}**",
+            f"Student alone (CE): **{mean_std(ce, digits=digits)}**",
             "",
-            "| teacher | params | teacher top-1 | " + " | ".join(methods) + " |",
+            f"| teacher | params | teacher {head.metric} | " + " | ".join(methods) + " |",
             "|---|---:|---:|" + "---:|" * len(methods),
         ]
         for t in teachers:
-            cells = [mean_std(_values(students, col, teacher=t["teacher"], method=m)) for m in methods]
-            top1 = f"{t['top1']:.2f}" if isinstance(t["top1"], (int, float)) else "–"
-            lines.append(f"| {t['teacher']} | {t['params']:,d} | {top1} | " + " | ".join(cells) + " |")
+            cells = [mean_std(_values(students, col, teacher=t["teacher"], method=m), digits=digits) for m in methods]
+            own = t.get(head.metric)
+            own_text = f"{own:.{digits}f}" if isinstance(own, (int, float)) else "–"
+            lines.append(f"| {t['teacher']} | {t['params']:,d} | {own_text} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += paired_table(teachers, students, methods)
+    lines += paired_table(teachers, students, methods, head)
     lines += [
         "Per-run rows: [results.csv](results.csv); teachers: [teachers.csv](teachers.csv); "
         "plot: [student_vs_teacher.png](student_vs_teacher.png)."
@@ -224,15 +272,19 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
-def paired_table(teachers: list[dict[str, Any]], students: list[dict[str, Any]], methods: list[str]) -> list[str]:
-    """Last-epoch top-1 minus the CE student's of the same seed (same initialisation and
-    batches by construction): mean ± std of the paired differences, and wins out of seeds."""
-    if not any(r["method"] == "ce" and r["last_top1"] is not None for r in students):
+def paired_table(
+    teachers: list[dict[str, Any]], students: list[dict[str, Any]], methods: list[str], head: Headline = TOP1
+) -> list[str]:
+    """The last-epoch headline metric minus the CE student's of the same seed (same initialisation
+    and batches by construction): mean ± std of the paired differences, and wins out of seeds."""
+    column = f"last_{head.metric}"
+    if not _values(students, column, method="ce"):
         return []
+    digits = 3 if head is BITS_PER_BYTE else 2
     lines = [
         "## Paired with the student alone (last epoch)",
         "",
-        "Difference to the CE student of the same seed (same initial weights and batches), "
+        f"Difference in {head.title} to the CE student of the same seed (same initial weights and batches), "
         "mean ± std over seeds, and how many seeds it beat CE.",
         "",
         "| teacher | " + " | ".join(methods) + " |",
@@ -241,20 +293,19 @@ def paired_table(teachers: list[dict[str, Any]], students: list[dict[str, Any]],
     for t in teachers:
         cells = []
         for m in methods:
-            diffs = paired(students, (t["teacher"], m), ("", "ce"))
-            cells.append(
-                "–"
-                if not diffs
-                else f"{mean_std(diffs, signed=True).replace(' (1 seed)', '')} ({sum(d > 0 for d in diffs)}/{len(diffs)})"
-            )
+            diffs = paired(students, (t["teacher"], m), ("", "ce"), column)
+            wins = sum(head.better(d) for d in diffs)
+            text = mean_std(diffs, signed=True, digits=digits).replace(" (1 seed)", "")
+            cells.append("–" if not diffs else f"{text} ({wins}/{len(diffs)})")
         lines.append(f"| {t['teacher']} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
 def plotted_methods(methods: list[Any], teachers: list[dict[str, Any]], students: list[dict[str, Any]]) -> list[str]:
     """Labels of the method entries :func:`plot` draws (see there)."""
+    column = f"last_{headline_of(students).metric}"
     measured = {
-        m.label: sum(1 for t in teachers if _values(students, "last_top1", teacher=t["teacher"], method=m.label))
+        m.label: sum(1 for t in teachers if _values(students, column, teacher=t["teacher"], method=m.label))
         for m in methods
     }
     spanning = {m.name for m in methods if measured[m.label] > 1}
@@ -266,7 +317,7 @@ def plotted_methods(methods: list[Any], teachers: list[dict[str, Any]], students
 
 
 def plot(sweep: Sweep, teachers: list[dict[str, Any]], students: list[dict[str, Any]], path: Path) -> bool:
-    """Student top-1 (last epoch, mean ± std) vs teacher parameters; CE as a horizontal band.
+    """Student headline metric (last epoch, mean ± std) vs teacher parameters; CE as a horizontal band.
 
     One line per method through the ladder (the first teacher of each size); other teachers
     of the same size (an early-stopped or re-trained variant) are unconnected markers named
@@ -283,19 +334,22 @@ def plot(sweep: Sweep, teachers: list[dict[str, Any]], students: list[dict[str, 
     from darkknowledge.diagnostics.plots import ladder_positions
 
     ladder, variants = ladder_positions([float(t["params"]) for t in teachers])
+    head = headline_of(students)
+    column = f"last_{head.metric}"
 
     def point(teacher: str, method: str) -> tuple[float, float] | None:
-        v = _values(students, "last_top1", teacher=teacher, method=method)
+        v = _values(students, column, teacher=teacher, method=method)
         return (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0) if v else None
 
     shown = plotted_methods(sweep.spec.methods, teachers, students)
     height = max(4.2, 1.0 + 0.22 * (len(shown) + 1))
     fig, ax = plt.subplots(figsize=(8.4, height), dpi=120)
-    ce = _values(students, "last_top1", method="ce")
+    ce = _values(students, column, method="ce")
     if ce:
         mu = statistics.mean(ce)
         sd = statistics.stdev(ce) if len(ce) > 1 else 0.0
-        ax.axhspan(mu - sd, mu + sd, color="0.85", label=f"student alone (CE) {mu:.1f}")
+        shown_mu = f"{mu:.3f}" if head is BITS_PER_BYTE else f"{mu:.1f}"
+        ax.axhspan(mu - sd, mu + sd, color="0.85", label=f"student alone (CE) {shown_mu}")
         ax.axhline(mu, color="0.5", lw=1)
     markers = "osD^v<>p*h"
     for k, m in enumerate(shown):
@@ -320,7 +374,7 @@ def plot(sweep: Sweep, teachers: list[dict[str, Any]], students: list[dict[str, 
     sizes = [t["params"] for t in teachers]
     ax.set_xlim(min(sizes) / 1.4, max(sizes) * (1.4 + 0.1 * len(variants)))
     ax.set_xlabel("teacher parameters")
-    ax.set_ylabel("student top-1 (%), last epoch")
+    ax.set_ylabel(f"student {head.title}, last epoch")
     ax.set_title(f"student {sweep.spec.student.model} vs teacher capacity")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(alpha=0.3)
@@ -374,8 +428,12 @@ def write_results(sweep: Sweep) -> dict[str, Any]:
     students = student_rows(sweep, teachers)
     out = sweep.out
     report = publish_diagnostics(sweep)
-    atomic_write_text(out / "results.csv", _csv(students, RESULT_COLUMNS))
-    atomic_write_text(out / "teachers.csv", _csv(teachers + intermediate_rows(sweep), TEACHER_COLUMNS))
+    lm = headline_of(students) is BITS_PER_BYTE
+    atomic_write_text(out / "results.csv", _csv(students, RESULT_COLUMNS + (LM_RESULT_COLUMNS if lm else [])))
+    atomic_write_text(
+        out / "teachers.csv",
+        _csv(teachers + intermediate_rows(sweep), TEACHER_COLUMNS + (LM_TEACHER_COLUMNS if lm else [])),
+    )
     table = markdown_table(sweep, teachers, students, report)
     files = {
         "results_csv": str(out / "results.csv"),
