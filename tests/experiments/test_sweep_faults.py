@@ -187,3 +187,21 @@ def test_killed_parallel_sweep_leaves_no_workers_and_a_rerun_recovers(tmp_path):
     assert sweep.run() == {"done": 3}  # the rerun takes the stage over and finishes it
     config = yaml.safe_load((sweep.store.dir(sweep.stages()[0]) / "config.yaml").read_text())
     assert config["optim"]["epochs"] == 40 and config["model"]["name"] == "mlp_h32"
+
+
+def test_a_given_teacher_is_checked_at_the_image_size_of_the_data(tmp_path, monkeypatch, capsys):
+    """The up-front check reads the data as the runs do (data.image_size applied): a teacher
+    trained on resized images fits a spec that resizes the same way, and is refused otherwise."""
+    from darkknowledge.runs import train
+    from support import fast_config
+
+    monkeypatch.chdir(tmp_path)
+    run = train(fast_config(tmp_path, "model.name=cnn_w4", "optim.epochs=1", "data.image_size=12", "name=t12"))
+    given = str(Path(run["run_dir"]) / "last.pt")
+    teachers = [{"checkpoint": given, "label": "t12"}]
+    resized = {**BASE, "data": {**BASE["data"], "image_size": 12}}
+    write_spec(tmp_path / "fits.yaml", **{**SMALL, "teachers": teachers}, base=resized)
+    assert main(["sweep", str(tmp_path / "fits.yaml"), "--out", str(tmp_path / "a"), "--dry-run"]) == 0
+    write_spec(tmp_path / "other.yaml", **{**SMALL, "teachers": teachers})
+    assert main(["sweep", str(tmp_path / "other.yaml"), "--out", str(tmp_path / "b"), "--dry-run"]) == 2
+    assert "was trained on 12x12 images but the data gives 8x8" in capsys.readouterr().err

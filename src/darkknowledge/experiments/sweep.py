@@ -245,6 +245,7 @@ def check_up_front(spec: SweepSpec) -> None:
             download=d.download,
             classes=d.classes,
             train_per_class=1,
+            image_size=d.image_size,
             seed=d.subset_seed,
         )
         for i, t in given:
