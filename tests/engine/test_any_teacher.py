@@ -4,6 +4,8 @@ error when the output does not fit; TeacherAdapter fits a model from another lib
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -142,3 +144,74 @@ def test_adapter_errors():
         TeacherAdapter(PlainNet(), classes=[0, 12])(torch.zeros(2, 1, 8, 8))
     with pytest.raises(UserError, match="cannot find logits"):
         TeacherAdapter(nn.Identity(), output=None)._logits(("a", "b"))
+
+
+class ConvBNNet(nn.Module):
+    """A small convolutional model with BatchNorms (non-trivial statistics, eval mode), as a
+    pretrained model of another library would be: 3-channel 16 x 16 inputs, 1,000 outputs."""
+
+    def __init__(self, branch_on_shape: bool = False):
+        super().__init__()
+        torch.manual_seed(2)
+        self.branch_on_shape = branch_on_shape
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 1000),
+        )  # fmt: skip
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.data.uniform_(0.5, 1.5)
+                m.bias.data.uniform_(-0.2, 0.2)
+        self.eval()
+
+    def forward(self, x):
+        if self.branch_on_shape and x.shape[1] != 3:  # Python control flow on a shape: torch.fx cannot trace this
+            raise ValueError("3 channels expected")
+        return self.body(x)
+
+
+def test_batchnorms_inside_a_teacher_adapter_are_folded(tmp_path, digits_small):
+    """prepare_for_inference (and so LiveTeacher, teacher_from_module and the cache builders)
+    folds the BatchNorms of the model a TeacherAdapter wraps; the outputs stay the same."""
+    from darkknowledge.engine.teacher import count_batchnorms, prepare_for_inference
+
+    spec = digits_small.spec
+    picked = [3, 50, 99, 150, 260, 333, 480, 600, 875, 990]
+    adapter = TeacherAdapter(
+        ConvBNNet(), classes=picked, input_size=(16, 16), in_channels=3,
+        data_mean=spec.mean, data_std=spec.std, model_mean=(0.5, 0.5, 0.5), model_std=(0.25, 0.25, 0.25),
+    )  # fmt: skip
+    batch = next(eval_batches(digits_small, 16, channels_last=False))
+    with torch.no_grad():
+        reference = adapter(batch.images)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # folding works here: no warning
+        prepared = prepare_for_inference(adapter, channels_last=False)
+    assert count_batchnorms(adapter) == 2 and count_batchnorms(prepared) == 0  # the user's adapter is left alone
+    with torch.no_grad():
+        torch.testing.assert_close(prepared(batch.images), reference, rtol=1e-5, atol=1e-5)
+    live = teacher_from_module(adapter, num_classes=10)
+    assert count_batchnorms(live.model) == 0
+    torch.testing.assert_close(live(batch), reference, rtol=1e-5, atol=1e-5)
+    path = build_cache(adapter, digits_small, tmp_path / "c", num_views=1, precision="fp32", channels_last=False,
+                       dtype="float32")  # fmt: skip
+    cached = CachedTeacher(path).logits(torch.arange(16), torch.zeros(16, dtype=torch.long))
+    torch.testing.assert_close(cached, reference, rtol=1e-5, atol=1e-5)
+    # not folding keeps them
+    assert count_batchnorms(prepare_for_inference(adapter, fold_batchnorm=False)) == 2
+
+
+def test_a_model_that_cannot_be_traced_keeps_its_batchnorms_with_one_warning():
+    from darkknowledge.engine.teacher import count_batchnorms, prepare_for_inference
+
+    model = ConvBNNet(branch_on_shape=True)
+    x = torch.randn(4, 3, 16, 16)
+    with pytest.warns(UserWarning, match="its 2 BatchNorm layers are not folded") as caught:
+        prepared = prepare_for_inference(TeacherAdapter(model), channels_last=False)
+    assert len([w for w in caught if "BatchNorm" in str(w.message)]) == 1
+    assert count_batchnorms(prepared) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(prepared(x), model(x))

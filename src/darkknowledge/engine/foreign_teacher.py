@@ -2,11 +2,10 @@
 own: BatchNorm folded, channels_last, bf16 autocast where the device computes bf16
 natively (``precision="auto"``).
 
-:class:`~darkknowledge.engine.adapter.TeacherAdapter` checks input shapes in Python, so
-``torch.fx`` cannot trace it and :func:`~darkknowledge.engine.teacher.prepare_for_inference`
-would leave the BatchNorms of a wrapped model unfolded; :func:`foreign_teacher` therefore
-prepares the bare model first and wraps it afterwards. Recipe and measured speed:
-docs/teachers.md ("Real ImageNet teachers").
+The model is wrapped in a :class:`~darkknowledge.engine.adapter.TeacherAdapter` where the
+data needs adapting; :func:`~darkknowledge.engine.teacher.prepare_for_inference` folds the
+BatchNorms of the wrapped model (the adapter itself cannot be traced by ``torch.fx``).
+Recipe and measured speed: docs/teachers.md ("Real ImageNet teachers").
 """
 
 from __future__ import annotations
@@ -17,14 +16,11 @@ from typing import Any
 from torch import Tensor, nn
 
 from darkknowledge.engine.adapter import TeacherAdapter
-from darkknowledge.engine.teacher import LiveTeacher, prepare_for_inference
+from darkknowledge.engine.teacher import LiveTeacher, count_batchnorms
 from darkknowledge.errors import UserError
 from darkknowledge.models.efficientnet_lite import MEAN, STD, VARIANTS, pretrained_efficientnet_lite
 
-
-def count_batchnorms(model: nn.Module) -> int:
-    """Number of BatchNorm layers left in ``model`` (0 once folded)."""
-    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+__all__ = ["count_batchnorms", "efficientnet_lite_teacher", "foreign_teacher"]
 
 
 def foreign_teacher(
@@ -49,12 +45,11 @@ def foreign_teacher(
     the adapter's). ``num_classes``: the data's C (``len(classes)`` when classes are given)."""
     if classes is not None and len(classes) != num_classes:
         raise UserError(f"foreign_teacher: {len(classes)} classes given for num_classes={num_classes}")
-    prepared = prepare_for_inference(model, channels_last=channels_last, fold_batchnorm=fold_batchnorm)
     adapt = any(x is not None for x in (classes, input_size, data_mean, data_std, model_mean, model_std, output))
-    module: nn.Module = prepared
+    module: nn.Module = model
     if adapt:
         module = TeacherAdapter(
-            prepared,
+            model,
             classes=classes,
             input_size=input_size,
             data_mean=data_mean,
@@ -68,7 +63,7 @@ def foreign_teacher(
         num_classes=num_classes,
         precision=precision,
         channels_last=channels_last,
-        fold_batchnorm=False,  # done above, on the bare model
+        fold_batchnorm=fold_batchnorm,  # the adapter's wrapped model is folded (prepare_for_inference)
         name=name or type(model).__name__,
     )
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from darkknowledge.data.base import ArrayDataset, DataSpec
 from darkknowledge.data.loader import Batch
+from darkknowledge.engine.adapter import TeacherAdapter
 from darkknowledge.engine.precision import autocast
 from darkknowledge.errors import UserError
 
@@ -68,26 +69,53 @@ def check_logits_width(logits: Tensor, num_classes: int, what: str) -> None:
         )
 
 
+def count_batchnorms(model: nn.Module) -> int:
+    """Number of BatchNorm layers left in ``model`` (0 once folded)."""
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def fold_batchnorms(model: nn.Module) -> nn.Module:
+    """``model`` (in eval mode) with every BatchNorm that follows a convolution folded into
+    it (``torch.fx`` fuse, on a copy). A :class:`~darkknowledge.engine.adapter.TeacherAdapter`
+    branches on input shapes in Python, so it cannot be traced: its wrapped model is folded
+    instead. A model that cannot be traced keeps its BatchNorms, with one warning saying so."""
+    if isinstance(model, TeacherAdapter):
+        model.model = fold_batchnorms(model.model)
+        return model
+    kept = count_batchnorms(model)
+    if kept == 0:
+        return model
+    try:
+        with warnings.catch_warnings():  # its import touches deprecated torch.jit helpers
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torch.fx.experimental.optimization import fuse
+
+        return fuse(model).eval()
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        warnings.warn(
+            f"teacher {type(model).__name__}: its {kept} BatchNorm layers are not folded (same outputs, slower): "
+            f"torch.fx cannot trace it ({reason}); fold_batchnorm=False (teacher.fold_batchnorm=false) silences this",
+            UserWarning,
+            stacklevel=3,
+        )
+        return model
+
+
 def prepare_for_inference(model: nn.Module, *, channels_last: bool = True, fold_batchnorm: bool = True) -> nn.Module:
     """A frozen, eval-mode copy of ``model`` for teacher forwards.
 
     ``fold_batchnorm`` folds every eval-mode BatchNorm into the preceding convolution
-    (``torch.fx`` fuse): the same function up to float rounding (~1e-6 relative), one
+    (:func:`fold_batchnorms`; a :class:`~darkknowledge.engine.adapter.TeacherAdapter`'s
+    wrapped model included): the same function up to float rounding (~1e-6 relative), one
     pass less over each activation (speed: docs/performance.md). Models that cannot be
-    traced keep their BatchNorms.
+    traced keep their BatchNorms, with a warning.
     """
     model = copy.deepcopy(model).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     if fold_batchnorm:
-        try:
-            with warnings.catch_warnings():  # its import touches deprecated torch.jit helpers
-                warnings.simplefilter("ignore", DeprecationWarning)
-                from torch.fx.experimental.optimization import fuse
-
-            model = fuse(model).eval()
-        except Exception:
-            pass
+        model = fold_batchnorms(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
     return model
