@@ -91,9 +91,19 @@ def test_reference_loop_and_trainer_reach_comparable_accuracy(tmp_path, digits_s
     assert abs(mean_ours - mean_ref) < 15, (acc_ours, acc_ref)
 
 
-def test_bench_runs_end_to_end(digits_splits):
+def test_bench_runs_end_to_end(digits_splits, monkeypatch):
+    import darkknowledge.bench.run as bench_run
+
     train, _ = digits_splits
     logs = []
+    timed = {}  # the method each loss timing ran, by its name, and the seconds it measured
+    real_loss_time = bench_run._loss_time
+
+    def recording_loss_time(method, *args, **kwargs):
+        timed[method.name] = real_loss_time(method, *args, **kwargs)
+        return timed[method.name]
+
+    monkeypatch.setattr(bench_run, "_loss_time", recording_loss_time)
     result = run_bench(
         teacher="cnn_w8",
         student="cnn_w4",
@@ -116,6 +126,9 @@ def test_bench_runs_end_to_end(digits_splits):
     assert all(v > 0 for v in ips.values())
     overhead = result["loss_overhead"]
     assert set(overhead) == {"kd", "isats", "dkd"}
+    # each method's loss time is its own loss's, not KD's timed three times (then every overhead
+    # is 0 by construction)
+    assert {name: row["loss_s"] for name, row in overhead.items()} == timed
     kd = overhead["kd"]
     for name, row in overhead.items():
         assert row["step_s"] > 0 and row["loss_s"] > 0, (name, row)  # every step and every loss was timed
