@@ -81,3 +81,34 @@ def test_a_streamed_student_distils_from_a_view_cache_built_on_the_fly(tmp_path,
     assert parts.loader.view_table is not None and parts.loader.view_table.shape[1] == 2
     student = train(cfg)
     assert student["teacher"]["kind"] == "view_cache" and 0 <= student["final"]["test/top1"] <= 100
+
+
+def test_a_module_teacher_builds_the_view_cache_of_a_streamed_dataset(tmp_path, stream_folders):
+    """runs.train(cfg, teacher=module) with teacher.cache + teacher.build over streamed images: the
+    view cache is built from the module, keyed by the digest of its weights, and replayed."""
+    import torch
+
+    from darkknowledge.engine.checkpoint import state_digest
+    from darkknowledge.engine.teacher import teacher_from_module
+    from darkknowledge.engine.view_cache import read_view_cache_meta
+    from darkknowledge.models import build_model
+
+    torch.manual_seed(0)
+    module = build_model("cnn_w8", num_classes=3, in_channels=3)
+    cache = tmp_path / "module-view-cache"
+    common = ["model.name=cnn_w4", "method.name=kd", f"teacher.cache={cache}", "teacher.views=2", "teacher.topk=2"]
+    built = _config(tmp_path, stream_folders, *common, "teacher.build=true", "name=m1")
+    student = train(built, teacher=module)
+    assert student["teacher"]["kind"] == "view_cache" and 0 <= student["final"]["test/top1"] <= 100
+    assert read_view_cache_meta(cache)["key"]["teacher_digest"] == state_digest(module.state_dict())
+    # the cache is opened again for the same module, refused for other weights
+    reuse = _config(tmp_path, stream_folders, *common, "name=m2")
+    assert build_parts(reuse, teacher=module).teacher.describe()["kind"] == "view_cache"
+    torch.manual_seed(1)
+    with pytest.raises(UserError, match="built from other teacher weights"):
+        build_parts(reuse, teacher=build_model("cnn_w8", num_classes=3, in_channels=3))
+    # a live signal would leave the cache unused: refused, not silently run live
+    with pytest.raises(UserError, match="live teacher signal was given"):
+        build_parts(reuse, teacher=teacher_from_module(module, num_classes=3))
+    with pytest.raises(UserError, match="needs teacher.checkpoint=PATH or a teacher module"):
+        build_parts(_config(tmp_path, stream_folders, *common, "teacher.build=true", "name=m3"))

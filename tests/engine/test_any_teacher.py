@@ -215,3 +215,22 @@ def test_a_model_that_cannot_be_traced_keeps_its_batchnorms_with_one_warning():
     assert count_batchnorms(prepared) == 2
     with torch.no_grad():
         torch.testing.assert_close(prepared(x), model(x))
+
+
+def test_train_takes_a_module_teacher_live_or_as_the_source_of_a_cache(tmp_path):
+    """runs.train(cfg, teacher=module): run live, or with teacher.cache + teacher.build the
+    in-memory cache is built from the module and keyed by its weights."""
+    from darkknowledge.engine.cache import read_cache_meta
+    from darkknowledge.engine.checkpoint import state_digest
+    from darkknowledge.runs import train
+
+    model = PlainNet()
+    live = train(fast_config(tmp_path, *DISTILL, "name=live"), teacher=model)
+    assert live["teacher"] == {"kind": "live", "name": "PlainNet", "precision": "fp32"}
+    cache = tmp_path / "module-cache"
+    cfg = fast_config(tmp_path, *DISTILL, f"teacher.cache={cache}", "teacher.build=true", "teacher.views=2", "name=c")
+    cached = train(cfg, teacher=model)
+    assert cached["teacher"]["kind"] == "cache" and "test/teacher_agreement" in cached["final"]
+    assert read_cache_meta(cache)["key"]["teacher_digest"] == state_digest(model.state_dict())
+    with pytest.raises(UserError, match="other teacher"):
+        build_trainer(cfg, teacher=PlainNet(seed=5))

@@ -64,9 +64,12 @@ class RunParts:
         return self.splits.train.spec
 
 
-def build_parts(cfg: RunConfig, *, splits: Splits | None = None, teacher: TeacherSignal | None = None) -> RunParts:
+def build_parts(
+    cfg: RunConfig, *, splits: Splits | None = None, teacher: TeacherSignal | nn.Module | None = None
+) -> RunParts:
     """The parts of run ``cfg``; ``splits`` and ``teacher`` may be given (already loaded data, a
-    teacher built by code), everything else comes from the configuration."""
+    teacher built by code: a signal, or an ``nn.Module`` run live or, with ``teacher.cache``, the
+    source of that cache), everything else comes from the configuration."""
     from darkknowledge.models import build_model
 
     apply_runtime(cfg.engine.threads)
@@ -95,21 +98,25 @@ def build_parts(cfg: RunConfig, *, splits: Splits | None = None, teacher: Teache
         # a language model: the method's own loss over the valid tokens, chunked over the vocabulary
         method: DistillMethod | TokenMethod = TokenMethod(built) if is_tokens(splits.train) else built
         method = method.to(device)
-        if method.needs_teacher and teacher is None:
+        signal: TeacherSignal | None = None
+        if not method.needs_teacher:
+            pass
+        elif teacher is None or (isinstance(teacher, nn.Module) and not isinstance(teacher, TeacherSignal)):
             # a cache built here: rank 0 builds it, the others open it afterwards
             shared_build = world_size > 1 and isinstance(cfg.teacher, CacheTeacher)
             if shared_build and rank != 0:
                 distributed.barrier()
-            teacher = build_teacher_signal(cfg, splits, device)
+            signal = build_teacher_signal(cfg, splits, device, module=teacher)
             if shared_build and rank == 0:
                 distributed.barrier()
+        else:  # a signal given by code (any object with the TeacherSignal members)
+            signal = teacher
+            check_given_signal(cfg, signal)
     if cfg.engine.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
-    if not method.needs_teacher:
-        teacher = None
-    elif teacher is not None and teacher.num_classes != spec.num_classes:
+    if signal is not None and signal.num_classes != spec.num_classes:
         raise UserError(
-            f"the teacher has {teacher.num_classes} classes but dataset {spec.name!r} has "
+            f"the teacher has {signal.num_classes} classes but dataset {spec.name!r} has "
             f"{spec.num_classes}; use a teacher for the same data/classes"
         )
     loader = training_loader(
@@ -118,7 +125,7 @@ def build_parts(cfg: RunConfig, *, splits: Splits | None = None, teacher: Teache
         seed=cfg.seed,
         device=device,
         channels_last=cfg.engine.channels_last,
-        view_table=teacher.training_views(spec, cfg.data.augment) if teacher is not None else None,
+        view_table=signal.training_views(spec, cfg.data.augment) if signal is not None else None,
         rank=rank,
         world_size=world_size,
     )
@@ -127,7 +134,7 @@ def build_parts(cfg: RunConfig, *, splits: Splits | None = None, teacher: Teache
             f"data.batch_size={cfg.data.batch_size} is larger than the training set ({len(splits.train)} samples); "
             "lower it"
         )
-    return RunParts(cfg, rank, world_size, device, precision, splits, model, method, teacher, loader)
+    return RunParts(cfg, rank, world_size, device, precision, splits, model, method, signal, loader)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -152,9 +159,76 @@ def resolve_device(name: str) -> torch.device:
 # ---------------------------------------------------------------------------------------- teachers
 
 
-def build_teacher_signal(cfg: RunConfig, splits: Splits, device: torch.device) -> TeacherSignal:
-    """The teacher signal of ``cfg.teacher``, by its kind."""
+def build_teacher_signal(
+    cfg: RunConfig, splits: Splits, device: torch.device, *, module: nn.Module | None = None
+) -> TeacherSignal:
+    """The teacher signal of ``cfg.teacher``, by its kind; ``module``: a teacher given by code
+    (``runs.train(cfg, teacher=module)``), see :func:`_given_module_teacher`."""
+    if module is not None:
+        return _given_module_teacher(cfg, splits, device, module)
     return TEACHER_BUILDERS[cfg.teacher.kind](cfg, splits, device)
+
+
+def check_given_signal(cfg: RunConfig, signal: TeacherSignal) -> None:
+    """A live signal given by code with ``teacher.cache`` set would leave the cache unused: an error."""
+    if getattr(signal, "answers_any_input", False) and isinstance(cfg.teacher, CacheTeacher):
+        raise UserError(
+            f"teacher.cache={cfg.teacher.cache} is set but a live teacher signal was given, which would run instead "
+            "of the cache: give the nn.Module itself (runs.train(cfg, teacher=model)) to build or check the cache "
+            "from it, or leave teacher.cache out"
+        )
+
+
+def _given_module_teacher(cfg: RunConfig, splits: Splits, device: torch.device, module: nn.Module) -> TeacherSignal:
+    """A teacher ``nn.Module`` given by code: with ``teacher.cache``, the model that cache is built
+    from (``teacher.build``) and checked against (its weight digest); otherwise run live (it
+    replaces ``teacher.checkpoint`` / ``teacher.module``, as a given signal does)."""
+    if not isinstance(module, nn.Module):
+        raise UserError(f"teacher= takes a TeacherSignal or a torch nn.Module, not a {type(module).__name__}")
+    teacher = cfg.teacher
+    if isinstance(teacher, CacheTeacher):
+        if teacher.checkpoint:
+            raise UserError(
+                f"teacher.checkpoint={teacher.checkpoint} and a teacher module were both given for teacher.cache: "
+                "give one teacher (the cache is keyed by its weights)"
+            )
+        if is_tokens(splits.train):
+            raise UserError("a language-model teacher.cache is built from teacher.checkpoint, not from a given module")
+        if is_streamed(splits.train):
+            return _view_cache(cfg, teacher, splits, device, module)
+        return _cache_teacher(cfg, splits, device, module)
+    return LiveTeacher(
+        module.to(device),
+        num_classes=splits.train.spec.num_classes,
+        precision=resolve_precision(cfg.engine.precision, device),
+        channels_last=cfg.engine.channels_last,
+        fold_batchnorm=getattr(teacher, "fold_batchnorm", True),
+        name=type(module).__name__,
+    )
+
+
+_NO_CACHE_SOURCE = (
+    "teacher.build=true needs teacher.checkpoint=PATH or a teacher module given to runs.train(cfg, teacher=model) "
+    "(the teacher whose outputs are cached)"
+)
+
+
+def _cache_source(
+    teacher: CacheTeacher, spec: DataSpec, device: torch.device, module: nn.Module | None
+) -> tuple[nn.Module | None, str | None]:
+    """The model ``teacher.cache`` is built from and the digest of its weights (as given, before
+    any folding) the cache must carry: the given ``module``, else ``teacher.checkpoint``'s model,
+    else neither (an existing cache is opened without a teacher check)."""
+    if module is not None:
+        model = module.to(device)
+    elif teacher.checkpoint:
+        model, ckpt = load_model(teacher.checkpoint, device)
+        check_teacher_fits(ckpt, spec, teacher.checkpoint)
+    elif teacher.build:
+        raise UserError(_NO_CACHE_SOURCE)
+    else:
+        return None, None
+    return model, state_digest(model.state_dict())
 
 
 def _no_teacher(cfg: RunConfig, splits: Splits, device: torch.device) -> TeacherSignal:
@@ -195,9 +269,12 @@ def _module_teacher(cfg: RunConfig, splits: Splits, device: torch.device) -> Tea
     )
 
 
-def _cache_teacher(cfg: RunConfig, splits: Splits, device: torch.device) -> TeacherSignal:
+def _cache_teacher(
+    cfg: RunConfig, splits: Splits, device: torch.device, module: nn.Module | None = None
+) -> TeacherSignal:
     """Open ``teacher.cache`` (building it first only when ``teacher.build``) and check that it
-    belongs to this run's data and, when ``teacher.checkpoint`` is given, to that teacher."""
+    belongs to this run's data and, when ``teacher.checkpoint`` (or a teacher ``module``) is given,
+    to that teacher."""
     teacher = cfg.teacher
     assert isinstance(teacher, CacheTeacher)
     if is_tokens(splits.train):
@@ -205,27 +282,21 @@ def _cache_teacher(cfg: RunConfig, splits: Splits, device: torch.device) -> Teac
     if is_streamed(splits.train):
         return _view_cache(cfg, teacher, splits, device)
     path = Path(teacher.cache)
-    digest = None
-    if teacher.checkpoint:
-        model, ckpt = load_model(teacher.checkpoint, device)
-        check_teacher_fits(ckpt, splits.train.spec, teacher.checkpoint)
-        digest = state_digest(model.state_dict())
-        if teacher.build and not (path / "meta.json").exists():
-            build_cache(
-                model,
-                splits.train,
-                path,
-                num_views=teacher.views,
-                view_seed=teacher.view_seed,
-                precision=cfg.engine.precision,
-                device=device,
-                channels_last=cfg.engine.channels_last,
-                fold_batchnorm=teacher.fold_batchnorm,
-                eval_dataset=splits.test,
-                progress=cfg.engine.progress,
-            )
-    elif teacher.build:
-        raise UserError("teacher.build=true needs teacher.checkpoint=PATH (the teacher whose outputs are cached)")
+    model, digest = _cache_source(teacher, splits.train.spec, device, module)
+    if model is not None and teacher.build and not (path / "meta.json").exists():
+        build_cache(
+            model,
+            splits.train,
+            path,
+            num_views=teacher.views,
+            view_seed=teacher.view_seed,
+            precision=cfg.engine.precision,
+            device=device,
+            channels_last=cfg.engine.channels_last,
+            fold_batchnorm=teacher.fold_batchnorm,
+            eval_dataset=splits.test,
+            progress=cfg.engine.progress,
+        )
     if not (path / "meta.json").exists():
         raise UserError(
             f"teacher cache {path} does not exist: build it with `darkknowledge cache build {path} "
@@ -240,40 +311,38 @@ def _cache_teacher(cfg: RunConfig, splits: Splits, device: torch.device) -> Teac
     return cache
 
 
-def _view_cache(cfg: RunConfig, teacher: CacheTeacher, splits: Splits, device: torch.device) -> TeacherSignal:
+def _view_cache(
+    cfg: RunConfig, teacher: CacheTeacher, splits: Splits, device: torch.device, module: nn.Module | None = None
+) -> TeacherSignal:
     """A streamed dataset's view-keyed cache: K stored views (boxes + flips) per image with the teacher's
-    top-k logits, keyed by the images' digests and the teacher's weights."""
+    top-k logits, keyed by the images' digests and the teacher's weights (``teacher.checkpoint``'s, or
+    those of a teacher ``module`` given by code)."""
     from darkknowledge.engine.view_cache import ViewCachedTeacher, build_view_cache
 
     path = Path(teacher.cache)
     source = splits.train.source
-    digest = None
-    if teacher.checkpoint:
-        model, ckpt = load_model(teacher.checkpoint, device)
-        check_teacher_fits(ckpt, splits.train.spec, teacher.checkpoint)
-        digest = state_digest(model.state_dict())
-        if teacher.build and not (path / "meta.json").exists():
-            spec = splits.train.spec
-            build_view_cache(
-                model,
-                source,
-                path,
-                mean=spec.mean,
-                std=spec.std,
-                image_size=cfg.data.crop_size,
-                num_views=teacher.views,
-                view_seed=teacher.view_seed,
-                topk=min(teacher.topk, spec.num_classes - 1),
-                precision=cfg.engine.precision,
-                device=device,
-                channels_last=cfg.engine.channels_last,
-                progress=cfg.engine.progress,
-            )
-    elif teacher.build:
-        raise UserError("teacher.build=true needs teacher.checkpoint=PATH (the teacher whose outputs are cached)")
+    spec = splits.train.spec
+    model, digest = _cache_source(teacher, spec, device, module)
+    if model is not None and teacher.build and not (path / "meta.json").exists():
+        build_view_cache(
+            model,
+            source,
+            path,
+            mean=spec.mean,
+            std=spec.std,
+            image_size=cfg.data.crop_size,
+            num_views=teacher.views,
+            view_seed=teacher.view_seed,
+            topk=min(teacher.topk, spec.num_classes - 1),
+            precision=cfg.engine.precision,
+            device=device,
+            channels_last=cfg.engine.channels_last,
+            progress=cfg.engine.progress,
+        )
     if not (path / "meta.json").exists():
         raise UserError(
-            f"teacher cache {path} does not exist: set teacher.build=true (with teacher.checkpoint) to build it first"
+            f"teacher cache {path} does not exist: set teacher.build=true (with teacher.checkpoint, or with the "
+            "teacher module given to runs.train) to build it first"
         )
     return ViewCachedTeacher(path, source=source, teacher_digest=digest, epochs=cfg.optim.epochs, device=device)
 

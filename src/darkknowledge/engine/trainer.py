@@ -450,10 +450,11 @@ def build_trainer(
     cfg: RunConfig,
     *,
     splits: Splits | None = None,
-    teacher: TeacherSignal | None = None,
+    teacher: TeacherSignal | torch.nn.Module | None = None,
     run_dir: str | Path | None = None,
 ) -> Trainer:
-    """A trainer for ``cfg`` with its parts from the factory (``splits``/``teacher`` may be given)."""
+    """A trainer for ``cfg`` with its parts from the factory (``splits``/``teacher`` may be given:
+    a teacher signal or an ``nn.Module``, see :func:`~darkknowledge.engine.factory.build_parts`)."""
     return Trainer(build_parts(cfg, splits=splits, teacher=teacher), run_dir=run_dir)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from darkknowledge.config import RunConfig, load_config
 from darkknowledge.data.splits import Splits
 from darkknowledge.engine.distributed import is_main_process
@@ -20,11 +22,15 @@ def train(
     *,
     resume: bool = False,
     splits: Splits | None = None,
-    teacher: TeacherSignal | None = None,
+    teacher: TeacherSignal | nn.Module | None = None,
     run_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` (its teacher, if its method needs one, from ``cfg.teacher`` unless given) and
-    return the run's summary (also written to ``<run_dir>/summary.json``)."""
+    return the run's summary (also written to ``<run_dir>/summary.json``).
+
+    ``teacher``: a signal (``teacher_from_module(model, C)``, a cache), or an ``nn.Module``
+    giving ``(B, C)`` logits: run live, or with ``teacher.cache`` (``teacher.build=true`` builds
+    it from this module) the cache replayed, keyed by the module's weights."""
     return build_trainer(cfg, splits=splits, teacher=teacher, run_dir=run_dir).fit(resume=resume)
 
 
