@@ -85,21 +85,36 @@ def fold_batchnorms(model: nn.Module) -> nn.Module:
     kept = count_batchnorms(model)
     if kept == 0:
         return model
+    failures: list[str] = []
+    model = _fold_traceable(model, failures)
+    left = count_batchnorms(model)
+    if failures and left:
+        warnings.warn(
+            f"teacher {type(model).__name__}: {left} of its {kept} BatchNorm layers are not folded (same outputs, "
+            f"slower): torch.fx cannot trace the modules that hold them ({failures[-1]}); fold_batchnorm=False "
+            "(teacher.fold_batchnorm=false) silences this",
+            UserWarning,
+            stacklevel=3,
+        )
+    return model
+
+
+def _fold_traceable(module: nn.Module, failures: list[str]) -> nn.Module:
+    """``module`` folded whole when ``torch.fx`` can trace it, else each child in turn (a block
+    without shape-dependent Python still folds inside a model that has some)."""
+    if count_batchnorms(module) == 0:
+        return module
     try:
         with warnings.catch_warnings():  # its import touches deprecated torch.jit helpers
             warnings.simplefilter("ignore", DeprecationWarning)
             from torch.fx.experimental.optimization import fuse
 
-        return fuse(model).eval()
+        return fuse(module).eval()
     except Exception as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        warnings.warn(
-            f"teacher {type(model).__name__}: its {kept} BatchNorm layers are not folded (same outputs, slower): "
-            f"torch.fx cannot trace it ({reason}); fold_batchnorm=False (teacher.fold_batchnorm=false) silences this",
-            UserWarning,
-            stacklevel=3,
-        )
-        return model
+        failures.append((str(exc).strip().splitlines() or [type(exc).__name__])[0][:160])
+    for name, child in module.named_children():
+        setattr(module, name, _fold_traceable(child, failures))
+    return module
 
 
 def prepare_for_inference(model: nn.Module, *, channels_last: bool = True, fold_batchnorm: bool = True) -> nn.Module:
