@@ -166,6 +166,16 @@ class _TeacherBase(_Strict):
         """The checkpoint whose weights this teacher is (or was cached from), if any."""
         return getattr(self, "checkpoint", None)
 
+    @property
+    def pretrained_source(self) -> tuple[str, str] | None:
+        """``(kind, path)`` of the pretrained language model this teacher is (or was cached from):
+        kind ``hf`` (a Hugging Face directory) or ``gguf`` (a GGUF file); None for other teachers."""
+        for kind in ("hf", "gguf"):
+            path = getattr(self, kind, None)
+            if path:
+                return kind, str(path)
+        return None
+
 
 class NoTeacher(_TeacherBase):
     """No teacher (``method.name=ce``, or a method that needs none)."""
@@ -225,6 +235,23 @@ class CacheTeacher(_TeacherBase):
         "Language models: the vocabulary outside a token's cached top-k gets the missing probability spread "
         "uniformly, or none (renormalised over the top-k).",
     )
+    hf: str | None = setting(
+        None,
+        "Language models: a pretrained teacher (Hugging Face directory) the cache was built from, instead of "
+        "`checkpoint`; `data.tokenizer` must name the same directory.",
+    )
+    gguf: str | None = setting(
+        None,
+        "Language models: a pretrained teacher (GGUF file) the cache was built from, instead of `checkpoint`; "
+        "`data.tokenizer` must name the same file.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CacheTeacher:
+        given = [name for name in ("checkpoint", "hf", "gguf") if getattr(self, name)]
+        if len(given) > 1:
+            raise ValueError(f"give the teacher the cache was built from once: {' and '.join(given)} are both set")
+        return self
 
 
 class HFTeacher(_TeacherBase):

@@ -279,6 +279,8 @@ def _cache_teacher(
     assert isinstance(teacher, CacheTeacher)
     if is_tokens(splits.train):
         return _language_model_cache(cfg, teacher, splits, device)
+    if teacher.pretrained_source:
+        raise UserError("teacher.hf / teacher.gguf: a pretrained language model needs a text dataset (data.name)")
     if is_streamed(splits.train):
         return _view_cache(cfg, teacher, splits, device)
     path = Path(teacher.cache)
@@ -349,28 +351,43 @@ def _view_cache(
 
 def _language_model_cache(cfg: RunConfig, teacher: CacheTeacher, splits: Splits, device: torch.device) -> TeacherSignal:
     """A language model's cache of top-k logits over the training windows (built from
-    ``teacher.checkpoint`` with ``teacher.build``), keyed by corpus, tokenizer and teacher weights."""
+    ``teacher.checkpoint``, ``teacher.hf`` or ``teacher.gguf`` with ``teacher.build``), keyed by
+    corpus, tokenizer and teacher weights."""
     from darkknowledge.data.tokens import TokenBatchLoader
     from darkknowledge.engine.lm_cache import LMCachedTeacher, LMCacheKey, LMTeacherCache, write_lm_cache
 
     path = Path(teacher.cache)
     meta = splits.train.array.meta
     key = None
+    model: nn.Module | None = None
+    pretrained = teacher.pretrained_source
     if teacher.checkpoint:
         model, ckpt = load_model(teacher.checkpoint, device)
         check_teacher_fits(ckpt, splits.train.spec, teacher.checkpoint)
         key = LMCacheKey(meta["corpus_digest"], meta["tokenizer_digest"], state_digest(model.state_dict()))
-        if teacher.build and not (path / "meta.json").exists():
-            precision = resolve_precision(cfg.engine.precision, device)
-            live = LiveTeacher(model, precision=precision, channels_last=False, fold_batchnorm=False)
-            loader = TokenBatchLoader(splits.train, cfg.data.eval_batch_size, train=False, device=device)
-            batches = ((b.tokens, live(b), b.targets) for b in loader.epoch(0))
-            write_lm_cache(path, key, batches, k=min(teacher.topk, splits.train.spec.num_classes))
+    elif pretrained:
+        from darkknowledge.models.lm import weights_digest
+
+        check_teacher_tokenizer(cfg.data.tokenizer, pretrained[1])
+        key = LMCacheKey(meta["corpus_digest"], meta["tokenizer_digest"], weights_digest(pretrained[1]))
     elif teacher.build:
-        raise UserError("teacher.build=true needs teacher.checkpoint=PATH (the teacher whose outputs are cached)")
+        raise UserError(
+            "teacher.build=true needs teacher.checkpoint=PATH, teacher.hf=DIR or teacher.gguf=FILE "
+            "(the teacher whose outputs are cached)"
+        )
+    if key is not None and teacher.build and not (path / "meta.json").exists():
+        if model is None:
+            assert pretrained is not None
+            model = load_language_model_teacher(cfg.data, *pretrained).to(device)
+        precision = resolve_precision(cfg.engine.precision, device)
+        live = LiveTeacher(model, precision=precision, channels_last=False, fold_batchnorm=False)
+        loader = TokenBatchLoader(splits.train, cfg.data.eval_batch_size, train=False, device=device)
+        batches = ((b.tokens, live(b), b.targets) for b in loader.epoch(0))
+        write_lm_cache(path, key, batches, k=min(teacher.topk, splits.train.spec.num_classes))
     if not (path / "meta.json").exists():
         raise UserError(
-            f"teacher cache {path} does not exist: set teacher.build=true (with teacher.checkpoint) to build it first"
+            f"teacher cache {path} does not exist: set teacher.build=true (with teacher.checkpoint, teacher.hf or "
+            "teacher.gguf) to build it first"
         )
     cache = LMTeacherCache.open(path, key)
     if cache.num_windows != len(splits.train):
@@ -381,24 +398,35 @@ def _language_model_cache(cfg: RunConfig, teacher: CacheTeacher, splits: Splits,
     return LMCachedTeacher(cache, device, teacher.missing_mass)
 
 
+def check_teacher_tokenizer(tokenizer: str, teacher: str) -> None:
+    """A pretrained teacher (``teacher.hf`` / ``teacher.gguf`` = ``teacher``) brings its own tokenizer:
+    the data (``data.tokenizer``) must be tokenized with it, so that teacher and student share one vocabulary."""
+    if Path(tokenizer).resolve() != Path(teacher).resolve():
+        raise UserError(
+            f"teacher {teacher} has its own tokenizer but the data is tokenized with data.tokenizer={tokenizer}; "
+            f"set data.tokenizer={teacher} so that teacher and student share one vocabulary"
+        )
+
+
+def load_language_model_teacher(data: DataConfig, kind: str, path: str) -> nn.Module:
+    """A pretrained causal LM (``kind`` ``hf`` or ``gguf``) whose tokenizer is ``data``'s, on the CPU."""
+    from darkknowledge.models.lm import load_pretrained_lm
+
+    check_teacher_tokenizer(data.tokenizer, path)
+    return load_pretrained_lm(kind, path)
+
+
 def _language_model_teacher(cfg: RunConfig, splits: Splits, device: torch.device) -> TeacherSignal:
     """A pretrained causal LM (``teacher.hf`` / ``teacher.gguf``) whose tokenizer is the data's."""
-    from darkknowledge.models.lm import load_gguf_lm, load_hf_lm
-
-    teacher = cfg.teacher
-    path = teacher.hf if isinstance(teacher, HFTeacher) else teacher.gguf  # type: ignore[union-attr]
-    if Path(cfg.data.tokenizer).resolve() != Path(path).resolve():
-        raise UserError(
-            f"teacher {path} has its own tokenizer but the data is tokenized with data.tokenizer={cfg.data.tokenizer}; "
-            f"set data.tokenizer={path} so that teacher and student share one vocabulary"
-        )
-    model = load_hf_lm(path) if isinstance(teacher, HFTeacher) else load_gguf_lm(path)
+    source = cfg.teacher.pretrained_source
+    assert source is not None
+    model = load_language_model_teacher(cfg.data, *source)
     return LiveTeacher(
         model.to(device),
         precision=resolve_precision(cfg.engine.precision, device),
         channels_last=False,
         fold_batchnorm=False,
-        name=Path(path).name,
+        name=Path(source[1]).name,
     )
 
 

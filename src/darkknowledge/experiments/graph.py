@@ -1,6 +1,6 @@
 """The typed stage graph: each :class:`StageSpec` names its kind, its config and its inputs
 (role -> :class:`StageRef` of a producing stage's output, or :class:`FileInput` of a given
-checkpoint). Its key follows from the config and the inputs' identities, so the whole
+checkpoint or pretrained model). Its key follows from the config and the inputs' identities, so the whole
 graph, keys included, is known before anything runs; producers are added before their
 consumers, so the order of :attr:`StageGraph.nodes` is a topological order."""
 
@@ -11,19 +11,21 @@ from pathlib import Path
 from typing import Any
 
 from darkknowledge.experiments.kinds import KINDS, Kind
-from darkknowledge.experiments.stage import stage_key, weight_digest
+from darkknowledge.experiments.stage import input_digest, stage_key
 
 
 @dataclass(frozen=True)
 class FileInput:
-    """A checkpoint given by path, identified by the digest of its weights."""
+    """A checkpoint given by path, identified by the digest of its weights; or (``kind`` ``hf`` or
+    ``gguf``) a pretrained language model, identified by the digest of its weight files."""
 
     path: str
     digest: str
+    kind: str = "checkpoint"
 
     @classmethod
-    def of(cls, path: str | Path) -> FileInput:
-        return cls(str(Path(path).resolve()), weight_digest(path))
+    def of(cls, path: str | Path, kind: str = "checkpoint") -> FileInput:
+        return cls(str(Path(path).resolve()), input_digest(kind, path), kind)
 
     @property
     def identity(self) -> str:

@@ -25,6 +25,7 @@ class Kind(str, Enum):
     ASSISTANT = "assistant"  # a TAKD teacher assistant, distilled from a teacher
     ADAPTED = "adapted"  # an AID teacher, fine-tuned towards the pre-trained student
     CACHE = "cache"  # a teacher-output cache
+    EVALUATE = "evaluate"  # a given pretrained language-model teacher, measured once on val and test
     DIAGNOSE = "diagnose"  # the dark-knowledge diagnostics of a teacher ladder
 
 
@@ -90,12 +91,12 @@ def _load_splits(cfg, datasets: dict[str, Any] | None):
 
 
 def _check_given_inputs(request: dict[str, Any]) -> None:
-    """A given checkpoint (identified by its weights) must not have changed since planning."""
-    from darkknowledge.experiments.stage import weight_digest
+    """A given checkpoint or pretrained model (identified by its weights) must not have changed since planning."""
+    from darkknowledge.experiments.stage import input_digest
 
     for role, path in request.get("paths", {}).items():
         ident = str(request["inputs"].get(role, ""))
-        if role != "cache" and not ident.startswith("stage:") and weight_digest(path) != ident:
+        if role != "cache" and not ident.startswith("stage:") and input_digest(role, path) != ident:
             raise UserError(f"{role} input {path} changed since this stage was planned; run the sweep again")
 
 
@@ -125,6 +126,21 @@ def _run_cache(request: dict[str, Any], stage_dir: Path, datasets: dict[str, Any
 
 
 CACHE_OUTPUT = "cache"  # a cache stage's output (a directory), as consumers name it
+
+
+def _run_evaluate(request: dict[str, Any], stage_dir: Path, datasets: dict[str, Any] | None) -> None:
+    """A pretrained teacher's parameters and val/test metrics, written as the stage's ``summary.json``
+    (kept in its record: a resumed sweep reports them without loading the teacher again)."""
+    from darkknowledge.fileio import atomic_write_json
+    from darkknowledge.runs.evaluate import evaluate_language_model_teacher
+
+    _check_given_inputs(request)
+    config = {**request["config"], "output_dir": str(stage_dir.parent), "name": stage_dir.name}
+    cfg = validate_config(config, source=f"stage {request['name']}")
+    summary = evaluate_language_model_teacher(cfg, _load_splits(cfg, datasets))
+    print(json.dumps({k: v for k, v in summary.items() if k != "final"}), flush=True)
+    print(json.dumps(summary["final"]), flush=True)
+    atomic_write_json(stage_dir / "summary.json", {**summary, "run_dir": str(stage_dir)})
 
 
 # ----------------------------------------------------------------------------- diagnostics
@@ -174,6 +190,7 @@ KINDS: dict[str, StageKind] = {
     for k in (Kind.TEACHER, Kind.STUDENT, Kind.ASSISTANT, Kind.ADAPTED)
 }
 KINDS[Kind.CACHE.value] = StageKind(Kind.CACHE, _run_identity, _run_cache, place_run_inputs)
+KINDS[Kind.EVALUATE.value] = StageKind(Kind.EVALUATE, _run_identity, _run_evaluate, place_run_inputs)
 KINDS[Kind.DIAGNOSE.value] = StageKind(
     Kind.DIAGNOSE,
     _diagnose_identity,

@@ -43,7 +43,8 @@ RESULT_COLUMNS = [
 TEACHER_COLUMNS = ["teacher", "role", "of", "method", "model", "params", "top1", "val_top1", "checkpoint", "run_dir"]
 # language-model sweeps add bits per byte (comparable across tokenizers) beside next-token top-1
 LM_RESULT_COLUMNS = ["teacher_bpb", "best_bpb", "best_val_bpb", "last_bpb", "last_val_bpb"]
-LM_TEACHER_COLUMNS = ["bpb", "val_bpb"]
+# ``params`` counts every parameter (shared tensors once: the tied embedding), as trained models do
+LM_TEACHER_COLUMNS = ["bpb", "val_bpb", "non_embedding_params"]
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,18 @@ def headline_of(students: list[dict[str, Any]]) -> Headline:
 
 def teacher_rows(sweep: Sweep) -> list[dict[str, Any]]:
     """One row per teacher that exists (here or in the records): params, test and validation
-    top-1 of the checkpoint the students use."""
+    top-1 of the checkpoint the students use (a pretrained teacher's: of its evaluation stage)."""
     rows = []
+    evaluations = {s.meta["teacher"]: s for s in sweep.graph.of_kind(Kind.EVALUATE)}
     for t in sweep.spec.teachers:
         label = t.label or ""
         source = sweep.teacher_inputs[label]
+        if isinstance(source, FileInput) and label in evaluations:
+            stage = evaluations[label]
+            if sweep.state(stage) in FINISHED:
+                final = (sweep.store.summary(stage) or {}).get("final", {})
+                rows.append({**_stage_row(sweep, label, "teacher", "", "", stage, final), "checkpoint": source.path})
+            continue
         if isinstance(source, FileInput):
             rows.append(_checkpoint_row(label, "teacher", "", "", source.path))
             continue
@@ -124,10 +132,27 @@ def _stage_row(
         "method": method,
         "model": summary.get("model"),
         "params": int(summary.get("num_params") or 0),
+        "non_embedding_params": summary.get("non_embedding_params") or _non_embedding_params(summary.get("model")),
         **_split_metrics(metrics),
         "checkpoint": str(files / "last.pt"),
         "run_dir": str(files),
     }
+
+
+def _non_embedding_params(model: Any) -> int | str:
+    """The non-embedding parameters of an ``lm_dD_lL`` model (they do not depend on the vocabulary;
+    built without memory on the meta device); "" for other models."""
+    import re
+
+    if not isinstance(model, str) or not re.fullmatch(r"lm_d\d+_l\d+", model):
+        return ""
+    import torch
+
+    from darkknowledge.models import build_model
+    from darkknowledge.models.lm import lm_parameter_counts
+
+    with torch.device("meta"):
+        return lm_parameter_counts(build_model(model, num_classes=16))["non_embedding"]
 
 
 def _split_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -151,6 +176,7 @@ def _checkpoint_row(label: str, role: str, of: str, method: str, path: str) -> d
         "method": method,
         "model": ckpt["model_name"],
         "params": int(ckpt.get("num_params") or 0),
+        "non_embedding_params": _non_embedding_params(ckpt["model_name"]),
         **_split_metrics(metrics),
         "checkpoint": path,
         "run_dir": str(Path(path).parent),

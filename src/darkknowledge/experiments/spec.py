@@ -11,6 +11,7 @@ Example (``darkknowledge sweep SPEC.yaml``; every key is described below and in 
         config: {optim: {epochs: 40}}
       - checkpoint: runs/big/best.pt   # or given
         label: big
+      # - hf: models/my-lm        # or a pretrained language model (text data; data.tokenizer: models/my-lm)
     student: {model: mlp_h16}
     methods:
       - {label: kd-T4, name: kd, temperature: 4}
@@ -51,6 +52,16 @@ class TeacherSpec(_Strict):
     checkpoint: str | None = Field(
         None, description="A trained teacher checkpoint to use as it is (instead of `model`)."
     )
+    hf: str | None = Field(
+        None,
+        description="A pretrained language model to use as it is: a Hugging Face causal-LM directory (instead of "
+        "`model`); the students' `data.tokenizer` must name the same directory.",
+    )
+    gguf: str | None = Field(
+        None,
+        description="A pretrained language model to use as it is: a GGUF file (instead of `model`); the students' "
+        "`data.tokenizer` must name the same file.",
+    )
     epoch: int | None = Field(
         None,
         ge=1,
@@ -58,7 +69,9 @@ class TeacherSpec(_Strict):
         "(one training run serves every entry with the same model and config).",
     )
     label: str = Field(
-        "", description="Name in tables and run directories; default: the model name or the checkpoint's run name."
+        "",
+        description="Name in tables and run directories; default: the model name, the checkpoint's run name, "
+        "the `hf` directory's name or the `gguf` file's stem.",
     )
     config: dict[str, Any] = Field(
         default_factory=dict,
@@ -71,16 +84,35 @@ class TeacherSpec(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherSpec:
-        if (self.model is None) == (self.checkpoint is None):
-            raise ValueError("give exactly one of model (trained by the sweep) or checkpoint (given)")
+        if sum(x is not None for x in (self.model, self.checkpoint, self.hf, self.gguf)) != 1:
+            raise ValueError(
+                "give exactly one of model (trained by the sweep), checkpoint (given), hf or gguf "
+                "(a given pretrained language model)"
+            )
         if self.epoch is not None and self.model is None:
-            raise ValueError("epoch applies to a teacher the sweep trains (model), not to a given checkpoint")
+            raise ValueError("epoch applies to a teacher the sweep trains (model), not to a given one")
         if not self.label:
-            given = Path(self.checkpoint or "")
-            base = self.model or given.parent.name or given.stem
+            if self.checkpoint is not None:
+                given = Path(self.checkpoint)
+                base = given.parent.name or given.stem
+            elif self.hf is not None:
+                base = Path(self.hf).name or Path(self.hf).resolve().name
+            elif self.gguf is not None:
+                base = Path(self.gguf).stem
+            else:
+                base = str(self.model)
             self.label = f"{base}-e{self.epoch}" if self.epoch else base
         _check_label(self.label, "teacher")
         return self
+
+    @property
+    def pretrained(self) -> tuple[str, str] | None:
+        """``(kind, path)`` of a given pretrained language model (kind ``hf`` or ``gguf``), else None."""
+        if self.hf is not None:
+            return "hf", self.hf
+        if self.gguf is not None:
+            return "gguf", self.gguf
+        return None
 
 
 class StudentSpec(_Strict):
@@ -168,7 +200,9 @@ class SweepSpec(_Strict):
         [0], min_length=1, description="Student seeds: every (teacher, method) and the CE baseline run once per seed."
     )
     diagnose: bool = Field(
-        True, description="Run the dark-knowledge diagnostics on the teacher ladder (training split) after training it."
+        True,
+        description="Run the dark-knowledge diagnostics on the teacher ladder (training split) after training it "
+        "(the teachers with checkpoints: pretrained hf/gguf teachers are left out).",
     )
     records: str | None = Field(
         None,
@@ -196,6 +230,15 @@ class SweepSpec(_Strict):
                 raise ValueError(
                     f"method {m.label!r}: teachers names {label!r}, which is not a teacher label of this spec"
                 )
+        for t in self.teachers:
+            if t.pretrained is None:
+                continue
+            for m in self.methods:
+                if (m.assistant or m.adapt) and pairs(t, m):
+                    raise ValueError(
+                        f"method {m.label!r}: TAKD (assistant) and AID (adapt) need a teacher checkpoint, and teacher "
+                        f"{t.label!r} is a pretrained model ({t.pretrained[0]}); leave it out with the method's teachers:"
+                    )
         if any(m.label == "ce" for m in self.methods):
             raise ValueError("the CE baseline (label 'ce') is always run: remove it from methods")
         if len(set(self.seeds)) != len(self.seeds):

@@ -1,8 +1,8 @@
 """A stage's identity and its job.
 
 ``key`` = sha256 of the stage's kind, its *identity config* and the identities of its
-inputs (the key and output file of a producing stage, or the weight digest of a given
-checkpoint). The identity config holds only the fields that change a run's result and
+inputs (the key and output file of a producing stage, the weight digest of a given
+checkpoint, or the digest of a pretrained model's weight files). The identity config holds only the fields that change a run's result and
 omits every field at its default value, so adding a defaulted setting never changes a
 key. A finished stage with the same key is reused, never recomputed.
 
@@ -32,7 +32,14 @@ from darkknowledge.errors import UserError
 from darkknowledge.fileio import atomic_write_json
 
 # where a run config names the files it consumes: role -> (section, field); identified by inputs, not paths
-INPUT_FIELDS = {"teacher": ("teacher", "checkpoint"), "cache": ("teacher", "cache"), "init": ("model", "init")}
+INPUT_FIELDS = {
+    "teacher": ("teacher", "checkpoint"),
+    "cache": ("teacher", "cache"),
+    "init": ("model", "init"),
+    "hf": ("teacher", "hf"),  # a pretrained language model: a Hugging Face directory
+    "gguf": ("teacher", "gguf"),  # or a GGUF file
+}
+PRETRAINED_ROLES = ("hf", "gguf")  # identified by the digest of their weight files, not a checkpoint's weights
 INPUT_PLACEHOLDER = "<input>"  # an input's field in a planned config, until a job receives the path
 STAGE_FILE, RESULT_FILE, LOG_FILE = "stage.json", "result.json", "log.txt"
 
@@ -51,6 +58,16 @@ def weight_digest(path: str | Path) -> str:
     if memo not in _DIGESTS:
         _DIGESTS[memo] = state_digest(load_checkpoint(p)["model"])
     return _DIGESTS[memo]
+
+
+def input_digest(role: str, path: str | Path) -> str:
+    """The identity of a given input file: a pretrained model's weight files (``weights_digest``),
+    else a checkpoint's model weights (:func:`weight_digest`)."""
+    if role in PRETRAINED_ROLES:
+        from darkknowledge.models.lm import weights_digest
+
+        return weights_digest(path)
+    return weight_digest(path)
 
 
 def _affects_result(field: Any) -> bool:

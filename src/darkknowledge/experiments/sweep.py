@@ -1,10 +1,10 @@
 """A capacity sweep: teachers x methods x seeds, planned once as a stage graph and run in
 topological order.
 
-The graph (:func:`build_graph`) holds the teachers the sweep trains, the CE students,
-TAKD assistants and AID-adapted teachers, one teacher-output cache per teacher a student
-learns from (with ``teacher_cache``), every (teacher, method, seed) student and the
-ladder's diagnosis. Finished stages are reused; a killed sweep run again continues where
+The graph (:func:`build_graph`) holds the teachers the sweep trains, one evaluation per
+given pretrained language-model teacher, the CE students, TAKD assistants and AID-adapted
+teachers, one teacher-output cache per teacher a student learns from (with
+``teacher_cache``), every (teacher, method, seed) student and the ladder's diagnosis. Finished stages are reused; a killed sweep run again continues where
 it stopped (a partly trained stage resumes from its ``last.pt``); a failed stage is
 reported with its log and does not stop the others (stages after it are ``blocked``).
 """
@@ -24,7 +24,7 @@ from darkknowledge.experiments.executors import Executor, InlineExecutor
 from darkknowledge.experiments.graph import FileInput, Input, StageGraph, StageRef, StageSpec
 from darkknowledge.experiments.kinds import CACHE_OUTPUT, KINDS, Kind, place_run_inputs
 from darkknowledge.experiments.spec import MethodSpec, SweepSpec, TeacherSpec, pairs
-from darkknowledge.experiments.stage import INPUT_FIELDS, INPUT_PLACEHOLDER, read_json
+from darkknowledge.experiments.stage import INPUT_FIELDS, INPUT_PLACEHOLDER, PRETRAINED_ROLES, read_json
 from darkknowledge.experiments.store import FINISHED, StageStore
 from darkknowledge.fileio import atomic_write_json
 
@@ -69,7 +69,7 @@ class _Planner:
                         f"stage {name}: teacher.cache={path} in the spec; a sweep builds its own caches "
                         "(set teacher_cache: true) instead"
                     )
-                inputs[role] = FileInput.of(path)
+                inputs[role] = FileInput.of(path, role if role in PRETRAINED_ROLES else "checkpoint")
                 config = place_run_inputs(config, {role: INPUT_PLACEHOLDER})
         try:
             node = StageSpec(kind, name, config, inputs, meta)
@@ -84,6 +84,14 @@ class _Planner:
                     f"teacher {t.label!r}: checkpoint {t.checkpoint} does not exist; fix teachers[].checkpoint"
                 )
             return FileInput.of(t.checkpoint)
+        if t.pretrained is not None:  # its files were checked up front
+            kind, path = t.pretrained
+            try:
+                source = FileInput.of(path, kind)
+            except UserError as exc:  # no weight files
+                raise UserError(f"sweep spec: teacher {t.label!r}: {exc}") from None
+            self.evaluate(t.label, source)
+            return source
         spec = self.spec
         group = [u for u in spec.teachers if u.model == t.model and u.config == t.config]
         keep = sorted({u.epoch for u in group if u.epoch})
@@ -158,10 +166,31 @@ class _Planner:
             Kind.ADAPTED, f"adapted-{t.label}-{m.label}", config, inputs, {"teacher": t.label, "method": m.label}
         )
 
+    def evaluate(self, label: str, source: FileInput) -> StageSpec:
+        """A given pretrained teacher measured once on the students' validation and test splits."""
+        merged = self._config(self.spec.base, self.spec.student.config, inputs={})
+        config = {
+            "data": merged.get("data", {}),
+            "engine": merged["engine"],
+            "teacher": {source.kind: INPUT_PLACEHOLDER},
+        }
+        return self._add(Kind.EVALUATE, f"evaluate-{label}", config, {source.kind: source}, {"teacher": label})
+
     def cache(self, label: str, source: Input) -> StageSpec:
-        inputs = {"teacher": source, "cache": source}  # the cache field names the stage's own output
+        role = teacher_role(source)
+        inputs = {role: source, "cache": source}  # the cache field names the stage's own output
         config = self.student_config({"name": "ce"}, 0, inputs)
-        return self._add(Kind.CACHE, f"cache-{label}", config, {"teacher": source}, {"teacher": label})
+        return self._add(Kind.CACHE, f"cache-{label}", config, {role: source}, {"teacher": label})
+
+    def distil_inputs(self, label: str, source: Input, caches: dict[str, StageSpec]) -> dict[str, Input]:
+        """What a student distilled from ``source`` (teacher ``label``) consumes: the teacher, and
+        its cache (one per source, kept in ``caches``) with ``teacher_cache``."""
+        inputs: dict[str, Input] = {teacher_role(source): source}
+        if self.spec.teacher_cache:
+            if source.identity not in caches:
+                caches[source.identity] = self.cache(label, source)
+            inputs["cache"] = caches[source.identity].ref(CACHE_OUTPUT)
+        return inputs
 
     def diagnose(self, teachers: list[tuple[str, Input]], ce: StageSpec) -> StageSpec:
         from darkknowledge.diagnostics import DISCLAIMER, RULES_VERSION
@@ -194,11 +223,7 @@ class _Planner:
                 if m.assistant or m.adapt:
                     step = self.assistant(t, m, teacher) if m.assistant else self.adapted(t, m, teacher, ce[0])
                     source, source_label = step.ref("last.pt"), step.name
-                inputs: dict[str, Input] = {"teacher": source}
-                if spec.teacher_cache:
-                    if source.identity not in caches:
-                        caches[source.identity] = self.cache(source_label, source)
-                    inputs["cache"] = caches[source.identity].ref(CACHE_OUTPUT)
+                inputs = self.distil_inputs(source_label, source, caches)
                 for seed in spec.seeds:
                     self._add(
                         Kind.STUDENT,
@@ -207,9 +232,16 @@ class _Planner:
                         inputs,
                         {"teacher": t.label, "method": m.label, "method_params": m.params(), "seed": seed},
                     )
-        if spec.diagnose:
-            self.diagnose([(t.label or "", self.teacher_inputs[t.label or ""]) for t in spec.teachers], ce[0])
+        ladder = [(t.label or "", self.teacher_inputs[t.label or ""]) for t in spec.teachers if t.pretrained is None]
+        if spec.diagnose and ladder:  # the diagnostics read checkpoints: pretrained teachers are left out
+            self.diagnose(ladder, ce[0])
         return self.graph
+
+
+def teacher_role(source: Input) -> str:
+    """The input role under which a student consumes a teacher: ``teacher`` (its ``teacher.checkpoint``),
+    or ``hf`` / ``gguf`` for a pretrained language model (``teacher.hf`` / ``teacher.gguf``)."""
+    return source.kind if isinstance(source, FileInput) and source.kind in PRETRAINED_ROLES else "teacher"
 
 
 def _checkpoint_model(source: Input) -> str:
@@ -220,7 +252,8 @@ def _checkpoint_model(source: Input) -> str:
 
 
 def check_up_front(spec: SweepSpec) -> None:
-    """What the spec's validation cannot see: model names exist, a given teacher fits the data."""
+    """What the spec's validation cannot see: model names exist, a given teacher fits the data, a
+    pretrained teacher's files are sound and the students' data uses its tokenizer."""
     from darkknowledge.models import build_model
 
     models = [("student.model", spec.student.model)]
@@ -231,6 +264,18 @@ def check_up_front(spec: SweepSpec) -> None:
             build_model(name, 2, 3)
         except UserError as exc:
             raise UserError(f"sweep spec: {where}: {exc}") from None
+    pretrained = [(i, t.pretrained) for i, t in enumerate(spec.teachers) if t.pretrained is not None]
+    if pretrained:
+        from darkknowledge.engine.factory import check_teacher_tokenizer
+        from darkknowledge.models.lm import check_pretrained_lm
+
+        tokenizer = validate_config(deep_merge(spec.base, spec.student.config), source="sweep spec base").data.tokenizer
+        for i, (kind, path) in pretrained:
+            try:
+                check_pretrained_lm(kind, path)
+                check_teacher_tokenizer(tokenizer, path)
+            except UserError as exc:
+                raise UserError(f"sweep spec: teachers[{i}].{kind}: {exc}") from None
     given = [(i, t) for i, t in enumerate(spec.teachers) if t.checkpoint]
     if given:
         from darkknowledge.data import build_dataset

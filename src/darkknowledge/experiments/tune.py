@@ -31,10 +31,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from darkknowledge.config import deep_merge, read_yaml, validate_config
 from darkknowledge.errors import UserError
 from darkknowledge.experiments.executors import Executor, make_executor
-from darkknowledge.experiments.graph import Input, StageSpec
-from darkknowledge.experiments.kinds import CACHE_OUTPUT, Kind
+from darkknowledge.experiments.graph import StageSpec
+from darkknowledge.experiments.kinds import Kind
 from darkknowledge.experiments.spec import MethodSpec, SweepSpec
-from darkknowledge.experiments.sweep import Sweep, _Planner
+from darkknowledge.experiments.sweep import Sweep, _Planner, teacher_role
 from darkknowledge.fileio import atomic_write_json, atomic_write_text
 
 STUDY_FILE = "study.journal"
@@ -268,10 +268,7 @@ class Tune:
         """The student stage of ``candidate`` trained for ``epochs`` (added to the graph)."""
         spec, planner = self.spec, self.planner
         source = self.sweep.teacher_inputs[candidate["teacher"]]
-        inputs: dict[str, Input] = {"teacher": source}
-        if spec.teacher_cache:
-            cache = planner.cache(candidate["teacher"], source)
-            inputs["cache"] = cache.ref(CACHE_OUTPUT)
+        inputs = planner.distil_inputs(candidate["teacher"], source, {})  # a cache stage already planned is reused
         method = {"name": candidate["method"], **candidate["params"]}
         config = planner.student_config(method, spec.search.student_seed, inputs)
         config = deep_merge(config, {"optim": {"epochs": epochs}})
@@ -393,7 +390,9 @@ class Tune:
             "chosen": {k: chosen[k] for k in ("teacher", "method", "params")},
             "val_top1": chosen["val_top1"][self.max_epochs],
             "test_top1": test,
-            "teacher_checkpoint": self.sweep.store.input_paths(final)["teacher"],
+            "teacher_checkpoint": self.sweep.store.input_paths(final)[
+                teacher_role(self.sweep.teacher_inputs[chosen["teacher"]])
+            ],
             "run_dir": str(self.sweep.store.files_dir(final)),
             "command": f"darkknowledge distill --config {self.out / 'chosen.yaml'} seed=SEED name=NAME",
             "runner_ups": _runner_ups(trials, chosen)[:5],

@@ -179,14 +179,33 @@ def _from_pretrained(directory: Path, what: str, dtype: torch.dtype, **kwargs: A
     return model
 
 
-def load_hf_lm(directory: str | Path, dtype: torch.dtype = torch.float32) -> CausalLM:
-    """Any Hugging Face causal-LM directory (``config.json`` + weights), offline."""
+def check_hf_directory(directory: str | Path) -> Path:
+    """A Hugging Face model directory exists, has a ``config.json`` and sound safetensors files."""
     directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"Hugging Face model directory {directory}: no such directory")
     if not (directory / "config.json").is_file():
         raise UserError(f"Hugging Face model directory {directory}: no config.json; point at a saved model directory")
     for weights in sorted(directory.glob("*.safetensors")):
         check_safetensors_file(weights)
+    return directory
+
+
+def load_hf_lm(directory: str | Path, dtype: torch.dtype = torch.float32) -> CausalLM:
+    """Any Hugging Face causal-LM directory (``config.json`` + weights), offline."""
+    directory = check_hf_directory(directory)
     return CausalLM(_from_pretrained(directory, f"Hugging Face model {directory}", dtype), f"hf {directory}")
+
+
+def check_pretrained_lm(kind: str, path: str | Path) -> Path:
+    """The files of a pretrained teacher (``kind`` ``hf``: a directory, ``gguf``: a file), checked
+    without loading it: a missing, truncated or corrupted file is a :class:`UserError`."""
+    return check_hf_directory(path) if kind == "hf" else check_gguf_file(path)
+
+
+def load_pretrained_lm(kind: str, path: str | Path, dtype: torch.dtype = torch.float32) -> CausalLM:
+    """A pretrained teacher by kind: ``hf`` (:func:`load_hf_lm`) or ``gguf`` (:func:`load_gguf_lm`)."""
+    return load_hf_lm(path, dtype) if kind == "hf" else load_gguf_lm(path, dtype)
 
 
 def load_gguf_lm(file: str | Path, dtype: torch.dtype = torch.float32) -> CausalLM:
@@ -236,12 +255,15 @@ __all__ = [
     "CausalLM",
     "build_lm",
     "check_gguf_file",
+    "check_hf_directory",
+    "check_pretrained_lm",
     "check_safetensors_file",
     "check_vocab_fits",
     "lm_parameter_counts",
     "lm_shape",
     "load_gguf_lm",
     "load_hf_lm",
+    "load_pretrained_lm",
     "smollm2_gguf",
     "weights_digest",
 ]

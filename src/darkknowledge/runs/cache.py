@@ -29,12 +29,14 @@ def build_teacher_cache(
     dtype: str = "float16",
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Cache ``cfg``'s teacher (``teacher.checkpoint``) on ``cfg``'s training split: ``views``
-    augmentation views per sample (default ``teacher.views``), full logits or top-k + log-partition.
-    ``overwrite`` replaces only an existing, readable cache (the old one stays until the new one is complete)."""
+    """Cache ``cfg``'s teacher (``teacher.checkpoint``; for text also a pretrained ``teacher.hf`` or
+    ``teacher.gguf``) on ``cfg``'s training split: ``views`` augmentation views per sample (default
+    ``teacher.views``), full logits or top-k + log-partition. ``overwrite`` replaces only an existing,
+    readable cache (the old one stays until the new one is complete)."""
     checkpoint = cfg.teacher.checkpoint_path
-    if not checkpoint:
-        raise UserError("cache build needs teacher.checkpoint=PATH")
+    pretrained = cfg.teacher.pretrained_source
+    if not checkpoint and not pretrained:
+        raise UserError("cache build needs teacher.checkpoint=PATH (or, for text, teacher.hf=DIR / teacher.gguf=FILE)")
     if views is not None and views < 1:
         raise UserError(f"--views must be at least 1, got {views}")
     if topk < 1:
@@ -55,7 +57,9 @@ def build_teacher_cache(
         read_cache_meta(target)  # a damaged meta.json is an error too: only a readable cache is replaced
     teacher = cfg.teacher
     if is_text(cfg.data):
-        return _build_language_model_cache(target, cfg, checkpoint, topk if storage == "topk" else None, overwrite)
+        return _build_language_model_cache(target, cfg, topk if storage == "topk" else None, overwrite)
+    if not checkpoint:
+        raise UserError("teacher.hf / teacher.gguf: a pretrained language model needs a text dataset (data.name)")
     num_views = views if views is not None else int(getattr(teacher, "views", 8))
     device = resolve_device(cfg.engine.device)
     splits = load_splits(cfg.data)
@@ -82,10 +86,9 @@ def build_teacher_cache(
     return CachedTeacher(built, verify=False).meta
 
 
-def _build_language_model_cache(
-    target: Path, cfg: RunConfig, checkpoint: str, topk: int | None, overwrite: bool
-) -> dict[str, Any]:
-    """A language model's top-k cache of the training windows (``topk``: default ``teacher.topk``)."""
+def _build_language_model_cache(target: Path, cfg: RunConfig, topk: int | None, overwrite: bool) -> dict[str, Any]:
+    """A language model's top-k cache of the training windows (``topk``: default ``teacher.topk``) from
+    ``cfg``'s teacher: a checkpoint or a pretrained model (``teacher.hf`` / ``teacher.gguf``)."""
     import shutil
 
     from darkknowledge.config import CacheTeacher
@@ -96,7 +99,8 @@ def _build_language_model_cache(
     if overwrite and (target / "meta.json").is_file():
         LMTeacherCache.open(target)  # only a readable language-model cache is replaced
         shutil.rmtree(target)
-    teacher = CacheTeacher(cache=str(target), checkpoint=checkpoint, build=True, topk=k)
+    kind, path = cfg.teacher.pretrained_source or ("checkpoint", cfg.teacher.checkpoint_path)
+    teacher = CacheTeacher.model_validate({"cache": str(target), "build": True, "topk": k, kind: path})
     signal = build_teacher_signal(
         cfg.model_copy(update={"teacher": teacher}), load_splits(cfg.data), resolve_device(cfg.engine.device)
     )
