@@ -185,8 +185,9 @@ def main() -> int:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 shutil.copy(journal, run_dir / STUDY_FILE)
             parsed = parse_tune_spec(tune_spec(case, ladder, spec, checkpoints, truth, sampler), source=case["name"])
-            # records per sampler: one search never reuses the other's trials (each pays its own compute)
-            records = Path(spec["records"]) / sampler
+            # records per case and sampler: no search reuses another's trials (each pays its own compute;
+            # reused rungs cost a tune no budget)
+            records = Path(spec["records"]) / case["name"] / sampler
             tune = Tune(parsed, run_dir, InlineExecutor(log=log), log=log, records=records)
             t0 = time.perf_counter()
             result = tune.run()
