@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
+from darkknowledge.errors import UserError
+
 
 @dataclass(frozen=True)
 class AugmentSpec:
@@ -62,3 +64,21 @@ class ArrayDataset:
 
     def with_spec(self, **changes) -> ArrayDataset:
         return ArrayDataset(self.images, self.targets, replace(self.spec, **changes))
+
+
+def held_out_rows(targets: torch.Tensor, per_class: int, seed: int, num_classes: int) -> torch.Tensor:
+    """The validation rows (sorted): ``per_class`` rows of each class chosen by a generator seeded with
+    (seed, class) — the same rows for every run, model and method, in memory or streamed."""
+    held = []
+    for c in range(num_classes):
+        rows = (targets == c).nonzero().flatten()
+        if len(rows) == 0:
+            continue
+        if len(rows) <= per_class:
+            raise UserError(
+                f"data.val_per_class={per_class} leaves no training image of class {c} "
+                f"({len(rows)} in the training split); lower it"
+            )
+        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + c * 7919 + 424_242) % (2**63 - 1))
+        held.append(rows[torch.randperm(len(rows), generator=g)[:per_class]])
+    return torch.cat(held).sort().values if held else torch.zeros(0, dtype=torch.int64)

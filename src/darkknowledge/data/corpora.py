@@ -1,5 +1,5 @@
 """The text datasets a run can name (``data.name``): a corpus, its tokenizer and its token windows,
-as the run's :class:`~darkknowledge.data.splits.Splits`.
+as the (train, validation, test) token windows of the run (:func:`load_text_splits`).
 
 * ``stdlib``: the running interpreter's standard-library sources (offline, on every machine);
 * ``textfiles``: a text file or a directory of ``.txt`` files (``data.root``);
@@ -21,7 +21,6 @@ from pathlib import Path
 
 from darkknowledge.config import DataConfig
 from darkknowledge.data.base import AugmentSpec, DataSpec
-from darkknowledge.data.splits import Splits
 from darkknowledge.data.text import TextCorpus, read_jsonl, read_text_files, stdlib_corpus
 from darkknowledge.data.tokenize import LMTokenizer, tokenizer_from_gguf, tokenizer_from_hf, train_bpe
 from darkknowledge.data.tokens import TokenWindows, tokenize_corpus
@@ -66,7 +65,7 @@ def corpus_tokenizer(data: DataConfig, corpus: TextCorpus) -> LMTokenizer:
     return tokenizer
 
 
-def load_text_splits(data: DataConfig) -> Splits:
+def load_text_splits(data: DataConfig) -> tuple[TokenWindows, TokenWindows, TokenWindows]:
     """Token windows of the train, validation and test splits of ``data``'s corpus."""
     corpus = read_corpus(data)
     tokenizer = corpus_tokenizer(data, corpus)
@@ -89,4 +88,4 @@ def load_text_splits(data: DataConfig) -> Splits:
     windows = {s: TokenWindows(arrays[s], data.context, data.packing) for s in ("train", "validation", "test")}
     for w in windows.values():
         w.spec = spec
-    return Splits(windows["train"], windows["validation"], windows["test"])
+    return windows["train"], windows["validation"], windows["test"]

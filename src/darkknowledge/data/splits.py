@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from darkknowledge.config import DataConfig
-from darkknowledge.data.base import ArrayDataset
+from darkknowledge.data.base import ArrayDataset, held_out_rows
 from darkknowledge.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -41,7 +41,7 @@ def load_splits(data: DataConfig) -> Splits:
     from darkknowledge.data.corpora import is_text, load_text_splits
 
     if is_text(data):
-        return load_text_splits(data)
+        return Splits(*load_text_splits(data))
     train, val = split_validation(_training_files(data), data.val_per_class, data.subset_seed)
     return Splits(train, val, load_split(data, "test"))
 
@@ -82,24 +82,6 @@ def _read(data: DataConfig, train: bool) -> ArrayDataset:
         image_size=data.image_size,
         seed=data.subset_seed,
     )
-
-
-def held_out_rows(targets: torch.Tensor, per_class: int, seed: int, num_classes: int) -> torch.Tensor:
-    """The validation rows (sorted): ``per_class`` rows of each class chosen by a generator seeded with
-    (seed, class) — the same rows for every run, model and method, in memory or streamed."""
-    held = []
-    for c in range(num_classes):
-        rows = (targets == c).nonzero().flatten()
-        if len(rows) == 0:
-            continue
-        if len(rows) <= per_class:
-            raise UserError(
-                f"data.val_per_class={per_class} leaves no training image of class {c} "
-                f"({len(rows)} in the training split); lower it"
-            )
-        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + c * 7919 + 424_242) % (2**63 - 1))
-        held.append(rows[torch.randperm(len(rows), generator=g)[:per_class]])
-    return torch.cat(held).sort().values if held else torch.zeros(0, dtype=torch.int64)
 
 
 def split_validation(full: ArrayDataset, per_class: int | None, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:

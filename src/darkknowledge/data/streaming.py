@@ -30,12 +30,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from darkknowledge.data.base import AugmentSpec, DataSpec
+from darkknowledge.data.base import AugmentSpec, DataSpec, held_out_rows
 from darkknowledge.data.folders import IMAGENET_MEAN, IMAGENET_STD
 from darkknowledge.data.jpeg import DECODERS, BadImage, Probed, get_decoder
 from darkknowledge.data.loader import Batch, epoch_generator
 from darkknowledge.data.sources import BAD_FILES, Source, index_class_folders, index_shards
-from darkknowledge.data.splits import held_out_rows
 from darkknowledge.data.transforms import select_indices
 from darkknowledge.data.views import (
     UNIFORMS_PER_VIEW,
