@@ -55,13 +55,14 @@ class Headline:
     metric: str  # "top1" or "bpb": the column suffix and the metrics key after "test/"
     title: str
     higher_is_better: bool
+    digits: int  # decimals in the tables
 
     def better(self, difference: float) -> bool:
         return difference > 0 if self.higher_is_better else difference < 0
 
 
-TOP1 = Headline("top1", "top-1 (%)", True)
-BITS_PER_BYTE = Headline("bpb", "bits per byte (lower is better)", False)
+TOP1 = Headline("top1", "top-1 (%)", True, 2)
+BITS_PER_BYTE = Headline("bpb", "bits per byte (lower is better)", False, 3)
 
 
 def headline_of(students: list[dict[str, Any]]) -> Headline:
@@ -249,7 +250,7 @@ def markdown_table(
     methods = [m.label for m in spec.methods]
     data = spec.base.get("data", {})
     head = headline_of(students)
-    digits = 3 if head is BITS_PER_BYTE else 2
+    digits = head.digits
     if head is BITS_PER_BYTE:
         best = (
             "the checkpoint with the lowest validation NLL (the corpus's validation documents), "
@@ -306,7 +307,6 @@ def paired_table(
     column = f"last_{head.metric}"
     if not _values(students, column, method="ce"):
         return []
-    digits = 3 if head is BITS_PER_BYTE else 2
     lines = [
         "## Paired with the student alone (last epoch)",
         "",
@@ -321,7 +321,7 @@ def paired_table(
         for m in methods:
             diffs = paired(students, (t["teacher"], m), ("", "ce"), column)
             wins = sum(head.better(d) for d in diffs)
-            text = mean_std(diffs, signed=True, digits=digits).replace(" (1 seed)", "")
+            text = mean_std(diffs, signed=True, digits=head.digits).replace(" (1 seed)", "")
             cells.append("–" if not diffs else f"{text} ({wins}/{len(diffs)})")
         lines.append(f"| {t['teacher']} | " + " | ".join(cells) + " |")
     return lines + [""]

@@ -265,24 +265,25 @@ def check_up_front(spec: SweepSpec) -> None:
         except UserError as exc:
             raise UserError(f"sweep spec: {where}: {exc}") from None
     pretrained = [(i, t.pretrained) for i, t in enumerate(spec.teachers) if t.pretrained is not None]
+    given = [(i, t) for i, t in enumerate(spec.teachers) if t.checkpoint]
+    if not (pretrained or given):
+        return
+    d = validate_config(deep_merge(spec.base, spec.student.config), source="sweep spec base").data
     if pretrained:
         from darkknowledge.engine.factory import check_teacher_tokenizer
         from darkknowledge.models.lm import check_pretrained_lm
 
-        tokenizer = validate_config(deep_merge(spec.base, spec.student.config), source="sweep spec base").data.tokenizer
         for i, (kind, path) in pretrained:
             try:
                 check_pretrained_lm(kind, path)
-                check_teacher_tokenizer(tokenizer, path)
+                check_teacher_tokenizer(d.tokenizer, path)
             except UserError as exc:
                 raise UserError(f"sweep spec: teachers[{i}].{kind}: {exc}") from None
-    given = [(i, t) for i, t in enumerate(spec.teachers) if t.checkpoint]
     if given:
         from darkknowledge.data import build_dataset
         from darkknowledge.engine.checkpoint import load_checkpoint
         from darkknowledge.engine.factory import check_teacher_fits
 
-        d = validate_config(deep_merge(spec.base, spec.student.config), source="sweep spec base").data
         sample = build_dataset(
             d.name,
             root=d.root,
