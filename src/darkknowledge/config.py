@@ -399,14 +399,23 @@ class EngineConfig(_Strict):
     save_every: int = setting(1, ge=1, description="Write last.pt every N epochs (and always after the last).")
     compile: bool = setting(
         False,
-        "Compile the student's training forward and backward with torch.compile (inductor; needs a C++ compiler on "
-        "a CPU, triton on CUDA); compilation takes tens of seconds at the first step.",
+        "Compile the student's training forward and backward, and a live teacher's forward, with torch.compile "
+        "(inductor; needs a C++ compiler on a CPU, triton on CUDA); compilation takes tens of seconds at the first step.",
         affects_result=False,
         resumable=True,
     )
     fused_optimizer: bool = setting(
         True,
         "Use torch's fused SGD kernel where it has one (CPU, CUDA); false: the foreach implementation.",
+        affects_result=False,
+        resumable=True,
+    )
+    loss_chunk_tokens: int | None = setting(
+        None,
+        "Language models: tokens per group of the distillation loss, which never holds more than one group's "
+        "full-vocabulary probabilities (smaller: less memory, more steps); default: the library's "
+        '(docs/methods.md, "Language models").',
+        ge=1,
         affects_result=False,
         resumable=True,
     )

@@ -7,6 +7,8 @@ import math
 
 import pytest
 
+from darkknowledge.bench import loss_memory
+
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
@@ -31,6 +33,7 @@ def test_lm_bench_measures_reference_live_and_cached_loops(tmp_path):
         topk=8,
         text_root=str(tmp_path / "corpus"),
         workdir=str(tmp_path),
+        compile_teacher=False,
         log=lambda _: None,
     )
     assert set(result["tokens_per_s"]) == {"reference", "ours_live", "ours_cached"}
@@ -39,4 +42,24 @@ def test_lm_bench_measures_reference_live_and_cached_loops(tmp_path):
         result["tokens_per_s"]["ours_live"] / result["tokens_per_s"]["reference"]
     )
     assert result["teacher_forward"]["fraction_of_peak"] > 0 and (tmp_path / "cache" / "meta.json").is_file()
-    assert "ours, cached teacher" in format_lm_report(result)
+    assert result["cache_build_without_statistics_tokens_per_s"] > 0
+    assert result["teacher_forward"]["compiled_gflops"] is None
+    report = format_lm_report(result)
+    assert "ours, cached teacher" in report
+    if loss_memory.available():
+        mem = result["loss_memory_mib"]
+        assert mem["reference"] > 0 and mem["fraction"] == pytest.approx(mem["ours"] / mem["reference"])
+        assert "Peak memory of the loss" in report
+
+
+@pytest.mark.skipif(not loss_memory.available(), reason="needs Linux /proc/self/clear_refs")
+def test_loss_memory_child_measures_the_reference_above_the_gradient_floor():
+    floor = loss_memory.measure_in_child(loss_memory.FLOOR, 4, 64, 4096)
+    ref = loss_memory.measure_in_child(loss_memory.REFERENCE, 4, 64, 4096)
+    ours = loss_memory.measure_in_child("kd", 4, 64, 4096, chunk=16)
+    grad = floor["grad_mib"]  # 4 MiB: the student logits' gradient that every loss returns
+    assert floor["extra_mib"] >= 0.9 * grad
+    # the reference keeps several full-size tensors (log-softmaxes, probabilities, their gradients)
+    assert ref["extra_mib"] >= 3 * grad
+    assert ours["extra_mib"] < ref["extra_mib"]
+    assert ours["value"] == pytest.approx(ours["value"]) and ref["value"] > 0

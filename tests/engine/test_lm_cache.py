@@ -11,6 +11,7 @@ import torch
 
 from darkknowledge.engine.lm_cache import (
     IGNORE_INDEX,
+    TAU_SEARCH,
     LMCacheKey,
     LMCacheWriter,
     LMTeacherCache,
@@ -74,7 +75,9 @@ def test_statistics_come_from_the_full_distribution(tmp_path):
     known = targets != IGNORE_INDEX
     tau = cache.statistic("tau_star")
     assert torch.isnan(tau[~known]).all() and torch.isfinite(tau[known]).all()
-    torch.testing.assert_close(tau[known], isats_search(logits[known], targets[known]).float())
+    torch.testing.assert_close(tau[known], isats_search(logits[known], targets[known], **TAU_SEARCH).float())
+    # the search the cache uses agrees with the default one to well within its precision
+    torch.testing.assert_close(tau[known], isats_search(logits[known], targets[known]).float(), rtol=5e-3, atol=0)
     p = logits.softmax(-1)
     py = p[known].gather(1, targets[known, None]).squeeze(1)
     torch.testing.assert_close(cache.statistic("target_logprob")[known], py.log())

@@ -74,10 +74,28 @@ def test_compile_switch_compiles_the_training_forward_only(tmp_path, monkeypatch
 
 def test_compile_refuses_other_devices():
     with pytest.raises(UserError, match="engine.compile=true supports cpu and cuda"):
-        compile_module.compile_for_training(torch.nn.Linear(2, 2), "meta")
+        compile_module.compile_module(torch.nn.Linear(2, 2), "meta")
 
 
 def test_fp16_on_a_cpu_is_a_user_error(tmp_path):
     cfg = load_config(overrides=[*TINY, "engine.precision=fp16", f"output_dir={tmp_path}"])
     with pytest.raises(UserError, match="fp16.*CUDA-only"):
         build_trainer(cfg)
+
+
+def test_compile_switch_also_compiles_a_live_teachers_forward(tmp_path, monkeypatch):
+    from darkknowledge.models import build_model
+
+    compiled = []
+
+    def fake_compile(model, **kwargs):
+        compiled.append(model)
+        return model
+
+    monkeypatch.setattr(compile_module.torch, "compile", fake_compile)
+    teacher = build_model("cnn_w4", num_classes=10, in_channels=1)
+    cfg = fast_config(tmp_path, *TINY, "optim.epochs=1", "method.name=kd", "engine.compile=true")
+    trainer = build_trainer(cfg, teacher=teacher)
+    assert trainer.teacher.model in compiled  # at construction: torch.compile itself is lazy
+    trainer.train_epoch(0)
+    assert trainer.train_model in compiled and len(compiled) == 2

@@ -11,8 +11,10 @@ the same teacher and student (random weights: speed does not depend on them):
 * ours, cached teacher: the same with the teacher's top-k logits replayed from a cache
   (built once; its build time is reported).
 
-Also: the teacher's forward alone (a cache build) in GFLOP/s against the machine's matmul
-peak in the same precision, and the students' step FLOPs.
+Also: the teacher's forward alone, eager and compiled (``engine.compile``), in GFLOP/s against
+the machine's matmul peak in the same precision; the cache build's rate with and without the
+full-distribution statistics it records; and the peak memory of the loss (reference vs ours
+with the default chunk, each in a fresh process: :mod:`darkknowledge.bench.loss_memory`).
 """
 
 from __future__ import annotations
@@ -29,15 +31,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from darkknowledge.bench.peak import matmul_peak
+from darkknowledge.bench import loss_memory
+from darkknowledge.bench.peak import forward_flops, matmul_peak
 from darkknowledge.config import load_config
 from darkknowledge.data.splits import Splits, load_splits
 from darkknowledge.data.tokens import TokenBatchLoader
+from darkknowledge.engine.compile import compile_module
 from darkknowledge.engine.factory import build_parts
 from darkknowledge.engine.lm_cache import LMCachedTeacher, LMCacheKey, write_lm_cache
 from darkknowledge.engine.precision import autocast, resolve_precision
 from darkknowledge.engine.teacher import LiveTeacher
 from darkknowledge.engine.trainer import Trainer
+from darkknowledge.methods.tokens import CHUNK_TOKENS
 from darkknowledge.models import build_model
 
 
@@ -91,6 +96,7 @@ def run_lm_bench(
     corpus_bytes: int = 1_500_000,
     text_root: str | None = None,
     workdir: str | None = None,
+    compile_teacher: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     work = Path(workdir or tempfile.mkdtemp(prefix="dk-bench-lm-"))
@@ -164,15 +170,22 @@ def run_lm_bench(
 
         # (c) ours with a top-k cache of the teacher
         in_order = TokenBatchLoader(windows, batch_size, train=False)
-        t0 = time.perf_counter()
-        cache = write_lm_cache(
-            work / "cache",
-            LMCacheKey("bench", "bench", "bench"),
-            ((b.tokens, live(b), b.targets) for b in in_order.epoch(0)),
-            k=min(topk, vocab),
-        )
-        build_s = time.perf_counter() - t0
-        result["cache_build_tokens_per_s"] = windows.predicted_tokens / build_s
+        builds: dict[str, float] = {}
+        for with_statistics in (False, True):  # the cache used below is the full one, written last
+            where = work / ("cache" if with_statistics else "cache-without-statistics")
+            t0 = time.perf_counter()
+            cache = write_lm_cache(
+                where,
+                LMCacheKey("bench", "bench", "bench"),
+                ((b.tokens, live(b), b.targets) for b in in_order.epoch(0)),
+                k=min(topk, vocab),
+                statistics=with_statistics,
+            )
+            builds["with_statistics" if with_statistics else "without_statistics"] = windows.predicted_tokens / (
+                time.perf_counter() - t0
+            )
+        result["cache_build_tokens_per_s"] = builds["with_statistics"]
+        result["cache_build_without_statistics_tokens_per_s"] = builds["without_statistics"]
         result["tokens_per_s"]["ours_cached"] = ours(LMCachedTeacher(cache, device))
         log(
             f"  ours, cached teacher (top-{min(topk, vocab)}):                 {result['tokens_per_s']['ours_cached']:8.0f} tokens/s"
@@ -180,23 +193,36 @@ def run_lm_bench(
 
         # the teacher's forward against the matmul peak
         tokens = next(iter(in_order.epoch(0))).inputs
-        from darkknowledge.bench.peak import forward_flops
-
         flops = forward_flops(t_model, tokens)
         peak = matmul_peak(precision, device)
-        reps = 3
-        t0 = time.perf_counter()
-        with torch.inference_mode(), autocast(device, precision):
-            for _ in range(reps):
-                t_model(tokens)
-        forward_s = (time.perf_counter() - t0) / reps
-        achieved = flops / forward_s / 1e9
+
+        def forward_gflops(model: Callable[[torch.Tensor], torch.Tensor], reps: int = 5) -> float:
+            with torch.inference_mode(), autocast(device, precision):
+                model(tokens)  # warm-up (compilation)
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    model(tokens)
+            return flops / ((time.perf_counter() - t0) / reps) / 1e9
+
+        achieved = forward_gflops(t_model)
+        compiled = forward_gflops(compile_module(t_model, device)) if compile_teacher else None
         result["teacher_forward"] = {
             "gflop_per_batch": flops / 1e9,
             "gflops": achieved,
             "peak_gflops": peak["gflops"],
             "fraction_of_peak": achieved / peak["gflops"],
+            "compiled_gflops": compiled,
+            "compiled_fraction_of_peak": None if compiled is None else compiled / peak["gflops"],
         }
+        if loss_memory.available():
+            ref_mem = loss_memory.measure_in_child(loss_memory.REFERENCE, batch_size, context, vocab)
+            ours_mem = loss_memory.measure_in_child("kd", batch_size, context, vocab, CHUNK_TOKENS)
+            result["loss_memory_mib"] = {
+                "reference": ref_mem["extra_mib"],
+                "ours": ours_mem["extra_mib"],
+                "ours_chunk_tokens": CHUNK_TOKENS,
+                "fraction": ours_mem["extra_mib"] / ref_mem["extra_mib"],
+            }
         ref = result["tokens_per_s"]["reference"]
         result["ratios"] = {
             "live_over_reference": result["tokens_per_s"]["ours_live"] / ref,
@@ -205,12 +231,18 @@ def run_lm_bench(
         log(
             f"  teacher forward: {achieved:.1f} GFLOP/s = {100 * achieved / peak['gflops']:.0f} % of the {precision} "
             f"matmul peak ({peak['gflops']:.0f})"
+            + (
+                ""
+                if compiled is None
+                else f"; compiled {compiled:.1f} GFLOP/s = {100 * compiled / peak['gflops']:.0f} %"
+            )
         )
     return result
 
 
 def format_lm_report(result: dict[str, Any]) -> str:
     tps, ratios, fwd = result["tokens_per_s"], result["ratios"], result["teacher_forward"]
+    mem = result.get("loss_memory_mib")
     return "\n".join(
         [
             f"LM distillation step: teacher {result['teacher']} -> student {result['student']}, vocabulary "
@@ -221,8 +253,23 @@ def format_lm_report(result: dict[str, Any]) -> str:
             f"| reference (fp32, teacher every step, full softmax + KL) | {tps['reference']:.0f} | 1.00x |",
             f"| ours, live teacher | {tps['ours_live']:.0f} | {ratios['live_over_reference']:.2f}x |",
             f"| ours, cached teacher | {tps['ours_cached']:.0f} | {ratios['cached_over_reference']:.2f}x |",
-            f"Cache build: {result['cache_build_tokens_per_s']:.0f} tokens/s. Teacher forward: "
-            f"{fwd['gflops']:.1f} GFLOP/s, {100 * fwd['fraction_of_peak']:.0f} % of the measured matmul peak "
-            f"({fwd['peak_gflops']:.0f} GFLOP/s).",
+            f"Cache build: {result['cache_build_tokens_per_s']:.0f} tokens/s "
+            f"({result['cache_build_without_statistics_tokens_per_s']:.0f} without the full-distribution statistics). "
+            f"Teacher forward: {fwd['gflops']:.1f} GFLOP/s, {100 * fwd['fraction_of_peak']:.0f} % of the measured "
+            f"matmul peak ({fwd['peak_gflops']:.0f} GFLOP/s)"
+            + (
+                ""
+                if fwd["compiled_gflops"] is None
+                else f"; compiled {fwd['compiled_gflops']:.1f} GFLOP/s, {100 * fwd['compiled_fraction_of_peak']:.0f} %"
+            )
+            + ".",
         ]
+        + (
+            []
+            if mem is None
+            else [
+                f"Peak memory of the loss (forward + backward, above its inputs): reference {mem['reference']:.0f} MiB, "
+                f"ours {mem['ours']:.0f} MiB ({100 * mem['fraction']:.0f} %; chunks of {mem['ours_chunk_tokens']} tokens)."
+            ]
+        )
     )

@@ -1,5 +1,5 @@
 """``engine.compile``: the student's training forward (and, through AOTAutograd, its backward)
-compiled by ``torch.compile`` with the inductor backend.
+and a live teacher's forward compiled by ``torch.compile`` with the inductor backend.
 
 Inductor fuses BatchNorm, ReLU and the residual additions into a few generated kernels
 around the convolutions (oneDNN on a CPU, cuDNN on CUDA), which eager mode runs as separate
@@ -19,8 +19,8 @@ from torch import nn
 from darkknowledge.errors import UserError
 
 
-def compile_for_training(model: nn.Module, device: torch.device | str) -> nn.Module:
-    """``model`` compiled for training steps on ``device``; a clear error where inductor cannot run."""
+def compile_module(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """``model`` compiled (training steps or inference) on ``device``; a clear error where inductor cannot run."""
     dev = torch.device(device)
     if dev.type not in ("cpu", "cuda"):
         raise UserError(

@@ -41,7 +41,7 @@ from darkknowledge.engine.seeding import seed_everything
 from darkknowledge.engine.teacher import LiveTeacher, TeacherSignal
 from darkknowledge.errors import UserError
 from darkknowledge.methods import DistillMethod, build_method
-from darkknowledge.methods.tokens import TokenMethod
+from darkknowledge.methods.tokens import CHUNK_TOKENS, TokenMethod
 
 
 @dataclass
@@ -96,7 +96,11 @@ def build_parts(
         torch.manual_seed(cfg.seed)
         built = build_method(cfg.method.name, cfg.method.params, num_classes=spec.num_classes)
         # a language model: the method's own loss over the valid tokens, chunked over the vocabulary
-        method: DistillMethod | TokenMethod = TokenMethod(built) if is_tokens(splits.train) else built
+        method: DistillMethod | TokenMethod = (
+            TokenMethod(built, chunk_tokens=cfg.engine.loss_chunk_tokens or CHUNK_TOKENS)
+            if is_tokens(splits.train)
+            else built
+        )
         method = method.to(device)
         signal: TeacherSignal | None = None
         if not method.needs_teacher:
@@ -203,6 +207,7 @@ def _given_module_teacher(cfg: RunConfig, splits: Splits, device: torch.device, 
         precision=resolve_precision(cfg.engine.precision, device),
         channels_last=cfg.engine.channels_last,
         fold_batchnorm=getattr(teacher, "fold_batchnorm", True),
+        compile=cfg.engine.compile,
         name=type(module).__name__,
     )
 
@@ -248,6 +253,7 @@ def _checkpoint_teacher(cfg: RunConfig, splits: Splits, device: torch.device) ->
         precision=resolve_precision(cfg.engine.precision, device),
         channels_last=cfg.engine.channels_last,
         fold_batchnorm=teacher.fold_batchnorm,
+        compile=cfg.engine.compile,
         name=ckpt["model_name"],
     )
 
@@ -265,6 +271,7 @@ def _module_teacher(cfg: RunConfig, splits: Splits, device: torch.device) -> Tea
         precision=resolve_precision(cfg.engine.precision, device),
         channels_last=cfg.engine.channels_last,
         fold_batchnorm=teacher.fold_batchnorm,
+        compile=cfg.engine.compile,
         name=teacher.module,
     )
 
@@ -380,7 +387,9 @@ def _language_model_cache(cfg: RunConfig, teacher: CacheTeacher, splits: Splits,
             assert pretrained is not None
             model = load_language_model_teacher(cfg.data, *pretrained).to(device)
         precision = resolve_precision(cfg.engine.precision, device)
-        live = LiveTeacher(model, precision=precision, channels_last=False, fold_batchnorm=False)
+        live = LiveTeacher(
+            model, precision=precision, channels_last=False, fold_batchnorm=False, compile=cfg.engine.compile
+        )
         loader = TokenBatchLoader(splits.train, cfg.data.eval_batch_size, train=False, device=device)
         batches = ((b.tokens, live(b), b.targets) for b in loader.epoch(0))
         write_lm_cache(path, key, batches, k=min(teacher.topk, splits.train.spec.num_classes))
@@ -426,6 +435,7 @@ def _language_model_teacher(cfg: RunConfig, splits: Splits, device: torch.device
         precision=resolve_precision(cfg.engine.precision, device),
         channels_last=False,
         fold_batchnorm=False,
+        compile=cfg.engine.compile,
         name=Path(source[1]).name,
     )
 

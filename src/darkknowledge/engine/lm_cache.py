@@ -64,6 +64,9 @@ MISSING_MASS_POLICIES: tuple[str, ...] = ("uniform", "ignore")
 STATISTICS = ("target_logprob", "entropy", "nontarget_variance", "tau_star")
 _VALUE_DTYPES = {"float16": np.float16, "float32": np.float32}
 _ROW_BLOCK = 256  # full-vocabulary rows processed at once while writing
+# tau*'s search over a vocabulary: 16 grid points + 12 golden-section steps, 30 evaluations
+# (the default's 65): docs/lm.md, "Teacher cache"
+TAU_SEARCH = {"grid_size": 16, "refine_size": 12}
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,7 @@ def token_statistics(logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
     target_logprob = torch.where(known, log_p.gather(1, safe.unsqueeze(1)).squeeze(1), nan)
     mask = F.one_hot(safe, z.shape[-1]).bool()
     variance = torch.where(known, nontarget_variance(probs, mask).float(), nan)
-    tau = torch.where(known, isats_search(z, safe).float(), nan)
+    tau = torch.where(known, isats_search(z, safe, **TAU_SEARCH).float(), nan)
     return {"target_logprob": target_logprob, "entropy": entropy, "nontarget_variance": variance, "tau_star": tau}
 
 

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from darkknowledge.data.base import ArrayDataset, DataSpec
 from darkknowledge.data.loader import Batch
 from darkknowledge.engine.adapter import TeacherAdapter
+from darkknowledge.engine.compile import compile_module
 from darkknowledge.engine.precision import autocast
 from darkknowledge.errors import UserError
 
@@ -136,12 +137,18 @@ def prepare_for_inference(model: nn.Module, *, channels_last: bool = True, fold_
     return model
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 class LiveTeacher(TeacherSignal):
     """A frozen teacher model evaluated on every batch (see :func:`prepare_for_inference`).
 
     ``model``: any ``nn.Module`` mapping a normalised image batch to ``(B, C)`` logits;
     ``num_classes``: C (default: ``model.classifier.out_features`` of a darkknowledge
     model). The output width is checked on every batch (a shape check, no sync).
+    ``compile``: run the forward through ``torch.compile`` (``engine.compile``).
     """
 
     answers_any_input = True
@@ -154,6 +161,7 @@ class LiveTeacher(TeacherSignal):
         precision: str = "bf16",
         channels_last: bool = True,
         fold_batchnorm: bool = True,
+        compile: bool = False,
         name: str = "teacher",
     ):
         if num_classes is None:
@@ -166,13 +174,14 @@ class LiveTeacher(TeacherSignal):
             num_classes = classifier.out_features
         self.num_classes = int(num_classes)
         self.model = prepare_for_inference(model, channels_last=channels_last, fold_batchnorm=fold_batchnorm)
+        self._forward = compile_module(self.model, _device_of(self.model)) if compile else self.model
         self.precision = precision
         self.name = name
 
     def __call__(self, batch: Any) -> Tensor:  # any batch with .inputs: images or tokens
         self.model.eval()  # guard: nothing may switch the teacher to train mode
         with torch.inference_mode(), autocast(batch.inputs.device, self.precision):
-            logits = self.model(batch.inputs)
+            logits = self._forward(batch.inputs)
         if not isinstance(logits, Tensor):
             raise UserError(
                 f"teacher {self.name!r} returns a {type(logits).__name__}, not a logits tensor; "

@@ -34,7 +34,7 @@ from darkknowledge.config import RunConfig, settings_with
 from darkknowledge.data.loaders import evaluation_batches
 from darkknowledge.data.splits import Splits
 from darkknowledge.engine.checkpoint import FORMAT, VERSION, atomic_torch_save, load_checkpoint, spec_to_dict
-from darkknowledge.engine.compile import compile_for_training
+from darkknowledge.engine.compile import compile_module
 from darkknowledge.engine.evaluation import make_evaluator
 from darkknowledge.engine.factory import RunParts, build_parts
 from darkknowledge.engine.loggers import build_loggers, json_safe, print_epoch
@@ -190,7 +190,7 @@ class Trainer:
             configure_backends(self.device, self.cfg.engine.deterministic)
             model = self.train_model
             if self.cfg.engine.compile:
-                model = compile_for_training(model, self.device)
+                model = compile_module(model, self.device)
             self._step_model: torch.nn.Module | None = model
             self._scaler = grad_scaler(self.device, self.precision)
         assert self._step_model is not None

@@ -7,9 +7,12 @@ logits and for C = 2.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 def as_float(x: Tensor) -> Tensor:
@@ -28,11 +31,38 @@ def standardize_logits(logits: Tensor, eps: float = 1e-7) -> Tensor:
     return (logits - mean) / (std + eps)
 
 
+class _RowKL(torch.autograd.Function):
+    """sum_c p_c (log p_c - log q_c) per row with a hand-written backward: only the two
+    log-probability inputs are kept for it (usually already alive, saved by their
+    log_softmax), so the product, the mask and the difference never outlive the forward."""
+
+    @staticmethod
+    def forward(ctx: Any, log_p: Tensor, log_q: Tensor) -> Tensor:
+        p = log_p.exp()
+        terms = (log_p - log_q).mul_(p).masked_fill_(p == 0, 0.0)  # 0 * log 0 := 0
+        ctx.save_for_backward(log_p, log_q)
+        return terms.sum(-1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        log_p, log_q = ctx.saved_tensors
+        p = log_p.exp()
+        g = grad.unsqueeze(-1)
+        grad_p = grad_q = None
+        if ctx.needs_input_grad[0]:  # d/dlog p = p (log p - log q + 1), 0 where p = 0
+            grad_p = (log_p - log_q).add_(1.0).mul_(p).masked_fill_(p == 0, 0.0).mul_(g)
+        if ctx.needs_input_grad[1]:
+            grad_q = p.mul_(g).neg_()
+        return grad_p, grad_q
+
+
 def kl_from_log_probs(log_p_teacher: Tensor, log_p_student: Tensor) -> Tensor:
     """Per-row KL(p_t || p_s) from log-probabilities; zero-probability teacher
-    entries contribute exactly 0 (no 0*log 0 NaNs)."""
-    p_t = log_p_teacher.exp()
-    return torch.where(p_t > 0, p_t * (log_p_teacher - log_p_student), torch.zeros_like(p_t)).sum(-1)
+    entries contribute exactly 0 (no 0*log 0 NaNs). Differentiable in both arguments
+    (first order)."""
+    log_p_teacher, log_p_student = torch.broadcast_tensors(log_p_teacher, log_p_student)
+    return _RowKL.apply(log_p_teacher, log_p_student)
 
 
 def soft_cross_entropy(p_teacher: Tensor, log_p_student: Tensor) -> Tensor:

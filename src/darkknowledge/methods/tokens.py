@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from darkknowledge.methods.base import DistillMethod, StepContext
 
 IGNORE_INDEX = -100
-CHUNK_TOKENS = 256  # default group size; its peak memory: docs/methods.md, "Language models"
+CHUNK_TOKENS = 128  # default group size; its peak memory: docs/methods.md, "Language models"
 
 
 class TokenTeacher(Protocol):
