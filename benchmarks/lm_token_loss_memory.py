@@ -2,7 +2,7 @@
 against the usual script's loss (``reference``: full-vocabulary softmax and KL at once).
 
     flock /tmp/dk-heavy.lock .venv/bin/python benchmarks/lm_token_loss_memory.py \
-        [--methods reference,kd,reverse_kl,jsd,dist] [--batch 8 --context 512 --vocab 49152] [--chunks none,256,1024]
+        [--methods reference,kd,reverse_kl,jsd,dist] [--batch 8 --context 512 --vocab 49152] [--chunks none,128,256]
 
 Each (loss, chunking) runs in a fresh process (:mod:`darkknowledge.bench.loss_memory`, which
 says what is measured). The ``floor`` row backpropagates ``student.sum()``: the
@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--vocab", type=int, default=49152)
-    ap.add_argument("--chunks", default="none,256,1024")
+    ap.add_argument("--chunks", default="none,128,256")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     rows = []

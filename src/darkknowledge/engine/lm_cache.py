@@ -66,7 +66,7 @@ _VALUE_DTYPES = {"float16": np.float16, "float32": np.float32}
 _ROW_BLOCK = 256  # full-vocabulary rows processed at once while writing
 # tau*'s search over a vocabulary: 16 grid points + 12 golden-section steps, 30 evaluations
 # (the default's 65): docs/lm.md, "Teacher cache"
-TAU_SEARCH = {"grid_size": 16, "refine_size": 12}
+TAU_SEARCH: dict[str, Any] = {"grid_size": 16, "refine_size": 12}
 
 
 @dataclass(frozen=True)
