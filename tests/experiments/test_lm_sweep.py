@@ -52,3 +52,12 @@ def test_a_language_model_sweep_with_teacher_caches_runs_and_resumes(tmp_path, m
     assert (tmp_path / "out" / "student_vs_teacher.png").is_file()
     assert any(p.name.startswith("cache-lm_d32_l1") for p in (tmp_path / "out" / "runs").iterdir())
     assert main(["sweep", "lm.yaml", "--out", "out", "--status"]) == 0  # everything done, nothing to run
+
+
+def test_headline_is_bits_per_byte_as_soon_as_a_teacher_has_it():
+    from darkknowledge.experiments.results import BITS_PER_BYTE, TOP1, headline_of
+
+    # only teachers finished yet (students pending): teachers.csv must still carry bpb columns
+    assert headline_of([], [{"teacher": "lm_d64_l2", "bpb": 1.37}]) is BITS_PER_BYTE
+    assert headline_of([{"last_bpb": ""}], [{"teacher": "resnet8", "bpb": None}]) is TOP1
+    assert headline_of([{"last_bpb": 1.5}]) is BITS_PER_BYTE

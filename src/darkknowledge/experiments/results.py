@@ -9,6 +9,7 @@ import io
 import json
 import shutil
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,10 @@ TOP1 = Headline("top1", "top-1 (%)", True, 2)
 BITS_PER_BYTE = Headline("bpb", "bits per byte (lower is better)", False, 3)
 
 
-def headline_of(students: list[dict[str, Any]]) -> Headline:
-    return BITS_PER_BYTE if any(r.get("last_bpb") not in (None, "") for r in students) else TOP1
+def headline_of(students: Sequence[dict[str, Any]], teachers: Sequence[dict[str, Any]] = ()) -> Headline:
+    """Bits per byte where any student or teacher row has it (a language-model sweep), else top-1."""
+    values = [r.get("last_bpb") for r in students] + [t.get("bpb") for t in teachers]
+    return BITS_PER_BYTE if any(v not in (None, "") for v in values) else TOP1
 
 
 def teacher_rows(sweep: Sweep) -> list[dict[str, Any]]:
@@ -249,7 +252,7 @@ def markdown_table(
     spec = sweep.spec
     methods = [m.label for m in spec.methods]
     data = spec.base.get("data", {})
-    head = headline_of(students)
+    head = headline_of(students, teachers)
     digits = head.digits
     if head is BITS_PER_BYTE:
         best = (
@@ -360,7 +363,7 @@ def plot(sweep: Sweep, teachers: list[dict[str, Any]], students: list[dict[str, 
     from darkknowledge.diagnostics.plots import ladder_positions
 
     ladder, variants = ladder_positions([float(t["params"]) for t in teachers])
-    head = headline_of(students)
+    head = headline_of(students, teachers)
     column = f"last_{head.metric}"
 
     def point(teacher: str, method: str) -> tuple[float, float] | None:
@@ -454,7 +457,7 @@ def write_results(sweep: Sweep) -> dict[str, Any]:
     students = student_rows(sweep, teachers)
     out = sweep.out
     report = publish_diagnostics(sweep)
-    lm = headline_of(students) is BITS_PER_BYTE
+    lm = headline_of(students, teachers) is BITS_PER_BYTE
     atomic_write_text(out / "results.csv", _csv(students, RESULT_COLUMNS + (LM_RESULT_COLUMNS if lm else [])))
     atomic_write_text(
         out / "teachers.csv",
