@@ -469,3 +469,20 @@ def test_the_plot_draws_methods_across_teachers_and_leaves_ablations_to_the_tabl
     # kd spans both teachers; kd-T2 is a one-teacher variant of it; dist is the only dist entry;
     # takd has a teacher-side step; dkd has no results
     assert plotted_methods(spec.methods, teachers, students) == ["kd", "dist", "takd"]
+
+
+def test_local_executor_starts_a_stage_as_soon_as_its_inputs_are_done(tmp_path):
+    # a slow teacher must not hold back the students of a fast one (no waves)
+    spec = parse_spec(
+        spec_dict(
+            teachers=[{"model": "mlp_h32"}, {"model": "mlp_h128", "config": {"optim": {"epochs": 150}}}],
+            methods=[{"name": "kd", "teachers": ["mlp_h32"]}],
+            seeds=[0],
+        )
+    )
+    lines: list[str] = []
+    sweep = open_sweep(spec, tmp_path / "sw", executor="local", jobs=2, log=lines.append)
+    assert sweep.run() == {"done": 4}  # two teachers, the CE student, the KD student
+    finished = [line.split()[1] for line in lines if line.startswith("  done")]
+    assert finished.index("student-mlp_h16-kd-from-mlp_h32-s0") < finished.index("teacher-mlp_h128")
+    assert len(finished) == 4 and not any(line.startswith("wave") for line in lines)

@@ -3,7 +3,8 @@
 returns when all have finished; outcomes are read back from the directories.
 
 * ``inline``: sequentially in this process (datasets loaded once and shared);
-* ``local``: ``--jobs N`` worker processes at once, each with cores/N threads;
+* ``local``: ``--jobs N`` worker processes at once, each with cores/N threads; a stage starts
+  as soon as its inputs are finished and a worker is free (no waves);
 * ``submitit``: an existing cluster engine — SLURM job arrays, or its local executor
   (``cluster=local``) on one machine; parameters pass through (``timeout_min``,
   ``slurm_partition``, ``cpus_per_task``, ...).
@@ -11,8 +12,11 @@ returns when all have finished; outcomes are read back from the directories.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ from darkknowledge.experiments.stage import record_failure, run_stage
 
 class Executor:
     name = "executor"
+    streams = False  # True: the sweep submits each stage as soon as its inputs are finished (pool/submit/collect)
 
     def run(self, stage_dirs: list[Path]) -> None:  # pragma: no cover - interface
         raise NotImplementedError
@@ -92,6 +97,7 @@ class LocalExecutor(Executor):
     """
 
     name = "local"
+    streams = True
 
     def __init__(self, jobs: int = 1, cores: int | None = None):
         if jobs < 1:
@@ -103,24 +109,38 @@ class LocalExecutor(Executor):
         # threads oversubscribed across processes collapse on a small CPU: split the cores
         return max(1, self.cores // self.jobs)
 
-    def run(self, stage_dirs: list[Path]) -> None:
+    @contextlib.contextmanager
+    def pool(self, jobs: int | None = None) -> Iterator[ProcessPoolExecutor]:
+        """``jobs`` (default ``--jobs``) worker processes, alive until the block ends."""
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
 
-        if not stage_dirs:
-            return
         with ProcessPoolExecutor(
-            max_workers=min(self.jobs, len(stage_dirs)),
+            max_workers=jobs or self.jobs,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
             initargs=(self.threads_per_job(), os.getpid()),
         ) as pool:
-            futures = {pool.submit(_run_in_worker, str(d)): Path(d) for d in stage_dirs}
-            for future, d in futures.items():
-                try:
-                    future.result()
-                except Exception as exc:
-                    record_failure(d, f"worker process died ({type(exc).__name__}: {exc})")
+            yield pool
+
+    @staticmethod
+    def submit(pool: ProcessPoolExecutor, stage_dir: Path) -> Future[str]:
+        return pool.submit(_run_in_worker, str(stage_dir))
+
+    @staticmethod
+    def collect(future: Future[str], stage_dir: Path) -> None:
+        """Wait for one stage; a worker that died fails that stage (its directory says why)."""
+        try:
+            future.result()
+        except Exception as exc:
+            record_failure(stage_dir, f"worker process died ({type(exc).__name__}: {exc})")
+
+    def run(self, stage_dirs: list[Path]) -> None:
+        if not stage_dirs:
+            return
+        with self.pool(min(self.jobs, len(stage_dirs))) as pool:
+            futures = [(self.submit(pool, Path(d)), Path(d)) for d in stage_dirs]
+            for future, d in futures:
+                self.collect(future, d)
 
 
 class SubmititExecutor(Executor):

@@ -532,6 +532,8 @@ class Sweep:
     def run(self, retry_failed: bool = True) -> dict[str, int]:
         """Run every missing stage in topological order; return counts of final states."""
         self.prepare_out_dir()
+        if self.executor.streams:
+            return self._run_streaming(retry_failed)
         t0 = time.perf_counter()
         attempted: set[str] = set()
         step = 0
@@ -552,16 +554,51 @@ class Sweep:
             self.refresh()
             for n in ready:
                 attempted.add(n.key)
-                self.log(self._outcome_line(n))
-                self.store.write_record(n)
+                self._finished(n)
             self.log(f"wave {step} finished in {time.perf_counter() - start:.1f}s")
-            ran = {n.key for n in ready}
-            for twin in (n for n in self.graph.nodes if n.key in ran and self.store.twin_of(n) is not None):
-                self.store.write_record(twin)
-                self.log(f"  {self.store.state(twin):7s} {twin.name}  (the same run as {self.store.home(twin).name})")
         counts = self.counts()
         self.log(f"sweep: {counts} in {time.perf_counter() - t0:.1f}s")
         return counts
+
+    def _run_streaming(self, retry_failed: bool) -> dict[str, int]:
+        """:meth:`run` on an executor with a worker pool: each stage is submitted as soon as its
+        inputs are finished, so a long stage never holds back the stages that do not need it."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        executor: Any = self.executor
+        t0 = time.perf_counter()
+        attempted: set[str] = set()
+        running: dict[Any, StageSpec] = {}
+        with executor.pool() as pool:
+            while True:
+                self.refresh()
+                for n in self.plan(retry_failed, exclude=attempted):
+                    if self._ready(n) is None:
+                        self.store.write_request(n)
+                        attempted.add(n.key)
+                        running[executor.submit(pool, self.store.dir(n))] = n
+                        self.log(f"  started {n.name} ({len(running)} running, {self.executor.name} executor)")
+                if not running:
+                    break
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in done:
+                    n = running.pop(future)
+                    executor.collect(future, self.store.dir(n))
+                    self.refresh()
+                    self._finished(n)
+        counts = self.counts()
+        self.log(f"sweep: {counts} in {time.perf_counter() - t0:.1f}s")
+        return counts
+
+    def _finished(self, n: StageSpec) -> None:
+        """Log a stage's outcome and write its record (and those of the stages that are the same run)."""
+        self.log(self._outcome_line(n))
+        self.store.write_record(n)
+        for twin in (
+            t for t in self.graph.nodes if t.key == n.key and t is not n and self.store.twin_of(t) is not None
+        ):
+            self.store.write_record(twin)
+            self.log(f"  {self.store.state(twin):7s} {twin.name}  (the same run as {self.store.home(twin).name})")
 
     def _outcome_line(self, n: StageSpec) -> str:
         res = self.store.result(n) or {}
