@@ -118,3 +118,19 @@ def test_the_committed_capacity_records_resolve_on_a_fresh_directory(tmp_path):
     assert sweep.counts() == {"recorded": 229, "skipped": 1}
     assert sweep.plan() == []
     assert not (tmp_path / "fresh").exists()
+
+
+def test_waiting_on_counts_every_stage_downstream_once(tmp_path):
+    # two teachers; KD from both, DIST from the larger only; one seed
+    spec = parse_spec(
+        spec_dict(
+            methods=[{"name": "kd"}, {"name": "dist", "teachers": ["mlp_h128"]}],
+            seeds=[0],
+        )
+    )
+    graph = open_sweep(spec, tmp_path / "sw", log=quiet).graph
+    waiting = graph.waiting_on()
+    by_name = {n.name: waiting.get(n.key, 0) for n in graph.nodes}
+    assert by_name["teacher-mlp_h32"] == 1  # its KD student
+    assert by_name["teacher-mlp_h128"] == 2  # KD and DIST students
+    assert all(v == 0 for k, v in by_name.items() if k.startswith("student-"))

@@ -107,6 +107,15 @@ class StageGraph:
     def of_kind(self, kind: Kind) -> list[StageSpec]:
         return [n for n in self.nodes if n.kind == kind]
 
+    def waiting_on(self) -> dict[str, int]:
+        """key -> how many other stages (distinct keys) need it, directly or through others."""
+        counts: dict[str, set[str]] = {}
+        for n in self.nodes:
+            for p in self.upstream([n]):
+                if p.key != n.key:
+                    counts.setdefault(p.key, set()).add(n.key)
+        return {k: len(v) for k, v in counts.items()}
+
     def upstream(self, nodes: list[StageSpec]) -> list[StageSpec]:
         """Every producer of ``nodes``, transitively (graph order)."""
         seen: set[int] = set()

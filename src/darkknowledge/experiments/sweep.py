@@ -562,22 +562,27 @@ class Sweep:
 
     def _run_streaming(self, retry_failed: bool) -> dict[str, int]:
         """:meth:`run` on an executor with a worker pool: each stage is submitted as soon as its
-        inputs are finished, so a long stage never holds back the stages that do not need it."""
+        inputs are finished and a worker is free, so a long stage never holds back the stages that
+        do not need it; among ready stages, the one the most other stages wait for goes first."""
         from concurrent.futures import FIRST_COMPLETED, wait
 
         executor: Any = self.executor
         t0 = time.perf_counter()
         attempted: set[str] = set()
         running: dict[Any, StageSpec] = {}
+        waiting_on = self.graph.waiting_on()
         with executor.pool() as pool:
             while True:
                 self.refresh()
-                for n in self.plan(retry_failed, exclude=attempted):
-                    if self._ready(n) is None:
-                        self.store.write_request(n)
-                        attempted.add(n.key)
-                        running[executor.submit(pool, self.store.dir(n))] = n
-                        self.log(f"  started {n.name} ({len(running)} running, {self.executor.name} executor)")
+                ready = [n for n in self.plan(retry_failed, exclude=attempted) if self._ready(n) is None]
+                # the stage most others wait for first; never more than the workers can take, so a
+                # stage that becomes ready later is not queued behind the others
+                ready.sort(key=lambda n: -waiting_on.get(n.key, 0))
+                for n in ready[: max(0, executor.jobs - len(running))]:
+                    self.store.write_request(n)
+                    attempted.add(n.key)
+                    running[executor.submit(pool, self.store.dir(n))] = n
+                    self.log(f"  started {n.name} ({len(running)} running, {self.executor.name} executor)")
                 if not running:
                     break
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
