@@ -9,9 +9,9 @@ import pytest
 
 from darkknowledge.experiments import open_sweep
 from darkknowledge.experiments.graph import FileInput, StageGraph, StageSpec
+from darkknowledge.experiments.identity import identity_config
 from darkknowledge.experiments.kinds import KINDS, Kind
 from darkknowledge.experiments.spec import parse_spec
-from darkknowledge.experiments.stage import identity_config
 from support import quiet, spec_dict
 
 REPO = Path(__file__).resolve().parents[2]

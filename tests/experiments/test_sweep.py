@@ -19,9 +19,9 @@ import yaml
 from darkknowledge.cli.main import main
 from darkknowledge.errors import UserError
 from darkknowledge.experiments import open_sweep
+from darkknowledge.experiments.identity import identity_config, stage_key
 from darkknowledge.experiments.results import write_results
 from darkknowledge.experiments.spec import parse_spec
-from darkknowledge.experiments.stage import identity_config, stage_key
 from support import BASE, quiet, spec_dict, write_spec
 
 

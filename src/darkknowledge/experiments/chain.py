@@ -17,8 +17,9 @@ def run_assistant(cfg: RunConfig, assistant_model: str, log=print) -> str:
     """Train (or reuse) the assistant of ``cfg``'s teacher; return its checkpoint path."""
     from darkknowledge.errors import UserError
     from darkknowledge.experiments.graph import FileInput, StageSpec
+    from darkknowledge.experiments.identity import INPUT_PLACEHOLDER
     from darkknowledge.experiments.kinds import Kind
-    from darkknowledge.experiments.stage import INPUT_PLACEHOLDER, run_stage
+    from darkknowledge.experiments.stage import run_stage
     from darkknowledge.experiments.store import StageStore
 
     assistant = assistant_config(cfg, assistant_model)

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from darkknowledge.experiments.identity import input_digest, stage_key
 from darkknowledge.experiments.kinds import KINDS, Kind
-from darkknowledge.experiments.stage import input_digest, stage_key
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 from darkknowledge.config import validate_config
 from darkknowledge.errors import UserError
+from darkknowledge.experiments.identity import INPUT_FIELDS, identity_config, input_digest
 
 
 class Kind(str, Enum):
@@ -62,15 +63,11 @@ def _read_dict(path: Path) -> dict[str, Any] | None:
 
 
 def _run_identity(config: dict[str, Any]) -> dict[str, Any]:
-    from darkknowledge.experiments.stage import identity_config
-
     return identity_config(config)
 
 
 def place_run_inputs(config: dict[str, Any], paths: dict[str, str]) -> dict[str, Any]:
     """A run config with its input files (role -> path) at their config fields."""
-    from darkknowledge.experiments.stage import INPUT_FIELDS
-
     out = copy.deepcopy(config)
     for role, path in paths.items():
         section, name = INPUT_FIELDS[role]
@@ -92,8 +89,6 @@ def _load_splits(cfg, datasets: dict[str, Any] | None):
 
 def _check_given_inputs(request: dict[str, Any]) -> None:
     """A given checkpoint or pretrained model (identified by its weights) must not have changed since planning."""
-    from darkknowledge.experiments.stage import input_digest
-
     for role, path in request.get("paths", {}).items():
         ident = str(request["inputs"].get(role, ""))
         if role != "cache" and not ident.startswith("stage:") and input_digest(role, path) != ident:

@@ -20,8 +20,9 @@ from typing import Any
 
 from darkknowledge.errors import UserError
 from darkknowledge.experiments.graph import StageSpec
+from darkknowledge.experiments.identity import INPUT_PLACEHOLDER
 from darkknowledge.experiments.kinds import KINDS, place_run_inputs
-from darkknowledge.experiments.stage import INPUT_PLACEHOLDER, read_json
+from darkknowledge.experiments.stage import read_json
 from darkknowledge.fileio import atomic_write_json
 
 

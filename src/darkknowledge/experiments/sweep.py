@@ -22,9 +22,10 @@ from darkknowledge.config import deep_merge, validate_config
 from darkknowledge.errors import UserError
 from darkknowledge.experiments.executors import Executor, InlineExecutor
 from darkknowledge.experiments.graph import FileInput, Input, StageGraph, StageRef, StageSpec
+from darkknowledge.experiments.identity import INPUT_FIELDS, INPUT_PLACEHOLDER, PRETRAINED_ROLES
 from darkknowledge.experiments.kinds import CACHE_OUTPUT, KINDS, Kind, place_run_inputs
 from darkknowledge.experiments.spec import MethodSpec, SweepSpec, TeacherSpec, pairs
-from darkknowledge.experiments.stage import INPUT_FIELDS, INPUT_PLACEHOLDER, PRETRAINED_ROLES, read_json
+from darkknowledge.experiments.stage import read_json
 from darkknowledge.experiments.store import FINISHED, StageStore
 from darkknowledge.fileio import atomic_write_json
 
