@@ -410,6 +410,14 @@ class EngineConfig(_Strict):
         affects_result=False,
         resumable=True,
     )
+    sample_tokens: int = setting(
+        32,
+        "Language models: after each evaluation print a greedy continuation of this many tokens of the start "
+        "of the first validation (or test) window; 0: none.",
+        ge=0,
+        affects_result=False,
+        resumable=True,
+    )
     loss_chunk_tokens: int | None = setting(
         None,
         "Language models: tokens per group of the distillation loss, which never holds more than one group's "

@@ -150,3 +150,16 @@ def test_a_student_distils_from_a_top_k_cache_of_the_teacher(lm_teacher, monkeyp
     assert json.loads((work / "c16" / "meta.json").read_text())["k"] == 16 and math.isfinite(top16["final"]["val/nll"])
     with pytest.raises(UserError, match="windows"):
         train(load_config(overrides=[*common, "teacher.cache=c16", "data.context=16", "name=other"]))
+
+
+def test_each_evaluation_prints_a_greedy_sample_decoded_by_the_tokenizer(lm_teacher, capsys, monkeypatch):
+    work, _ = lm_teacher
+    monkeypatch.chdir(work)
+    common = [f"output_dir={work}", *FAST, *TEXT, "model.name=lm_d16_l1", "optim.epochs=2"]
+    train(load_config(overrides=[*common, "name=sampled", "engine.sample_tokens=5"]))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  sample (val): ")]
+    assert len(lines) == 2  # one per evaluated epoch
+    prompt, continuation = lines[0].removeprefix("  sample (val): ").split(" -> ")
+    assert prompt.startswith("'") and continuation.startswith("'") and len(continuation) > 2
+    train(load_config(overrides=[*common, "name=silent", "engine.sample_tokens=0"]))
+    assert "sample (" not in capsys.readouterr().out

@@ -88,4 +88,5 @@ def load_text_splits(data: DataConfig) -> tuple[TokenWindows, TokenWindows, Toke
     windows = {s: TokenWindows(arrays[s], data.context, data.packing) for s in ("train", "validation", "test")}
     for w in windows.values():
         w.spec = spec
+        w.decode = tokenizer.decode
     return windows["train"], windows["validation"], windows["test"]

@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -198,6 +198,7 @@ class TokenWindows:
     """Windows of ``context + 1`` tokens over one :class:`TokenArray` (see the module doc)."""
 
     spec: DataSpec | None = None  # set by data.corpora for a run: classes = vocabulary, size = 1 x context
+    decode: Callable[[Sequence[int]], str] | None = None  # the tokenizer's, set by data.corpora (text samples)
 
     def __init__(self, array: TokenArray, context: int, packing: Packing = "concat"):
         if isinstance(context, bool) or not isinstance(context, int) or context < 1:

@@ -64,6 +64,10 @@ class Evaluator:
                 out[f"{split}/rank_fidelity"] = float(rank_fidelity(logits, teacher_logits, targets))
         return out
 
+    def sample(self, model: nn.Module, split: str) -> str | None:
+        """A generated text sample (language models only)."""
+        return None
+
     def teacher_logits(self, split: str) -> Tensor | None:
         """The teacher signal's logits on a split (asked once; None when it has none, e.g. a cache without them)."""
         if self.teacher is None:
@@ -85,9 +89,34 @@ class TokenEvaluator:
         batch_size: int,
         device: torch.device,
         precision: str,
+        sample_tokens: int = 0,
     ):
         self.datasets = {k: v for k, v in datasets.items() if v is not None}
         self.teacher, self.batch_size, self.device, self.precision = teacher, batch_size, device, precision
+        self.sample_tokens = sample_tokens
+
+    @torch.no_grad()
+    def sample(self, model: nn.Module, split: str) -> str | None:
+        """``prompt -> continuation``: the first quarter of the split's first window (at most 32
+        tokens) and ``sample_tokens`` tokens generated greedily after it (None: no sample asked,
+        or no tokenizer to decode with)."""
+        windows = self.datasets.get(split)
+        decode = getattr(windows, "decode", None)
+        if not self.sample_tokens or windows is None or decode is None or len(windows) == 0:
+            return None
+        tokens, mask = windows.rows(torch.zeros(1, dtype=torch.long))
+        length = int(mask.sum())
+        prompt_length = max(1, min(32, length // 4))
+        ids = tokens[:, :prompt_length].to(self.device)
+        was_training = model.training
+        model.eval()
+        steps = min(self.sample_tokens, windows.context - prompt_length)
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            for _ in range(steps):
+                ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+        model.train(was_training)
+        prompt, continuation = ids[0, :prompt_length].tolist(), ids[0, prompt_length:].tolist()
+        return f"{decode(prompt)!r} -> {decode(continuation)!r}"
 
     @staticmethod
     def selection_score(record: dict[str, Any], split: str) -> float | None:
@@ -144,10 +173,11 @@ def make_evaluator(
     device: torch.device,
     precision: str,
     channels_last: bool,
+    sample_tokens: int = 0,
 ) -> Evaluator | TokenEvaluator:
     """The evaluator of a run's splits: classification metrics, or next-token metrics over token windows."""
     from darkknowledge.data.loaders import is_tokens
 
     if any(is_tokens(d) for d in datasets.values() if d is not None):
-        return TokenEvaluator(datasets, teacher, batch_size, device, precision)
+        return TokenEvaluator(datasets, teacher, batch_size, device, precision, sample_tokens)
     return Evaluator(datasets, teacher, batch_size, device, precision, channels_last)

@@ -89,6 +89,7 @@ class Trainer:
             self.device,
             self.precision,
             cfg.engine.channels_last,
+            cfg.engine.sample_tokens,
         )
 
     # ------------------------------------------------------------------ checkpoints
@@ -344,6 +345,10 @@ class Trainer:
                 if epoch + 1 in cfg.engine.keep_epochs:  # e.g. an early-stopped teacher (ESKD)
                     atomic_torch_save(self._checkpoint(epoch + 1, record), self.run_dir / f"epoch-{epoch + 1}.pt")
                 print_epoch(record, cfg.optim.epochs)
+                if f"{self.selection}/top1" in record:  # evaluated this epoch
+                    text = self.evaluator.sample(self.model, self.selection)
+                    if text is not None:
+                        print(f"  sample ({self.selection}): {text}", flush=True)
         for logger in loggers:
             logger.close()
         distributed.barrier()
