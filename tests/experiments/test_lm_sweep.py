@@ -43,7 +43,10 @@ def test_a_language_model_sweep_with_teacher_caches_runs_and_resumes(tmp_path, m
     assert all(0 < float(r["last_bpb"]) < 8 for r in rows)
     assert all(float(r["teacher_bpb"]) > 0 for r in rows if r["method"] == "kd")
     table = (tmp_path / "out" / "results.md").read_text()
-    assert "bits per byte (lower is better)" in table and "teacher bpb" in table
+    assert "bits per byte (lower is better)" in table and "| params | non-embedding | teacher bpb |" in table
+    with open(tmp_path / "out" / "teachers.csv", newline="") as f:
+        teacher_row = next(csv.DictReader(f))
+    assert f"| lm_d32_l1 | {int(teacher_row['params']):,d} | {int(teacher_row['non_embedding_params']):,d} |" in table
     kd_row = next(r for r in rows if r["method"] == "kd")
     ce_row = next(r for r in rows if r["method"] == "ce")
     difference = float(kd_row["last_bpb"]) - float(ce_row["last_bpb"])

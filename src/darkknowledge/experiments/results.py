@@ -276,6 +276,8 @@ def markdown_table(
         "mean ± std over seeds. *Last* is the final epoch; *best* is " + best,
         "",
     ]
+    # language models: capacity is counted without the embedding (the vocabulary's share)
+    non_embedding_head = " | non-embedding" if head is BITS_PER_BYTE else ""
     for col, title in ((f"last_{head.metric}", "Last epoch"), (f"best_{head.metric}", "Best epoch")):
         ce = _values(students, col, method="ce")
         lines += [
@@ -283,14 +285,18 @@ def markdown_table(
             "",
             f"Student alone (CE): **{mean_std(ce, digits=digits)}**",
             "",
-            f"| teacher | params | teacher {head.metric} | " + " | ".join(methods) + " |",
-            "|---|---:|---:|" + "---:|" * len(methods),
+            f"| teacher | params{non_embedding_head} | teacher {head.metric} | " + " | ".join(methods) + " |",
+            "|---|---:|" + "---:|" * (len(methods) + 1 + bool(non_embedding_head)),
         ]
         for t in teachers:
             cells = [mean_std(_values(students, col, teacher=t["teacher"], method=m), digits=digits) for m in methods]
             own = t.get(head.metric)
             own_text = f"{own:.{digits}f}" if isinstance(own, (int, float)) else "–"
-            lines.append(f"| {t['teacher']} | {t['params']:,d} | {own_text} | " + " | ".join(cells) + " |")
+            sizes = f"{t['params']:,d}"
+            if non_embedding_head:
+                count = t.get("non_embedding_params")
+                sizes += f" | {count:,d}" if isinstance(count, int) else " | –"
+            lines.append(f"| {t['teacher']} | {sizes} | {own_text} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += paired_table(teachers, students, methods, head)
     lines += [
