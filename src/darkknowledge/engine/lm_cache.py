@@ -158,7 +158,9 @@ class LMCacheWriter:
         self.vocab_size: int | None = None
         self.window_length: int | None = None
         self._shards: list[dict[str, int]] = []
-        self._buffer: dict[str, list[np.ndarray]] = {}
+        # the shard being written, preallocated (many small retained arrays would fragment the
+        # heap between the full-vocabulary temporaries: the resident set grew by ~26x the data)
+        self._buffer: dict[str, np.ndarray] = {}
         self._buffered_rows = 0
         self._buffered_windows = 0
 
@@ -192,35 +194,42 @@ class LMCacheWriter:
             raise ValueError(f"targets {tuple(targets.shape)} do not match teacher logits {tuple(logits.shape)}")
         targets = targets.cpu().long().reshape(-1)
         flat = logits.detach().reshape(-1, vocab)
-        for start in range(0, flat.shape[0], _ROW_BLOCK):
+        rows = b * length
+        if self._buffered_rows and self._buffered_rows + rows > len(self._buffer["lse"]):
+            self._flush()  # shards end between batches, so each holds whole windows
+        if not self._buffered_rows:
+            self._allocate(max(self.shard_tokens, rows))
+        offset = self._buffered_rows
+        for start in range(0, rows, _ROW_BLOCK):
             z = flat[start : start + _ROW_BLOCK].float()
             y = targets[start : start + _ROW_BLOCK].to(z.device)
             values, ids = z.topk(self.k, dim=-1)
-            part = {
-                "ids": ids.int(),
-                "values": values,
-                "lse": z.logsumexp(-1),
-                "targets": y.int(),
-            }
+            part = {"ids": ids, "values": values, "lse": z.logsumexp(-1), "targets": y}
             if self.statistics:
                 part.update(token_statistics(z, y))
+            at = slice(offset + start, offset + start + z.shape[0])
             for name, tensor in part.items():
-                array = tensor.cpu().numpy()
-                if name == "values":
-                    array = array.astype(_VALUE_DTYPES[self.value_dtype])
-                self._buffer.setdefault(name, []).append(array)
-        self._buffered_rows += b * length
+                self._buffer[name][at] = tensor.cpu().numpy()  # cast to the shard's dtype on assignment
+        self._buffered_rows += rows
         self._buffered_windows += b
-        if self._buffered_rows >= self.shard_tokens:
-            self._flush()
+
+    def _allocate(self, capacity: int) -> None:
+        k, stats = self.k, STATISTICS if self.statistics else ()
+        self._buffer = {
+            "ids": np.empty((capacity, k), np.int32),
+            "values": np.empty((capacity, k), _VALUE_DTYPES[self.value_dtype]),
+            "lse": np.empty(capacity, np.float32),
+            "targets": np.empty(capacity, np.int32),
+            **{name: np.empty(capacity, np.float32) for name in stats},
+        }
 
     def _flush(self) -> None:
         if not self._buffered_rows:
             return
         shard = self._tmp / f"shard_{len(self._shards):05d}"
         shard.mkdir()
-        for name, parts in self._buffer.items():
-            np.save(shard / f"{name}.npy", np.concatenate(parts))
+        for name, array in self._buffer.items():
+            np.save(shard / f"{name}.npy", array[: self._buffered_rows])
         self._shards.append({"rows": self._buffered_rows, "windows": self._buffered_windows})
         self._buffer, self._buffered_rows, self._buffered_windows = {}, 0, 0
 
