@@ -486,3 +486,25 @@ def test_local_executor_starts_a_stage_as_soon_as_its_inputs_are_done(tmp_path):
     finished = [line.split()[1] for line in lines if line.startswith("  done")]
     assert finished.index("student-mlp_h16-kd-from-mlp_h32-s0") < finished.index("teacher-mlp_h128")
     assert len(finished) == 4 and not any(line.startswith("wave") for line in lines)
+
+
+def _die() -> None:
+    os._exit(1)
+
+
+def test_the_local_pool_replaces_itself_after_a_worker_died():
+    # a worker killed (out of memory, say) breaks a process pool: its job fails, the next ones
+    # run in fresh workers instead of the sweep stopping with BrokenProcessPool
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from darkknowledge.experiments.executors import WorkerPool
+
+    pool = WorkerPool(lambda: ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")))
+    try:
+        with pytest.raises(BrokenProcessPool):
+            pool.submit(_die).result(timeout=120)
+        assert pool.submit(pow, 2, 5).result(timeout=120) == 32
+    finally:
+        pool.close()

@@ -15,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,27 @@ def _run_in_worker(stage_dir: str) -> str:
     return run_stage(stage_dir, datasets=_WORKER_DATASETS)
 
 
+class WorkerPool:
+    """A process pool that replaces itself once a worker has died (killed, out of memory): the
+    dead pool's unfinished jobs fail (:meth:`LocalExecutor.collect` records them), later jobs run
+    in fresh workers instead of the whole sweep stopping."""
+
+    def __init__(self, make: Callable[[], ProcessPoolExecutor]):
+        self._make = make
+        self._pool = make()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        try:
+            return self._pool.submit(fn, *args)
+        except BrokenProcessPool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._make()
+            return self._pool.submit(fn, *args)
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+
 class LocalExecutor(Executor):
     """Run up to ``jobs`` stages at once in a pool of worker processes on this machine.
 
@@ -110,20 +132,26 @@ class LocalExecutor(Executor):
         return max(1, self.cores // self.jobs)
 
     @contextlib.contextmanager
-    def pool(self, jobs: int | None = None) -> Iterator[ProcessPoolExecutor]:
+    def pool(self, jobs: int | None = None) -> Iterator[WorkerPool]:
         """``jobs`` (default ``--jobs``) worker processes, alive until the block ends."""
         import multiprocessing
 
-        with ProcessPoolExecutor(
-            max_workers=jobs or self.jobs,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(self.threads_per_job(), os.getpid()),
-        ) as pool:
-            yield pool
+        def make() -> ProcessPoolExecutor:
+            return ProcessPoolExecutor(
+                max_workers=jobs or self.jobs,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(self.threads_per_job(), os.getpid()),
+            )
+
+        workers = WorkerPool(make)
+        try:
+            yield workers
+        finally:
+            workers.close()
 
     @staticmethod
-    def submit(pool: ProcessPoolExecutor, stage_dir: Path) -> Future[str]:
+    def submit(pool: WorkerPool, stage_dir: Path) -> Future[str]:
         return pool.submit(_run_in_worker, str(stage_dir))
 
     @staticmethod
