@@ -1,10 +1,13 @@
 """Tables of docs/results.md from a capacity sweep's results.csv (methods as rows, teachers as columns).
 
     .venv/bin/python benchmarks/capacity_tables.py docs/capacity/results.csv
+    .venv/bin/python benchmarks/capacity_tables.py runs/lm-capacity/results.csv   # language models
 
-Prints, as markdown: test top-1 per method and teacher (last epoch and best-on-validation,
-mean ± std over seeds); the validation top-1 of the ablations (what the defaults were chosen
+Prints, as markdown: the test metric per method and teacher (last epoch and best-on-validation,
+mean ± std over seeds); the validation metric of the best epoch (what the defaults were chosen
 on); and the paired differences behind the claims (same seed = same initial weights and batches).
+The metric is top-1 (higher is better), or bits per byte (lower is better) for a language-model
+sweep (its results.csv has `last_bpb`); every (teacher, method) is also paired with the CE student.
 """
 
 from __future__ import annotations
@@ -16,25 +19,35 @@ from collections import defaultdict
 
 from darkknowledge.experiments.calibration import paired as paired_by_seed
 
+DIGITS = 2  # 3 for bits per byte
+
 
 def mean_std(values: list[float]) -> str:
     if not values:
         return "–"
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:.{DIGITS}f}"
+    return f"{statistics.mean(values):.{DIGITS}f} ± {statistics.stdev(values):.{DIGITS}f}"
 
 
-def signed(values: list[float]) -> str:
+def signed(values: list[float], lower_is_better: bool = False) -> str:
     if not values:
         return "–"
-    sd = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
-    return f"{statistics.mean(values):+.2f}{sd} ({sum(v > 0 for v in values)}/{len(values)} > 0)"
+    sd = f" ± {statistics.stdev(values):.{DIGITS}f}" if len(values) > 1 else ""
+    wins, sign = (sum(v < 0 for v in values), "<") if lower_is_better else (sum(v > 0 for v in values), ">")
+    return f"{statistics.mean(values):+.{DIGITS}f}{sd} ({wins}/{len(values)} {sign} 0)"
 
 
 def main(path: str) -> None:
+    global DIGITS
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
+    if not rows:
+        print(f"{path}: no student has finished yet")
+        return
+    lm = any(r.get("last_bpb") for r in rows)
+    metric, name = ("bpb", "bits per byte") if lm else ("top1", "top-1")
+    DIGITS = 3 if lm else 2
     cell: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
     teachers: dict[str, int] = {}
     methods: list[str] = []
@@ -43,7 +56,7 @@ def main(path: str) -> None:
             methods.append(r["method"])
         if r["teacher"]:
             teachers[r["teacher"]] = int(r["teacher_params"] or 0)
-        for col in ("last_top1", "best_top1", "best_val_top1", "last_val_top1"):
+        for col in (f"last_{metric}", f"best_{metric}", f"best_val_{metric}", f"last_val_{metric}"):
             if r.get(col):
                 cell[(r["teacher"], r["method"], col)][r["seed"]] = float(r[col])
     order = sorted(teachers, key=lambda t: (teachers[t], t))
@@ -52,9 +65,9 @@ def main(path: str) -> None:
         return list(cell.get((t, m, col), {}).values())
 
     for col, title in (
-        ("last_top1", "test top-1, last epoch"),
-        ("best_top1", "test top-1 of the best-on-validation checkpoint"),
-        ("best_val_top1", "validation top-1, best epoch"),
+        (f"last_{metric}", f"test {name}, last epoch"),
+        (f"best_{metric}", f"test {name} of the best-on-validation checkpoint"),
+        (f"best_val_{metric}", f"validation {name}, best epoch"),
     ):
         print(f"\n#### {title} (mean ± std over seeds)\n")
         print("| method | " + " | ".join(order) + " |")
@@ -68,22 +81,31 @@ def main(path: str) -> None:
             print(f"| {m} | " + " | ".join(mean_std(values(t, m, col)) for t in order) + " |")
 
     def paired(a: tuple[str, str], b: tuple[str, str]) -> list[float]:
-        return paired_by_seed(rows, a, b, "last_top1")
+        return paired_by_seed(rows, a, b, f"last_{metric}")
 
-    print("\n#### paired differences, test top-1, last epoch (mean ± std over seeds, seeds > 0)\n")
+    def diff(values: list[float]) -> str:
+        return signed(values, lower_is_better=lm)
+
+    better = "< 0" if lm else "> 0"
+    print(f"\n#### paired differences, test {name}, last epoch (mean ± std over seeds, seeds {better})\n")
     print("| comparison | difference |")
     print("|---|---:|")
     ladder = [t for i, t in enumerate(order) if i == 0 or teachers[t] != teachers[order[i - 1]]]  # first of each size
     for i, t in enumerate(ladder[1:], 1):
-        print(f"| kd from {t} − kd from {ladder[i - 1]} | {signed(paired((t, 'kd'), (ladder[i - 1], 'kd')))} |")
+        print(f"| kd from {t} − kd from {ladder[i - 1]} | {diff(paired((t, 'kd'), (ladder[i - 1], 'kd')))} |")
     for t in order:
         base = next(b for b in ladder if teachers[b] == teachers[t])
         if t != base:  # a remedy teacher of the same size (ESKD, RegT): against the plain one
-            print(f"| kd from {t} − kd from {base} | {signed(paired((t, 'kd'), (base, 'kd')))} |")
+            print(f"| kd from {t} − kd from {base} | {diff(paired((t, 'kd'), (base, 'kd')))} |")
     big = ladder[-1]
     for m in methods:
-        if m not in ("ce", "kd") and values(big, m, "last_top1"):
-            print(f"| {m} from {big} − kd from {big} | {signed(paired((big, m), (big, 'kd')))} |")
+        if m not in ("ce", "kd") and values(big, m, f"last_{metric}"):
+            print(f"| {m} from {big} − kd from {big} | {diff(paired((big, m), (big, 'kd')))} |")
+    if lm:  # every distilled student against the student alone
+        for t in order:
+            for m in methods:
+                if m != "ce" and values(t, m, f"last_{metric}"):
+                    print(f"| {m} from {t} − ce | {diff(paired((t, m), ('', 'ce')))} |")
 
 
 if __name__ == "__main__":
