@@ -157,6 +157,8 @@ CATALOGUE = [
     (["diagnose", "-t", "T.pt", "--temperatures", "a,b"], ["comma-separated numbers"]),
     (["diagnose", "-t", "T.pt", "--out", "file.txt"], ["is a file"]),
     (["diagnose"], ["at least one --teacher"]),
+    (["diagnose", "--cache", "no-such-cache"], ["is not a teacher cache"]),
+    (["diagnose", "--cache", "no-such-cache", "-t", "T.pt"], ["one kind of source at a time"]),
     (["diagnose", "-t", "T.pt", "--device", "banana"], ["'banana' is not a torch device"]),
     (["diagnose", "-t", "garbage.pt"], ["corrupted"]),
     (["diagnose", "-t", "T.pt", "--out", "userdiag"], ["not written by darkknowledge diagnose", "left as it is"]),

@@ -28,6 +28,13 @@ def _add_diagnose(p):
         help="diagnose a .npy/.npz of logits instead of checkpoints (see docs/diagnostics.md)",
     )
     p.add_argument(
+        "--cache",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="diagnose language-model teachers from their top-k caches of one corpus (repeat, smallest first)",
+    )
+    p.add_argument(
         "overrides", nargs="*", metavar="data.key=value", help="dataset (default: the first teacher's training data)"
     )
     p.add_argument(
@@ -69,11 +76,17 @@ def _diagnose(args) -> int:
     check_report_dir(args.out)
     if args.max_rows is not None and args.max_rows < 1:
         raise UserError(f"--max-rows must be at least 1, got {args.max_rows}")
+    if sum(map(bool, (args.logits, args.cache, args.teacher))) > 1:
+        raise UserError("diagnose one kind of source at a time: --teacher CKPT, --logits FILE or --cache DIR")
     if args.logits:
         result = diagnose_from_logits_file(args.logits, out_dir=args.out, options=opts)
+    elif args.cache:
+        from darkknowledge.runs.diagnose import diagnose_lm_caches
+
+        result = diagnose_lm_caches(args.cache, out_dir=args.out, options=opts, max_rows=args.max_rows)
     else:
         if not args.teacher:
-            raise UserError("give at least one --teacher CKPT (or --logits FILE)")
+            raise UserError("give at least one --teacher CKPT (or --logits FILE, or --cache DIR)")
         result = diagnose_checkpoints(
             args.teacher,
             args.student,
@@ -97,7 +110,8 @@ def _diagnose(args) -> int:
 DIAGNOSE = Command(
     "diagnose teachers' dark knowledge: non-target variance vs capacity/temperature, rank consistency, angles, decompositions, report card",
     "darkknowledge diagnose -t runs/demo/teacher-mlp_h64/last.pt -t runs/demo/teacher-mlp_h1024/last.pt --out runs/diag\n"
-    "  darkknowledge diagnose -t r56.pt -t r110.pt -s r20.pt data.name=cifar100 data.root=/data/cifar --temperatures 1,2,4,8",
+    "  darkknowledge diagnose -t r56.pt -t r110.pt -s r20.pt data.name=cifar100 data.root=/data/cifar --temperatures 1,2,4,8\n"
+    "  darkknowledge diagnose --cache runs/lm/runs/cache-lm_d96_l3-*/cache --cache runs/lm/runs/cache-lm_d256_l4-*/cache",
     _add_diagnose,
     _diagnose,
 )

@@ -198,3 +198,96 @@ def taught_by(
     if recorded and _recorded_digest(recorded, {} if memo is None else memo) == teacher_digest:
         return True
     return cache is not None and _cache_digest(cache) == teacher_digest
+
+
+def _cache_name(path: Path) -> str:
+    """A cache's name in the report: its directory, or the stage directory a sweep keeps it in."""
+    path = path.resolve()
+    name = path.parent.name if path.name == "cache" else path.name
+    return name.rsplit("-", 1)[0] if name.startswith("cache-") else name
+
+
+def diagnose_lm_caches(
+    paths: list[str],
+    *,
+    out_dir: str | Path | None = "runs/diagnose",
+    options=None,
+    max_rows: int | None = None,
+    names: list[str] | None = None,
+    chunk_rows: int = 512,
+):
+    """Diagnose language-model teachers from their top-k caches (:mod:`darkknowledge.engine.lm_cache`)
+    of one corpus and tokenizer, smallest teacher first: the first ``max_rows`` predicted tokens
+    (default :data:`TOKEN_ROWS`). Every statistic comes from the rows the caches rebuild (top-k,
+    the tail spread uniformly: what a student distilling from them sees); the statistics the caches
+    recorded from the full distributions at T = 1 (target probability, entropy, non-target variance,
+    tau*) are reported beside them, in the result's ``data["full_distribution_at_T1"]``."""
+    import numpy as np
+    import torch
+
+    from darkknowledge.diagnostics import diagnose_stream
+    from darkknowledge.diagnostics.result import OutputsBatch
+    from darkknowledge.engine.lm_cache import LMTeacherCache, expand_topk_rows
+
+    if not paths:
+        raise UserError("give at least one --cache DIR")
+    caches = [LMTeacherCache.open(p) for p in paths]
+    labels = names or [_cache_name(Path(p)) for p in paths]
+    if len(labels) != len(caches) or len(set(labels)) != len(labels):
+        raise UserError(f"diagnose: the caches need distinct names, got {labels}; pass names=")
+    first = caches[0]
+    for path, cache in zip(paths[1:], caches[1:]):
+        same = (cache.vocab_size, cache.window_length, cache.num_windows) == (
+            first.vocab_size,
+            first.window_length,
+            first.num_windows,
+        )
+        if not same or cache.meta["key"]["corpus"] != first.meta["key"]["corpus"]:
+            raise UserError(
+                f"cache {path} is not over the same token windows as {paths[0]} (corpus, vocabulary, windows); "
+                "diagnose caches of one corpus and tokenizer together"
+            )
+    windows = torch.arange(first.num_windows)
+    flat_targets = first.window_arrays(windows, "targets").reshape(-1).long()
+    for path, cache in zip(paths[1:], caches[1:]):
+        if not torch.equal(cache.window_arrays(windows, "targets").reshape(-1).long(), flat_targets):
+            raise UserError(f"cache {path} predicts other tokens than {paths[0]}; diagnose caches of one corpus")
+    rows = (flat_targets != -100).nonzero().squeeze(1)[: max_rows or TOKEN_ROWS]
+    if rows.numel() == 0:
+        raise UserError(f"cache {paths[0]} has no predicted tokens to diagnose")
+    needed = torch.arange(int(rows[-1]) // first.window_length + 1)  # the windows the rows lie in
+
+    def topk(cache: LMTeacherCache) -> list[torch.Tensor]:
+        arrays = [cache.window_arrays(needed, name) for name in ("ids", "values", "lse")]
+        return [a.reshape(-1, *a.shape[2:]) for a in arrays]
+
+    columns = {label: topk(cache) for label, cache in zip(labels, caches)}
+
+    def batches():
+        for start in range(0, rows.numel(), chunk_rows):
+            index = rows[start : start + chunk_rows]
+            logits = {
+                label: expand_topk_rows(ids[index], values[index], lse[index], cache.vocab_size)
+                for (label, (ids, values, lse)), cache in zip(columns.items(), caches)
+            }
+            yield OutputsBatch(targets=flat_targets[index], logits=logits)
+
+    exact: dict[str, dict[str, float]] = {}
+    for label, cache in zip(labels, caches):
+        if not cache.meta.get("statistics"):
+            continue
+        stats = {name: cache.statistic(name)[rows].double() for name in cache.meta["statistics"]}
+        exact[label] = {
+            "target_prob": float(stats["target_logprob"].exp().mean()),
+            "entropy": float(stats["entropy"].mean()),
+            "nt_var": float(stats["nontarget_variance"].mean()),
+            "tau_star_median": float(np.nanmedian(stats["tau_star"].numpy())),
+        }
+    data = {
+        "source": "language-model teacher caches",
+        "caches": [str(Path(p)) for p in paths],
+        "k": [c.k for c in caches],
+        "rows": "top-k logits with the tail spread uniformly (what a student distils from)",
+        "full_distribution_at_T1": exact,
+    }
+    return diagnose_stream(batches(), teachers=labels, out_dir=out_dir, options=options, data=data)
