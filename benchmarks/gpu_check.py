@@ -1,7 +1,16 @@
-"""The Python half of benchmarks/gpu_check.sh: the bench on a device, and a short capacity check.
+"""The Python half of benchmarks/gpu_check.sh: the bench on a device, the language-model and
+full-resolution workloads, and a short capacity check.
 
     python benchmarks/gpu_check.py bench --device cuda --out OUT/bench
+    python benchmarks/gpu_check.py workloads --device cuda --out OUT/workloads
     python benchmarks/gpu_check.py capacity --device cuda --root /tmp/dk-cifar10 --out OUT/capacity --budget-s 300
+
+``workloads`` runs each new workload once, end to end, on the device: a causal LM teacher
+trained on the interpreter's standard-library sources (BPE), and a student distilled from
+its top-k cache (built on the device); a teacher trained on streamed full-resolution JPEGs
+(written by the script: smooth random images in class folders, so nothing is downloaded) and
+a student distilled from its view-keyed cache. It writes ``runs.jsonl`` and ``workloads.md``
+(metrics, tokens or images per second, wall time, GPU memory).
 
 ``capacity`` trains teachers of several sizes with CE, then the student alone (CE) and the
 student distilled with each method and seed, largest teacher first, and writes one JSON line
@@ -101,6 +110,137 @@ def _train(overrides: list[str]) -> dict[str, Any]:
     return out
 
 
+def _write_images(root: Path, classes: int, per_class: int, size: tuple[int, int]) -> None:
+    """Class folders of smooth random JPEGs (``train/`` and ``val/``): a full-resolution layout."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("val", max(2, per_class // 4))):
+        for c in range(classes):
+            folder = root / split / f"class{c:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+                coarse[..., c % 3] = 40 + 20 * c  # a class colour the models can learn
+                image = Image.fromarray(coarse).resize(size, Image.BILINEAR)
+                image.save(folder / f"{i:04d}.jpg", quality=90)
+
+
+def _workloads(args: argparse.Namespace) -> None:
+    import os
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    os.chdir(out)  # token caches and tokenizers go under out/data/
+    smoke = args.smoke
+    device = [f"engine.device={args.device}", f"output_dir={out / 'runs'}", "engine.progress=false", *args.set]
+    rows: list[dict[str, Any]] = []
+
+    def run(name: str, overrides: list[str], unit: str, units: int) -> dict[str, Any]:
+        from darkknowledge.config import load_config
+        from darkknowledge.engine.trainer import build_trainer
+
+        cfg = load_config(overrides=[*device, *overrides, f"name={name}"])
+        if cfg.engine.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        summary = build_trainer(cfg).fit()
+        wall = time.perf_counter() - t0
+        final = summary["final"]
+        row = {
+            "name": name,
+            "metric": "test bpb" if "test/bpb" in final else "test top-1 (%)",
+            "value": final.get("test/bpb", final.get("test/top1")),
+            "rate": f"{units * cfg.optim.epochs / wall:.0f} {unit}/s (whole run)",
+            "wall_s": wall,
+            "run_dir": summary["run_dir"],
+        }
+        if cfg.engine.device.startswith("cuda"):
+            row["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        rows.append(row)
+        with (out / "runs.jsonl").open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        print(f"{name}: {row['metric']} {row['value']:.3f} in {wall:.0f} s", flush=True)
+        return row
+
+    text = [
+        "data.name=stdlib",
+        f"data.max_bytes={1_000_000 if smoke else 4_000_000}",
+        f"data.vocab_size={512 if smoke else 4096}",
+        f"data.context={32 if smoke else 256}",
+        "data.batch_size=64",
+        "optim.optimizer=adamw",
+        "optim.lr=0.003",
+        "optim.schedule=cosine",
+        "optim.grad_clip=1.0",
+        "optim.epochs=1",
+    ]
+    from darkknowledge.config import load_config
+    from darkknowledge.data.splits import load_splits
+
+    tokens = load_splits(load_config(overrides=text).data).train.predicted_tokens
+    teacher = run("lm-teacher", [*text, f"model.name={'lm_d32_l1' if smoke else 'lm_d256_l4'}"], "tokens", tokens)
+    run(
+        "lm-student-kd-cached",
+        [
+            *text,
+            f"model.name={'lm_d16_l1' if smoke else 'lm_d64_l2'}",
+            "method.name=kd",
+            f"teacher.checkpoint={teacher['run_dir']}/best.pt",
+            f"teacher.cache={out / 'lm-cache'}",
+            "teacher.build=true",
+            "teacher.topk=32",
+        ],
+        "tokens",
+        tokens,
+    )
+
+    images = out / "images"
+    classes, per_class = (4, 8) if smoke else (10, 64)
+    _write_images(images, classes, per_class, (96, 80) if smoke else (320, 256))
+    full = [
+        "data.stream=true",
+        "data.name=imagefolder",
+        f"data.root={images}",
+        f"data.crop_size={32 if smoke else 160}",
+        f"data.workers={0 if smoke else 4}",
+        f"data.batch_size={8 if smoke else 64}",
+        "optim.epochs=1",
+        "optim.lr=0.05",
+    ]
+    if smoke:
+        full += ["engine.precision=fp32", "engine.channels_last=false"]
+    n_images = classes * per_class
+    teacher = run("image-teacher", [*full, f"model.name={'cnn_w8' if smoke else 'resnet20'}"], "images", n_images)
+    run(
+        "image-student-kd-view-cache",
+        [
+            *full,
+            f"model.name={'cnn_w4' if smoke else 'resnet8'}",
+            "method.name=kd",
+            f"teacher.checkpoint={teacher['run_dir']}/last.pt",
+            f"teacher.cache={out / 'view-cache'}",
+            "teacher.build=true",
+        ],
+        "images",
+        n_images,
+    )
+    table = [
+        f"device {args.device}; language models on the standard library's sources (BPE), full-resolution "
+        "images streamed from JPEG class folders the script wrote (smooth random images: the numbers say "
+        "that the path runs, not how well it learns)",
+        "",
+        "| run | metric | value | rate | wall (s) | GPU peak (MiB) |",
+        "|---|---|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        peak = f"{r['gpu_peak_mib']:.0f}" if "gpu_peak_mib" in r else "-"
+        table.append(f"| {r['name']} | {r['metric']} | {r['value']:.3f} | {r['rate']} | {r['wall_s']:.0f} | {peak} |")
+    (out / "workloads.md").write_text("\n".join(table) + "\n")
+    print("\n".join(table), flush=True)
+
+
 def _capacity(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -191,6 +331,11 @@ def main() -> None:
     b.add_argument("--workers", type=int, default=4)
     b.add_argument("--peak-seconds", type=float, default=1.0)
     b.add_argument("--set", nargs="*", default=[], help="config overrides of our loops")
+    w = sub.add_parser("workloads")
+    w.add_argument("--device", default="cuda")
+    w.add_argument("--out", required=True)
+    w.add_argument("--smoke", action="store_true", help="tiny sizes (CPU, seconds)")
+    w.add_argument("--set", nargs="*", default=[], help="config overrides of every run")
     c = sub.add_parser("capacity")
     c.add_argument("--device", default="cuda")
     c.add_argument("--out", required=True)
@@ -210,7 +355,7 @@ def main() -> None:
     c.add_argument("--budget-s", type=float, default=300.0)
     c.add_argument("--set", nargs="*", default=[], help="config overrides of every run")
     args = ap.parse_args()
-    {"bench": _bench, "capacity": _capacity}[args.command](args)
+    {"bench": _bench, "workloads": _workloads, "capacity": _capacity}[args.command](args)
 
 
 if __name__ == "__main__":

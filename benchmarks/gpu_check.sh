@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_check.sh --smoke OUTDIR      # any CPU, tiny sizes, seconds (run by the test suite)
 #
 # `run` stops itself within DK_GPU_BUDGET_S seconds (default 460, under 8 minutes) and writes
-# everything under OUTDIR: env.txt, tests.txt, bench/, capacity/, log.txt, summary.md.
+# everything under OUTDIR: env.txt, tests.txt, bench/, workloads/, capacity/, log.txt, summary.md.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -104,6 +104,11 @@ EOF
     --steps 2 --repeats 1 --methods kd --workers 0 --peak-seconds 0.05)
   timeout "$(slot 100)" "$py" benchmarks/gpu_check.py bench "${bench_args[@]}" || echo "(bench failed or timed out)"
 
+  echo "== language-model and full-resolution workloads"
+  local work_args=(--device "$device" --out "$out/workloads")
+  ((smoke)) && work_args+=(--smoke)
+  timeout "$(slot 90)" "$py" benchmarks/gpu_check.py workloads "${work_args[@]}" || echo "(workloads failed or timed out)"
+
   echo "== capacity check"
   local cap_args=(--device "$device" --out "$out/capacity")
   if ((smoke)); then
@@ -127,6 +132,9 @@ EOF
     echo
     echo "## bench"
     cat "$out/bench/bench.md" 2>/dev/null || echo "(no bench result)"
+    echo
+    echo "## language-model and full-resolution workloads"
+    cat "$out/workloads/workloads.md" 2>/dev/null || echo "(no workloads result)"
     echo
     echo "## capacity"
     cat "$out/capacity/capacity.md" 2>/dev/null || echo "(no capacity result)"

@@ -33,7 +33,17 @@ def test_smoke_runs_every_step(tmp_path):
     students = {(r["method"], r["teacher"]) for r in runs if r["role"] == "student"}
     assert students == {("ce", None)} | {(m, "cnn_w16") for m in ("kd", "isats", "dist", "ttm")}
     assert all(0 <= r["test_top1"] <= 100 for r in runs)
+    workloads = [json.loads(line) for line in (out / "workloads" / "runs.jsonl").read_text().splitlines()]
+    assert [w["name"] for w in workloads] == [
+        "lm-teacher",
+        "lm-student-kd-cached",
+        "image-teacher",
+        "image-student-kd-view-cache",
+    ]
+    assert all(0 < w["value"] < 12 for w in workloads[:2])  # bits per byte
+    assert (out / "workloads" / "lm-cache" / "meta.json").is_file()
     summary = (out / "summary.md").read_text()
+    assert "## language-model and full-resolution workloads" in summary
     assert "fraction of its matmul peak" in summary and "teachers at >= 90 % test top-1" in summary
 
 
