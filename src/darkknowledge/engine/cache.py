@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
@@ -49,7 +48,7 @@ from darkknowledge.engine.checkpoint import state_digest
 from darkknowledge.engine.precision import autocast, resolve_precision
 from darkknowledge.engine.teacher import TeacherSignal, check_logits_width, prepare_for_inference
 from darkknowledge.errors import UserError
-from darkknowledge.fileio import DIR_MODE
+from darkknowledge.fileio import DIR_MODE, staging_dir
 
 CACHE_FORMAT = "darkknowledge-teacher-cache"
 CACHE_VERSION = 1
@@ -143,7 +142,7 @@ def build_cache(
     np_dtype = np.float16 if dtype == "float16" else np.float32
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = staging_dir(path)
     try:
         tmp.chmod(DIR_MODE)
         np.save(tmp / "views.npy", table.numpy().astype(np.int16))

@@ -37,7 +37,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,7 +50,7 @@ from torch import Tensor
 from darkknowledge.engine.cache import expand_topk
 from darkknowledge.engine.teacher import TeacherSignal
 from darkknowledge.errors import UserError
-from darkknowledge.fileio import DIR_MODE, atomic_write_json
+from darkknowledge.fileio import DIR_MODE, atomic_write_json, staging_dir
 from darkknowledge.methods.functional import as_float
 from darkknowledge.nontarget import isats_search, nontarget_variance
 
@@ -154,7 +153,7 @@ class LMCacheWriter:
         if self.path.exists():
             raise UserError(f"lm cache: {self.path} already exists; remove it or choose another directory")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        self._tmp = staging_dir(self.path)
         self.vocab_size: int | None = None
         self.window_length: int | None = None
         self._shards: list[dict[str, int]] = []

@@ -43,7 +43,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -62,7 +61,7 @@ from darkknowledge.engine.checkpoint import state_digest
 from darkknowledge.engine.precision import autocast, resolve_precision
 from darkknowledge.engine.teacher import TeacherSignal, check_logits_width, prepare_for_inference
 from darkknowledge.errors import UserError
-from darkknowledge.fileio import DIR_MODE
+from darkknowledge.fileio import DIR_MODE, staging_dir
 from darkknowledge.nontarget import isats_search, nontarget_log_variance, split_nontarget
 
 VIEW_CACHE_FORMAT = "darkknowledge-view-cache"
@@ -289,7 +288,7 @@ def build_view_cache(
     started = time.perf_counter()
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = staging_dir(path)
     shards: list[dict[str, Any]] = []
     bar = None
     if progress:
