@@ -399,8 +399,15 @@ class EngineConfig(_Strict):
     save_every: int = setting(1, ge=1, description="Write last.pt every N epochs (and always after the last).")
     compile: bool = setting(
         False,
-        "Compile the student's training forward and backward, and a live teacher's forward, with torch.compile "
-        "(inductor; needs a C++ compiler on a CPU, triton on CUDA); compilation takes tens of seconds at the first step.",
+        "Compile the student's training forward and backward with torch.compile (inductor; needs a C++ compiler on "
+        "a CPU, triton on CUDA); compilation takes tens of seconds at the first step.",
+        affects_result=False,
+        resumable=True,
+    )
+    compile_teacher: bool = setting(
+        False,
+        "Compile a live teacher's forward with torch.compile and inductor's freezing (its weights become constants; "
+        "needs a C++ compiler on a CPU, triton on CUDA); seconds of compilation at the first batch.",
         affects_result=False,
         resumable=True,
     )

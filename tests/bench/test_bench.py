@@ -142,3 +142,41 @@ def test_bench_runs_end_to_end(digits_splits, monkeypatch):
         f"isats overhead over kd: {overhead['isats']['overhead_pct']:+.2f} % of a step",
     ):
         assert line in report
+
+
+def test_bench_times_the_live_loop_with_a_compiled_teacher_when_asked(digits_splits, monkeypatch):
+    from darkknowledge.engine import compile as compile_module
+
+    compiled = []
+
+    def fake_compile(model, **kwargs):  # the timing path, not inductor, is what is tested here
+        compiled.append(kwargs)
+        return model
+
+    monkeypatch.setattr(compile_module.torch, "compile", fake_compile)
+    train, _ = digits_splits
+    result = run_bench(
+        teacher="cnn_w8",
+        student="cnn_w4",
+        batch_size=32,
+        steps=2,
+        repeats=1,
+        loss_student="cnn_w4",
+        loss_batch_size=32,
+        loss_steps=1,
+        methods=["kd"],
+        dataset=train,
+        workers=0,
+        precision="fp32",
+        channels_last=False,
+        compile_teacher=True,
+        log=lambda _: None,
+    )
+    assert compiled == [{"backend": "inductor", "dynamic": False, "options": {"freezing": True}}]
+    ips = result["images_per_s"]
+    assert ips["live_compiled_teacher"] > 0
+    assert result["ratios"]["live_compiled_teacher_vs_reference"] == pytest.approx(
+        ips["live_compiled_teacher"] / ips["reference"]
+    )
+    assert result["achieved"]["live_compiled_teacher"]["gflops"] > 0
+    assert "ratio live with the teacher compiled/reference:" in format_report(result)

@@ -183,9 +183,12 @@ def run_bench(
     device: str = "cpu",
     extra: list[str] | None = None,
     peak_seconds: float = 1.0,
+    compile_teacher: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """``extra``: config overrides of our trainer's loops (e.g. ``engine.compile=true``)."""
+    """``extra``: config overrides of our trainer's loops (e.g. ``engine.compile=true``);
+    ``compile_teacher``: also time the live loop with the teacher compiled frozen
+    (``engine.compile_teacher``), as ``live_compiled_teacher``."""
     from darkknowledge.bench.peak import capability, matmul_peak
     from darkknowledge.bench.reference import ReferenceKDLoop, reference_loader
     from darkknowledge.engine.factory import resolve_device
@@ -292,6 +295,21 @@ def run_bench(
     del tr, live
     record("live", med, raw, phase)
     log(f"    {med:8.1f} img/s  {_fmt(raw)}")
+    if compile_teacher:
+        log("(b) our trainer, live teacher compiled with frozen weights (engine.compile_teacher=true)")
+        phase = _Phase(dev)
+        live = LiveTeacher(
+            build_model(teacher, num_classes, in_ch).to(dev),
+            precision=precision,
+            channels_last=channels_last,
+            compile=True,
+        )
+        tr = _trainer(student, {"name": "kd"}, ds, batch_size, live, precision, channels_last, extra, str(dev))
+        tr.train_epoch(0)  # warm-up, and the compilation
+        med, raw = _median_rate(epoch_rate(tr), repeats)
+        del tr, live
+        record("live_compiled_teacher", med, raw, phase)
+        log(f"    {med:8.1f} img/s  {_fmt(raw)}")
 
     # (b) cached teacher -------------------------------------------------------------
     log(f"(b) our trainer, cached teacher ({cache_views} views per sample)")
@@ -350,6 +368,11 @@ def run_bench(
     ips = result["images_per_s"]
     result["ratios"] = {
         "live_vs_reference": ips["live"] / ips["reference"],
+        **(
+            {"live_compiled_teacher_vs_reference": ips["live_compiled_teacher"] / ips["reference"]}
+            if "live_compiled_teacher" in ips
+            else {}
+        ),
         "cached_vs_reference": ips["cached"] / ips["reference"],
         "cached_epoch_vs_student_only_epoch": ips["student_only"] / ips["cached"],
     }
@@ -373,6 +396,8 @@ def achieved_gflops(
     (the reference loop: fp32; ours: ``precision``)."""
     step, teacher = flops["student_train_step"], flops["teacher_forward"]
     per_image = {"reference": step + teacher, "live": step + teacher, "cached": step, "student_only": step}
+    if "live_compiled_teacher" in images_per_s:
+        per_image["live_compiled_teacher"] = step + teacher
     out: dict[str, dict[str, Any]] = {}
     for loop, f in per_image.items():
         prec = "fp32" if loop == "reference" else precision
@@ -499,9 +524,11 @@ def format_report(result: dict[str, Any]) -> str:
     labels = {
         "reference": "(a) reference (mdistiller-style, fp32, DataLoader)",
         "live": "(b) ours, live teacher",
+        "live_compiled_teacher": "(b) ours, live teacher compiled (frozen weights)",
         "cached": "(b) ours, cached teacher",
         "student_only": "(d) ours, student alone (CE)",
     }
+    labels = {k: v for k, v in labels.items() if k in ips}
     for k, label in labels.items():
         lines.append(f"| {label} | {ips[k]:.1f} | {result['peak_rss_mib'][k]:.0f} |")
     if "achieved" in result:
@@ -542,6 +569,11 @@ def format_report(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"ratio live/reference: {r['live_vs_reference']:.2f}x",
+        *(
+            [f"ratio live with the teacher compiled/reference: {r['live_compiled_teacher_vs_reference']:.2f}x"]
+            if "live_compiled_teacher_vs_reference" in r
+            else []
+        ),
         f"ratio cached/reference: {r['cached_vs_reference']:.2f}x",
         f"ratio cached epoch / student-only epoch: {r['cached_epoch_vs_student_only_epoch']:.2f}x",
     ]

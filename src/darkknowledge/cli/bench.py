@@ -16,6 +16,11 @@ def _add_bench(p):
     p.add_argument("--methods", default=None, help="comma-separated methods for the loss-overhead table (default: all)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference loop")
     p.add_argument("--out", default=None, help="write the full result as JSON here")
+    p.add_argument(
+        "--compile-teacher",
+        action="store_true",
+        help="also time the live loop with the teacher compiled, frozen weights (engine.compile_teacher=true)",
+    )
     lm = p.add_argument_group(
         "language models (--lm): a distillation step in tokens/s, reference vs ours live and cached"
     )
@@ -54,6 +59,7 @@ def cmd_bench(args) -> int:
         loss_steps=8 if args.quick else 20,
         workers=args.workers,
         methods=args.methods.split(",") if args.methods else None,
+        compile_teacher=args.compile_teacher,
     )
     print()
     print(format_report(result))

@@ -1,5 +1,7 @@
 """``engine.compile``: the student's training forward (and, through AOTAutograd, its backward)
-and a live teacher's forward compiled by ``torch.compile`` with the inductor backend.
+compiled by ``torch.compile`` with the inductor backend; ``engine.compile_teacher``: a live
+teacher's forward, compiled with inductor's *freezing* (its weights are constants: BatchNorm
+folded into the convolutions and the weights packed once for oneDNN).
 
 Inductor fuses BatchNorm, ReLU and the residual additions into a few generated kernels
 around the convolutions (oneDNN on a CPU, cuDNN on CUDA), which eager mode runs as separate
@@ -19,8 +21,9 @@ from torch import nn
 from darkknowledge.errors import UserError
 
 
-def compile_module(model: nn.Module, device: torch.device | str) -> nn.Module:
-    """``model`` compiled (training steps or inference) on ``device``; a clear error where inductor cannot run."""
+def compile_module(model: nn.Module, device: torch.device | str, *, frozen: bool = False) -> nn.Module:
+    """``model`` compiled on ``device``; ``frozen``: for inference with weights that never change
+    (inductor's freezing). A clear error where inductor cannot run."""
     dev = torch.device(device)
     if dev.type not in ("cpu", "cuda"):
         raise UserError(
@@ -34,5 +37,8 @@ def compile_module(model: nn.Module, device: torch.device | str) -> nn.Module:
                 "engine.compile=true on CUDA needs the `triton` package (it comes with torch's CUDA wheels); "
                 "install it or set engine.compile=false"
             ) from exc
-    compiled: Any = torch.compile(model, backend="inductor", dynamic=False)
+    if frozen:
+        compiled: Any = torch.compile(model, backend="inductor", dynamic=False, options={"freezing": True})
+    else:
+        compiled = torch.compile(model, backend="inductor", dynamic=False)
     return compiled

@@ -207,7 +207,7 @@ def _given_module_teacher(cfg: RunConfig, splits: Splits, device: torch.device, 
         precision=resolve_precision(cfg.engine.precision, device),
         channels_last=cfg.engine.channels_last,
         fold_batchnorm=getattr(teacher, "fold_batchnorm", True),
-        compile=cfg.engine.compile,
+        compile=cfg.engine.compile_teacher,
         name=type(module).__name__,
     )
 
@@ -253,7 +253,7 @@ def _checkpoint_teacher(cfg: RunConfig, splits: Splits, device: torch.device) ->
         precision=resolve_precision(cfg.engine.precision, device),
         channels_last=cfg.engine.channels_last,
         fold_batchnorm=teacher.fold_batchnorm,
-        compile=cfg.engine.compile,
+        compile=cfg.engine.compile_teacher,
         name=ckpt["model_name"],
     )
 
@@ -271,7 +271,7 @@ def _module_teacher(cfg: RunConfig, splits: Splits, device: torch.device) -> Tea
         precision=resolve_precision(cfg.engine.precision, device),
         channels_last=cfg.engine.channels_last,
         fold_batchnorm=teacher.fold_batchnorm,
-        compile=cfg.engine.compile,
+        compile=cfg.engine.compile_teacher,
         name=teacher.module,
     )
 
@@ -388,7 +388,7 @@ def _language_model_cache(cfg: RunConfig, teacher: CacheTeacher, splits: Splits,
             model = load_language_model_teacher(cfg.data, *pretrained).to(device)
         precision = resolve_precision(cfg.engine.precision, device)
         live = LiveTeacher(
-            model, precision=precision, channels_last=False, fold_batchnorm=False, compile=cfg.engine.compile
+            model, precision=precision, channels_last=False, fold_batchnorm=False, compile=cfg.engine.compile_teacher
         )
         loader = TokenBatchLoader(splits.train, cfg.data.eval_batch_size, train=False, device=device)
         batches = ((b.tokens, live(b), b.targets) for b in loader.epoch(0))
@@ -435,7 +435,7 @@ def _language_model_teacher(cfg: RunConfig, splits: Splits, device: torch.device
         precision=resolve_precision(cfg.engine.precision, device),
         channels_last=False,
         fold_batchnorm=False,
-        compile=cfg.engine.compile,
+        compile=cfg.engine.compile_teacher,
         name=Path(source[1]).name,
     )
 

@@ -148,7 +148,7 @@ class LiveTeacher(TeacherSignal):
     ``model``: any ``nn.Module`` mapping a normalised image batch to ``(B, C)`` logits;
     ``num_classes``: C (default: ``model.classifier.out_features`` of a darkknowledge
     model). The output width is checked on every batch (a shape check, no sync).
-    ``compile``: run the forward through ``torch.compile`` (``engine.compile``).
+    ``compile``: run the forward through ``torch.compile`` with frozen weights (``engine.compile_teacher``).
     """
 
     answers_any_input = True
@@ -174,7 +174,7 @@ class LiveTeacher(TeacherSignal):
             num_classes = classifier.out_features
         self.num_classes = int(num_classes)
         self.model = prepare_for_inference(model, channels_last=channels_last, fold_batchnorm=fold_batchnorm)
-        self._forward = compile_module(self.model, _device_of(self.model)) if compile else self.model
+        self._forward = compile_module(self.model, _device_of(self.model), frozen=True) if compile else self.model
         self.precision = precision
         self.name = name
 
