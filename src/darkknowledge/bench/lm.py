@@ -205,7 +205,7 @@ def run_lm_bench(
             return flops / ((time.perf_counter() - t0) / reps) / 1e9
 
         achieved = forward_gflops(t_model)
-        compiled = forward_gflops(compile_module(t_model, device)) if compile_teacher else None
+        compiled = forward_gflops(compile_module(t_model, device, frozen=True)) if compile_teacher else None
         result["teacher_forward"] = {
             "gflop_per_batch": flops / 1e9,
             "gflops": achieved,
