@@ -231,6 +231,8 @@ def diagnose_lm_caches(
 
     if not paths:
         raise UserError("give at least one --cache DIR")
+    if out_dir is not None:
+        check_report_dir(out_dir)
     caches = [LMTeacherCache.open(p) for p in paths]
     labels = names or [_cache_name(Path(p)) for p in paths]
     if len(labels) != len(caches) or len(set(labels)) != len(labels):
