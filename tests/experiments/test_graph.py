@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from darkknowledge.errors import UserError
 from darkknowledge.experiments import open_sweep
 from darkknowledge.experiments.graph import FileInput, StageGraph, StageSpec
 from darkknowledge.experiments.identity import identity_config
@@ -134,3 +135,14 @@ def test_waiting_on_counts_every_stage_downstream_once(tmp_path):
     assert by_name["teacher-mlp_h32"] == 1  # its KD student
     assert by_name["teacher-mlp_h128"] == 2  # KD and DIST students
     assert all(v == 0 for k, v in by_name.items() if k.startswith("student-"))
+
+
+def test_teacher_topk_sets_the_k_of_the_caches_the_sweep_builds(tmp_path):
+    spec = parse_spec(spec_dict(methods=[{"name": "kd"}], seeds=[0], teacher_cache=True, teacher_topk=5))
+    graph = open_sweep(spec, tmp_path / "sw", log=quiet).graph
+    caches = [n for n in graph.nodes if n.kind == Kind.CACHE]
+    assert caches and all(n.config["teacher"]["topk"] == 5 for n in caches)
+    default = open_sweep(parse_spec(spec_dict(methods=[{"name": "kd"}], seeds=[0], teacher_cache=True)), tmp_path / "d")
+    assert {n.key for n in default.graph.nodes if n.kind == Kind.CACHE}.isdisjoint({n.key for n in caches})
+    with pytest.raises(UserError, match="teacher_topk .* needs teacher_cache: true"):
+        parse_spec(spec_dict(methods=[{"name": "kd"}], teacher_topk=5))

@@ -192,6 +192,12 @@ class SweepSpec(_Strict):
     teacher_cache: bool = Field(
         False, description="Build one teacher-output cache per teacher (a stage) and distil from it."
     )
+    teacher_topk: int | None = Field(
+        None,
+        ge=1,
+        description="teacher.topk of the caches the sweep builds (teacher_cache: true): logits kept per token or view; "
+        "default: the run config's.",
+    )
     student: StudentSpec = Field(..., description="The student.")
     methods: list[MethodSpec] = Field(
         ..., min_length=1, description="Distillation methods; the student trained alone (ce) is always added."
@@ -212,6 +218,8 @@ class SweepSpec(_Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> SweepSpec:
+        if self.teacher_topk is not None and not self.teacher_cache:
+            raise ValueError("teacher_topk sets the caches' k: it needs teacher_cache: true")
         for what, labels in (
             ("teacher", [t.label for t in self.teachers]),
             ("method", [m.label for m in self.methods]),

@@ -181,6 +181,8 @@ class _Planner:
         role = teacher_role(source)
         inputs = {role: source, "cache": source}  # the cache field names the stage's own output
         config = self.student_config({"name": "ce"}, 0, inputs)
+        if self.spec.teacher_topk is not None:
+            config["teacher"]["topk"] = self.spec.teacher_topk
         return self._add(Kind.CACHE, f"cache-{label}", config, {role: source}, {"teacher": label})
 
     def distil_inputs(self, label: str, source: Input, caches: dict[str, StageSpec]) -> dict[str, Input]:
