@@ -66,3 +66,19 @@ def test_the_same_run_under_two_names_reads_from_its_home(tmp_path):
     assert store.home(first) is second
     assert store.state(first) == "done" and store.files_dir(first) == store.dir(second)
     assert store.summary(first) == {"final": {"test/top1": 50.0}}
+
+
+def test_a_failed_stage_submitted_again_is_running_not_failed(tmp_path):
+    store = StageStore(tmp_path / "runs", tmp_path / "rec")
+    node = _node("a")
+    _finish(store, node, status="failed")
+    store.refresh()
+    assert store.state(node) == "failed"
+    store.write_request(node)  # the retry
+    assert store.state(node) == "partial"
+    store.refresh()
+    assert store.state(node) == "partial" and not (store.dir(node) / "result.json").exists()
+    _finish(store, node)  # a finished stage is never submitted again; its result stays
+    store.refresh()
+    store.write_request(node)
+    assert (store.dir(node) / "result.json").is_file()

@@ -273,6 +273,9 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
     sweep = open_sweep(str(spec), sw, log=quiet)
     killed_stage = next(s for s in sweep.stages() if sweep.store.dir(s) == killed_in)
     assert sweep.state(killed_stage) == "partial"
+    detail = next(r["detail"] for r in sweep.status_rows() if r["stage"] == killed_stage.name)
+    done_epochs = len((killed_in / "metrics.jsonl").read_text().splitlines())
+    assert f"started, resumable ({done_epochs} of 40 epochs done)" in detail
     assert sweep.run() == {"done": 5}  # teacher, 2 CE, 2 KD
     for name, result in finished_before.items():  # finished stages were not run again
         assert (sw / "runs" / name / "result.json").read_text() == result

@@ -232,9 +232,14 @@ class StageStore:
         }
 
     def write_request(self, node: StageSpec) -> Path:
-        """Write ``stage.json``: everything a job needs, so it can run anywhere."""
+        """Write ``stage.json``: everything a job needs, so it can run anywhere. A failed attempt's
+        ``result.json`` goes (its error stays in ``log.txt``): the stage is running again, not failed."""
         d = self.dir(node)
         d.mkdir(parents=True, exist_ok=True)
+        previous = self._result(node)
+        if previous is not None and previous.get("status") == "failed":
+            (d / RESULT_FILE).unlink(missing_ok=True)
+            self._results.pop(d / RESULT_FILE, None)
         atomic_write_json(
             d / STAGE_FILE,
             {**self.request(node, self.input_paths(node)), "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")},

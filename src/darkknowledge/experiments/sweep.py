@@ -390,7 +390,10 @@ class Sweep:
         if why is not None and (state == "pending" or why[0] != "waiting"):
             return why
         if state == "partial":
-            return state, f"started, resumable; log: {self.store.log(node)}"
+            epochs = (node.config.get("optim") or {}).get("epochs")
+            done = len(self.store.history(node)) if epochs else 0
+            progress = f" ({done} of {epochs} epochs done)" if epochs else ""
+            return state, f"started, resumable{progress}; log: {self.store.log(node)}"
         return state, "ready to run"
 
     def status_rows(self) -> list[dict[str, str]]:
