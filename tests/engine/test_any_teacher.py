@@ -261,3 +261,22 @@ def test_train_takes_a_module_teacher_live_or_as_the_source_of_a_cache(tmp_path)
     assert read_cache_meta(cache)["key"]["teacher_digest"] == state_digest(model.state_dict())
     with pytest.raises(UserError, match="other teacher"):
         build_trainer(cfg, teacher=PlainNet(seed=5))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_live_teachers_logits_are_ordinary_float32_tensors_autograd_can_save(precision):
+    # inference-mode outputs cannot be saved for backward; the answer must be a normal tensor in
+    # both precisions (bf16 logits are upcast, float32 ones cloned: never the model's own tensor)
+    from darkknowledge.engine.teacher import LiveTeacher
+
+    torch.manual_seed(0)
+    teacher = LiveTeacher(nn.Linear(6, 4), num_classes=4, precision=precision, channels_last=False)
+
+    class _Batch:
+        inputs = torch.randn(3, 6)
+
+    logits = teacher(_Batch())
+    assert logits.dtype == torch.float32 and not logits.is_inference()
+    student = torch.randn(3, 4, requires_grad=True)
+    (student.log_softmax(-1) * logits.softmax(-1)).sum().backward()  # saves the teacher's tensor
+    assert student.grad is not None

@@ -188,8 +188,10 @@ class LiveTeacher(TeacherSignal):
                 "wrap it in TeacherAdapter(model, output=...)"
             )
         check_logits_width(logits, self.num_classes, f"teacher {self.name!r}")
-        # clone outside inference mode: a normal tensor that autograd may save for backward
-        return logits.float().clone()
+        # outside inference mode, a normal tensor that autograd may save for backward: the upcast of
+        # bf16/fp16 logits is already a new one; float32 logits are cloned
+        out = logits.float()
+        return out.clone() if out is logits else out
 
     def eval_logits(self, dataset: ArrayDataset, batches: Iterable[Batch]) -> Tensor | None:
         return torch.cat([self(b) for b in batches])
