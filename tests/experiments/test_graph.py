@@ -146,3 +146,25 @@ def test_teacher_topk_sets_the_k_of_the_caches_the_sweep_builds(tmp_path):
     assert {n.key for n in default.graph.nodes if n.kind == Kind.CACHE}.isdisjoint({n.key for n in caches})
     with pytest.raises(UserError, match="teacher_topk .* needs teacher_cache: true"):
         parse_spec(spec_dict(methods=[{"name": "kd"}], teacher_topk=5))
+
+
+def test_a_pretrained_tokenizer_is_identified_by_its_files_not_its_path(tmp_path):
+    import shutil
+
+    from darkknowledge.experiments.identity import identity_config, stage_key
+
+    first = tmp_path / "a" / "tok"
+    first.mkdir(parents=True)
+    (first / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": {"a": 0}}}')
+    moved = tmp_path / "b" / "tok"
+    shutil.copytree(first, moved)
+
+    def key(tokenizer: Path) -> str:
+        config = {"data": {"name": "stdlib", "tokenizer": str(tokenizer)}, "model": {"name": "lm_d16_l1"}}
+        return stage_key("student", identity_config(config), {})
+
+    assert key(first) == key(moved)  # another path (a venv elsewhere): the same stages
+    (moved / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": {"b": 0}}}')
+    assert key(first) != key(moved)  # another tokenizer: other stages
+    with pytest.raises(UserError, match="no .gguf file or tokenizer files"):
+        key(tmp_path / "empty")

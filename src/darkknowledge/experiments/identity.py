@@ -33,6 +33,7 @@ PRETRAINED_ROLES = ("hf", "gguf")  # identified by the digest of their weight fi
 INPUT_PLACEHOLDER = "<input>"  # an input's field in a planned config, until a job receives the path
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}
+_TOKENIZER_DIGESTS: dict[str, str] = {}
 
 
 def weight_digest(path: str | Path) -> str:
@@ -97,11 +98,39 @@ def _non_default(model: BaseModel, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
+
+
+def tokenizer_digest(path: str | Path) -> str:
+    """The identity of a pretrained tokenizer (``data.tokenizer``): SHA-256 of its GGUF file, or of
+    the tokenizer files of a Hugging Face directory; remembered per (path, size, mtime)."""
+    p = Path(path).resolve()
+    files = [p] if p.is_file() else [p / name for name in _TOKENIZER_FILES if (p / name).is_file()]
+    if not files:
+        raise UserError(f"data.tokenizer={path}: no .gguf file or tokenizer files there (tokenizer.json, ...)")
+    memo = ("tokenizer", str(p), *((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    key = json.dumps(memo)
+    if key not in _TOKENIZER_DIGESTS:
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.name.encode() + b"\0")
+            with f.open("rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    h.update(chunk)
+        _TOKENIZER_DIGESTS[key] = h.hexdigest()
+    return _TOKENIZER_DIGESTS[key]
+
+
 def identity_config(config: dict[str, Any] | RunConfig) -> dict[str, Any]:
     """The part of a run configuration that determines its result: result-affecting fields
-    that differ from their default, without the paths of consumed files (those are inputs)."""
+    that differ from their default, without the paths of consumed files (those are inputs).
+    A pretrained tokenizer is identified by its files' digest, not its path."""
     cfg = config if isinstance(config, RunConfig) else validate_config(config, source="stage config")
-    return _non_default(cfg)
+    identity = _non_default(cfg)
+    data = identity.get("data")
+    if isinstance(data, dict) and data.get("tokenizer") not in (None, "bpe"):
+        data["tokenizer"] = f"sha256:{tokenizer_digest(data['tokenizer'])}"
+    return identity
 
 
 def stage_key(kind: str, identity: dict[str, Any], inputs: dict[str, str]) -> str:
