@@ -14,9 +14,46 @@ from darkknowledge.engine.factory import check_teacher_fits, resolve_device
 from darkknowledge.errors import UserError
 
 
-def cache_info(path: str) -> dict[str, Any]:
-    """The metadata of the cache at ``path`` (its key, files and sizes)."""
+def cache_info(path: str, sample_rows: int = 65536) -> dict[str, Any]:
+    """The metadata of the cache at ``path`` (its key, files and sizes), for each kind of cache: an
+    image cache, a view-keyed cache of streamed images, or a language-model cache. A language-model
+    cache also reports, over its first ``sample_rows`` predicted tokens, the mean probability its
+    top-k leaves out and the means of the statistics it recorded from the full distribution."""
+    import json
+
+    from darkknowledge.engine.lm_cache import LM_CACHE_FORMAT, LMTeacherCache
+    from darkknowledge.engine.view_cache import VIEW_CACHE_FORMAT, ViewCachedTeacher
+
+    meta_path = Path(path) / "meta.json"
+    try:
+        kind = json.loads(meta_path.read_text()).get("format") if meta_path.is_file() else None
+    except (ValueError, OSError, AttributeError):
+        kind = None
+    if kind == LM_CACHE_FORMAT:
+        cache = LMTeacherCache.open(path)
+        return {**cache.meta, "sample": lm_cache_summary(cache, sample_rows)}
+    if kind == VIEW_CACHE_FORMAT:
+        return ViewCachedTeacher(path).meta
     return CachedTeacher(path).meta
+
+
+def lm_cache_summary(cache: Any, rows: int) -> dict[str, Any]:
+    """Means over the first ``rows`` predicted tokens of a language-model cache: the probability
+    outside its top-k, and the recorded full-distribution statistics."""
+    import numpy as np
+    import torch
+
+    windows = torch.arange(min(cache.num_windows, -(-rows // cache.window_length)))
+    targets = cache.window_arrays(windows, "targets").reshape(-1)
+    keep = (targets != -100).nonzero().squeeze(1)[:rows]
+    values = cache.window_arrays(windows, "values").reshape(-1, cache.k)[keep].double()
+    lse = cache.window_arrays(windows, "lse").reshape(-1)[keep].double()
+    kept = (values - lse[:, None]).exp().sum(-1)
+    out: dict[str, Any] = {"tokens": int(keep.numel()), "mean_tail_mass": float((1 - kept).mean())}
+    for name in cache.meta.get("statistics", []):
+        column = cache.window_arrays(windows, name).reshape(-1)[keep].double().numpy()
+        out[f"mean_{name}"] = float(np.nanmean(column)) if np.isfinite(column).any() else None
+    return out
 
 
 def build_teacher_cache(
