@@ -18,36 +18,36 @@ import sys
 from collections import defaultdict
 
 from darkknowledge.experiments.calibration import paired as paired_by_seed
+from darkknowledge.experiments.results import BITS_PER_BYTE, Headline, headline_of
 
-DIGITS = 2  # 3 for bits per byte
 
-
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], digits: int) -> str:
     if not values:
         return "–"
     if len(values) == 1:
-        return f"{values[0]:.{DIGITS}f}"
-    return f"{statistics.mean(values):.{DIGITS}f} ± {statistics.stdev(values):.{DIGITS}f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def signed(values: list[float], lower_is_better: bool = False) -> str:
+def signed(values: list[float], head: Headline) -> str:
+    """Mean ± std of paired differences, and how many seeds went the better way."""
     if not values:
         return "–"
-    sd = f" ± {statistics.stdev(values):.{DIGITS}f}" if len(values) > 1 else ""
-    wins, sign = (sum(v < 0 for v in values), "<") if lower_is_better else (sum(v > 0 for v in values), ">")
-    return f"{statistics.mean(values):+.{DIGITS}f}{sd} ({wins}/{len(values)} {sign} 0)"
+    digits = head.digits
+    sd = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
+    sign = ">" if head.higher_is_better else "<"
+    return f"{statistics.mean(values):+.{digits}f}{sd} ({sum(map(head.better, values))}/{len(values)} {sign} 0)"
 
 
 def main(path: str) -> None:
-    global DIGITS
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
         print(f"{path}: no student has finished yet")
         return
-    lm = any(r.get("last_bpb") for r in rows)
-    metric, name = ("bpb", "bits per byte") if lm else ("top1", "top-1")
-    DIGITS = 3 if lm else 2
+    head = headline_of(rows)
+    lm = head is BITS_PER_BYTE
+    metric, name = head.metric, "bits per byte" if lm else "top-1"
     cell: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
     teachers: dict[str, int] = {}
     methods: list[str] = []
@@ -73,20 +73,22 @@ def main(path: str) -> None:
         print("| method | " + " | ".join(order) + " |")
         print("|---|" + "---:|" * len(order))
         print(
-            "| ce (student alone) | " + " | ".join([mean_std(values("", "ce", col))] + [""] * (len(order) - 1)) + " |"
+            "| ce (student alone) | "
+            + " | ".join([mean_std(values("", "ce", col), head.digits)] + [""] * (len(order) - 1))
+            + " |"
         )
         for m in methods:
             if m == "ce":
                 continue
-            print(f"| {m} | " + " | ".join(mean_std(values(t, m, col)) for t in order) + " |")
+            print(f"| {m} | " + " | ".join(mean_std(values(t, m, col), head.digits) for t in order) + " |")
 
     def paired(a: tuple[str, str], b: tuple[str, str]) -> list[float]:
         return paired_by_seed(rows, a, b, f"last_{metric}")
 
     def diff(values: list[float]) -> str:
-        return signed(values, lower_is_better=lm)
+        return signed(values, head)
 
-    better = "< 0" if lm else "> 0"
+    better = "> 0" if head.higher_is_better else "< 0"
     print(f"\n#### paired differences, test {name}, last epoch (mean ± std over seeds, seeds {better})\n")
     print("| comparison | difference |")
     print("|---|---:|")
