@@ -5,6 +5,7 @@ A killed process never leaves a half-written file; readers see the old or the ne
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -56,6 +57,17 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def files_digest(files: list[Path]) -> str:
+    """SHA-256 over ``files`` in the given order, each name followed by its bytes (read in 4 MiB chunks)."""
+    h = hashlib.sha256()
+    for file in files:
+        h.update(file.name.encode() + b"\0")
+        with file.open("rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def _alive(pid: int) -> bool:

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from darkknowledge.config import RunConfig, validate_config
 from darkknowledge.engine.checkpoint import load_checkpoint, state_digest
 from darkknowledge.errors import UserError
+from darkknowledge.fileio import files_digest
 
 # where a run config names the files it consumes: role -> (section, field); identified by inputs, not paths
 INPUT_FIELDS = {
@@ -111,13 +112,7 @@ def tokenizer_digest(path: str | Path) -> str:
     memo = ("tokenizer", str(p), *((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
     key = json.dumps(memo)
     if key not in _TOKENIZER_DIGESTS:
-        h = hashlib.sha256()
-        for f in files:
-            h.update(f.name.encode() + b"\0")
-            with f.open("rb") as fh:
-                while chunk := fh.read(1 << 22):
-                    h.update(chunk)
-        _TOKENIZER_DIGESTS[key] = h.hexdigest()
+        _TOKENIZER_DIGESTS[key] = files_digest(files)
     return _TOKENIZER_DIGESTS[key]
 
 

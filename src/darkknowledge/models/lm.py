@@ -24,7 +24,6 @@ Needs the ``lm`` extra (``pip install 'darkknowledge[lm]'``).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 import re
@@ -35,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from darkknowledge.errors import UserError
+from darkknowledge.fileio import files_digest
 from darkknowledge.models.base import ClassifierModel, register_pattern
 
 MAX_POSITIONS = 4096  # rotary positions: a limit on the context, no parameters
@@ -233,13 +233,7 @@ def weights_digest(path: str | Path) -> str:
     files = [path] if path.is_file() else sorted([*path.glob("*.safetensors"), *path.glob("*.bin")])
     if not files:
         raise UserError(f"teacher weights {path}: no .gguf, .safetensors or .bin file")
-    h = hashlib.sha256()
-    for file in files:
-        h.update(file.name.encode() + b"\0")
-        with file.open("rb") as fh:
-            while chunk := fh.read(1 << 22):
-                h.update(chunk)
-    return h.hexdigest()
+    return files_digest(files)
 
 
 def check_vocab_fits(model: ClassifierModel, vocab_size: int, what: str) -> None:
