@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from darkknowledge.bench import loss_memory
+from darkknowledge.bench import loss_memory, rss
 
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
@@ -46,13 +46,13 @@ def test_lm_bench_measures_reference_live_and_cached_loops(tmp_path):
     assert result["teacher_forward"]["compiled_gflops"] is None
     report = format_lm_report(result)
     assert "ours, cached teacher" in report
-    if loss_memory.available():
+    if rss.can_reset_peak():
         mem = result["loss_memory_mib"]
         assert mem["reference"] > 0 and mem["fraction"] == pytest.approx(mem["ours"] / mem["reference"])
         assert "Peak memory of the loss" in report
 
 
-@pytest.mark.skipif(not loss_memory.available(), reason="needs Linux /proc/self/clear_refs")
+@pytest.mark.skipif(not rss.can_reset_peak(), reason="needs Linux /proc/self/clear_refs")
 def test_loss_memory_child_measures_the_reference_above_the_gradient_floor():
     floor = loss_memory.measure_in_child(loss_memory.FLOOR, 4, 64, 4096)
     ref = loss_memory.measure_in_child(loss_memory.REFERENCE, 4, 64, 4096)

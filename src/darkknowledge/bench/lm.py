@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from darkknowledge.bench import loss_memory
+from darkknowledge.bench import loss_memory, rss
 from darkknowledge.bench.peak import forward_flops, matmul_peak
 from darkknowledge.config import load_config
 from darkknowledge.data.splits import Splits, load_splits
@@ -214,7 +214,7 @@ def run_lm_bench(
             "compiled_gflops": compiled,
             "compiled_fraction_of_peak": None if compiled is None else compiled / peak["gflops"],
         }
-        if loss_memory.available():
+        if rss.can_reset_peak():
             ref_mem = loss_memory.measure_in_child(loss_memory.REFERENCE, batch_size, context, vocab)
             ours_mem = loss_memory.measure_in_child("kd", batch_size, context, vocab, CHUNK_TOKENS)
             result["loss_memory_mib"] = {

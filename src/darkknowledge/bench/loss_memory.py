@@ -25,18 +25,10 @@ import sys
 import time
 from typing import Any
 
+from darkknowledge.bench import rss
+
 FLOOR = "floor"
 REFERENCE = "reference"
-
-
-def _status_mib() -> dict[str, float]:
-    out = {}
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                key, value = line.split(":")
-                out[key] = int(value.split()[0]) / 1024
-    return out
 
 
 def measure(loss_name: str, batch: int, context: int, vocab: int, chunk: int | None, threads: int) -> dict[str, Any]:
@@ -66,14 +58,14 @@ def measure(loss_name: str, batch: int, context: int, vocab: int, chunk: int | N
     teacher = torch.randn(batch, context, vocab, generator=g).mul_(3)
     targets = torch.randint(0, vocab, (batch, context), generator=g)
     targets[torch.rand(batch, context, generator=g) < 0.05] = IGNORE_INDEX
-    base = _status_mib()["VmRSS"]
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")  # reset VmHWM to the current resident set
+    base = rss.current_mib()
+    if base is None or not rss.reset_peak():
+        raise RuntimeError("the peak resident set cannot be reset here (needs Linux /proc/self/clear_refs)")
     start = time.perf_counter()
     terms = loss(student, teacher, targets)
     sum(terms.values()).backward()
     seconds = time.perf_counter() - start
-    peak = _status_mib()["VmHWM"]
+    peak = rss.peak_mib()
     return {
         "loss": loss_name,
         "chunk": chunk,
@@ -97,11 +89,6 @@ def measure_in_child(
     if done.returncode != 0:
         raise RuntimeError(f"loss memory of {loss_name} (chunk {chunk}) failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def available() -> bool:
-    """Whether this system lets a process reset its peak resident set (Linux)."""
-    return os.path.exists("/proc/self/clear_refs") and os.access("/proc/self/clear_refs", os.W_OK)
 
 
 def main() -> None:

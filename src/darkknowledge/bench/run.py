@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from darkknowledge.bench import rss
 from darkknowledge.config import load_config
 from darkknowledge.data.base import ArrayDataset, AugmentSpec, DataSpec
 from darkknowledge.data.loader import Batch
@@ -70,29 +71,6 @@ def synthetic_dataset(n: int, num_classes: int, image_size: int = 32, seed: int 
         AugmentSpec(pad=4, flip=True),
     )
     return ArrayDataset(images, targets[torch.randperm(n, generator=g)], spec)
-
-
-# ------------------------------------------------------------------------------ memory
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_mib() -> float:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ------------------------------------------------------------------------------ phases
@@ -138,13 +116,13 @@ class _Phase:
 
     def __init__(self, device: torch.device):
         self.device = device
-        _reset_peak_rss()
+        rss.reset_peak()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
 
     def memory(self) -> dict[str, float]:
-        out = {"peak_rss_mib": _peak_rss_mib()}
+        out = {"peak_rss_mib": rss.peak_mib()}
         if self.device.type == "cuda":
             out["gpu_peak_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         return out
