@@ -261,33 +261,30 @@ def run_bench(
 
         return fn
 
-    # (b) live teacher ---------------------------------------------------------------
-    log(f"(b) our trainer, live teacher ({precision}, channels_last={channels_last})")
-    phase = _Phase(dev)
-    live = LiveTeacher(
-        build_model(teacher, num_classes, in_ch).to(dev), precision=precision, channels_last=channels_last
-    )
-    tr = _trainer(student, {"name": "kd"}, ds, batch_size, live, precision, channels_last, extra, str(dev))
-    tr.train_epoch(0)  # warm-up
-    med, raw = _median_rate(epoch_rate(tr), repeats)
-    del tr, live
-    record("live", med, raw, phase)
-    log(f"    {med:8.1f} img/s  {_fmt(raw)}")
-    if compile_teacher:
-        log("(b) our trainer, live teacher compiled with frozen weights (engine.compile_teacher=true)")
+    # (b) live teacher (and, when asked, the same compiled with frozen weights) ----------
+    def live_loop(name: str, title: str, compile: bool) -> None:
+        log(f"(b) our trainer, {title}")
         phase = _Phase(dev)
         live = LiveTeacher(
             build_model(teacher, num_classes, in_ch).to(dev),
             precision=precision,
             channels_last=channels_last,
-            compile=True,
+            compile=compile,
         )
         tr = _trainer(student, {"name": "kd"}, ds, batch_size, live, precision, channels_last, extra, str(dev))
-        tr.train_epoch(0)  # warm-up, and the compilation
+        tr.train_epoch(0)  # warm-up (and the compilation)
         med, raw = _median_rate(epoch_rate(tr), repeats)
         del tr, live
-        record("live_compiled_teacher", med, raw, phase)
+        record(name, med, raw, phase)
         log(f"    {med:8.1f} img/s  {_fmt(raw)}")
+
+    live_loop("live", f"live teacher ({precision}, channels_last={channels_last})", compile=False)
+    if compile_teacher:
+        live_loop(
+            "live_compiled_teacher",
+            "live teacher compiled with frozen weights (engine.compile_teacher=true)",
+            compile=True,
+        )
 
     # (b) cached teacher -------------------------------------------------------------
     log(f"(b) our trainer, cached teacher ({cache_views} views per sample)")
