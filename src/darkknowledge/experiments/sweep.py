@@ -577,9 +577,9 @@ class Sweep:
         attempted: set[str] = set()
         running: dict[Any, StageSpec] = {}
         waiting_on = self.graph.waiting_on()
+        self.refresh()
         with executor.pool() as pool:
             while True:
-                self.refresh()
                 ready = [n for n in self.plan(retry_failed, exclude=attempted) if self._ready(n) is None]
                 # the stage most others wait for first; never more than the workers can take, so a
                 # stage that becomes ready later is not queued behind the others
@@ -592,10 +592,11 @@ class Sweep:
                 if not running:
                     break
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                for future in done:
-                    n = running.pop(future)
+                finished = [(future, running.pop(future)) for future in done]
+                for future, n in finished:
                     executor.collect(future, self.store.dir(n))
-                    self.refresh()
+                self.refresh()  # once for every stage that finished: their outcomes, and what is ready now
+                for _, n in finished:
                     self._finished(n)
         counts = self.counts()
         self.log(f"sweep: {counts} in {time.perf_counter() - t0:.1f}s")
