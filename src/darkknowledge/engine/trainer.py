@@ -316,7 +316,8 @@ class Trainer:
             record: dict[str, Any] = {"epoch": epoch}
             record.update(self.train_epoch(epoch))
             final = epoch == cfg.optim.epochs - 1
-            if (epoch + 1) % cfg.engine.eval_every == 0 or final:
+            evaluated = (epoch + 1) % cfg.engine.eval_every == 0 or final
+            if evaluated:
                 record.update(self.evaluate(self.selection))
             if final and self.selection == "val":  # the test split is looked at once, after training
                 record.update(self.evaluate("test"))
@@ -345,7 +346,7 @@ class Trainer:
                 if epoch + 1 in cfg.engine.keep_epochs:  # e.g. an early-stopped teacher (ESKD)
                     atomic_torch_save(self._checkpoint(epoch + 1, record), self.run_dir / f"epoch-{epoch + 1}.pt")
                 print_epoch(record, cfg.optim.epochs)
-                if f"{self.selection}/top1" in record:  # evaluated this epoch
+                if evaluated:
                     text = self.evaluator.sample(self.model, self.selection)
                     if text is not None:
                         print(f"  sample ({self.selection}): {text}", flush=True)
