@@ -269,3 +269,13 @@ print(rss() - start)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     growth_mib = float(done.stdout.strip().splitlines()[-1])
     assert growth_mib < 150, f"resident set grew by {growth_mib:.0f} MiB over 10 batches of 4096 tokens"
+
+
+def test_first_predicted_skips_unknown_targets_across_shards(tmp_path):
+    # windows of L tokens: each window's last position has no next token (-100); one batch per shard
+    cache, _ = build(tmp_path, data=batches(extra_token=False), shard_tokens=2 * L)
+    windows, rows = cache.first_predicted(2 * (L - 1) + 1)  # two full windows and one more position
+    assert rows.tolist() == [*range(L - 1), *range(L, 2 * L - 1), 2 * L]
+    assert windows.tolist() == [0, 1, 2]
+    everything = cache.first_predicted(10_000)[1]
+    assert len(everything) == cache.num_windows * (L - 1)  # every known target, across the three shards

@@ -450,6 +450,22 @@ class LMTeacherCache:
             missing_mass,
         )
 
+    def first_predicted(self, limit: int) -> tuple[Tensor, Tensor]:
+        """The first ``limit`` positions with a known next token, in cache order: the windows
+        ``0 .. W-1`` they lie in, and their flat positions over those windows' rows."""
+        found: list[np.ndarray] = []
+        count = offset = 0
+        for shard in self._shards:
+            targets = np.asarray(shard["targets"])
+            rows = np.flatnonzero(targets != IGNORE_INDEX)[: limit - count] + offset
+            found.append(rows)
+            count, offset = count + len(rows), offset + len(targets)
+            if count >= limit:
+                break
+        flat = torch.from_numpy(np.concatenate(found).astype(np.int64))
+        windows = int(flat[-1]) // self.window_length + 1 if flat.numel() else 0
+        return torch.arange(windows), flat
+
     def statistic(self, name: str) -> Tensor:
         """One statistic over every cached position, in cache order, (rows,)."""
         if name not in self.meta.get("statistics", []):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from darkknowledge.config import RunConfig
 from darkknowledge.data.corpora import is_text
@@ -12,6 +12,9 @@ from darkknowledge.engine.cache import CachedTeacher, build_cache, read_cache_me
 from darkknowledge.engine.checkpoint import load_model
 from darkknowledge.engine.factory import check_teacher_fits, resolve_device
 from darkknowledge.errors import UserError
+
+if TYPE_CHECKING:
+    from darkknowledge.engine.lm_cache import LMTeacherCache
 
 
 def cache_info(path: str, sample_rows: int = 65536) -> dict[str, Any]:
@@ -37,15 +40,14 @@ def cache_info(path: str, sample_rows: int = 65536) -> dict[str, Any]:
     return CachedTeacher(path).meta
 
 
-def lm_cache_summary(cache: Any, rows: int) -> dict[str, Any]:
+def lm_cache_summary(cache: LMTeacherCache, rows: int) -> dict[str, Any]:
     """Means over the first ``rows`` predicted tokens of a language-model cache: the probability
     outside its top-k, and the recorded full-distribution statistics."""
     import numpy as np
-    import torch
 
-    windows = torch.arange(min(cache.num_windows, -(-rows // cache.window_length)))
-    targets = cache.window_arrays(windows, "targets").reshape(-1)
-    keep = (targets != -100).nonzero().squeeze(1)[:rows]
+    windows, keep = cache.first_predicted(rows)
+    if keep.numel() == 0:
+        return {"tokens": 0}
     values = cache.window_arrays(windows, "values").reshape(-1, cache.k)[keep].double()
     lse = cache.window_arrays(windows, "lse").reshape(-1)[keep].double()
     kept = (values - lse[:, None]).exp().sum(-1)

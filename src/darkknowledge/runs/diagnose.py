@@ -254,10 +254,9 @@ def diagnose_lm_caches(
     for path, cache in zip(paths[1:], caches[1:]):
         if not torch.equal(cache.window_arrays(windows, "targets").reshape(-1).long(), flat_targets):
             raise UserError(f"cache {path} predicts other tokens than {paths[0]}; diagnose caches of one corpus")
-    rows = (flat_targets != -100).nonzero().squeeze(1)[: max_rows or TOKEN_ROWS]
+    needed, rows = first.first_predicted(max_rows or TOKEN_ROWS)
     if rows.numel() == 0:
         raise UserError(f"cache {paths[0]} has no predicted tokens to diagnose")
-    needed = torch.arange(int(rows[-1]) // first.window_length + 1)  # the windows the rows lie in
 
     def topk(cache: LMTeacherCache) -> list[torch.Tensor]:
         arrays = [cache.window_arrays(needed, name) for name in ("ids", "values", "lse")]
