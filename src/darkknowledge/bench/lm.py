@@ -11,7 +11,8 @@ the same teacher and student (random weights: speed does not depend on them):
 * ours, cached teacher: the same with the teacher's top-k logits replayed from a cache
   (built once; its build time is reported).
 
-Also: the teacher's forward alone, eager and compiled (``engine.compile``), in GFLOP/s against
+Also: the teacher's forward alone, eager and compiled with frozen weights (as
+``engine.compile_teacher`` does), in GFLOP/s against
 the machine's matmul peak in the same precision; the cache build's rate with and without the
 full-distribution statistics it records; and the peak memory of the loss (reference vs ours
 with the default chunk, each in a fresh process: :mod:`darkknowledge.bench.loss_memory`).

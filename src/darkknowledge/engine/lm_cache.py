@@ -157,8 +157,8 @@ class LMCacheWriter:
         self.vocab_size: int | None = None
         self.window_length: int | None = None
         self._shards: list[dict[str, int]] = []
-        # the shard being written, preallocated (many small retained arrays would fragment the
-        # heap between the full-vocabulary temporaries: the resident set grew by ~26x the data)
+        # the shard being written, preallocated: many small retained arrays between the
+        # full-vocabulary temporaries fragment the heap (docs/lm.md, "Teacher cache")
         self._buffer: dict[str, np.ndarray] = {}
         self._buffered_rows = 0
         self._buffered_windows = 0
