@@ -66,3 +66,19 @@ def teacher3_ckpt(tmp_path_factory) -> Path:
 # ---------------------------------------------------------------- golden method inputs (tests/methods)
 # torch.manual_seed(0); randn(4, 5) * 2 (student), randn(4, 5) * 3 (teacher), rounded.
 # ---------------------------------------------------------------- a small sweep spec (tests/experiments)
+
+
+@pytest.fixture
+def recorded_compiles(monkeypatch) -> list:
+    """``torch.compile`` as the engine calls it, replaced by a recorder that returns the model
+    unchanged: the list of ``(model, kwargs)`` it was asked to compile (the wiring, not inductor)."""
+    from darkknowledge.engine import compile as compile_module
+
+    compiled: list = []
+
+    def fake_compile(model, **kwargs):
+        compiled.append((model, kwargs))
+        return model
+
+    monkeypatch.setattr(compile_module.torch, "compile", fake_compile)
+    return compiled

@@ -54,14 +54,8 @@ def test_periodic_finite_check_names_the_same_step_as_the_per_step_check(tmp_pat
     assert periodic == every_step
 
 
-def test_compile_switch_compiles_the_training_forward_only(tmp_path, monkeypatch):
-    compiled = []
-
-    def fake_compile(model, **kwargs):
-        compiled.append((model, kwargs))
-        return model
-
-    monkeypatch.setattr(compile_module.torch, "compile", fake_compile)
+def test_compile_switch_compiles_the_training_forward_only(tmp_path, recorded_compiles):
+    compiled = recorded_compiles
     trainer = build_trainer(fast_config(tmp_path, *TINY, "optim.epochs=1", "engine.compile=true"))
     trainer.train_epoch(0)
     trainer.train_epoch(1)
@@ -83,16 +77,10 @@ def test_fp16_on_a_cpu_is_a_user_error(tmp_path):
         build_trainer(cfg)
 
 
-def test_compile_teacher_switch_compiles_a_live_teachers_forward_frozen(tmp_path, monkeypatch):
+def test_compile_teacher_switch_compiles_a_live_teachers_forward_frozen(tmp_path, recorded_compiles):
     from darkknowledge.models import build_model
 
-    compiled = []
-
-    def fake_compile(model, **kwargs):
-        compiled.append((model, kwargs))
-        return model
-
-    monkeypatch.setattr(compile_module.torch, "compile", fake_compile)
+    compiled = recorded_compiles
     teacher = build_model("cnn_w4", num_classes=10, in_channels=1)
     cfg = fast_config(tmp_path, *TINY, "optim.epochs=1", "method.name=kd", "engine.compile_teacher=true")
     trainer = build_trainer(cfg, teacher=teacher)
