@@ -90,7 +90,8 @@ class Budget:
         return self.end - time.monotonic()
 
 
-def _train(overrides: list[str]) -> dict[str, Any]:
+def _fit(overrides: list[str]) -> tuple[Any, dict[str, Any], dict[str, float]]:
+    """One run: its config, its summary, and its wall time (and peak GPU memory on CUDA)."""
     from darkknowledge.config import load_config
     from darkknowledge.engine.trainer import build_trainer
 
@@ -99,14 +100,22 @@ def _train(overrides: list[str]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     summary = build_trainer(cfg).fit()
+    cost = {"wall_s": time.perf_counter() - t0}
+    if cfg.engine.device.startswith("cuda"):
+        cost["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return cfg, summary, cost
+
+
+def _train(overrides: list[str]) -> dict[str, Any]:
+    cfg, summary, cost = _fit(overrides)
     out = {
         "test_top1": summary["final"].get("test/top1"),
-        "wall_s": time.perf_counter() - t0,
+        "wall_s": cost["wall_s"],
         "epochs": cfg.optim.epochs,
         "run_dir": summary["run_dir"],
     }
-    if cfg.engine.device.startswith("cuda"):
-        out["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    if "gpu_peak_mib" in cost:
+        out["gpu_peak_mib"] = cost["gpu_peak_mib"]
     return out
 
 
@@ -138,26 +147,17 @@ def _workloads(args: argparse.Namespace) -> None:
     rows: list[dict[str, Any]] = []
 
     def run(name: str, overrides: list[str], unit: str, units: int) -> dict[str, Any]:
-        from darkknowledge.config import load_config
-        from darkknowledge.engine.trainer import build_trainer
-
-        cfg = load_config(overrides=[*device, *overrides, f"name={name}"])
-        if cfg.engine.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        summary = build_trainer(cfg).fit()
-        wall = time.perf_counter() - t0
+        cfg, summary, cost = _fit([*device, *overrides, f"name={name}"])
+        wall = cost["wall_s"]
         final = summary["final"]
         row = {
             "name": name,
             "metric": "test bpb" if "test/bpb" in final else "test top-1 (%)",
             "value": final.get("test/bpb", final.get("test/top1")),
             "rate": f"{units * cfg.optim.epochs / wall:.0f} {unit}/s (whole run)",
-            "wall_s": wall,
             "run_dir": summary["run_dir"],
+            **cost,
         }
-        if cfg.engine.device.startswith("cuda"):
-            row["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
         rows.append(row)
         with (out / "runs.jsonl").open("a") as fh:
             fh.write(json.dumps(row) + "\n")
