@@ -195,7 +195,7 @@ def main() -> int:
             label = label_of(result["chosen"], case, truth)
             row[sampler] = {
                 "chosen": {"teacher": result["chosen"]["teacher"], "method": label},
-                "val_top1": result["val_top1"],
+                "val_top1": result["val"],
                 "student_epochs": result["compute"]["student_epochs"],
                 "budget_epochs": result["compute"]["budget_epochs"],
                 "trials": result["compute"]["trials"],

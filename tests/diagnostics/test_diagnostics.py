@@ -508,7 +508,7 @@ def test_card_gives_no_verdict_and_recommends_what_tune_chose():
     assert "darkknowledge tune" in card.recommendation
     assert card.disclaimer == DISCLAIMER and DISCLAIMER in card.to_text()
     assert "tau*" in card.to_text() and any(a.startswith("ISATS") for a in card.alternatives)
-    tuned = TunedChoice("large", "student", "dist", {"temperature": 2.0}, 0.91, "runs/tune/result.json")
+    tuned = TunedChoice("large", "student", "dist", {"temperature": 2.0}, 91.0, "runs/tune/result.json")
     chosen = make_card(large, reference=small, temperature=4.0, tuned=tuned)
     assert chosen.method == "dist" and chosen.method_params == {"temperature": 2.0}
     assert "chosen by `darkknowledge tune`" in chosen.recommendation and "91.0 %" in chosen.recommendation

@@ -57,10 +57,11 @@ def test_tune_chooses_on_validation_within_the_budget(tmp_path, capsys):
     chosen, trials = result["chosen"], result["trials"]
     assert result["compute"]["rungs"] == [1, 2, 4] and result["compute"]["student_epochs"] <= 16
     full = [t for t in trials if t["state"] == "complete"]
-    assert full and result["val_top1"] == max(t["val_top1"]["4"] for t in full)
+    assert result["selection"] == {"metric": "top1", "higher_is_better": True}
+    assert full and result["val"] == max(t["val"]["4"] for t in full)
     # the chosen run's own summary: its validation top-1 is the one reported, its test top-1 the one read
     summary = json.loads((Path(result["run_dir"]) / "summary.json").read_text())
-    assert summary["best"]["val/top1"] == result["val_top1"] and summary["best"]["test/top1"] == result["test_top1"]
+    assert summary["best"]["val/top1"] == result["val"] and summary["best"]["test/top1"] == result["test"]
     assert summary["epochs"] == 4 and summary["method"] == chosen["method"]
     # pruned trials stopped at a rung below the full length; runner-ups are other candidates
     assert all(t["epochs_reached"] < 4 for t in trials if t["state"] == "pruned")
@@ -156,3 +157,40 @@ def test_the_card_of_the_chosen_teacher_recommends_the_tune_choice(tmp_path, cap
     assert len(chosen) == 1 and chosen[0]["method"] == result["chosen"]["method"]
     assert "chosen by `darkknowledge tune`" in chosen[0]["recommendation"]
     assert all("Run `darkknowledge tune`" in c["recommendation"] for c in cards if c is not chosen[0])
+
+
+def test_tune_chooses_a_language_model_by_validation_nll(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    from darkknowledge.data.text import stdlib_files
+
+    monkeypatch.chdir(tmp_path)
+    text = "".join(f.read_text(encoding="utf-8", errors="replace") for f in stdlib_files()[:20])
+    (tmp_path / "corpus").mkdir()
+    for i in range(40):
+        (tmp_path / "corpus" / f"doc{i:03d}.txt").write_text(text[i * 1000 : (i + 1) * 1000])
+    spec = {
+        "base": {
+            "data": {"name": "textfiles", "root": "corpus", "vocab_size": 260, "context": 16, "batch_size": 16},
+            "optim": {"optimizer": "adamw", "lr": 0.003, "schedule": "cosine", "epochs": 2},
+            "engine": {"precision": "fp32", "channels_last": False},
+        },
+        "teachers": [{"model": "lm_d32_l1"}],
+        "teacher_config": {"optim": {"epochs": 1}},
+        "student": {"model": "lm_d16_l1"},
+        "search": {
+            "methods": [{"name": "kd", "params": {"temperature": {"choices": [1, 4]}}}, {"name": "reverse_kl"}],
+            "min_epochs": 1,
+            "reduction_factor": 2,
+            "budget_epochs": 8,
+        },
+    }
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["tune", "t.yaml", "--out", "out"]) == 0
+    result = json.loads((tmp_path / "out" / "tune.json").read_text())
+    assert result["selection"] == {"metric": "nll", "higher_is_better": False}
+    full = [t for t in result["trials"] if t["state"] == "complete"]
+    assert full and result["val"] == min(t["val"]["2"] for t in full)  # lowest NLL, not highest top-1
+    summary = json.loads((Path(result["run_dir"]) / "summary.json").read_text())
+    assert summary["selection_metric"] == result["selection"]
+    assert summary["best"]["val/nll"] == result["val"] and summary["best"]["test/nll"] == result["test"]

@@ -52,8 +52,14 @@ class TunedChoice:
     student: str
     method: str
     params: dict[str, Any]
-    val_top1: float
+    val: float  # the selection metric on the validation split, as tune reports it (top-1 in %, NLL in nats)
     source: str  # the tune result file
+    metric: str = "top1"
+
+    def validation(self) -> str:
+        if self.metric == "top1":
+            return f"validation top-1 {self.val:.1f} %"
+        return f"validation {self.metric} {self.val:.4g}"
 
     @classmethod
     def from_file(cls, path: str, names: dict[str, str] | None = None) -> TunedChoice:
@@ -72,8 +78,9 @@ class TunedChoice:
                 student=str(result["student"]),
                 method=str(chosen["method"]),
                 params=dict(chosen["params"]),
-                val_top1=float(result["val_top1"]) / 100.0,
+                val=float(result["val"]),
                 source=str(path),
+                metric=str(result["selection"]["metric"]),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"--tuned {path}: not a tune result written by `darkknowledge tune` ({exc})") from None
@@ -240,7 +247,7 @@ def make_card(
         method, params = tuned.method, dict(tuned.params)
         recommendation = (
             f"{tuned.method} {json.dumps(tuned.params, sort_keys=True)} from {tuned.teacher}: chosen by "
-            f"`darkknowledge tune` for {tuned.student} (validation top-1 {100 * tuned.val_top1:.1f} %; {tuned.source})."
+            f"`darkknowledge tune` for {tuned.student} ({tuned.validation()}; {tuned.source})."
         )
     else:
         recommendation = (

@@ -4,6 +4,7 @@ validation or test split, with agreement and rank fidelity to the teacher signal
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,6 +16,40 @@ from darkknowledge.engine.metrics import ClassificationMeter, collect_logits
 from darkknowledge.engine.precision import autocast
 from darkknowledge.engine.teacher import TeacherSignal
 from darkknowledge.errors import UserError
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The metric that chooses a run's best epoch (best.pt) and a tune's candidate."""
+
+    metric: str  # without the split: "top1", "nll"
+    higher_is_better: bool
+
+    def score(self, record: dict[str, Any], split: str) -> float | None:
+        """Higher is better: the metric, negated when lower is better (None when the record lacks it)."""
+        value = record.get(f"{split}/{self.metric}")
+        return None if value is None else self.score_of(float(value))
+
+    def score_of(self, value: float) -> float:
+        """Higher is better: the metric's value, negated when lower is better."""
+        return value if self.higher_is_better else -value
+
+    def value(self, score: float) -> float:
+        """The metric back from a score."""
+        return self.score_of(score)  # negation is its own inverse
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "higher_is_better": self.higher_is_better}
+
+    @classmethod
+    def of_summary(cls, summary: dict[str, Any]) -> Selection:
+        """The selection a run's summary.json names (runs written before it was recorded: top-1)."""
+        named = summary.get("selection_metric") or {}
+        return cls(str(named.get("metric", "top1")), bool(named.get("higher_is_better", True)))
+
+
+TOP1 = Selection("top1", higher_is_better=True)
+NLL = Selection("nll", higher_is_better=False)
 
 
 class Evaluator:
@@ -34,11 +69,7 @@ class Evaluator:
         self.batch_size, self.device, self.precision, self.channels_last = batch_size, device, precision, channels_last
         self._teacher_logits: dict[str, Tensor | None] = {}
 
-    @staticmethod
-    def selection_score(record: dict[str, Any], split: str) -> float | None:
-        """Higher is better: the top-1 accuracy."""
-        value = record.get(f"{split}/top1")
-        return None if value is None else float(value)
+    selection = TOP1
 
     def _batches(self, split: str):
         return evaluation_batches(self.datasets[split], self.batch_size, self.device, self.channels_last)
@@ -118,11 +149,7 @@ class TokenEvaluator:
         prompt, continuation = ids[0, :prompt_length].tolist(), ids[0, prompt_length:].tolist()
         return f"{decode(prompt)!r} -> {decode(continuation)!r}"
 
-    @staticmethod
-    def selection_score(record: dict[str, Any], split: str) -> float | None:
-        """Higher is better: the negative validation NLL."""
-        value = record.get(f"{split}/nll")
-        return None if value is None else -float(value)
+    selection = NLL  # next-token top-1 is too coarse to choose a language model's epoch
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, split: str) -> dict[str, float]:

@@ -327,7 +327,7 @@ class Trainer:
                 for logger in loggers:
                     logger.log_epoch(record)
                 # best.pt: the selection split's score (top-1; -NLL for language models), higher is better
-                score = self.evaluator.selection_score(record, self.selection)
+                score = self.evaluator.selection.score(record, self.selection)
                 improved = score is not None and score > self.best_top1
                 if score is not None and improved:
                     self.best_top1 = score
@@ -376,7 +376,7 @@ class Trainer:
         if self.selection == "val":
             best = self._best_on_validation()
         else:
-            scored = [(s, h) for h in self.history if (s := self.evaluator.selection_score(h, "test")) is not None]
+            scored = [(s, h) for h in self.history if (s := self.evaluator.selection.score(h, "test")) is not None]
             record = max(scored, key=lambda sh: sh[0])[1] if scored else {}
             best = {k: v for k, v in record.items() if k.startswith("test/")} | (
                 {"epoch": record["epoch"]} if record else {}
@@ -392,6 +392,7 @@ class Trainer:
             "precision": self.precision,
             "teacher": self.teacher.describe() if self.teacher is not None else None,
             "selection": self.selection,
+            "selection_metric": self.evaluator.selection.as_dict(),
             "final": {k: v for k, v in last.items() if k.startswith(("test/", "val/"))},
             "best": best,
             "wall_time_s": wall_s,

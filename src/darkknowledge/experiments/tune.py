@@ -11,8 +11,9 @@ sharing the records is reused, and teacher caches are shared between trials. The
 in ``<out>/study.journal``: a killed tune run again keeps its finished trials and re-runs an
 interrupted one with the same parameters (its finished rungs are reused).
 
-Selection reads only validation metrics (best epoch on the validation split). The test split
-is read once, for the chosen configuration's full-length run.
+Selection reads only validation metrics (best epoch on the validation split) of the metric the
+trainer selects epochs by (top-1 for classifiers, NLL for language models; each run's summary
+names it). The test split is read once, for the chosen configuration's full-length run.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from darkknowledge.config import deep_merge, read_yaml, validate_config
+from darkknowledge.data.corpora import is_text
+from darkknowledge.engine.evaluation import TOP1, Selection
 from darkknowledge.errors import UserError
 from darkknowledge.experiments.executors import Executor, make_executor
 from darkknowledge.experiments.graph import StageSpec
@@ -136,7 +139,7 @@ def parse_tune_spec(data: dict[str, Any], source: str = "spec") -> TuneSpec:
     for label in set(candidates) - set(labels):
         raise _space_error(source, "search.teachers", f"{label!r} is not a teacher label of this spec")
     base = validate_config(deep_merge(spec.base, spec.student.config), source=f"tune spec {source}: base")
-    if not base.data.val_per_class:
+    if not base.data.val_per_class and not is_text(base.data):  # a text corpus always has validation documents
         raise _space_error(
             source, "base.data.val_per_class", "tune chooses on a validation split: set it (images per class held out)"
         )
@@ -215,6 +218,7 @@ class Tune:
         self.max_trials = search.max_trials or search.budget_epochs // search.min_epochs
         self.teachers = search.teachers if search.teachers is not None else [t.label for t in spec.teachers]
         self.methods = {m.name: m for m in search.methods}
+        self.selection = TOP1  # replaced by the one the first finished rung's summary names
 
     # ------------------------------------------------------------------ the study
     def study(self):
@@ -278,12 +282,14 @@ class Tune:
         meta = {"teacher": candidate["teacher"], "method": candidate["method"], "method_params": method}
         return planner._add(Kind.STUDENT, name, config, inputs, {**meta, "seed": spec.search.student_seed})
 
-    def val_top1(self, node: StageSpec) -> float | None:
-        """The best validation top-1 of a finished rung (None if it failed); never a test metric."""
+    def val_score(self, node: StageSpec) -> float | None:
+        """The best validation score of a finished rung, higher is better (None if it failed); never a
+        test metric."""
         summary = self.sweep.store.summary(node) if self.sweep.store.state(node) in ("done", "recorded") else None
-        best = (summary or {}).get("best") or {}
-        value = best.get("val/top1")
-        return float(value) if value is not None else None
+        if summary is None:
+            return None
+        self.selection = Selection.of_summary(summary)
+        return self.selection.score(summary.get("best") or {}, "val")
 
     # ------------------------------------------------------------------ the search
     def run(self) -> dict[str, Any]:
@@ -324,7 +330,7 @@ class Tune:
                     spent -= epochs
                 else:
                     trial.set_user_attr("epochs_spent", trial.user_attrs.get("epochs_spent", 0) + epochs)
-                value = self.val_top1(node)
+                value = self.val_score(node)
                 if value is None:
                     self.log(f"  trial {trial.number}: {node.name} failed; see {self.sweep.store.log(node)}")
                     study.tell(trial, state=TrialState.FAIL)
@@ -342,7 +348,8 @@ class Tune:
                     spent += self.rungs[i + 1]
                     active.append((trial, candidate, i + 1))
                 self.log(f"  trial {trial.number} {candidate['method']} from {candidate['teacher']} "
-                         f"{json.dumps(candidate['params'], sort_keys=True)}: val top-1 {value:.2f} after {epochs} epochs")  # fmt: skip
+                         f"{json.dumps(candidate['params'], sort_keys=True)}: val {self.selection.metric} "
+                         f"{self.selection.value(value):.4g} after {epochs} epochs")  # fmt: skip
         return self.write_report(study, time.perf_counter() - t0)
 
     def spent(self, study) -> int:
@@ -360,13 +367,13 @@ class Tune:
         for t in study.get_trials(deepcopy=False):
             if "method" not in t.params:
                 continue
-            curve = {int(step): float(v) for step, v in t.intermediate_values.items()}
+            curve = {int(step): self.selection.value(float(v)) for step, v in t.intermediate_values.items()}
             trials.append(
                 {
                     "number": t.number,
                     "state": t.state.name.lower(),
                     **self.candidate_of(t),
-                    "val_top1": curve,
+                    "val": curve,
                     "epochs_reached": max(curve) if curve else 0,
                     "stopped_by": t.user_attrs.get("stopped_by"),
                 }
@@ -377,25 +384,27 @@ class Tune:
                 f"tune: no trial reached {self.max_epochs} epochs within search.budget_epochs="
                 f"{self.spec.search.budget_epochs}; raise the budget (or lower max_epochs)"
             )
-        ranked = sorted(full, key=lambda t: -t["val_top1"][self.max_epochs])
-        chosen = ranked[0]
+        chosen = max(full, key=lambda t: self.selection.score_of(t["val"][self.max_epochs]))
         final = self.rung_stage({k: chosen[k] for k in ("teacher", "method", "params")}, self.max_epochs)
         summary = self.sweep.store.summary(final) or {}
-        test = (summary.get("best") or {}).get("test/top1")  # read once: the chosen configuration's run only
+        test = (summary.get("best") or {}).get(
+            f"test/{self.selection.metric}"
+        )  # read once: the chosen configuration's run only
         config = self.final_config(final)
         atomic_write_text(self.out / "chosen.yaml", yaml.safe_dump(config, sort_keys=False))
         spent = self.spent(study)
         result = {
             "student": self.spec.student.model,
             "chosen": {k: chosen[k] for k in ("teacher", "method", "params")},
-            "val_top1": chosen["val_top1"][self.max_epochs],
-            "test_top1": test,
+            "selection": self.selection.as_dict(),
+            "val": chosen["val"][self.max_epochs],
+            "test": test,
             "teacher_checkpoint": self.sweep.store.input_paths(final)[
                 teacher_role(self.sweep.teacher_inputs[chosen["teacher"]])
             ],
             "run_dir": str(self.sweep.store.files_dir(final)),
             "command": f"darkknowledge distill --config {self.out / 'chosen.yaml'} seed=SEED name=NAME",
-            "runner_ups": _runner_ups(trials, chosen)[:5],
+            "runner_ups": _runner_ups(trials, chosen, self.selection)[:5],
             "compute": {
                 "student_epochs": spent,
                 "budget_epochs": self.spec.search.budget_epochs,
@@ -427,19 +436,19 @@ class Tune:
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for t in trials:
-            steps = sorted(t["val_top1"])
+            steps = sorted(t["val"])
             if not steps:
                 continue
             is_chosen = t["number"] == chosen["number"]
-            ax.plot(steps, [t["val_top1"][s] for s in steps], marker="o", lw=2.5 if is_chosen else 0.8,
+            ax.plot(steps, [t["val"][s] for s in steps], marker="o", lw=2.5 if is_chosen else 0.8,
                     alpha=1.0 if is_chosen else 0.5, color="C3" if is_chosen else "C0",
                     label=f"chosen: {chosen['method']} from {chosen['teacher']}" if is_chosen else None)  # fmt: skip
         ax.set_xscale("log")
         ax.set_xticks(self.rungs, [str(r) for r in self.rungs])
         ax.set_xlabel("epochs (successive-halving rungs)")
-        ax.set_ylabel("validation top-1 (%)")
+        ax.set_ylabel(_METRIC_LABEL.get(self.selection.metric, f"validation {self.selection.metric}"))
         ax.set_title(f"tune: {len(trials)} trials for {self.spec.student.model}")
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="lower right" if self.selection.higher_is_better else "upper right", fontsize=8)
         fig.tight_layout()
         fig.savefig(self.out / "tune.png", dpi=120)
         plt.close(fig)
@@ -461,22 +470,23 @@ def _check_journal(path: Path) -> None:
         ) from None
 
 
-def _runner_ups(trials: list[dict[str, Any]], chosen: dict[str, Any]) -> list[dict[str, Any]]:
+_METRIC_LABEL = {"top1": "validation top-1 (%)", "nll": "validation NLL (nats per token)"}
+
+
+def _runner_ups(trials: list[dict[str, Any]], chosen: dict[str, Any], selection: Selection) -> list[dict[str, Any]]:
     """Distinct candidates other than the chosen one, furthest and best first."""
     seen = {json.dumps({k: chosen[k] for k in ("teacher", "method", "params")}, sort_keys=True)}
     out = []
     order = sorted(
-        (t for t in trials if t["val_top1"]),
-        key=lambda t: (-t["epochs_reached"], -t["val_top1"][t["epochs_reached"]]),
+        (t for t in trials if t["val"]),
+        key=lambda t: (-t["epochs_reached"], -selection.score_of(t["val"][t["epochs_reached"]])),
     )
     for t in order:
         candidate = {k: t[k] for k in ("teacher", "method", "params")}
         tag = json.dumps(candidate, sort_keys=True)
         if tag not in seen:
             seen.add(tag)
-            out.append(
-                candidate | {"epochs_reached": t["epochs_reached"], "val_top1": t["val_top1"][t["epochs_reached"]]}
-            )
+            out.append(candidate | {"epochs_reached": t["epochs_reached"], "val": t["val"][t["epochs_reached"]]})
     return out
 
 
@@ -512,17 +522,18 @@ def open_tune(
 
 def result_markdown(result: dict[str, Any]) -> str:
     c = result["chosen"]
+    metric = {"top1": "top-1", "nll": "NLL"}.get(result["selection"]["metric"], result["selection"]["metric"])
     lines = [
         f"Chosen for {result['student']}: {c['method']} {json.dumps(c['params'], sort_keys=True)} from {c['teacher']} "
-        f"— validation top-1 {result['val_top1']:.2f}"
-        + (f", test top-1 {result['test_top1']:.2f} (read once)" if result.get("test_top1") is not None else ""),
+        f"— validation {metric} {result['val']:.4g}"
+        + (f", test {metric} {result['test']:.4g} (read once)" if result.get("test") is not None else ""),
         f"Compute: {result['compute']['student_epochs']} of {result['compute']['budget_epochs']} student epochs, "
         f"{result['compute']['trials']} trials, rungs {result['compute']['rungs']}.",
-        "Runner-ups (validation top-1 at the epochs reached):",
+        f"Runner-ups (validation {metric} at the epochs reached):",
     ]
     for r in result["runner_ups"]:
-        value = r["val_top1"]
-        shown = f"{value:.2f}" if math.isfinite(value) else "n/a"
+        value = r["val"]
+        shown = f"{value:.4g}" if math.isfinite(value) else "n/a"
         lines.append(
             f"  {r['method']} {json.dumps(r['params'], sort_keys=True)} from {r['teacher']}: "
             f"{shown} after {r['epochs_reached']} epochs"
