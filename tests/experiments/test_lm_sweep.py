@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
 
-def test_a_language_model_sweep_with_teacher_caches_runs_and_resumes(tmp_path, monkeypatch):
+def test_a_language_model_sweep_with_teacher_caches_runs_and_resumes(tmp_path, monkeypatch, capsys):
     from darkknowledge.data.text import stdlib_files
 
     monkeypatch.chdir(tmp_path)
@@ -36,6 +36,8 @@ def test_a_language_model_sweep_with_teacher_caches_runs_and_resumes(tmp_path, m
     }
     (tmp_path / "lm.yaml").write_text(yaml.safe_dump(spec))
     assert main(["sweep", "lm.yaml", "--out", "out"]) == 0
+    logged = capsys.readouterr().out  # each finished stage's line: bits per byte, not next-token top-1
+    assert "bits per byte" in logged and "top-1" not in logged
     with open(tmp_path / "out" / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert {r["method"] for r in rows} == {"ce", "kd"} and all(float(r["last_nll"]) > 0 for r in rows)

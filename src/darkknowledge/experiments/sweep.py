@@ -616,9 +616,11 @@ class Sweep:
         res = self.store.result(n) or {}
         line = f"  {self.store.state(n):7s} {n.name}"
         summary = self.store.summary(n) if res.get("status") == "done" else None
-        top1 = ((summary or {}).get("final") or {}).get("test/top1")
-        if top1 is not None:
-            line += f"  top-1 {top1:.2f}%"
+        final = (summary or {}).get("final") or {}
+        if final.get("test/bpb") is not None:  # a language model
+            line += f"  {final['test/bpb']:.3f} bits per byte"
+        elif final.get("test/top1") is not None:
+            line += f"  top-1 {final['test/top1']:.2f}%"
         if res.get("job_wall_s") is not None:
             line += f"  ({res['job_wall_s']:.1f}s)"
         if res.get("status") == "failed":
