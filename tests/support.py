@@ -92,3 +92,15 @@ def write_spec(path: Path, **changes) -> Path:
 
 def quiet(*_):
     pass
+
+
+def write_corpus(root: Path, documents: int = 80, size: int = 1500, source_files: int = 40) -> Path:
+    """A directory of ``documents`` text files of ``size`` characters cut from the first
+    ``source_files`` of the standard library's own sources (real text, on any machine)."""
+    from darkknowledge.data.text import stdlib_files
+
+    text = "".join(f.read_text(encoding="utf-8", errors="replace") for f in stdlib_files()[:source_files])
+    root.mkdir()
+    for i in range(documents):
+        (root / f"doc{i:03d}.txt").write_text(text[i * size : (i + 1) * size])
+    return root

@@ -8,6 +8,7 @@ import math
 import pytest
 
 from darkknowledge.bench import loss_memory, rss
+from support import write_corpus
 
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
@@ -15,12 +16,8 @@ pytest.importorskip("tokenizers")
 
 def test_lm_bench_measures_reference_live_and_cached_loops(tmp_path):
     from darkknowledge.bench.lm import format_lm_report, run_lm_bench
-    from darkknowledge.data.text import stdlib_files
 
-    text = "".join(f.read_text(encoding="utf-8", errors="replace") for f in stdlib_files()[:30])
-    (tmp_path / "corpus").mkdir()
-    for i in range(60):
-        (tmp_path / "corpus" / f"doc{i:03d}.txt").write_text(text[i * 1000 : (i + 1) * 1000])
+    write_corpus(tmp_path / "corpus", documents=60, size=1000, source_files=30)
 
     result = run_lm_bench(
         teacher="lm_d32_l1",

@@ -11,7 +11,7 @@ import pytest
 from darkknowledge.config import load_config
 from darkknowledge.errors import UserError
 from darkknowledge.runs import train
-from support import FAST
+from support import FAST, write_corpus
 
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
@@ -30,16 +30,6 @@ TEXT = [
     "optim.grad_clip=1.0",
     "optim.epochs=1",
 ]
-
-
-def write_corpus(root, documents: int = 80, size: int = 1500) -> None:
-    """``documents`` text files cut from the standard library's own sources (real text, any machine)."""
-    from darkknowledge.data.text import stdlib_files
-
-    text = "".join(f.read_text(encoding="utf-8", errors="replace") for f in stdlib_files()[:40])
-    root.mkdir()
-    for i in range(documents):
-        (root / f"doc{i:03d}.txt").write_text(text[i * size : (i + 1) * size])
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from darkknowledge.cli.main import main
+from support import write_corpus
 
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
@@ -26,15 +27,12 @@ TEACHER = "tiny-llama"  # the directory, relative to the sweep's working directo
 def corpus_and_teacher(tmp_path_factory):
     """A corpus of 60 small text files and a tiny LlamaForCausalLM saved with save_pretrained, with the
     BPE tokenizer trained on that corpus (tokenizer.json): a stand-in for a downloaded model."""
-    from darkknowledge.data.text import read_text_files, stdlib_files
+    from darkknowledge.data.text import read_text_files
     from darkknowledge.data.tokenize import train_bpe
     from darkknowledge.models import build_model
 
     root = tmp_path_factory.mktemp("pretrained")
-    text = "".join(f.read_text(encoding="utf-8", errors="replace") for f in stdlib_files()[:30])
-    (root / "corpus").mkdir()
-    for i in range(60):
-        (root / "corpus" / f"doc{i:03d}.txt").write_text(text[i * 1200 : (i + 1) * 1200])
+    write_corpus(root / "corpus", documents=60, size=1200, source_files=30)
     tokenizer = train_bpe(read_text_files(root / "corpus"), vocab_size=300)
     torch.manual_seed(1)
     model = build_model("lm_d32_l1", num_classes=tokenizer.vocab_size).eval()

@@ -9,19 +9,16 @@ import pytest
 import yaml
 
 from darkknowledge.cli.main import main
+from support import write_corpus
 
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
 
 def test_a_language_model_sweep_with_teacher_caches_runs_and_resumes(tmp_path, monkeypatch, capsys):
-    from darkknowledge.data.text import stdlib_files
 
     monkeypatch.chdir(tmp_path)
-    text = "".join(f.read_text(encoding="utf-8", errors="replace") for f in stdlib_files()[:30])
-    (tmp_path / "corpus").mkdir()
-    for i in range(60):
-        (tmp_path / "corpus" / f"doc{i:03d}.txt").write_text(text[i * 1200 : (i + 1) * 1200])
+    write_corpus(tmp_path / "corpus", documents=60, size=1200, source_files=30)
     spec = {
         "base": {
             "data": {"name": "textfiles", "root": "corpus", "vocab_size": 300, "context": 24, "batch_size": 16},

@@ -11,6 +11,7 @@ import yaml
 
 from darkknowledge.cli.main import main
 from darkknowledge.config import load_config
+from support import write_corpus
 
 optuna = pytest.importorskip("optuna")
 
@@ -162,13 +163,9 @@ def test_the_card_of_the_chosen_teacher_recommends_the_tune_choice(tmp_path, cap
 def test_tune_chooses_a_language_model_by_validation_nll(tmp_path, monkeypatch):
     pytest.importorskip("transformers")
     pytest.importorskip("tokenizers")
-    from darkknowledge.data.text import stdlib_files
 
     monkeypatch.chdir(tmp_path)
-    text = "".join(f.read_text(encoding="utf-8", errors="replace") for f in stdlib_files()[:20])
-    (tmp_path / "corpus").mkdir()
-    for i in range(40):
-        (tmp_path / "corpus" / f"doc{i:03d}.txt").write_text(text[i * 1000 : (i + 1) * 1000])
+    write_corpus(tmp_path / "corpus", documents=40, size=1000, source_files=20)
     spec = {
         "base": {
             "data": {"name": "textfiles", "root": "corpus", "vocab_size": 260, "context": 16, "batch_size": 16},
