@@ -482,6 +482,29 @@ def test_tau_bound_warning_threshold_is_ten_percent():
     assert tau_bound_warnings([stats(float("nan"), float("nan"))]) == []  # no defined tau*
 
 
+def test_tau_star_of_misclassified_samples_is_the_lower_bound_and_reported_apart():
+    from darkknowledge.diagnostics.result import tau_bound_warnings
+
+    g = torch.Generator().manual_seed(0)
+    n, c = 400, 50
+    targets = torch.randint(0, c, (n,), generator=g)
+    logits = torch.randn(n, c, generator=g)
+    wrong = torch.arange(n) < 160  # 40 % misclassified: another class on top
+    logits[torch.arange(n), targets] = torch.where(wrong, torch.tensor(0.0), torch.tensor(6.0))
+    logits[wrong, (targets[wrong] + 1) % c] = 6.0
+    stats = teacher_stats(logits, targets, temperatures=[1.0], name="lm-like")
+    tau = stats.tau_star
+    assert tau["frac_misclassified"] == pytest.approx(0.4)
+    assert tau["frac_at_min"] >= 0.4 and tau["frac_at_min_correct"] < 0.1  # the bound: the wrong samples
+    assert tau["median_correct"] > tau["tau_min"]
+    (warning,) = tau_bound_warnings([stats])
+    assert "misclassifies (40%)" in warning and "widen" not in warning
+    # where the correct samples crowd the bound too, the advice stays: widen the range
+    narrow = teacher_stats(logits, targets, temperatures=[1.0], name="narrow", tau_min=8 * tau["median_correct"])
+    (clipped,) = tau_bound_warnings([narrow])
+    assert narrow.tau_star["frac_at_min_correct"] > 0.9 and "widen the range" in clipped
+
+
 def test_card_pairs_choose_which_students_a_teacher_is_carded_with():
     teachers, student = _ladder(n=64)
     other = TeacherOutputs("other", 400, student.logits.flip(1), student.targets)

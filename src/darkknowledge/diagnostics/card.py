@@ -188,7 +188,13 @@ def make_card(
         evidence.append(
             f"Per-sample variance-maximising temperature tau*: median {_fmt(tau_med)} "
             f"(5-95 %: {_fmt(float(tau.get('q05', float('nan'))))}-{_fmt(float(tau.get('q95', float('nan'))))}), "
-            f"searched in [{_fmt(float(tau.get('tau_min', float('nan'))))}, {_fmt(float(tau.get('tau_max', float('nan'))))}]."
+            f"searched in [{_fmt(float(tau.get('tau_min', float('nan'))))}, {_fmt(float(tau.get('tau_max', float('nan'))))}]"
+            + (
+                f"; over the samples it classifies correctly: median {_fmt(float(tau['median_correct']))} "
+                f"(the misclassified {_fmt(100 * float(tau['frac_misclassified']))} % sit on the lower bound by construction)."
+                if math.isfinite(float(tau.get("median_correct", float("nan"))))
+                else "."
+            )
         )
 
     mismatch: bool | None = None  # no rule has been shown to predict it (docs/diagnostics.md)

@@ -186,7 +186,19 @@ def tau_bound_warnings(stats: Sequence[TeacherStats], fraction: float = TAU_BOUN
         t = s.tau_star or {}
         for share_key, bound_key, side in (("frac_at_min", "tau_min", "lower"), ("frac_at_max", "tau_max", "upper")):
             share = t.get(share_key)
-            if share is not None and math.isfinite(share) and share > fraction:
+            if share is None or not math.isfinite(share) or share <= fraction:
+                continue
+            right = t.get("frac_at_min_correct") if side == "lower" else None
+            if right is not None and math.isfinite(right) and right <= fraction:
+                # the misclassified samples: their optimum is the lower bound whatever the range
+                out.append(
+                    f"{s.name}: {share:.0%} of the per-sample tau* sit on the lower search bound {t[bound_key]:g}: "
+                    f"the samples it misclassifies ({t['frac_misclassified']:.0%}), whose variance-maximising "
+                    f"temperature is the bound whatever the range, and {right:.0%} of those it gets right; "
+                    f"the median tau* of the correct ones is {t['median_correct']:.3g} "
+                    "(ISATS gives misclassified samples misclassified_temperature instead)"
+                )
+            else:
                 out.append(
                     f"{s.name}: {share:.0%} of the per-sample tau* sit on the {side} search bound "
                     f"{t[bound_key]:g}, so their optimum is at or beyond it and the tau* statistics are clipped "

@@ -129,6 +129,7 @@ class _BlockSums:
     bin_conf: torch.Tensor
     bin_correct: torch.Tensor
     taus: np.ndarray | None
+    correct: np.ndarray | None  # per row: the model's top-1 is the target (beside taus)
 
 
 class TeacherStatsAccumulator:
@@ -180,6 +181,7 @@ class TeacherStatsAccumulator:
         self._bin_conf = torch.zeros(k, self.ece_bins, dtype=torch.float64)
         self._bin_correct = torch.zeros(k, self.ece_bins, dtype=torch.float64)
         self._taus: list[np.ndarray] = []
+        self._tau_correct: list[np.ndarray] = []
 
     @torch.no_grad()
     def update(self, logits: Any, targets: Any) -> None:
@@ -207,8 +209,9 @@ class TeacherStatsAccumulator:
             self._bin_count += part.bin_count
             self._bin_conf += part.bin_conf
             self._bin_correct += part.bin_correct
-            if part.taus is not None:
+            if part.taus is not None and part.correct is not None:
                 self._taus.append(part.taus)
+                self._tau_correct.append(part.correct)
 
     def _block_sums(self, given: torch.Tensor, y: torch.Tensor) -> _BlockSums:
         """The sums of the (checked, non-empty) rows ``given`` (one worker's block)."""
@@ -292,6 +295,7 @@ class TeacherStatsAccumulator:
             bin_conf=bin_conf,
             bin_correct=bin_correct,
             taus=None if taus is None else taus.float().cpu().numpy(),
+            correct=None if taus is None else correct.cpu().numpy(),
         )
 
     def result(self) -> TeacherStats:
@@ -311,7 +315,8 @@ class TeacherStatsAccumulator:
         values = None
         if self.tau_star:
             values = np.concatenate(self._taus) if self._taus else np.empty(0, np.float32)
-            tau_info = summarize_tau_star(values, self.tau_min, self.tau_max, self.tau_hist_bins)
+            correct = np.concatenate(self._tau_correct) if self._tau_correct else np.empty(0, bool)
+            tau_info = summarize_tau_star(values, self.tau_min, self.tau_max, self.tau_hist_bins, correct=correct)
         return TeacherStats(
             name=self.name,
             num_params=self.num_params,
@@ -327,12 +332,24 @@ class TeacherStatsAccumulator:
         )
 
 
-def summarize_tau_star(values: np.ndarray, tau_min: float, tau_max: float, bins: int = 30) -> dict[str, Any]:
+def summarize_tau_star(
+    values: np.ndarray, tau_min: float, tau_max: float, bins: int = 30, correct: np.ndarray | None = None
+) -> dict[str, Any]:
     """Mean/std/quantiles, share at the range bounds and a log-spaced histogram of tau*
-    (NaN entries, i.e. samples without an optimum, are counted, not summarised)."""
+    (NaN entries, i.e. samples without an optimum, are counted, not summarised). With
+    ``correct`` (per sample: the model's top-1 is the target), also the share of defined tau*
+    whose sample is misclassified, and the median and share at the lower bound over the
+    correctly classified samples: a misclassified sample's tau* is the lower bound by
+    construction (its variance grows as the wrong class takes all the mass, docs/methods.md)."""
     v = np.asarray(values, dtype=np.float64)
     ok = np.isfinite(v)
     d = v[ok]
+    if correct is not None:
+        right = np.asarray(correct, dtype=bool)[ok]
+        d_right = d[right]
+        misclassified = float(np.mean(~right)) if d.size else float("nan")
+        at_min_right = float(np.mean(d_right <= tau_min * 1.001)) if d_right.size else float("nan")
+        median_right = float(np.median(d_right)) if d_right.size else float("nan")
     edges = np.geomspace(tau_min, tau_max, bins + 1)
     counts, _ = np.histogram(np.clip(d, tau_min, tau_max), bins=edges)
     info: dict[str, Any] = {
@@ -343,6 +360,8 @@ def summarize_tau_star(values: np.ndarray, tau_min: float, tau_max: float, bins:
         "hist_edges": edges.tolist(),
         "hist_counts": counts.tolist(),
     }
+    if correct is not None:
+        info.update(frac_misclassified=misclassified, frac_at_min_correct=at_min_right, median_correct=median_right)
     if d.size:
         qs = np.quantile(d, _QUANTILES)
         info.update(

@@ -54,7 +54,8 @@ def summary_rows(result: DiagnosticsResult) -> tuple[list[str], list[list[Any]]]
     header = [
         "model", "role", "num_params", "num_samples", "num_classes", "top1", "top5", "logit_std",
         "tau_star_mean", "tau_star_median", "tau_star_q05", "tau_star_q95", "tau_star_frac_at_min",
-        "tau_star_frac_at_max", "tau_star_undefined", "intra_angle_deg", "inter_angle_deg",
+        "tau_star_frac_at_max", "tau_star_undefined", "tau_star_median_correct", "tau_star_frac_at_min_correct",
+        "intra_angle_deg", "inter_angle_deg",
     ]  # fmt: skip
     rows = []
     for role, s in model_roles(result):
@@ -77,6 +78,8 @@ def summary_rows(result: DiagnosticsResult) -> tuple[list[str], list[list[Any]]]
                 t.get("frac_at_min"),
                 t.get("frac_at_max"),
                 t.get("num_undefined"),
+                t.get("median_correct"),
+                t.get("frac_at_min_correct"),
                 g.intra_angle if g else None,
                 g.inter_angle if g else None,
             ]  # fmt: skip
