@@ -4,8 +4,10 @@ are stages like the image ones."""
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
+import torch
 import yaml
 
 from darkknowledge.cli.main import main
@@ -29,6 +31,7 @@ def test_a_language_model_sweep_with_teacher_caches_runs_and_resumes(tmp_path, m
         "student": {"model": "lm_d16_l1"},
         "methods": [{"name": "kd"}],
         "teacher_cache": True,
+        "teacher_checkpoint": "best",
         "diagnose": False,
     }
     (tmp_path / "lm.yaml").write_text(yaml.safe_dump(spec))
@@ -54,6 +57,17 @@ def test_a_language_model_sweep_with_teacher_caches_runs_and_resumes(tmp_path, m
     assert (tmp_path / "out" / "student_vs_teacher.png").is_file()
     assert any(p.name.startswith("cache-lm_d32_l1") for p in (tmp_path / "out" / "runs").iterdir())
     assert main(["sweep", "lm.yaml", "--out", "out", "--status"]) == 0  # everything done, nothing to run
+    # a best.pt from before the last epoch holds no test metrics (the test split is read once, after
+    # training): the teacher's test bits per byte come from its summary, which evaluated best.pt then
+    (teacher_dir,) = (tmp_path / "out" / "runs").glob("teacher-lm_d32_l1-*")
+    best = torch.load(teacher_dir / "best.pt", weights_only=True)
+    best["metrics"] = {k: v for k, v in best["metrics"].items() if not k.startswith("test/")}
+    torch.save(best, teacher_dir / "best.pt")
+    assert main(["sweep", "lm.yaml", "--out", "out", "--report"]) == 0
+    with open(tmp_path / "out" / "teachers.csv", newline="") as f:
+        teacher_row = next(csv.DictReader(f))
+    summary = json.loads((teacher_dir / "summary.json").read_text())
+    assert float(teacher_row["bpb"]) == pytest.approx(summary["best"]["test/bpb"])
 
 
 def test_headline_is_bits_per_byte_as_soon_as_a_teacher_has_it():
@@ -63,3 +77,12 @@ def test_headline_is_bits_per_byte_as_soon_as_a_teacher_has_it():
     assert headline_of([], [{"teacher": "lm_d64_l2", "bpb": 1.37}]) is BITS_PER_BYTE
     assert headline_of([{"last_bpb": ""}], [{"teacher": "resnet8", "bpb": None}]) is TOP1
     assert headline_of([{"last_bpb": 1.5}]) is BITS_PER_BYTE
+
+
+def test_language_model_teachers_are_plotted_by_non_embedding_parameters():
+    from darkknowledge.experiments.results import BITS_PER_BYTE, TOP1, capacity_axis
+
+    lms = [{"params": 362_816, "non_embedding_params": 100_672}, {"params": 725_664, "non_embedding_params": 332_448}]
+    assert capacity_axis(lms, BITS_PER_BYTE) == ("non_embedding_params", "teacher non-embedding parameters")
+    assert capacity_axis(lms, TOP1)[0] == "params"
+    assert capacity_axis([*lms, {"params": 5, "non_embedding_params": ""}], BITS_PER_BYTE)[0] == "params"

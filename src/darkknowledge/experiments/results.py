@@ -95,7 +95,10 @@ def teacher_rows(sweep: Sweep) -> list[dict[str, Any]]:
             continue
         if source.output != "last.pt":  # an early-stopped snapshot or best.pt
             path = sweep.store.output(source)
-            if path.is_file():
+            best = (sweep.store.summary(stage) or {}).get("best") or {}
+            if source.output == "best.pt" and best:  # its test metrics: read once after training, in the summary
+                rows.append({**_stage_row(sweep, label, "teacher", "", "", stage, best), "checkpoint": str(path)})
+            elif path.is_file():
                 rows.append(_checkpoint_row(label, "teacher", "", "", str(path)))
             else:  # recorded elsewhere: the epoch's record
                 epoch = t.epoch or (sweep.store.summary(stage) or {}).get("best", {}).get("epoch", -1) + 1
@@ -351,6 +354,14 @@ def plotted_methods(methods: list[Any], teachers: list[dict[str, Any]], students
     ]  # TAKD, AID: a teacher-side step
 
 
+def capacity_axis(teachers: list[dict[str, Any]], head: Headline) -> tuple[str, str]:
+    """The teacher-size column the plot's x axis uses, and its label: language models are sized
+    without the embedding (the vocabulary's share), as in the tables, where every teacher has the count."""
+    if head is BITS_PER_BYTE and all(isinstance(t.get("non_embedding_params"), int) for t in teachers):
+        return "non_embedding_params", "teacher non-embedding parameters"
+    return "params", "teacher parameters"
+
+
 def plot(sweep: Sweep, teachers: list[dict[str, Any]], students: list[dict[str, Any]], path: Path) -> bool:
     """Student headline metric (last epoch, mean ± std) vs teacher parameters; CE as a horizontal band.
 
@@ -368,8 +379,9 @@ def plot(sweep: Sweep, teachers: list[dict[str, Any]], students: list[dict[str, 
 
     from darkknowledge.diagnostics.plots import ladder_positions
 
-    ladder, variants = ladder_positions([float(t["params"]) for t in teachers])
     head = headline_of(students, teachers)
+    size_key, size_label = capacity_axis(teachers, head)
+    ladder, variants = ladder_positions([float(t[size_key]) for t in teachers])
     column = f"last_{head.metric}"
 
     def point(teacher: str, method: str) -> tuple[float, float] | None:
@@ -388,7 +400,7 @@ def plot(sweep: Sweep, teachers: list[dict[str, Any]], students: list[dict[str, 
         ax.axhline(mu, color="0.5", lw=1)
     markers = "osD^v<>p*h"
     for k, m in enumerate(shown):
-        line = [(teachers[j]["params"], p) for j in ladder if (p := point(teachers[j]["teacher"], m))]
+        line = [(teachers[j][size_key], p) for j in ladder if (p := point(teachers[j]["teacher"], m))]
         marker = markers[k // 10 % len(markers)]
         handle = None
         if line:
@@ -406,9 +418,9 @@ def plot(sweep: Sweep, teachers: list[dict[str, Any]], students: list[dict[str, 
                 ax.errorbar([x], [p[0]], yerr=[p[1]], fmt="x", color=color, capsize=3, label=None if handle else m)
                 ax.annotate(teachers[j]["teacher"], (x, p[0]), fontsize=6, xytext=(3, -3), textcoords="offset points")
     ax.set_xscale("log")
-    sizes = [t["params"] for t in teachers]
+    sizes = [t[size_key] for t in teachers]
     ax.set_xlim(min(sizes) / 1.4, max(sizes) * (1.4 + 0.1 * len(variants)))
-    ax.set_xlabel("teacher parameters")
+    ax.set_xlabel(size_label)
     ax.set_ylabel(f"student {head.title}, last epoch")
     ax.set_title(f"student {sweep.spec.student.model} vs teacher capacity")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
