@@ -483,3 +483,16 @@ def test_cache_built_on_the_fly_and_by_the_cli_keeps_test_logits(tmp_path, teach
         == 0
     )
     assert (tmp_path / "cli" / "eval_logits.npy").is_file()
+
+
+@pytest.mark.parametrize("fixture", ["cache_fp32", "cache_fp16", "cache_topk"])
+def test_resident_cache_replays_the_same_logits(request, fixture, subset):
+    """Held in the device's memory (the CUDA default when it fits; forced here on the CPU), a
+    cache gathers the same logits as from its memory-mapped files."""
+    path = request.getfixturevalue(fixture)
+    mapped, resident = CachedTeacher(path, resident=False), CachedTeacher(path, resident=True)
+    assert not mapped.resident and resident.resident and resident.describe()["resident"]
+    assert not CachedTeacher(path).resident  # on a CPU the memory map already is the device's memory
+    loader = BatchLoader(subset, 16, train=True, seed=3, view_table=mapped.view_table, channels_last=False)
+    for b in loader.epoch(0):
+        assert torch.equal(resident(b), mapped(b))

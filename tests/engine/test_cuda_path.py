@@ -65,8 +65,11 @@ def test_teacher_answers_on_the_device(tmp_path, kind):
         source = ["teacher.kind=cache", f"teacher.cache={tmp_path}/cache", "teacher.build=true", *source]
     student = _trainer(tmp_path, "optim.epochs=1", f"name=student-{kind}", "method.name=kd", *source)
     batch = next(iter(student.loader.epoch(0)))
-    assert batch.images.is_cuda and batch.targets.is_cuda
+    assert batch.images.is_cuda and batch.targets.is_cuda and batch.indices.is_cuda  # no host copy per step
+    assert batch.aug_params is None or batch.aug_params.is_cuda
     assert student.teacher is not None and student.teacher(batch).is_cuda
+    if kind == "cache":  # a small cache is held in GPU memory and gathered there
+        assert student.teacher.describe()["resident"]
     assert 0 <= student.fit()["final"]["test/top1"] <= 100
 
 

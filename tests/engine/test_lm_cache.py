@@ -279,3 +279,16 @@ def test_first_predicted_skips_unknown_targets_across_shards(tmp_path):
     assert windows.tolist() == [0, 1, 2]
     everything = cache.first_predicted(10_000)[1]
     assert len(everything) == cache.num_windows * (L - 1)  # every known target, across the three shards
+
+
+def test_resident_lm_cache_gathers_the_same_rows_across_shards(tmp_path):
+    from types import SimpleNamespace
+
+    from darkknowledge.engine.lm_cache import LMCachedTeacher
+
+    cache, _ = build(tmp_path, shard_tokens=2 * L)  # 3 shards
+    mapped, resident = LMCachedTeacher(cache, resident=False), LMCachedTeacher(cache, resident=True)
+    assert resident.resident and not mapped.resident and not LMCachedTeacher(cache).resident  # CPU: mapped
+    batch = SimpleNamespace(indices=torch.tensor([5, 0, 3, 2]))
+    a, b = mapped(batch), resident(batch)
+    assert torch.equal(a.dense(), b.dense())  # the rebuilt full-vocabulary rows of windows 5, 0, 3, 2

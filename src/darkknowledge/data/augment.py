@@ -40,7 +40,7 @@ def identity_params(n: int, spec: AugmentSpec) -> Tensor:
 
 def apply_augment(images: Tensor, params: Tensor, pad: int) -> Tensor:
     """Crop-with-padding and flip a uint8 batch (B, C, H, W) by ``params`` (B, 3)."""
-    if pad == 0 and not bool(params[:, 2].any()):
+    if pad == 0 and params.device.type == "cpu" and not bool(params[:, 2].any()):  # (no device sync)
         return images
     b, c, h, w = images.shape
     device = images.device

@@ -116,19 +116,22 @@ class BatchLoader:
         elif self.augment:
             params = sample_augment_params(n, self.spec.augment, gen)
         steps = len(self)
+        # the epoch's order, views and augmentation on the device once: no host copy per step
+        augmented = params is not None and (self.spec.augment.pad > 0 or bool(params[:, 2].any()))
+        order = order.to(self.device)
+        params = None if params is None else params.to(self.device)
+        views = None if views is None else views.to(self.device)
         for i in range(steps):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            idx_dev = idx.to(self.device)
-            images = self.images[idx_dev]
-            p = None
-            if params is not None:
-                p = params[idx]
+            images = self.images[idx]
+            p = None if params is None else params[idx]
+            if augmented and p is not None:
                 images = apply_augment(images, p, self.spec.augment.pad)
             yield Batch(
                 images=self.normalize(images),
-                targets=self.targets[idx_dev],
-                indices=idx_dev,
-                views=None if views is None else views[idx].to(self.device),
+                targets=self.targets[idx],
+                indices=idx,
+                views=None if views is None else views[idx],
                 aug_params=p,
             )
 

@@ -46,6 +46,7 @@ from darkknowledge.data.base import ArrayDataset, DataSpec
 from darkknowledge.data.loader import Batch, epoch_generator, eval_batches
 from darkknowledge.engine.checkpoint import state_digest
 from darkknowledge.engine.precision import autocast, resolve_precision
+from darkknowledge.engine.resident import holds_on_device, to_device
 from darkknowledge.engine.teacher import TeacherSignal, check_logits_width, prepare_for_inference
 from darkknowledge.errors import UserError
 from darkknowledge.fileio import DIR_MODE, staging_dir
@@ -257,9 +258,17 @@ def read_cache_meta(path: str | Path) -> dict[str, Any]:
 
 
 class CachedTeacher(TeacherSignal):
-    """Replays cached teacher logits for ``batch.indices`` at ``batch.views``."""
+    """Replays cached teacher logits for ``batch.indices`` at ``batch.views``; held in the
+    device's memory when it fits (``resident``: :mod:`darkknowledge.engine.resident`)."""
 
-    def __init__(self, path: str | Path, *, verify: bool = True, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        verify: bool = True,
+        device: str | torch.device = "cpu",
+        resident: bool | None = None,
+    ):
         self.path = Path(path)
         self.meta = meta = read_cache_meta(self.path)
         self.device = torch.device(device)
@@ -276,12 +285,12 @@ class CachedTeacher(TeacherSignal):
         self.num_classes = int(meta["num_classes"])
         self.storage = meta["storage"]
         self.view_table = torch.from_numpy(np.load(self.path / "views.npy").astype(np.int64))
-        if self.storage == "full":
-            self._logits = np.load(self.path / "logits.npy", mmap_mode="r")
-        else:
-            self._values = np.load(self.path / "topk_values.npy", mmap_mode="r")
-            self._indices = np.load(self.path / "topk_indices.npy", mmap_mode="r")
-            self._lse = np.load(self.path / "lse.npy", mmap_mode="r")
+        names = ["logits"] if self.storage == "full" else ["topk_values", "topk_indices", "lse"]
+        self._arrays = {name: np.load(self.path / f"{name}.npy", mmap_mode="r") for name in names}
+        nbytes = sum(a.nbytes for a in self._arrays.values())
+        self._on_device: dict[str, Tensor] | None = None
+        if holds_on_device(nbytes, self.device, resident):
+            self._on_device = {name: to_device([a], self.device) for name, a in self._arrays.items()}
 
     @property
     def key(self) -> dict[str, Any]:
@@ -302,17 +311,26 @@ class CachedTeacher(TeacherSignal):
                 f"teacher cache {self.path} was built from other teacher weights than teacher.checkpoint; rebuild it"
             )
 
+    def _rows(self, name: str, indices: Tensor, views: Tensor) -> Tensor:
+        """Entries (sample, view) of one stored array: gathered on the device when resident (no
+        host sync), else from the memory map and copied there."""
+        if self._on_device is not None:
+            return self._on_device[name][indices.to(self.device), views.to(self.device)]
+        rows = np.ascontiguousarray(self._arrays[name][indices.cpu().numpy(), views.cpu().numpy()])
+        return torch.from_numpy(rows).to(self.device)
+
     def logits(self, indices: Tensor, views: Tensor) -> Tensor:
-        i = indices.cpu().numpy()
-        v = views.cpu().numpy()
         if self.storage == "full":
-            out = torch.from_numpy(np.ascontiguousarray(self._logits[i, v])).float()
-        else:
-            vals = torch.from_numpy(np.ascontiguousarray(self._values[i, v])).float()
-            idx = torch.from_numpy(np.ascontiguousarray(self._indices[i, v]).astype(np.int64))
-            lse = torch.from_numpy(np.ascontiguousarray(self._lse[i, v])).float()
-            out = expand_topk(vals, idx, lse, self.num_classes)
-        return out.to(self.device)
+            return self._rows("logits", indices, views).float()
+        vals = self._rows("topk_values", indices, views).float()
+        idx = self._rows("topk_indices", indices, views).long()
+        lse = self._rows("lse", indices, views).float()
+        return expand_topk(vals, idx, lse, self.num_classes)
+
+    @property
+    def resident(self) -> bool:
+        """Whether the cache is held in the device's memory."""
+        return self._on_device is not None
 
     def replay_views(self) -> Tensor:
         return self.view_table
@@ -360,6 +378,7 @@ class CachedTeacher(TeacherSignal):
             "storage": self.storage,
             "views": self.key["num_views"],
             "eval_logits": bool(self.meta.get("eval")),
+            "resident": self.resident,
         }
 
 

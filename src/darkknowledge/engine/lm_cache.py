@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from darkknowledge.engine.cache import expand_topk
+from darkknowledge.engine.resident import holds_on_device, to_device
 from darkknowledge.engine.teacher import TeacherSignal
 from darkknowledge.errors import UserError
 from darkknowledge.fileio import DIR_MODE, atomic_write_json, staging_dir
@@ -436,6 +437,10 @@ class LMTeacherCache:
             out.append(np.asarray(self._shards[shard][name][local * length : (local + 1) * length]))
         return np.stack(out)
 
+    def shard_arrays(self, name: str) -> list[np.ndarray]:
+        """``name``'s memory-mapped array of every shard, in cache order (rows: positions)."""
+        return [shard[name] for shard in self._shards]
+
     def window_arrays(self, windows: Tensor, name: str) -> Tensor:
         """``name`` (ids, values, lse, targets or a statistic) for ``windows``: (B, L[, k])."""
         return torch.from_numpy(self._gather(name, windows))
@@ -500,17 +505,36 @@ class LMCachedTeacher(TeacherSignal):
     :class:`TopKTeacher` (full-vocabulary rows rebuilt per chunk by the token methods)."""
 
     def __init__(
-        self, cache: LMTeacherCache, device: torch.device | str = "cpu", missing_mass: MissingMass = "uniform"
+        self,
+        cache: LMTeacherCache,
+        device: torch.device | str = "cpu",
+        missing_mass: MissingMass = "uniform",
+        resident: bool | None = None,
     ):
         self.cache, self.device, self.missing_mass = cache, torch.device(device), missing_mass
         self.num_classes = cache.vocab_size
+        names = ("ids", "values", "lse")
+        nbytes = sum(array.nbytes for name in names for array in cache.shard_arrays(name))
+        self._on_device: dict[str, Tensor] | None = None
+        if holds_on_device(nbytes, self.device, resident):  # every shard's rows, in cache order
+            self._on_device = {name: to_device(cache.shard_arrays(name), self.device) for name in names}
 
     def __call__(self, batch: Any) -> Any:
-        windows = batch.indices.cpu()
-        ids, values, lse = (
-            self.cache.window_arrays(windows, name).to(self.device) for name in ("ids", "values", "lse")
-        )
+        if self._on_device is not None:  # gathered on the device: no host sync
+            windows = batch.indices.to(self.device).reshape(-1, 1)
+            rows = windows * self.cache.window_length + torch.arange(self.cache.window_length, device=self.device)
+            ids, values, lse = (self._on_device[name][rows] for name in ("ids", "values", "lse"))
+        else:
+            windows = batch.indices.cpu()
+            ids, values, lse = (
+                self.cache.window_arrays(windows, name).to(self.device) for name in ("ids", "values", "lse")
+            )
         return TopKTeacher(ids, values, lse, self.cache.vocab_size, self.missing_mass)
+
+    @property
+    def resident(self) -> bool:
+        """Whether the cache is held in the device's memory."""
+        return self._on_device is not None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -518,4 +542,5 @@ class LMCachedTeacher(TeacherSignal):
             "path": str(self.cache.path),
             "topk": self.cache.k,
             "missing_mass": self.missing_mass,
+            "resident": self.resident,
         }
