@@ -141,6 +141,20 @@ def test_document_windows_stay_inside_one_document_and_pad_short_ones(tmp_path):
         TokenWindows(array, context=0)
 
 
+@pytest.mark.parametrize("packing", ["concat", "document"])
+def test_tokens_held_on_the_device_give_the_same_batches(arrays, packing):
+    """The device path (the CUDA default when the tokens fit; forced here on the CPU) gathers
+    the same windows, padding and masks as the memory-mapped one, in the same order."""
+    windows = TokenWindows(arrays["validation"], context=48, packing=packing)
+    mapped = TokenBatchLoader(windows, batch_size=7, train=True, seed=1)
+    resident = TokenBatchLoader(windows, batch_size=7, train=True, seed=1, resident=True)
+    assert resident.resident and not mapped.resident  # on a CPU the memory map is the device's memory
+    pairs = list(zip(mapped.epoch(2), resident.epoch(2), strict=True))
+    assert any(not bool(a.mask.all()) for a, _ in pairs) or packing == "concat"  # padded windows were compared
+    for a, b in pairs:
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.mask, b.mask) and torch.equal(a.indices, b.indices)
+
+
 def test_loader_is_deterministic_per_seed_and_epoch_and_shards_by_rank(arrays):
     windows = TokenWindows(arrays["train"], context=32)
 

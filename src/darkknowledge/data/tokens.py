@@ -41,6 +41,7 @@ from torch import Tensor
 
 from darkknowledge.data.base import DataSpec
 from darkknowledge.data.loader import epoch_generator
+from darkknowledge.data.resident import holds_on_device, to_device
 from darkknowledge.data.text import SPLITS, Split, TextCorpus
 from darkknowledge.data.tokenize import LMTokenizer
 from darkknowledge.errors import UserError
@@ -220,6 +221,8 @@ class TokenWindows:
         self.table = torch.from_numpy(np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64))
         self.pad_id = int(array.meta["separator_id"])
         self._memmap: np.memmap | None = None
+        self._device_tokens: Tensor | None = None  # set by on_device
+        self._device_table: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.table.shape[0])
@@ -248,6 +251,28 @@ class TokenWindows:
             lengths[row] = stop - start
         mask = torch.arange(self.context).unsqueeze(0) < torch.from_numpy(lengths - 1).unsqueeze(1)
         return torch.from_numpy(tokens), mask
+
+    def on_device(self, device: torch.device) -> TokenWindows:
+        """These windows with the token array and window table held on ``device`` (copied once):
+        :meth:`rows` then gathers there from device indices, with no host copy."""
+        out = copy.copy(self)
+        out._device_tokens = to_device([self.array.tokens()], device)
+        out._device_table = self.table.to(device)
+        return out
+
+    def device_rows(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`rows` gathered on the device of :meth:`on_device` (``indices`` there too)."""
+        tokens, table = self._device_tokens, self._device_table
+        if tokens is None or table is None:
+            raise RuntimeError("device_rows needs the windows of on_device()")
+        window = table[indices]  # (B, 2): start, stop
+        offsets = torch.arange(self.context + 1, device=tokens.device)
+        positions = window[:, :1] + offsets
+        inside = positions < window[:, 1:]
+        gathered = tokens[positions.clamp(max=tokens.shape[0] - 1)].long()
+        rows = torch.where(inside, gathered, torch.full_like(gathered, self.pad_id))
+        mask = offsets[:-1].unsqueeze(0) < (window[:, 1:] - window[:, :1] - 1)
+        return rows, mask
 
 
 @dataclass
@@ -290,6 +315,7 @@ class TokenBatchLoader:
         drop_last: bool | None = None,
         rank: int = 0,
         world_size: int = 1,
+        resident: bool | None = None,
     ):
         if batch_size < 1:
             raise UserError(f"batch_size={batch_size}: must be >= 1")
@@ -297,6 +323,10 @@ class TokenBatchLoader:
             raise UserError(f"token split {windows.array.split} has no windows; use a larger corpus or split")
         self.windows, self.batch_size, self.train, self.seed = windows, batch_size, train, seed
         self.device = torch.device(device)
+        # the tokens on the device when they fit (data/resident.py): no host copy per step
+        self.resident = holds_on_device(windows.array.tokens().nbytes + windows.table.nbytes, self.device, resident)
+        if self.resident:
+            self.windows = windows.on_device(self.device)
         self.drop_last = train if drop_last is None else drop_last
         self.rank, self.world_size = rank, world_size
 
@@ -316,10 +346,15 @@ class TokenBatchLoader:
         if self.train and self.world_size > 1:
             order = order[: n - n % self.world_size]
         order = order[self.rank :: self.world_size]
+        if self.resident:
+            order = order.to(self.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            tokens, mask = self.windows.rows(idx)
-            yield TokenBatch(tokens.to(self.device), mask.to(self.device), idx.to(self.device))
+            if self.resident:
+                yield TokenBatch(*self.windows.device_rows(idx), idx)
+            else:
+                tokens, mask = self.windows.rows(idx)
+                yield TokenBatch(tokens.to(self.device), mask.to(self.device), idx.to(self.device))
 
     __iter__ = epoch
 

@@ -44,9 +44,9 @@ from torch import Tensor, nn
 from darkknowledge.data.augment import Normalizer, apply_augment, identity_params, sample_augment_params
 from darkknowledge.data.base import ArrayDataset, DataSpec
 from darkknowledge.data.loader import Batch, epoch_generator, eval_batches
+from darkknowledge.data.resident import holds_on_device, to_device
 from darkknowledge.engine.checkpoint import state_digest
 from darkknowledge.engine.precision import autocast, resolve_precision
-from darkknowledge.engine.resident import holds_on_device, to_device
 from darkknowledge.engine.teacher import TeacherSignal, check_logits_width, prepare_for_inference
 from darkknowledge.errors import UserError
 from darkknowledge.fileio import DIR_MODE, staging_dir
@@ -259,7 +259,7 @@ def read_cache_meta(path: str | Path) -> dict[str, Any]:
 
 class CachedTeacher(TeacherSignal):
     """Replays cached teacher logits for ``batch.indices`` at ``batch.views``; held in the
-    device's memory when it fits (``resident``: :mod:`darkknowledge.engine.resident`)."""
+    device's memory when it fits (``resident``: :mod:`darkknowledge.data.resident`)."""
 
     def __init__(
         self,

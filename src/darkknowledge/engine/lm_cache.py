@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from darkknowledge.data.resident import holds_on_device, to_device
 from darkknowledge.engine.cache import expand_topk
-from darkknowledge.engine.resident import holds_on_device, to_device
 from darkknowledge.engine.teacher import TeacherSignal
 from darkknowledge.errors import UserError
 from darkknowledge.fileio import DIR_MODE, atomic_write_json, staging_dir

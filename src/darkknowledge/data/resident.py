@@ -1,9 +1,9 @@
-"""Teacher caches held in the training device's memory.
+"""Arrays held in the training device's memory: teacher caches and token arrays.
 
-A cache read from memory-mapped host files costs a GPU step two host syncs: the batch's
-indices copied to the host for the gather, and the gathered rows copied back from pageable
-memory. A cache that fits is copied to the device once and gathered there with the batch's
-device indices. Policy (``resident=None``): on an accelerator, when the cache takes at most
+An array read from memory-mapped host files costs a GPU step host syncs: the batch's indices
+copied to the host for the gather, and the gathered rows copied back from pageable memory.
+An array that fits is copied to the device once and gathered there with the batch's device
+indices. Policy (``resident=None``): on an accelerator, when it takes at most
 :data:`RESIDENT_SHARE` of the device's free memory; on a CPU the memory map already is the
 training device's memory. ``resident=True`` / ``False`` force it (tests run the device path on
 a CPU).

@@ -1,11 +1,11 @@
-"""The policy and the copy of a teacher cache held in the device's memory (``engine/resident.py``)."""
+"""The policy and the copy of a teacher cache held in the device's memory (``data/resident.py``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from darkknowledge.engine import resident as res
+from darkknowledge.data import resident as res
 
 
 def test_held_on_an_accelerator_when_it_takes_at_most_a_quarter_of_its_free_memory():
