@@ -93,8 +93,11 @@ def main(path: str) -> None:
     print("| comparison | difference |")
     print("|---|---:|")
     ladder = [t for i, t in enumerate(order) if i == 0 or teachers[t] != teachers[order[i - 1]]]  # first of each size
-    for i, t in enumerate(ladder[1:], 1):
-        print(f"| kd from {t} − kd from {ladder[i - 1]} | {diff(paired((t, 'kd'), (ladder[i - 1], 'kd')))} |")
+    spanning = [m for m in methods if m != "ce" and sum(bool(values(t, m, f"last_{metric}")) for t in ladder) > 1]
+    for m in spanning:  # neighbouring teachers of the ladder, for every method measured along it
+        for i, t in enumerate(ladder[1:], 1):
+            if values(t, m, f"last_{metric}"):
+                print(f"| {m} from {t} − {m} from {ladder[i - 1]} | {diff(paired((t, m), (ladder[i - 1], m)))} |")
     for t in order:
         base = next(b for b in ladder if teachers[b] == teachers[t])
         if t != base:  # a remedy teacher of the same size (ESKD, RegT): against the plain one
