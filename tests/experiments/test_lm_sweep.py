@@ -86,3 +86,37 @@ def test_language_model_teachers_are_plotted_by_non_embedding_parameters():
     assert capacity_axis(lms, BITS_PER_BYTE) == ("non_embedding_params", "teacher non-embedding parameters")
     assert capacity_axis(lms, TOP1)[0] == "params"
     assert capacity_axis([*lms, {"params": 5, "non_embedding_params": ""}], BITS_PER_BYTE)[0] == "params"
+
+
+def test_records_of_another_corpus_are_refused(tmp_path, monkeypatch, capsys):
+    """A record names the corpus its run read (summary.data_provenance); a sweep on a machine whose
+    corpus differs (another Python's standard library, an edited directory) refuses to reuse it."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    write_corpus(tmp_path / "corpus", documents=40, size=1000, source_files=20)
+    spec = {
+        "base": {
+            "data": {"name": "textfiles", "root": "corpus", "vocab_size": 260, "context": 16, "batch_size": 16},
+            "optim": {"optimizer": "adamw", "lr": 0.003, "epochs": 1},
+            "engine": {"precision": "fp32", "channels_last": False},
+        },
+        "teachers": [{"model": "lm_d16_l1"}],
+        "student": {"model": "lm_d16_l1"},
+        "methods": [{"name": "kd"}],
+        "diagnose": False,
+        "records": "lm.records",
+    }
+    (tmp_path / "lm.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["sweep", "lm.yaml", "--out", "out"]) == 0
+    (record,) = (tmp_path / "lm.records").glob("student-lm_d16_l1-ce-s0-*.json")
+    data = json.loads(record.read_text())
+    assert set(data["summary"]["data_provenance"]) == {"corpus_digest", "tokenizer_digest"}
+    shutil.rmtree(tmp_path / "out")  # a fresh clone: the records only
+    assert main(["sweep", "lm.yaml", "--out", "out"]) == 0  # the same corpus: reused
+    data["summary"]["data_provenance"]["corpus_digest"] = "0" * 64
+    record.write_text(json.dumps(data))
+    shutil.rmtree(tmp_path / "out")
+    capsys.readouterr()
+    assert main(["sweep", "lm.yaml", "--out", "out"]) == 2
+    assert "was made on another corpus" in capsys.readouterr().err

@@ -227,6 +227,14 @@ class TokenWindows:
     def __len__(self) -> int:
         return int(self.table.shape[0])
 
+    @property
+    def provenance(self) -> dict[str, str]:
+        """The corpus and tokenizer these windows come from (digests; a run's summary records them)."""
+        return {
+            "corpus_digest": self.array.meta["corpus_digest"],
+            "tokenizer_digest": self.array.meta["tokenizer_digest"],
+        }
+
     def head(self, n: int) -> TokenWindows:
         """The first ``n`` windows (benchmarks, smoke runs); the same array, context and spec."""
         out = copy.copy(self)

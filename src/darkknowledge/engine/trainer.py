@@ -381,7 +381,7 @@ class Trainer:
             best = {k: v for k, v in record.items() if k.startswith("test/")} | (
                 {"epoch": record["epoch"]} if record else {}
             )
-        return {
+        summary = {
             "run_dir": str(self.run_dir),
             "model": self.cfg.model.name,
             "num_params": self.num_params,
@@ -397,6 +397,10 @@ class Trainer:
             "best": best,
             "wall_time_s": wall_s,
         }
+        provenance = getattr(self.train_set, "provenance", None)  # text: the corpus and tokenizer digests
+        if provenance:
+            summary["data_provenance"] = provenance
+        return summary
 
 
 class _NonfiniteWatch:

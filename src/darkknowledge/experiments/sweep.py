@@ -535,9 +535,37 @@ class Sweep:
         """Write the compact record of every finished stage (when the sweep keeps records)."""
         return sum(1 for n in self.graph.nodes if self.store.write_record(n) is not None)
 
+    def check_recorded_corpora(self) -> None:
+        """Refuse records of language-model runs made on another corpus than this machine reads
+        for their ``data`` settings (the standard library's sources differ between Python versions;
+        a corpus directory may have been edited): a run's summary names its corpus digest."""
+        from darkknowledge.data.corpora import is_text, read_corpus
+
+        digests: dict[str, str] = {}
+        for node in self.graph.nodes:
+            if self.store.state(node) != "recorded":
+                continue
+            recorded = ((self.store.summary(node) or {}).get("data_provenance") or {}).get("corpus_digest")
+            if not recorded:
+                continue
+            data = validate_config(node.config, source=f"stage {node.name}").data
+            if not is_text(data):
+                continue
+            setting = json.dumps(data.model_dump(mode="json"), sort_keys=True)
+            if setting not in digests:
+                digests[setting] = read_corpus(data).digest
+            if digests[setting] != recorded:
+                raise UserError(
+                    f"the record of {node.name} was made on another corpus (digest {recorded[:12]}) than data.name="
+                    f"{data.name} reads here ({digests[setting][:12]}): the standard library differs between Python "
+                    "versions and a corpus directory may have changed; run with the corpus (or Python) that made "
+                    "the records, or give the spec another records directory"
+                )
+
     def run(self, retry_failed: bool = True) -> dict[str, int]:
         """Run every missing stage in topological order; return counts of final states."""
         self.prepare_out_dir()
+        self.check_recorded_corpora()
         if self.executor.streams:
             return self._run_streaming(retry_failed)
         t0 = time.perf_counter()
