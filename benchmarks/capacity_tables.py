@@ -56,7 +56,8 @@ def main(path: str) -> None:
             methods.append(r["method"])
         if r["teacher"]:
             teachers[r["teacher"]] = int(r["teacher_params"] or 0)
-        for col in (f"last_{metric}", f"best_{metric}", f"best_val_{metric}", f"last_val_{metric}"):
+        extra = ("last_top1", "last_teacher_agreement") if lm else ()
+        for col in (f"last_{metric}", f"best_{metric}", f"best_val_{metric}", f"last_val_{metric}", *extra):
             if r.get(col):
                 cell[(r["teacher"], r["method"], col)][r["seed"]] = float(r[col])
     order = sorted(teachers, key=lambda t: (teachers[t], t))
@@ -64,23 +65,29 @@ def main(path: str) -> None:
     def values(t: str, m: str, col: str) -> list[float]:
         return list(cell.get((t, m, col), {}).values())
 
-    for col, title in (
-        (f"last_{metric}", f"test {name}, last epoch"),
-        (f"best_{metric}", f"test {name} of the best-on-validation checkpoint"),
-        (f"best_val_{metric}", f"validation {name}, best epoch"),
-    ):
+    tables = [
+        (f"last_{metric}", f"test {name}, last epoch", head.digits),
+        (f"best_{metric}", f"test {name} of the best-on-validation checkpoint", head.digits),
+        (f"best_val_{metric}", f"validation {name}, best epoch", head.digits),
+    ]
+    if lm:  # what the student predicts: its own next-token top-1, and how often that is the teacher's
+        tables += [
+            ("last_top1", "test next-token top-1 (%), last epoch", 1),
+            ("last_teacher_agreement", "test next-token agreement with the teacher (%), last epoch", 1),
+        ]
+    for col, title, digits in tables:
         print(f"\n#### {title} (mean ± std over seeds)\n")
         print("| method | " + " | ".join(order) + " |")
         print("|---|" + "---:|" * len(order))
         print(
             "| ce (student alone) | "
-            + " | ".join([mean_std(values("", "ce", col), head.digits)] + [""] * (len(order) - 1))
+            + " | ".join([mean_std(values("", "ce", col), digits)] + [""] * (len(order) - 1))
             + " |"
         )
         for m in methods:
             if m == "ce":
                 continue
-            print(f"| {m} | " + " | ".join(mean_std(values(t, m, col), head.digits) for t in order) + " |")
+            print(f"| {m} | " + " | ".join(mean_std(values(t, m, col), digits) for t in order) + " |")
 
     def paired(a: tuple[str, str], b: tuple[str, str]) -> list[float]:
         return paired_by_seed(rows, a, b, f"last_{metric}")
