@@ -292,3 +292,31 @@ def test_resident_lm_cache_gathers_the_same_rows_across_shards(tmp_path):
     batch = SimpleNamespace(indices=torch.tensor([5, 0, 3, 2]))
     a, b = mapped(batch), resident(batch)
     assert torch.equal(a.dense(), b.dense())  # the rebuilt full-vocabulary rows of windows 5, 0, 3, 2
+
+
+def test_isats_from_the_cache_uses_the_tau_star_of_the_full_distribution(tmp_path):
+    """item 4: tau* needs the full distribution, so ISATS from a top-k cache takes the one the
+    cache recorded when written (where its search settings are the cache's), not a search over
+    the truncated rows, which differs (test_statistics_come_from_the_full_distribution)."""
+    from types import SimpleNamespace
+
+    from darkknowledge.engine.lm_cache import TAU_STAR_SEARCH, LMCachedTeacher
+
+    cache, _ = build(tmp_path, data=batches(extra_token=False, teacher_right=True))
+    assert cache.meta["tau_star_search"] == TAU_STAR_SEARCH == {
+        "search_rule": "A", "tau_min": 0.5, "tau_max": 20.0, "grid_size": 16, "refine_size": 12
+    }  # fmt: skip
+    windows = torch.arange(cache.num_windows)
+    targets = cache.window_arrays(windows, "targets").long()
+    known = targets.reshape(-1) != IGNORE_INDEX
+    recorded = cache.statistic("tau_star")[known]  # the teacher is right on every known token: no override
+    student = torch.randn(*targets.shape, V, generator=torch.Generator().manual_seed(1))
+    for teacher in (cache.teacher(windows), LMCachedTeacher(cache)(SimpleNamespace(indices=windows))):
+        same = build_method("isats", {"grid_size": 16, "refine_size": 12}, num_classes=V)
+        token_terms(same, student, teacher, targets, chunk_tokens=5)
+        torch.testing.assert_close(torch.cat(same._stats["isats_tau"]), recorded)
+    other = build_method("isats", {"grid_size": 16, "refine_size": 12, "tau_min": 0.25}, num_classes=V)
+    token_terms(other, student, cache.teacher(windows), targets, chunk_tokens=5)  # searches the truncated rows
+    assert not torch.allclose(torch.cat(other._stats["isats_tau"]), recorded)
+    bare, _ = build(tmp_path / "bare", statistics=False)  # nothing recorded: the search runs as before
+    assert bare.tau_search is None and bare.teacher(windows).statistics(torch.arange(3)) is None

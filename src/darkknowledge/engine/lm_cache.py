@@ -52,8 +52,9 @@ from darkknowledge.engine.cache import expand_topk
 from darkknowledge.engine.teacher import TeacherSignal
 from darkknowledge.errors import UserError
 from darkknowledge.fileio import DIR_MODE, atomic_write_json, staging_dir
+from darkknowledge.methods.base import TeacherStatistics
 from darkknowledge.methods.functional import as_float
-from darkknowledge.nontarget import isats_search, nontarget_variance
+from darkknowledge.nontarget import TAU_MAX, TAU_MIN, isats_search, nontarget_variance
 
 LM_CACHE_FORMAT = "darkknowledge-lm-teacher-cache"
 LM_CACHE_VERSION = 1
@@ -67,6 +68,8 @@ _ROW_BLOCK = 256  # full-vocabulary rows processed at once while writing
 # tau*'s search over a vocabulary: 16 grid points + 12 golden-section steps, 30 evaluations
 # (the default's 65): docs/lm.md, "Teacher cache"
 TAU_SEARCH: dict[str, Any] = {"grid_size": 16, "refine_size": 12}
+# how the recorded tau* was searched, in meta.json: ISATS uses it where its own settings are these
+TAU_STAR_SEARCH: dict[str, Any] = {"search_rule": "A", "tau_min": TAU_MIN, "tau_max": TAU_MAX, **TAU_SEARCH}
 
 
 @dataclass(frozen=True)
@@ -248,6 +251,7 @@ class LMCacheWriter:
                 "value_dtype": self.value_dtype,
                 "window_length": self.window_length,
                 "statistics": list(STATISTICS) if self.statistics else [],
+                **({"tau_star_search": TAU_STAR_SEARCH} if self.statistics else {}),
                 "shards": self._shards,
             }
             atomic_write_json(self._tmp / "meta.json", meta)
@@ -343,7 +347,14 @@ class TopKTeacher:
     ``rows(index)`` rebuilds full-vocabulary logits for the flattened positions ``index`` only."""
 
     def __init__(
-        self, ids: Tensor, values: Tensor, lse: Tensor, vocab_size: int, missing_mass: MissingMass = "uniform"
+        self,
+        ids: Tensor,
+        values: Tensor,
+        lse: Tensor,
+        vocab_size: int,
+        missing_mass: MissingMass = "uniform",
+        tau_star: Tensor | None = None,
+        tau_search: dict[str, Any] | None = None,
     ):
         if missing_mass not in MISSING_MASS_POLICIES:
             raise UserError(
@@ -353,6 +364,15 @@ class TopKTeacher:
         self.shape = (b, length, vocab_size)
         self.vocab_size, self.missing_mass = vocab_size, missing_mass
         self._ids, self._values, self._lse = ids.reshape(-1, k), values.reshape(-1, k), lse.reshape(-1)
+        self._tau_star = None if tau_star is None or tau_search is None else tau_star.reshape(-1)
+        self._tau_search = tau_search
+
+    def statistics(self, index: Tensor) -> TeacherStatistics | None:
+        """The full distribution's tau* of the flattened positions ``index``, recorded when the
+        cache was written (None: it recorded none)."""
+        if self._tau_star is None or self._tau_search is None:
+            return None
+        return TeacherStatistics(self._tau_star.index_select(0, index.to(self._tau_star.device)), self._tau_search)
 
     def rows(self, index: Tensor) -> Tensor:
         index = index.to(self._ids.device)
@@ -445,14 +465,22 @@ class LMTeacherCache:
         """``name`` (ids, values, lse, targets or a statistic) for ``windows``: (B, L[, k])."""
         return torch.from_numpy(self._gather(name, windows))
 
+    @property
+    def tau_search(self) -> dict[str, Any] | None:
+        """How the recorded tau* was searched (:data:`TAU_STAR_SEARCH`); None where it was not recorded."""
+        return self.meta.get("tau_star_search") if "tau_star" in self.meta.get("statistics", []) else None
+
     def teacher(self, windows: Tensor, missing_mass: MissingMass = "uniform") -> TopKTeacher:
         """The cached teacher of a batch of windows (window indices in cache order)."""
+        search = self.tau_search
         return TopKTeacher(
             self.window_arrays(windows, "ids"),
             self.window_arrays(windows, "values"),
             self.window_arrays(windows, "lse"),
             self.vocab_size,
             missing_mass,
+            tau_star=self.window_arrays(windows, "tau_star") if search is not None else None,
+            tau_search=search,
         )
 
     def first_predicted(self, limit: int) -> tuple[Tensor, Tensor]:
@@ -513,23 +541,32 @@ class LMCachedTeacher(TeacherSignal):
     ):
         self.cache, self.device, self.missing_mass = cache, torch.device(device), missing_mass
         self.num_classes = cache.vocab_size
-        names = ("ids", "values", "lse")
-        nbytes = sum(array.nbytes for name in names for array in cache.shard_arrays(name))
+        # tau* of the full distribution, where the cache recorded it and how it searched it (methods use it
+        # where their settings match: ISATS)
+        self.tau_search = cache.tau_search
+        self.names = ("ids", "values", "lse", *(("tau_star",) if self.tau_search is not None else ()))
+        nbytes = sum(array.nbytes for name in self.names for array in cache.shard_arrays(name))
         self._on_device: dict[str, Tensor] | None = None
         if holds_on_device(nbytes, self.device, resident):  # every shard's rows, in cache order
-            self._on_device = {name: to_device(cache.shard_arrays(name), self.device) for name in names}
+            self._on_device = {name: to_device(cache.shard_arrays(name), self.device) for name in self.names}
 
     def __call__(self, batch: Any) -> Any:
         if self._on_device is not None:  # gathered on the device: no host sync
             windows = batch.indices.to(self.device).reshape(-1, 1)
             rows = windows * self.cache.window_length + torch.arange(self.cache.window_length, device=self.device)
-            ids, values, lse = (self._on_device[name][rows] for name in ("ids", "values", "lse"))
+            arrays = {name: self._on_device[name][rows] for name in self.names}
         else:
             windows = batch.indices.cpu()
-            ids, values, lse = (
-                self.cache.window_arrays(windows, name).to(self.device) for name in ("ids", "values", "lse")
-            )
-        return TopKTeacher(ids, values, lse, self.cache.vocab_size, self.missing_mass)
+            arrays = {name: self.cache.window_arrays(windows, name).to(self.device) for name in self.names}
+        return TopKTeacher(
+            arrays["ids"],
+            arrays["values"],
+            arrays["lse"],
+            self.cache.vocab_size,
+            self.missing_mass,
+            tau_star=arrays.get("tau_star"),
+            tau_search=self.tau_search,
+        )
 
     @property
     def resident(self) -> bool:

@@ -82,14 +82,27 @@ def param_defaults(
     return wrap
 
 
+@dataclass(frozen=True)
+class TeacherStatistics:
+    """Statistics of the teacher's *full* distribution for the rows a method sees, recorded
+    when a top-k cache was written (its truncated rows cannot give them back): ``tau_star``
+    per row, and how it was searched (``tau_search``: search_rule, tau_min, tau_max,
+    grid_size, refine_size). A method uses them only where its own settings match."""
+
+    tau_star: Tensor
+    tau_search: dict[str, Any]
+
+
 @dataclass
 class StepContext:
-    """What a method may know about where training is (all 0-indexed)."""
+    """What a method may know about where training is (all 0-indexed), and the teacher's
+    recorded statistics of the rows it is given (None: none were recorded)."""
 
     epoch: int = 0
     num_epochs: int = 1
     step_in_epoch: int = 0
     steps_per_epoch: int = 1
+    teacher_statistics: TeacherStatistics | None = None
 
     @property
     def global_step(self) -> int:

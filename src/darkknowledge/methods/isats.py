@@ -147,18 +147,24 @@ def isats_temperatures(
     refine_size: int,
     temperature_scope: TemperatureScope,
     misclassified_temperature: float | None,
+    searched: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Per-row ``(target_temperature, nontarget_temperature)``, both ``(B,)``, no grad."""
-    tau = isats_search(
-        teacher_logits,
-        targets,
-        search_rule=search_rule,
-        tau_min=tau_min,
-        tau_max=tau_max,
-        target_ratio=target_ratio,
-        target_temperature=target_temperature,
-        grid_size=grid_size,
-        refine_size=refine_size,
+    """Per-row ``(target_temperature, nontarget_temperature)``, both ``(B,)``, no grad.
+    ``searched``: tau* already searched with these settings (a cache's, from the full distribution)."""
+    tau = (
+        searched.to(teacher_logits.device, torch.float32)
+        if searched is not None
+        else isats_search(
+            teacher_logits,
+            targets,
+            search_rule=search_rule,
+            tau_min=tau_min,
+            tau_max=tau_max,
+            target_ratio=target_ratio,
+            target_temperature=target_temperature,
+            grid_size=grid_size,
+            refine_size=refine_size,
+        )
     )
     if temperature_scope == "batch" and tau.numel():
         tau = tau.median().expand_as(tau).clone()  # no host sync
@@ -200,9 +206,11 @@ def isats_loss_and_temperature(
     misclassified_temperature: float | None,
     center_logits: bool,
     logit_standardization: bool,
+    searched: Tensor | None = None,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """ISATS's weighted terms ``{"ce", "kd"}`` and the per-row non-target temperature
-    tau* ``(B,)`` (defaults: :class:`ISATSParams`)."""
+    tau* ``(B,)`` (defaults: :class:`ISATSParams`); ``searched``: tau* already searched on the
+    teacher's full distribution with these settings (see :meth:`ISATS.recorded_tau`)."""
     check_logits(student_logits, teacher_logits, targets)
     z_t = as_float(teacher_logits)
     kd_student = None
@@ -224,6 +232,7 @@ def isats_loss_and_temperature(
         refine_size=refine_size,
         temperature_scope=temperature_scope,
         misclassified_temperature=misclassified_temperature,
+        searched=searched,
     )
     log_q = ats_teacher_log_probs(
         z_t, targets, target_temperature=tau1, nontarget_temperature=tau2, center_logits=False
@@ -258,10 +267,23 @@ class ISATS(DistillMethod):
         """Over LM tokens the batch of the batch-median temperature is one sequence (methods/tokens.py)."""
         return "sequence" if self.params.temperature_scope == "batch" else "token"
 
+    def recorded_tau(self, ctx: StepContext) -> Tensor | None:
+        """The teacher's tau* recorded from its full distribution (a language-model cache writes it),
+        where it was searched as these parameters would search it: raw logits, rule A, the same range
+        and search sizes. Else None: the search runs on the rows given (a top-k cache's are truncated)."""
+        stats, p = ctx.teacher_statistics, self.params
+        if stats is None or p.logit_standardization or p.center_logits:
+            return None
+        mine = {"search_rule": p.search_rule, "tau_min": p.tau_min, "tau_max": p.tau_max,
+                "grid_size": p.grid_size, "refine_size": p.refine_size}  # fmt: skip
+        return stats.tau_star if stats.tau_search == mine else None
+
     def forward(
         self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, ctx: StepContext
     ) -> dict[str, Tensor]:
         teacher = require_teacher_logits(teacher_logits, self.name)
-        terms, tau = isats_loss_and_temperature(student_logits, teacher, targets, **self.params.model_dump())
+        terms, tau = isats_loss_and_temperature(
+            student_logits, teacher, targets, searched=self.recorded_tau(ctx), **self.params.model_dump()
+        )
         self.record("isats_tau", tau)
         return terms

@@ -26,6 +26,7 @@ groups are recomputed one at a time with those weights. Learnable method paramet
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -46,6 +47,9 @@ class TokenTeacher(Protocol):
     def rows(self, index: Tensor) -> Tensor:
         """``(len(index), vocab_size)`` logits of the flattened tokens ``index``."""
         ...
+
+    # optional: ``statistics(index) -> TeacherStatistics | None``, the full distribution's
+    # statistics of those tokens where the signal recorded them (a top-k cache)
 
 
 class DenseTeacher:
@@ -118,7 +122,11 @@ class _GroupRunner:
 
     def call(self, student_rows: Tensor, index: Tensor) -> dict[str, Tensor]:
         teacher_rows = None if self.teacher is None else self.teacher.rows(index)
-        return self.method(student_rows, teacher_rows, self.targets.index_select(0, index), self.ctx)
+        ctx = self.ctx
+        statistics = getattr(self.teacher, "statistics", None)  # recorded from the full distribution (a cache)
+        if statistics is not None and (found := statistics(index)) is not None:
+            ctx = dataclasses.replace(ctx, teacher_statistics=found)
+        return self.method(student_rows, teacher_rows, self.targets.index_select(0, index), ctx)
 
     def stack(self, terms: dict[str, Tensor]) -> Tensor:
         if not self.names:
