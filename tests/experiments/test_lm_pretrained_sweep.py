@@ -53,7 +53,7 @@ def _spec(tokenizer: str = TEACHER, **teacher) -> dict:
         "student": {"model": "lm_d16_l1"},
         "methods": [{"name": "kd"}],
         "teacher_cache": True,
-        "records": "records",  # diagnose: true (the default) leaves a pretrained teacher out: no diagnosis here
+        "records": "records",  # diagnose: true (the default): from the teachers' caches, pretrained ones included
     }
 
 
@@ -82,7 +82,13 @@ def test_a_pretrained_hf_teacher_is_evaluated_cached_distilled_reported_and_resu
     assert main(["sweep", "lm.yaml", "--out", "out"]) == 0
     capsys.readouterr()
     runs = sorted(p.name for p in (tmp_path / "out" / "runs").iterdir())
-    assert [p.split("-")[0] for p in runs] == ["cache", "evaluate", "student", "student"]
+    assert [p.split("-")[0] for p in runs] == ["cache", "diagnose", "evaluate", "student", "student"]
+    # the pretrained teacher diagnosed from its cache, the statistics it recorded from the full distribution beside
+    diagnosis = json.loads((tmp_path / "out" / "runs" / runs[1] / "diagnostics.json").read_text())
+    assert [t["name"] for t in diagnosis["teachers"]] == [TEACHER]
+    assert diagnosis["data"]["source"] == "language-model teacher caches"
+    assert set(diagnosis["data"]["full_distribution_at_T1"][TEACHER]) >= {"nt_var", "tau_star_median"}
+    assert (tmp_path / "out" / "diagnostics" / "report.html").is_file()
 
     # the teacher row: its parameters (all of them, as trained teachers count; and non-embedding) and metrics
     counts = lm_parameter_counts(corpus_and_teacher[1])
@@ -101,9 +107,9 @@ def test_a_pretrained_hf_teacher_is_evaluated_cached_distilled_reported_and_resu
 
     # resumed: nothing to run here; on a fresh directory the records report the teacher without loading it
     assert main(["sweep", "lm.yaml", "--out", "out", "--status"]) == 0
-    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"done": 4}
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"done": 5}
     assert main(["sweep", "lm.yaml", "--out", "fresh", "--dry-run"]) == 0
-    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"reuse": 4}
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"reuse": 5}
     assert main(["sweep", "lm.yaml", "--out", "fresh", "--report"]) == 0
     (again,) = _rows(tmp_path / "fresh" / "teachers.csv")
     assert {k: again[k] for k in ("params", "non_embedding_params", "bpb", "val_bpb", "top1")} == {
@@ -121,7 +127,7 @@ def test_a_pretrained_hf_teacher_is_evaluated_cached_distilled_reported_and_resu
     safetensors.torch.save_file(tensors, str(weights), metadata={"format": "pt"})
     assert main(["sweep", "lm.yaml", "--out", "out", "--dry-run"]) == 0
     rows = capsys.readouterr().out.splitlines()
-    assert json.loads(rows[-1]) == {"run": 3, "reuse": 1}
+    assert json.loads(rows[-1]) == {"run": 4, "reuse": 1}  # evaluate, cache, its diagnosis, the KD student
     assert any(r.startswith("reuse") and "-ce-" in r for r in rows)
 
 

@@ -156,9 +156,14 @@ def diagnose_roles(config: dict[str, Any]) -> tuple[list[str], list[str]]:
 
 def _run_diagnose(request: dict[str, Any], stage_dir: Path, datasets: dict[str, Any] | None) -> None:
     from darkknowledge.diagnostics import DiagnoseOptions
-    from darkknowledge.runs.diagnose import diagnose_checkpoints
+    from darkknowledge.runs.diagnose import diagnose_checkpoints, diagnose_lm_caches
 
     config, paths = request["config"], request["config"]["paths"]
+    options = DiagnoseOptions(temperatures=tuple(config["temperatures"]))
+    if config.get("source") == "caches":  # language-model teachers from their caches (pretrained ones too)
+        caches = [paths[f"cache.{i}"] for i in range(config["caches"])]
+        diagnose_lm_caches(caches, out_dir=stage_dir, options=options, names=config["names"])
+        return
     teachers, students = diagnose_roles(config)
     diagnose_checkpoints(
         [paths[r] for r in teachers],
@@ -166,7 +171,7 @@ def _run_diagnose(request: dict[str, Any], stage_dir: Path, datasets: dict[str, 
         [],
         split=config["split"],
         out_dir=stage_dir,
-        options=DiagnoseOptions(temperatures=tuple(config["temperatures"])),
+        options=options,
         names=config["names"],
     )
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from darkknowledge.config import deep_merge, validate_config
+from darkknowledge.data.corpora import is_text
 from darkknowledge.errors import UserError
 from darkknowledge.experiments.executors import Executor, InlineExecutor
 from darkknowledge.experiments.graph import FileInput, Input, StageGraph, StageRef, StageSpec
@@ -195,10 +196,21 @@ class _Planner:
             inputs["cache"] = caches[source.identity].ref(CACHE_OUTPUT)
         return inputs
 
-    def diagnose(self, teachers: list[tuple[str, Input]], ce: StageSpec) -> StageSpec:
-        from darkknowledge.diagnostics import DISCLAIMER, RULES_VERSION
+    def diagnose_caches(self, caches: list[tuple[str, StageSpec]]) -> StageSpec:
+        """The teachers diagnosed from their language-model caches (pretrained ones included), in
+        spec order, with the statistics each cache recorded from the full distribution beside them."""
+        inputs: dict[str, Input] = {f"cache.{i}": stage.ref(CACHE_OUTPUT) for i, (_, stage) in enumerate(caches)}
+        config = {
+            "source": "caches",
+            "temperatures": DIAGNOSE_TEMPERATURES,
+            "caches": len(caches),
+            "names": [label for label, _ in caches],
+            "card_rules": _card_rules(),
+        }
+        return self._add(Kind.DIAGNOSE, "diagnose-teachers", config, inputs, {})
 
-        rules = hashlib.sha256(json.dumps([DISCLAIMER, RULES_VERSION]).encode()).hexdigest()[:16]
+    def diagnose(self, teachers: list[tuple[str, Input]], ce: StageSpec) -> StageSpec:
+        rules = _card_rules()
         inputs: dict[str, Input] = {f"teacher.{i}": ref for i, (_, ref) in enumerate(teachers)}
         inputs["student.0"] = ce.ref("last.pt")
         config = {
@@ -236,9 +248,20 @@ class _Planner:
                         {"teacher": t.label, "method": m.label, "method_params": m.params(), "seed": seed},
                     )
         ladder = [(t.label or "", self.teacher_inputs[t.label or ""]) for t in spec.teachers if t.pretrained is None]
-        if spec.diagnose and ladder:  # the diagnostics read checkpoints: pretrained teachers are left out
+        cached = [(t.label or "", caches.get(self.teacher_inputs[t.label or ""].identity)) for t in spec.teachers]
+        language_model = is_text(validate_config(deep_merge(spec.base, spec.student.config), source="spec").data)
+        if spec.diagnose and language_model and cached and all(stage is not None for _, stage in cached):
+            self.diagnose_caches([(label, stage) for label, stage in cached if stage is not None])  # all teachers
+        elif spec.diagnose and ladder:  # from checkpoints: pretrained teachers are left out
             self.diagnose(ladder, ce[0])
         return self.graph
+
+
+def _card_rules() -> str:
+    """A digest of the report cards' rules: new rules make a diagnose stage run again."""
+    from darkknowledge.diagnostics import DISCLAIMER, RULES_VERSION
+
+    return hashlib.sha256(json.dumps([DISCLAIMER, RULES_VERSION]).encode()).hexdigest()[:16]
 
 
 def teacher_role(source: Input) -> str:
