@@ -17,23 +17,28 @@ pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
 
+def text_spec(teacher: str, vocab_size: int, context: int, **options) -> dict:
+    """A sweep spec: KD from one language-model teacher over the test corpus in ./corpus."""
+    data = {"name": "textfiles", "root": "corpus", "vocab_size": vocab_size, "context": context, "batch_size": 16}
+    return {
+        "base": {
+            "data": data,
+            "optim": {"optimizer": "adamw", "lr": 0.003, "schedule": "cosine", "grad_clip": 1.0, "epochs": 1},
+            "engine": {"precision": "fp32", "channels_last": False},
+        },
+        "teachers": [{"model": teacher}],
+        "student": {"model": "lm_d16_l1"},
+        "methods": [{"name": "kd"}],
+        "diagnose": False,
+        **options,
+    }
+
+
 def test_a_language_model_sweep_with_teacher_caches_runs_and_resumes(tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)
     write_corpus(tmp_path / "corpus", documents=60, size=1200, source_files=30)
-    spec = {
-        "base": {
-            "data": {"name": "textfiles", "root": "corpus", "vocab_size": 300, "context": 24, "batch_size": 16},
-            "optim": {"optimizer": "adamw", "lr": 0.003, "schedule": "cosine", "grad_clip": 1.0, "epochs": 1},
-            "engine": {"precision": "fp32", "channels_last": False},
-        },
-        "teachers": [{"model": "lm_d32_l1"}],
-        "student": {"model": "lm_d16_l1"},
-        "methods": [{"name": "kd"}],
-        "teacher_cache": True,
-        "teacher_checkpoint": "best",
-        "diagnose": False,
-    }
+    spec = text_spec("lm_d32_l1", vocab_size=300, context=24, teacher_cache=True, teacher_checkpoint="best")
     (tmp_path / "lm.yaml").write_text(yaml.safe_dump(spec))
     assert main(["sweep", "lm.yaml", "--out", "out"]) == 0
     logged = capsys.readouterr().out  # each finished stage's line: bits per byte, not next-token top-1
@@ -95,18 +100,7 @@ def test_records_of_another_corpus_are_refused(tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)
     write_corpus(tmp_path / "corpus", documents=40, size=1000, source_files=20)
-    spec = {
-        "base": {
-            "data": {"name": "textfiles", "root": "corpus", "vocab_size": 260, "context": 16, "batch_size": 16},
-            "optim": {"optimizer": "adamw", "lr": 0.003, "epochs": 1},
-            "engine": {"precision": "fp32", "channels_last": False},
-        },
-        "teachers": [{"model": "lm_d16_l1"}],
-        "student": {"model": "lm_d16_l1"},
-        "methods": [{"name": "kd"}],
-        "diagnose": False,
-        "records": "lm.records",
-    }
+    spec = text_spec("lm_d16_l1", vocab_size=260, context=16, records="lm.records")
     (tmp_path / "lm.yaml").write_text(yaml.safe_dump(spec))
     assert main(["sweep", "lm.yaml", "--out", "out"]) == 0
     (record,) = (tmp_path / "lm.records").glob("student-lm_d16_l1-ce-s0-*.json")
