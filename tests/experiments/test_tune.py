@@ -191,3 +191,8 @@ def test_tune_chooses_a_language_model_by_validation_nll(tmp_path, monkeypatch):
     summary = json.loads((Path(result["run_dir"]) / "summary.json").read_text())
     assert summary["selection_metric"] == result["selection"]
     assert summary["best"]["val/nll"] == result["val"] and summary["best"]["test/nll"] == result["test"]
+    # run again over the finished study (nothing left to train): the same choice, still by NLL
+    assert main(["tune", "t.yaml", "--out", "out"]) == 0
+    again = json.loads((tmp_path / "out" / "tune.json").read_text())
+    assert again["selection"] == result["selection"] and again["val"] == result["val"]
+    assert again["trials"] == result["trials"]

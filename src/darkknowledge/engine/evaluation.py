@@ -41,12 +41,6 @@ class Selection:
     def as_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "higher_is_better": self.higher_is_better}
 
-    @classmethod
-    def of_summary(cls, summary: dict[str, Any]) -> Selection:
-        """The selection a run's summary.json names (runs written before it was recorded: top-1)."""
-        named = summary.get("selection_metric") or {}
-        return cls(str(named.get("metric", "top1")), bool(named.get("higher_is_better", True)))
-
 
 TOP1 = Selection("top1", higher_is_better=True)
 NLL = Selection("nll", higher_is_better=False)
@@ -191,6 +185,14 @@ class TokenEvaluator:
         if self.teacher is not None and self.teacher.answers_any_input:  # a cache holds the training windows only
             out[f"{split}/teacher_agreement"] = 100.0 * agree / tokens
         return out
+
+
+def selection_of(data: Any) -> Selection:
+    """The selection of a run on ``data`` (a DataConfig): its evaluator's, as :func:`make_evaluator`
+    chooses it — next-token NLL over a text corpus, top-1 otherwise."""
+    from darkknowledge.data.corpora import is_text
+
+    return TokenEvaluator.selection if is_text(data) else Evaluator.selection
 
 
 def make_evaluator(

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from darkknowledge.config import deep_merge, read_yaml, validate_config
 from darkknowledge.data.corpora import is_text
-from darkknowledge.engine.evaluation import TOP1, Selection
+from darkknowledge.engine.evaluation import Selection, selection_of
 from darkknowledge.errors import UserError
 from darkknowledge.experiments.executors import Executor, make_executor
 from darkknowledge.experiments.graph import StageSpec
@@ -218,7 +218,7 @@ class Tune:
         self.max_trials = search.max_trials or search.budget_epochs // search.min_epochs
         self.teachers = search.teachers if search.teachers is not None else [t.label for t in spec.teachers]
         self.methods = {m.name: m for m in search.methods}
-        self.selection = TOP1  # replaced by the one the first finished rung's summary names
+        self.selection = selection_of(base.data)  # what each rung's best.pt was chosen by
 
     # ------------------------------------------------------------------ the study
     def study(self):
@@ -286,10 +286,7 @@ class Tune:
         """The best validation score of a finished rung, higher is better (None if it failed); never a
         test metric."""
         summary = self.sweep.store.summary(node) if self.sweep.store.state(node) in ("done", "recorded") else None
-        if summary is None:
-            return None
-        self.selection = Selection.of_summary(summary)
-        return self.selection.score(summary.get("best") or {}, "val")
+        return None if summary is None else self.selection.score(summary.get("best") or {}, "val")
 
     # ------------------------------------------------------------------ the search
     def run(self) -> dict[str, Any]:
