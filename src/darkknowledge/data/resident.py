@@ -54,4 +54,15 @@ def to_device(parts: Sequence[np.ndarray], device: torch.device) -> Tensor:
     return out
 
 
-__all__ = ["RESIDENT_SHARE", "free_device_bytes", "holds_on_device", "to_device"]
+def resident_arrays(
+    arrays: dict[str, Sequence[np.ndarray]], device: torch.device, resident: bool | None
+) -> dict[str, Tensor] | None:
+    """``arrays`` (name -> its parts, e.g. a cache's shards) on ``device`` where the policy holds
+    them there (:func:`holds_on_device` on their total size), each concatenated; else None."""
+    nbytes = sum(part.nbytes for parts in arrays.values() for part in parts)
+    if not holds_on_device(nbytes, device, resident):
+        return None
+    return {name: to_device(parts, device) for name, parts in arrays.items()}
+
+
+__all__ = ["RESIDENT_SHARE", "free_device_bytes", "holds_on_device", "resident_arrays", "to_device"]

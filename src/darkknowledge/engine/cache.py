@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from darkknowledge.data.augment import Normalizer, apply_augment, identity_params, sample_augment_params
 from darkknowledge.data.base import ArrayDataset, DataSpec
 from darkknowledge.data.loader import Batch, epoch_generator, eval_batches
-from darkknowledge.data.resident import holds_on_device, to_device
+from darkknowledge.data.resident import resident_arrays
 from darkknowledge.engine.checkpoint import state_digest
 from darkknowledge.engine.precision import autocast, resolve_precision
 from darkknowledge.engine.teacher import TeacherSignal, check_logits_width, prepare_for_inference
@@ -287,10 +287,7 @@ class CachedTeacher(TeacherSignal):
         self.view_table = torch.from_numpy(np.load(self.path / "views.npy").astype(np.int64))
         names = ["logits"] if self.storage == "full" else ["topk_values", "topk_indices", "lse"]
         self._arrays = {name: np.load(self.path / f"{name}.npy", mmap_mode="r") for name in names}
-        nbytes = sum(a.nbytes for a in self._arrays.values())
-        self._on_device: dict[str, Tensor] | None = None
-        if holds_on_device(nbytes, self.device, resident):
-            self._on_device = {name: to_device([a], self.device) for name, a in self._arrays.items()}
+        self._on_device = resident_arrays({name: [a] for name, a in self._arrays.items()}, self.device, resident)
 
     @property
     def key(self) -> dict[str, Any]:

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from darkknowledge.data.resident import holds_on_device, to_device
+from darkknowledge.data.resident import resident_arrays
 from darkknowledge.engine.cache import expand_topk
 from darkknowledge.engine.teacher import TeacherSignal
 from darkknowledge.errors import UserError
@@ -545,10 +545,8 @@ class LMCachedTeacher(TeacherSignal):
         # where their settings match: ISATS)
         self.tau_search = cache.tau_search
         self.names = ("ids", "values", "lse", *(("tau_star",) if self.tau_search is not None else ()))
-        nbytes = sum(array.nbytes for name in self.names for array in cache.shard_arrays(name))
-        self._on_device: dict[str, Tensor] | None = None
-        if holds_on_device(nbytes, self.device, resident):  # every shard's rows, in cache order
-            self._on_device = {name: to_device(cache.shard_arrays(name), self.device) for name in self.names}
+        # every shard's rows, in cache order
+        self._on_device = resident_arrays({n: cache.shard_arrays(n) for n in self.names}, self.device, resident)
 
     def __call__(self, batch: Any) -> Any:
         if self._on_device is not None:  # gathered on the device: no host sync
