@@ -101,7 +101,7 @@ def teacher_rows(sweep: Sweep) -> list[dict[str, Any]]:
             elif path.is_file():
                 rows.append(_checkpoint_row(label, "teacher", "", "", str(path)))
             else:  # recorded elsewhere: the epoch's record
-                epoch = t.epoch or (sweep.store.summary(stage) or {}).get("best", {}).get("epoch", -1) + 1
+                epoch = t.epoch or best.get("epoch", -1) + 1
                 record = next((h for h in sweep.store.history(stage) if h["epoch"] == epoch - 1), {})
                 rows.append(_stage_row(sweep, label, "teacher", "", "", stage, record))
         else:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from darkknowledge.config import deep_merge, validate_config
-from darkknowledge.data.corpora import is_text
+from darkknowledge.data.corpora import is_text, read_corpus
 from darkknowledge.errors import UserError
 from darkknowledge.experiments.executors import Executor, InlineExecutor
 from darkknowledge.experiments.graph import FileInput, Input, StageGraph, StageRef, StageSpec
@@ -562,8 +562,6 @@ class Sweep:
         """Refuse records of language-model runs made on another corpus than this machine reads
         for their ``data`` settings (the standard library's sources differ between Python versions;
         a corpus directory may have been edited): a run's summary names its corpus digest."""
-        from darkknowledge.data.corpora import is_text, read_corpus
-
         digests: dict[str, str] = {}
         for node in self.graph.nodes:
             if self.store.state(node) != "recorded":
