@@ -119,12 +119,13 @@ class _GroupRunner:
         self.targets = targets.reshape(-1).clamp(min=0)  # ignored rows only reach a share-0 group
         self.groups = groups
         self.names: list[str] = []
+        # the statistics the signal recorded from the full distribution (a top-k cache), if any
+        self.statistics = getattr(teacher, "statistics", None)
 
     def call(self, student_rows: Tensor, index: Tensor) -> dict[str, Tensor]:
         teacher_rows = None if self.teacher is None else self.teacher.rows(index)
         ctx = self.ctx
-        statistics = getattr(self.teacher, "statistics", None)  # recorded from the full distribution (a cache)
-        if statistics is not None and (found := statistics(index)) is not None:
+        if self.statistics is not None and (found := self.statistics(index)) is not None:
             ctx = dataclasses.replace(ctx, teacher_statistics=found)
         return self.method(student_rows, teacher_rows, self.targets.index_select(0, index), ctx)
 
