@@ -30,6 +30,7 @@ SETTINGS: dict[str, tuple[str, bool, list[str]]] = {
     "fp32+cl": ("fp32", True, []),
     "fp32+cl+compile": ("fp32", True, ["engine.compile=true"]),
     "bf16": ("bf16", False, []),
+    "bf16+compile": ("bf16", False, ["engine.compile=true"]),
     "bf16+cl": ("bf16", True, []),
     "bf16+cl+compile": ("bf16", True, ["engine.compile=true"]),
     "bf16+cl foreach-SGD": ("bf16", True, ["engine.fused_optimizer=false"]),
