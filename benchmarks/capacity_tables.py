@@ -5,7 +5,9 @@
 
 Prints, as markdown: the test metric per method and teacher (last epoch and best-on-validation,
 mean ± std over seeds); the validation metric of the best epoch (what the defaults were chosen
-on); and the paired differences behind the claims (same seed = same initial weights and batches).
+on); and the paired differences behind the claims (same seed = same initial weights and batches),
+among them, where a smaller teacher of the ladder teaches best, every method from the largest
+teacher against that best student (does a method close the gap?).
 The metric is top-1 (higher is better), or bits per byte (lower is better) for a language-model
 sweep (its results.csv has `last_bpb`); every (teacher, method) is also paired with the CE student.
 """
@@ -113,6 +115,17 @@ def main(path: str) -> None:
     for m in methods:
         if m not in ("ce", "kd") and values(big, m, f"last_{metric}"):
             print(f"| {m} from {big} − kd from {big} | {diff(paired((big, m), (big, 'kd')))} |")
+    # where a smaller teacher teaches best (a gap): does a method from the largest close it?
+    measured = [(t, m) for t in ladder for m in spanning if values(t, m, f"last_{metric}")]
+    pick = max if head.higher_is_better else min
+    best_t, best_m = (
+        pick(measured, key=lambda tm: statistics.mean(values(*tm, f"last_{metric}"))) if measured else (big, "")
+    )
+    if best_t != big:
+        for m in methods:
+            if m != "ce" and values(big, m, f"last_{metric}"):
+                label = f"{m} from {big} − {best_m} from {best_t} (the best student of the ladder)"
+                print(f"| {label} | {diff(paired((big, m), (best_t, best_m)))} |")
     if lm:  # every distilled student against the student alone
         for t in order:
             for m in methods:
