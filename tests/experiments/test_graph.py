@@ -121,6 +121,15 @@ def test_the_committed_capacity_records_resolve_on_a_fresh_directory(tmp_path):
     assert not (tmp_path / "fresh").exists()
 
 
+def test_the_committed_language_model_records_resolve_on_a_fresh_directory(tmp_path):
+    # the LM capacity experiment spans sessions: a fresh clone must find every committed record a stage of its spec
+    spec = REPO / "configs" / "lm_capacity_stdlib.yaml"
+    records = list((REPO / "configs" / "lm_capacity_stdlib.records").glob("*.json"))
+    sweep = open_sweep(str(spec), tmp_path / "fresh", log=quiet)
+    assert len(records) >= 39 and sweep.counts()["recorded"] == len(records)
+    assert not (tmp_path / "fresh").exists()
+
+
 def test_waiting_on_counts_every_stage_downstream_once(tmp_path):
     # two teachers; KD from both, DIST from the larger only; one seed
     spec = parse_spec(
