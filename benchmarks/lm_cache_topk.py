@@ -28,7 +28,7 @@ import torch
 
 from darkknowledge.data.text import read_jsonl, stdlib_corpus
 from darkknowledge.data.tokenize import tokenizer_from_gguf
-from darkknowledge.engine.lm_cache import STATISTICS, LMCacheKey, topk_kl, write_lm_cache
+from darkknowledge.engine.lm_cache import LMCacheKey, token_bytes, topk_kl, write_lm_cache
 from darkknowledge.models.lm import load_gguf_lm, smollm2_gguf, weights_digest
 
 KS = "8,16,32,64,128,256"
@@ -102,7 +102,7 @@ def main() -> None:
         log_p_top = values32.double() - full.double().logsumexp(-1, keepdim=True)
         for k in ks:
             tail = float((-torch.expm1(log_p_top[:, :k].logsumexp(-1))).mean())
-            row = {"corpus": label, "k": k, "tail": tail, "bytes": k * (4 + 2) + 4 + 4 + 4 * len(STATISTICS)}
+            row = {"corpus": label, "k": k, "tail": tail, "bytes": token_bytes(k, "float16", statistics=True)}
             lse32 = full.logsumexp(-1)
             row["uniform16"] = mean_kl(full, ids16[:, :k], values16[:, :k], lse, "uniform", False)
             row["uniform32"] = mean_kl(full, ids32[:, :k], values32[:, :k], lse32, "uniform", False)

@@ -19,6 +19,7 @@ from darkknowledge.engine.lm_cache import (
     LMTeacherCache,
     expand_topk_rows,
     lm_cache_dir,
+    token_bytes,
     token_statistics,
     truncation_kl,
     write_lm_cache,
@@ -269,6 +270,28 @@ print(rss() - start)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     growth_mib = float(done.stdout.strip().splitlines()[-1])
     assert growth_mib < 150, f"resident set grew by {growth_mib:.0f} MiB over 10 batches of 4096 tokens"
+
+
+def test_a_shard_is_sized_in_bytes_whatever_k(tmp_path, monkeypatch):
+    import darkknowledge.engine.lm_cache as lm_cache
+
+    # on disk a token takes what token_bytes says: ids int32, values float16, lse, target, 4 statistics
+    cache, _ = build(tmp_path / "a", k=K)
+    shard = cache.path / "shard_00000"
+    payload = sum(np.load(f, mmap_mode="r").nbytes for f in shard.glob("*.npy"))
+    assert payload == cache.meta["shards"][0]["rows"] * token_bytes(K, "float16", statistics=True)
+    # a 1,024-token k holds 16x fewer tokens per shard than k = 64 in the same memory
+    small, large = (LMCacheWriter(tmp_path / f"w{k}", KEY, k=k) for k in (64, 1024))
+    assert small.shard_tokens * token_bytes(64, "float16", True) <= lm_cache.SHARD_BYTES
+    assert large.shard_tokens * token_bytes(1024, "float16", True) <= lm_cache.SHARD_BYTES
+    assert small.shard_tokens > 15 * large.shard_tokens
+    small.abort()
+    large.abort()
+    # a budget of two windows' bytes: the three batches of two windows land in three shards
+    monkeypatch.setattr(lm_cache, "SHARD_BYTES", 2 * L * token_bytes(K, "float16", True))
+    cache, data = build(tmp_path / "b", k=K)
+    assert len(cache.meta["shards"]) == 3
+    assert torch.equal(cache.window_arrays(torch.tensor([5]), "ids")[0], data[2][1][1].topk(K, -1).indices.int())
 
 
 def test_first_predicted_skips_unknown_targets_across_shards(tmp_path):

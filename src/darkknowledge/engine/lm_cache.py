@@ -130,12 +130,21 @@ def _targets_of(windows: Tensor, positions: int) -> Tensor:
     return targets
 
 
+SHARD_BYTES = 512 << 20  # a shard being written is held in memory: its size, whatever k
+
+
+def token_bytes(k: int, value_dtype: str, statistics: bool) -> int:
+    """Bytes a cached token takes: k ids (int32) and values, its log-sum-exp and target, the statistics."""
+    return k * (4 + np.dtype(_VALUE_DTYPES[value_dtype]).itemsize) + 4 + 4 + 4 * (len(STATISTICS) if statistics else 0)
+
+
 class LMCacheWriter:
     """Writes a cache batch by batch; :meth:`close` renames it into place.
 
     Use as a context manager (an exception removes the partial directory) or call
     :meth:`add` then :meth:`close`. ``add(windows, logits)``: ``logits`` (B, L, V) are the
-    teacher's at the L positions of ``windows`` ((B, L) or (B, L + 1) token ids).
+    teacher's at the L positions of ``windows`` ((B, L) or (B, L + 1) token ids). A shard holds
+    ``shard_tokens`` tokens (default: as many as fit in :data:`SHARD_BYTES`).
     """
 
     def __init__(
@@ -145,7 +154,7 @@ class LMCacheWriter:
         *,
         k: int,
         value_dtype: Literal["float16", "float32"] = "float16",
-        shard_tokens: int = 1 << 20,
+        shard_tokens: int | None = None,
         statistics: bool = True,
     ):
         if value_dtype not in _VALUE_DTYPES:
@@ -153,7 +162,8 @@ class LMCacheWriter:
         if k < 1:
             raise UserError(f"lm cache: k must be at least 1, got {k}")
         self.path, self.key, self.k = Path(path), key, k
-        self.value_dtype, self.shard_tokens, self.statistics = value_dtype, shard_tokens, statistics
+        self.value_dtype, self.statistics = value_dtype, statistics
+        self.shard_tokens = shard_tokens or max(1, SHARD_BYTES // token_bytes(k, value_dtype, statistics))
         if self.path.exists():
             raise UserError(f"lm cache: {self.path} already exists; remove it or choose another directory")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -270,7 +280,7 @@ def write_lm_cache(
     *,
     k: int,
     value_dtype: Literal["float16", "float32"] = "float16",
-    shard_tokens: int = 1 << 20,
+    shard_tokens: int | None = None,
     statistics: bool = True,
 ) -> LMTeacherCache:
     """Cache ``(token windows, teacher logits[, targets])`` batches under ``path`` (see
