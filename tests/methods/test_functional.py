@@ -1,9 +1,11 @@
-"""The shared KL building block: values and first-order gradients equal the plain autograd
-formula; at a zero-probability entry of p the gradient is 0 (the plain formula's is NaN)."""
+"""The shared building blocks. KL: values and first-order gradients equal the plain autograd
+formula; at a zero-probability entry of p the gradient is 0 (the plain formula's is NaN). Weighted CE."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+import torch.nn.functional as F
 
 from darkknowledge.methods.functional import kl_from_log_probs
 
@@ -40,3 +42,25 @@ def test_kl_from_log_probs_gradcheck_and_broadcast():
     assert torch.autograd.gradcheck(kl_from_log_probs, (a, b))
     one = b[:1].detach()
     assert torch.allclose(kl_from_log_probs(a, one), _plain(a, one.expand_as(a)))
+
+
+def test_weighted_cross_entropy_is_exactly_zero_at_weight_zero_and_ce_otherwise():
+    from darkknowledge.methods.dkd import dkd_loss
+    from darkknowledge.methods.functional import weighted_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits, targets = torch.randn(5, 7, generator=g) * 3, torch.randint(0, 7, (5,), generator=g)
+    assert float(weighted_cross_entropy(logits, targets, 0.3)) == pytest.approx(
+        0.3 * float(F.cross_entropy(logits, targets))
+    )
+    broken = logits.clone()
+    broken[0, 0] = float("nan")  # not even read at weight 0: the LM recipes skip a full-vocabulary log-softmax
+    zero = weighted_cross_entropy(broken, targets, 0.0)
+    assert float(zero) == 0.0 and zero.dtype == torch.float32
+    assert weighted_cross_entropy(logits.double(), targets, 0.0).dtype == torch.float64
+    assert weighted_cross_entropy(logits.bfloat16(), targets, 0.0).dtype == torch.float32
+    # DKD and KD with logit standardisation: CE on the logits as given, not the z-scored ones
+    teacher = torch.randn(5, 7, generator=g)
+    terms = dkd_loss(logits, teacher, targets, ce_weight=1.0, tckd_weight=1.0, nckd_weight=1.0, temperature=4.0,
+                     logit_standardization=True)  # fmt: skip
+    assert float(terms["ce"]) == pytest.approx(float(F.cross_entropy(logits, targets)))

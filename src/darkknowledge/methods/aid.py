@@ -47,6 +47,7 @@ from darkknowledge.methods.functional import (
     masked_log_softmax,
     target_mask,
     tempered_kl,
+    weighted_cross_entropy,
 )
 
 AIDPart = Literal["nontarget", "intra_class", "full"]
@@ -105,7 +106,6 @@ def aid_loss(
     """``{"ce", "kd"}`` for adapting a teacher (``model_logits``) towards a frozen student
     (``signal_logits``). Defaults: :class:`AIDParams`."""
     check_logits(model_logits, signal_logits, targets)
-    ce = F.cross_entropy(as_float(model_logits), targets)
     if part == "nontarget":
         distance = nontarget_kl(model_logits, signal_logits, targets, temperature).mean()
     elif part == "intra_class":
@@ -114,7 +114,7 @@ def aid_loss(
         distance = tempered_kl(model_logits, signal_logits, temperature).mean()
     else:
         raise ValueError(f"unknown part {part!r}: use 'nontarget', 'intra_class' or 'full'")
-    return {"ce": ce_weight * ce, "kd": kd_weight * temperature**2 * distance}
+    return {"ce": weighted_cross_entropy(model_logits, targets, ce_weight), "kd": kd_weight * temperature**2 * distance}
 
 
 @register_method

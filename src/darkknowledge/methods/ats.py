@@ -37,6 +37,7 @@ from darkknowledge.methods.functional import (
     asymmetric_log_softmax,
     check_logits,
     soft_cross_entropy,
+    weighted_cross_entropy,
 )
 
 
@@ -88,11 +89,10 @@ def soft_label_terms(
     (e.g. the z-scored logits under logit standardisation), else ``student_logits``.
     """
     v = as_float(student_logits)
-    ce = F.cross_entropy(v, targets)
     v_kd = v if kd_student_logits is None else as_float(kd_student_logits)
     log_ps = F.log_softmax(v_kd / student_temperature, dim=-1)
     soft_ce = soft_cross_entropy(teacher_log_probs.exp(), log_ps).mean()
-    return {"ce": ce_weight * ce, "kd": kd_weight * student_temperature**2 * soft_ce}
+    return {"ce": weighted_cross_entropy(v, targets, ce_weight), "kd": kd_weight * student_temperature**2 * soft_ce}
 
 
 @param_defaults(ATSParams)

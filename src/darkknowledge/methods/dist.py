@@ -24,7 +24,7 @@ from pydantic import Field
 from torch import Tensor
 
 from darkknowledge.methods.base import DistillMethod, MethodParams, param_defaults, register_method
-from darkknowledge.methods.functional import as_float, check_logits, pearson_correlation
+from darkknowledge.methods.functional import as_float, check_logits, pearson_correlation, weighted_cross_entropy
 
 
 class DISTParams(MethodParams):
@@ -52,13 +52,16 @@ def dist_loss(
     """DIST as named, weighted terms ``{"ce", "inter", "intra"}`` (defaults: :class:`DISTParams`)."""
     check_logits(student_logits, teacher_logits, targets)
     v = as_float(student_logits)
-    ce = F.cross_entropy(v, targets)
     y_s = F.softmax(v / temperature, dim=-1)
     y_t = F.softmax(as_float(teacher_logits) / temperature, dim=-1)
     inter = 1.0 - pearson_correlation(y_s, y_t, eps=eps, dim=1).mean()
     intra = 1.0 - pearson_correlation(y_s, y_t, eps=eps, dim=0).mean()
     scale = kd_weight * temperature**2
-    return {"ce": ce_weight * ce, "inter": scale * inter_weight * inter, "intra": scale * intra_weight * intra}
+    return {
+        "ce": weighted_cross_entropy(v, targets, ce_weight),
+        "inter": scale * inter_weight * inter,
+        "intra": scale * intra_weight * intra,
+    }
 
 
 @register_method

@@ -44,6 +44,7 @@ from darkknowledge.methods.functional import (
     masked_log_softmax,
     standardize_logits,
     target_mask,
+    weighted_cross_entropy,
 )
 
 
@@ -119,13 +120,13 @@ def dkd_loss(
     """DKD as named, weighted terms ``{"ce", "tckd", "nckd"}``; ``warmup_factor`` (in
     [0, 1]) scales the two distillation terms (see :func:`dkd_warmup`)."""
     check_logits(student_logits, teacher_logits, targets)
-    ce = F.cross_entropy(as_float(student_logits), targets)
+    ce = weighted_cross_entropy(student_logits, targets, ce_weight)  # on the logits as they are
     if logit_standardization:
         student_logits, teacher_logits = standardize_logits(student_logits), standardize_logits(teacher_logits)
     parts = dkd_components(student_logits, teacher_logits, targets, temperature=temperature)
     scale = warmup_factor * temperature**2
     return {
-        "ce": ce_weight * ce,
+        "ce": ce,
         "tckd": scale * tckd_weight * parts["tckd"].mean(),
         "nckd": scale * nckd_weight * parts["nckd"].mean(),
     }

@@ -54,6 +54,7 @@ from darkknowledge.methods.functional import (
     kl_from_log_probs,
     masked_log_softmax,
     target_mask,
+    weighted_cross_entropy,
 )
 
 
@@ -141,12 +142,11 @@ def fgcr_loss(
     is a row-stochastic (C, C) matrix with zero diagonal."""
     check_logits(student_logits, teacher_logits, targets)
     v = as_float(student_logits)
-    ce = F.cross_entropy(v, targets)
     log_target = fgcr_teacher_log_probs(
         teacher_logits, targets, relation, temperature=temperature, fusion_weight=fusion_weight
     )
     kl = kl_from_log_probs(log_target, F.log_softmax(v / temperature, dim=-1)).mean()
-    return {"ce": ce_weight * ce, "kd": kd_weight * temperature**2 * kl}
+    return {"ce": weighted_cross_entropy(v, targets, ce_weight), "kd": kd_weight * temperature**2 * kl}
 
 
 @register_method

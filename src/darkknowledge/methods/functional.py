@@ -65,6 +65,15 @@ def kl_from_log_probs(log_p_teacher: Tensor, log_p_student: Tensor) -> Tensor:
     return _RowKL.apply(log_p_teacher, log_p_student)
 
 
+def weighted_cross_entropy(logits: Tensor, targets: Tensor, weight: float, *, label_smoothing: float = 0.0) -> Tensor:
+    """``weight * CE(logits, targets)`` in float32; exactly 0 and not computed when ``weight`` is 0
+    (the language-model recipes: one full-vocabulary log-softmax less per token)."""
+    if weight == 0:
+        half = logits.dtype in (torch.float16, torch.bfloat16)
+        return torch.zeros((), dtype=torch.float32 if half else logits.dtype, device=logits.device)
+    return weight * F.cross_entropy(as_float(logits), targets, label_smoothing=label_smoothing)
+
+
 def soft_cross_entropy(p_teacher: Tensor, log_p_student: Tensor) -> Tensor:
     """Per-row cross-entropy -sum_c p_t,c log p_s,c."""
     return -(p_teacher * log_p_student).sum(-1)

@@ -9,12 +9,16 @@ vectors are z-scored first (LS-KD, Sun et al. CVPR 2024; use T = 2, kd_weight = 
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
 from darkknowledge.methods.base import DistillMethod, MethodParams, param_defaults, register_method
-from darkknowledge.methods.functional import as_float, check_logits, standardize_logits, tempered_kl
+from darkknowledge.methods.functional import (
+    check_logits,
+    standardize_logits,
+    tempered_kl,
+    weighted_cross_entropy,
+)
 
 
 class KDParams(MethodParams):
@@ -39,11 +43,11 @@ def kd_loss(
 ) -> dict[str, Tensor]:
     """Hinton KD as named, weighted terms ``{"ce", "kd"}`` (defaults: :class:`KDParams`)."""
     check_logits(student_logits, teacher_logits, targets)
-    ce = F.cross_entropy(as_float(student_logits), targets)
+    ce = weighted_cross_entropy(student_logits, targets, ce_weight)  # on the logits as they are
     if logit_standardization:
         student_logits, teacher_logits = standardize_logits(student_logits), standardize_logits(teacher_logits)
     kl = tempered_kl(student_logits, teacher_logits, temperature).mean()
-    return {"ce": ce_weight * ce, "kd": kd_weight * temperature**2 * kl}
+    return {"ce": ce, "kd": kd_weight * temperature**2 * kl}
 
 
 @register_method

@@ -20,14 +20,16 @@ over ``[batch, tokens, vocab]`` they run through :mod:`darkknowledge.methods.tok
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from darkknowledge.methods.base import DistillMethod, MethodParams, param_defaults, register_method
-from darkknowledge.methods.functional import as_float, check_logits, kl_from_log_probs
+from darkknowledge.methods.functional import as_float, check_logits, kl_from_log_probs, weighted_cross_entropy
 
 
 class LMDivergenceParams(MethodParams):
@@ -63,10 +65,42 @@ def reverse_kl_rows(log_q: Tensor, log_p: Tensor) -> Tensor:
     return kl_from_log_probs(log_q, log_p)
 
 
+def _weighted_kl_terms(log_a: Tensor, log_m: Tensor, weight: float) -> Tensor:
+    """weight * a * (log a - log m) elementwise, exactly 0 where a = 0."""
+    a = log_a.exp()
+    return (log_a - log_m).mul_(a).mul_(weight).masked_fill_(a == 0, 0.0)
+
+
+class _RowJSD(torch.autograd.Function):
+    """JSD(beta) per row from log p and log q with a hand-written backward. As functions of
+    the log-probabilities, d/dlog p = beta * p * (log p - log m) and d/dlog q = (1 - beta) * q *
+    (log q - log m): the very terms the forward sums. So the forward keeps the terms of the
+    inputs that need a gradient and the backward only scales them (autograd through
+    ``logaddexp`` and two KLs keeps more full-vocabulary tensors and recomputes exponentials)."""
+
+    @staticmethod
+    def forward(ctx: Any, log_p: Tensor, log_q: Tensor, beta: float) -> Tensor:
+        log_m = log_mixture(log_p, log_q, beta)
+        terms_p = _weighted_kl_terms(log_p, log_m, beta)
+        terms_q = _weighted_kl_terms(log_q, log_m, 1.0 - beta)
+        rows = (terms_p + terms_q).sum(-1)
+        ctx.save_for_backward(
+            terms_p if ctx.needs_input_grad[0] else None, terms_q if ctx.needs_input_grad[1] else None
+        )
+        return rows
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        terms_p, terms_q = ctx.saved_tensors
+        g = grad.unsqueeze(-1)
+        return (None if terms_p is None else terms_p * g), (None if terms_q is None else terms_q * g), None
+
+
 def jsd_rows(log_q: Tensor, log_p: Tensor, beta: float) -> Tensor:
     """Per-row beta * KL(p || m) + (1 - beta) * KL(q || m), m = beta * p + (1 - beta) * q."""
-    log_m = log_mixture(log_p, log_q, beta)
-    return beta * kl_from_log_probs(log_p, log_m) + (1.0 - beta) * kl_from_log_probs(log_q, log_m)
+    log_p, log_q = torch.broadcast_tensors(log_p, log_q)
+    return _RowJSD.apply(log_p, log_q, beta)
 
 
 def skew_kl_rows(log_q: Tensor, log_p: Tensor, alpha: float) -> Tensor:
@@ -93,8 +127,10 @@ def _terms(
     kd_weight: float,
     temperature: float,
 ) -> dict[str, Tensor]:
-    ce = F.cross_entropy(as_float(student_logits), targets)
-    return {"ce": ce_weight * ce, "kd": kd_weight * temperature**2 * divergence.mean()}
+    return {
+        "ce": weighted_cross_entropy(student_logits, targets, ce_weight),
+        "kd": kd_weight * temperature**2 * divergence.mean(),
+    }
 
 
 @param_defaults(LMDivergenceParams)

@@ -19,12 +19,11 @@ ce_weight = 1, kd_weight = 5.
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
 from darkknowledge.methods.base import DistillMethod, MethodParams, param_defaults, register_method
-from darkknowledge.methods.functional import as_float, check_logits, pearson_correlation
+from darkknowledge.methods.functional import as_float, check_logits, pearson_correlation, weighted_cross_entropy
 
 
 class RCKDParams(MethodParams):
@@ -50,9 +49,8 @@ def rckd_loss(
     """RCKD as named, weighted terms ``{"ce", "kd"}`` (O(C) Pearson form; defaults: :class:`RCKDParams`)."""
     check_logits(student_logits, teacher_logits, targets)
     v = as_float(student_logits)
-    ce = F.cross_entropy(v, targets)
     corr = pearson_correlation(v, as_float(teacher_logits), eps=eps, dim=-1)
-    return {"ce": ce_weight * ce, "kd": kd_weight * temperature**2 * (1.0 - corr.mean())}
+    return {"ce": weighted_cross_entropy(v, targets, ce_weight), "kd": kd_weight * temperature**2 * (1.0 - corr.mean())}
 
 
 @register_method

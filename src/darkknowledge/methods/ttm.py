@@ -22,7 +22,7 @@ from pydantic import Field
 from torch import Tensor
 
 from darkknowledge.methods.base import DistillMethod, MethodParams, param_defaults, register_method
-from darkknowledge.methods.functional import as_float, check_logits, kl_from_log_probs
+from darkknowledge.methods.functional import as_float, check_logits, kl_from_log_probs, weighted_cross_entropy
 
 TTM_DEFAULT_TEMPERATURE = 1.0 / 0.3
 
@@ -54,11 +54,10 @@ def ttm_terms(
 ) -> dict[str, Tensor]:
     """``{"ce", "kd"}`` of TTM, the KL optionally weighted per sample (WTTM)."""
     check_logits(student_logits, teacher_logits, targets)
-    ce = F.cross_entropy(as_float(student_logits), targets)
     kl = ttm_kl(student_logits, teacher_logits, temperature)
     if sample_weights is not None:
         kl = sample_weights * kl
-    return {"ce": ce_weight * ce, "kd": kd_weight * kl.mean()}
+    return {"ce": weighted_cross_entropy(student_logits, targets, ce_weight), "kd": kd_weight * kl.mean()}
 
 
 @param_defaults(TTMParams)
