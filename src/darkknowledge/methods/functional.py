@@ -31,6 +31,13 @@ def standardize_logits(logits: Tensor, eps: float = 1e-7) -> Tensor:
     return (logits - mean) / (std + eps)
 
 
+def kl_terms(log_p: Tensor, log_q: Tensor, weight: float = 1.0) -> Tensor:
+    """``weight * p * (log p - log q)`` elementwise, exactly 0 where p = 0 (0 * log 0 := 0)."""
+    p = log_p.exp()
+    terms = (log_p - log_q).mul_(p)
+    return (terms if weight == 1.0 else terms.mul_(weight)).masked_fill_(p == 0, 0.0)
+
+
 class _RowKL(torch.autograd.Function):
     """sum_c p_c (log p_c - log q_c) per row with a hand-written backward: only the two
     log-probability inputs are kept for it (usually already alive, saved by their
@@ -38,10 +45,8 @@ class _RowKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, log_p: Tensor, log_q: Tensor) -> Tensor:
-        p = log_p.exp()
-        terms = (log_p - log_q).mul_(p).masked_fill_(p == 0, 0.0)  # 0 * log 0 := 0
         ctx.save_for_backward(log_p, log_q)
-        return terms.sum(-1)
+        return kl_terms(log_p, log_q).sum(-1)
 
     @staticmethod
     @once_differentiable
@@ -68,9 +73,8 @@ def kl_from_log_probs(log_p_teacher: Tensor, log_p_student: Tensor) -> Tensor:
 def weighted_cross_entropy(logits: Tensor, targets: Tensor, weight: float, *, label_smoothing: float = 0.0) -> Tensor:
     """``weight * CE(logits, targets)`` in float32; exactly 0 and not computed when ``weight`` is 0
     (the language-model recipes: one full-vocabulary log-softmax less per token)."""
-    if weight == 0:
-        half = logits.dtype in (torch.float16, torch.bfloat16)
-        return torch.zeros((), dtype=torch.float32 if half else logits.dtype, device=logits.device)
+    if weight == 0:  # the dtype as_float would give
+        return torch.zeros((), dtype=torch.promote_types(logits.dtype, torch.float32), device=logits.device)
     return weight * F.cross_entropy(as_float(logits), targets, label_smoothing=label_smoothing)
 
 

@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from darkknowledge.methods.base import DistillMethod, MethodParams, param_defaults, register_method
-from darkknowledge.methods.functional import as_float, check_logits, kl_from_log_probs, weighted_cross_entropy
+from darkknowledge.methods.functional import as_float, check_logits, kl_from_log_probs, kl_terms, weighted_cross_entropy
 
 
 class LMDivergenceParams(MethodParams):
@@ -65,12 +65,6 @@ def reverse_kl_rows(log_q: Tensor, log_p: Tensor) -> Tensor:
     return kl_from_log_probs(log_q, log_p)
 
 
-def _weighted_kl_terms(log_a: Tensor, log_m: Tensor, weight: float) -> Tensor:
-    """weight * a * (log a - log m) elementwise, exactly 0 where a = 0."""
-    a = log_a.exp()
-    return (log_a - log_m).mul_(a).mul_(weight).masked_fill_(a == 0, 0.0)
-
-
 class _RowJSD(torch.autograd.Function):
     """JSD(beta) per row from log p and log q with a hand-written backward. As functions of
     the log-probabilities, d/dlog p = beta * p * (log p - log m) and d/dlog q = (1 - beta) * q *
@@ -81,8 +75,8 @@ class _RowJSD(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, log_p: Tensor, log_q: Tensor, beta: float) -> Tensor:
         log_m = log_mixture(log_p, log_q, beta)
-        terms_p = _weighted_kl_terms(log_p, log_m, beta)
-        terms_q = _weighted_kl_terms(log_q, log_m, 1.0 - beta)
+        terms_p = kl_terms(log_p, log_m, beta)
+        terms_q = kl_terms(log_q, log_m, 1.0 - beta)
         rows = (terms_p + terms_q).sum(-1)
         ctx.save_for_backward(
             terms_p if ctx.needs_input_grad[0] else None, terms_q if ctx.needs_input_grad[1] else None
