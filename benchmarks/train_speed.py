@@ -28,10 +28,12 @@ from darkknowledge.models import build_model
 SETTINGS: dict[str, tuple[str, bool, list[str]]] = {
     "fp32": ("fp32", False, []),
     "fp32+cl": ("fp32", True, []),
+    "fp32+cl unfused": ("fp32", True, ["engine.fused_bn_relu=false"]),
     "fp32+cl+compile": ("fp32", True, ["engine.compile=true"]),
     "bf16": ("bf16", False, []),
     "bf16+compile": ("bf16", False, ["engine.compile=true"]),
     "bf16+cl": ("bf16", True, []),
+    "bf16+cl unfused": ("bf16", True, ["engine.fused_bn_relu=false"]),
     "bf16+cl+compile": ("bf16", True, ["engine.compile=true"]),
     "bf16+cl foreach-SGD": ("bf16", True, ["engine.fused_optimizer=false"]),
     "bf16+cl check-every-step": ("bf16", True, ["engine.finite_check_every=1"]),

@@ -417,6 +417,14 @@ class EngineConfig(_Strict):
         affects_result=False,
         resumable=True,
     )
+    fused_bn_relu: bool = setting(
+        True,
+        "On a CPU, training-mode BatchNorm + residual addition + ReLU of the ResNets and WRNs in channels_last as "
+        "one C kernel (built by the system's C compiler at first use and cached; torch's operators where it cannot "
+        "be built); false: torch's operators.",
+        affects_result=False,
+        resumable=True,
+    )
     sample_tokens: int = setting(
         32,
         "Language models: after each evaluation print a greedy continuation of this many tokens of the start "

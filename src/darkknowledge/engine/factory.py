@@ -42,6 +42,7 @@ from darkknowledge.engine.teacher import LiveTeacher, TeacherSignal
 from darkknowledge.errors import UserError
 from darkknowledge.methods import DistillMethod, build_method
 from darkknowledge.methods.tokens import CHUNK_TOKENS, TokenMethod
+from darkknowledge.native import batchnorm_relu
 
 
 @dataclass
@@ -116,6 +117,7 @@ def build_parts(
         else:  # a signal given by code (any object with the TeacherSignal members)
             signal = teacher
             check_given_signal(cfg, signal)
+    batchnorm_relu.use_kernel(model, cfg.engine.fused_bn_relu and device.type == "cpu")
     if cfg.engine.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
     if signal is not None and signal.num_classes != spec.num_classes:

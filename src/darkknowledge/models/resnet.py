@@ -26,6 +26,7 @@ from darkknowledge.models.base import (
     register_model,
     register_pattern,
 )
+from darkknowledge.native.batchnorm_relu import batchnorm_relu
 
 NARROW = (16, 16, 32, 64)
 WIDE_X4 = (32, 64, 128, 256)
@@ -40,7 +41,6 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
         if stride != 1 or in_planes != planes:
             self.shortcut: nn.Module = nn.Sequential(
                 nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
@@ -50,9 +50,8 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + self.shortcut(x))
+        out = batchnorm_relu(self.bn1, self.conv1(x))
+        return batchnorm_relu(self.bn2, self.conv2(out), residual=self.shortcut(x))
 
 
 class CifarResNet(ClassifierModel):
@@ -74,7 +73,6 @@ class CifarResNet(ClassifierModel):
         self.depth = depth
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
-        self.relu = nn.ReLU(inplace=True)
         in_planes = widths[0]
         stages = []
         for i, planes in enumerate(widths[1:]):
@@ -91,7 +89,7 @@ class CifarResNet(ClassifierModel):
         init_weights(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
+        x = batchnorm_relu(self.bn1, self.conv1(x))
         x = self.layer3(self.layer2(self.layer1(x)))
         return torch.flatten(self.pool(x), 1)
 

@@ -25,6 +25,7 @@ from darkknowledge.models.base import (
     register_model,
     register_pattern,
 )
+from darkknowledge.native.batchnorm_relu import batchnorm_relu
 
 
 class PreActBlock(nn.Module):
@@ -36,15 +37,14 @@ class PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.relu = nn.ReLU(inplace=False)
         self.dropout = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         self.equal_in_out = stride == 1 and in_planes == planes
         self.shortcut = None if self.equal_in_out else nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        pre = self.relu(self.bn1(x))
+        pre = batchnorm_relu(self.bn1, x)
         out = self.conv1(pre)
-        out = self.conv2(self.dropout(self.relu(self.bn2(out))))
+        out = self.conv2(self.dropout(batchnorm_relu(self.bn2, out)))
         residual = x if self.shortcut is None else self.shortcut(pre)
         return out + residual
 
@@ -80,7 +80,6 @@ class WideResNet(ClassifierModel):
             stages.append(nn.Sequential(*blocks))
         self.block1, self.block2, self.block3 = stages
         self.bn = nn.BatchNorm2d(in_planes)
-        self.relu = nn.ReLU(inplace=True)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.feature_dim = in_planes
         self.classifier = nn.Linear(in_planes, num_classes)
@@ -90,7 +89,7 @@ class WideResNet(ClassifierModel):
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.conv1(x)
         x = self.block3(self.block2(self.block1(x)))
-        x = self.relu(self.bn(x))
+        x = batchnorm_relu(self.bn, x)
         return torch.flatten(self.pool(x), 1)
 
 
