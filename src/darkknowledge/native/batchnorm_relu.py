@@ -31,13 +31,16 @@ _BACKWARD_ARGS = [_P, _P, _P, _P, _P, _I64, _I64, _P, _P, _P, _P, _P, _P, _INT]
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
 
+_typed: list[ctypes.CDLL] = []  # the library once its functions have their argument types
+
+
 def _library() -> ctypes.CDLL | None:
     lib = native.load(KERNEL)
-    if lib is not None and not getattr(lib, "_dk_typed", False):
+    if lib is not None and lib not in _typed:
         for suffix in _SUFFIX.values():
             getattr(lib, f"dk_bn_relu_forward_{suffix}").argtypes = _FORWARD_ARGS
             getattr(lib, f"dk_bn_relu_backward_{suffix}").argtypes = _BACKWARD_ARGS
-        lib._dk_typed = True
+        _typed.append(lib)
     return lib
 
 
@@ -72,7 +75,7 @@ def _pointer(t: Tensor | None) -> int | None:
 
 class _BatchNormReLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: Tensor, residual: Tensor | None, weight: Tensor, bias: Tensor, eps: float):  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, residual: Tensor | None, weight: Tensor, bias: Tensor, eps: float):
         lib = _library()
         assert lib is not None
         xr = _rows(x)
@@ -94,7 +97,7 @@ class _BatchNormReLU(torch.autograd.Function):
         return _image(y, x.shape), mean, var
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor, *_statistics: Tensor | None):  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor, *_statistics: Tensor | None):
         lib = _library()
         assert lib is not None
         xr, y, weight32, bias32, mean, invstd = ctx.saved_tensors
