@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from darkknowledge import native
 
@@ -97,6 +98,7 @@ class _BatchNormReLU(torch.autograd.Function):
         return _image(y, x.shape), mean, var
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: Tensor, *_statistics: Tensor | None):
         lib = _library()
         assert lib is not None
