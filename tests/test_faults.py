@@ -184,6 +184,7 @@ CATALOGUE = [
     (["tune", "missing.yaml"], ["missing.yaml", "does not exist"]),
     # benchmark and catalogues
     (["bench", "--teacher", "nosuch", "--quick"], ["unknown model 'nosuch'"]),
+    (["bench", "--quick", "--set", "engine.fused_bn_relu=maybe"], ["engine.fused_bn_relu"]),
     (["methods", "nosuch"], ["unknown method 'nosuch'"]),
     (["models", "--num-classes", "0"], ["num_classes must be a positive integer"]),
     # demo and sweeps

@@ -173,6 +173,7 @@ def run_bench(
     from darkknowledge.engine.precision import resolve_precision
     from darkknowledge.methods import METHODS
 
+    load_config(overrides=list(extra or []))  # a bad override fails here, before anything is timed
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     torch.manual_seed(0)
@@ -491,7 +492,8 @@ def format_report(result: dict[str, Any]) -> str:
     lines = [
         f"teacher {s['teacher']} ({s['teacher_params'] / 1e6:.2f}M) -> student {s['student']} ({s['student_params'] / 1e6:.2f}M), "
         f"batch {s['batch_size']}, {s['image_size'][0]}x{s['image_size'][1]}, {s['num_classes']} classes, "
-        f"{s['steps']} steps x {s['repeats']} repeats (median)",
+        f"{s['steps']} steps x {s['repeats']} repeats (median)"
+        + (f"; our loops with {' '.join(s['overrides'])}" if s.get("overrides") else ""),
         "",
         "| loop | images/s | peak RSS (MiB) |",
         "|---|---|---|",

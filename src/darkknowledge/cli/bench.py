@@ -21,6 +21,13 @@ def _add_bench(p):
         action="store_true",
         help="also time the live loop with the teacher compiled, frozen weights (engine.compile_teacher=true)",
     )
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides of our trainer's loops, e.g. engine.fused_bn_relu=false (the reference is unchanged)",
+    )
     lm = p.add_argument_group(
         "language models (--lm): a distillation step in tokens/s, reference vs ours live and cached"
     )
@@ -60,6 +67,7 @@ def cmd_bench(args) -> int:
         workers=args.workers,
         methods=args.methods.split(",") if args.methods else None,
         compile_teacher=args.compile_teacher,
+        extra=args.set,
     )
     print()
     print(format_report(result))
