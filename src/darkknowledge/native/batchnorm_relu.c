@@ -180,13 +180,14 @@ static void scale_shift(int64_t C, const float* weight, const float* bias, const
 }
 
 /* Entry points; each returns 0, or -1 when its work buffers could not be allocated.
- * forward: y = relu(bn(x) [+ r]); mean, var (biased) and invstd of the batch are written.
+ * forward: y = relu(bn(x) [+ r]); mean, var (biased) and invstd of the batch are written, and the
+ * running statistics updated as torch does (unbiased variance) unless running_mean is NULL.
  * backward: dx, and g = the residual's gradient when y is given (y: the forward's output, NULL
  * without a residual); dweight, dbias. */
 #define DEFINE_ENTRY_POINTS(SUFFIX, BF16)                                                                             \
   int dk_bn_relu_forward_##SUFFIX(const void* x, const void* r, void* y, int64_t M, int64_t C, const float* weight,   \
                                   const float* bias, double eps, float* mean, float* var, float* invstd,              \
-                                  int threads) {                                                                      \
+                                  float* running_mean, float* running_var, double momentum, int threads) {            \
     const int64_t L = group_rows(C) * C;                                                                              \
     double* part = calloc((size_t)threads * 2 * C + 2 * C, sizeof(double));                                          \
     float* work = alloc_floats((size_t)threads * padded(L) + 3 * L);                                                  \
@@ -212,6 +213,10 @@ static void scale_shift(int64_t C, const float* weight, const float* bias, const
       mean[c] = (float)(mu + pivot[c]);                                                                               \
       var[c] = (float)v;                                                                                              \
       invstd[c] = (float)(1.0 / sqrt(v + eps));                                                                       \
+      if (running_mean) {                                                                                             \
+        running_mean[c] = (float)((1 - momentum) * running_mean[c] + momentum * mean[c]);                            \
+        running_var[c] = (float)((1 - momentum) * running_var[c] + momentum * v * M / (M - 1));                      \
+      }                                                                                                               \
     }                                                                                                                 \
     scale_shift(C, weight, bias, mean, invstd, scale, shift);                                                         \
     tile(scale, 2, C, L);                                                                                             \

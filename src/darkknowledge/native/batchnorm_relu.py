@@ -27,7 +27,7 @@ KERNEL = "batchnorm_relu"
 _SWITCH = "fused_relu_kernel"  # a plain attribute of each BatchNorm2d, set by use_kernel
 
 _P, _I64, _INT, _DBL = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
-_FORWARD_ARGS = [_P, _P, _P, _I64, _I64, _P, _P, _DBL, _P, _P, _P, _INT]
+_FORWARD_ARGS = [_P, _P, _P, _I64, _I64, _P, _P, _DBL, _P, _P, _P, _P, _P, _DBL, _INT]
 _BACKWARD_ARGS = [_P, _P, _P, _P, _P, _I64, _I64, _P, _P, _P, _P, _P, _P, _INT]
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
@@ -76,30 +76,40 @@ def _pointer(t: Tensor | None) -> int | None:
 
 class _BatchNormReLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: Tensor, residual: Tensor | None, weight: Tensor, bias: Tensor, eps: float):
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        residual: Tensor | None,
+        weight: Tensor,
+        bias: Tensor,
+        eps: float,
+        running: tuple[Tensor, Tensor, float] | None,
+    ) -> Tensor:
         lib = _library()
         assert lib is not None
         xr = _rows(x)
         rr = None if residual is None else _rows(residual.contiguous(memory_format=torch.channels_last))
         rows, channels = xr.shape
         weight32, bias32 = weight.detach().float().contiguous(), bias.detach().float().contiguous()
-        mean, var, invstd = (torch.empty(channels) for _ in range(3))
+        stats = torch.empty(3, channels)
+        mean, var, invstd = stats.unbind(0)
+        running_mean, running_var, momentum = running if running is not None else (None, None, 0.0)
         y = torch.empty_like(xr)
         status = getattr(lib, f"dk_bn_relu_forward_{_SUFFIX[x.dtype]}")(
             xr.data_ptr(), _pointer(rr), y.data_ptr(), rows, channels, weight32.data_ptr(), bias32.data_ptr(),
-            eps, mean.data_ptr(), var.data_ptr(), invstd.data_ptr(), torch.get_num_threads(),
+            eps, mean.data_ptr(), var.data_ptr(), invstd.data_ptr(), _pointer(running_mean),
+            _pointer(running_var), momentum, torch.get_num_threads(),
         )  # fmt: skip
         if status != 0:
             raise MemoryError("batchnorm_relu: the kernel could not allocate its work buffers")
         # with a residual the ReLU mask is read from y; without, the kernel recomputes it from x
         ctx.save_for_backward(xr, y if residual is not None else None, weight32, bias32, mean, invstd)
         ctx.shape, ctx.dtypes = x.shape, (weight.dtype, bias.dtype)
-        ctx.mark_non_differentiable(mean, var)
-        return _image(y, x.shape), mean, var
+        return _image(y, x.shape)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: Tensor, *_statistics: Tensor | None):
+    def backward(ctx: Any, grad: Tensor):
         lib = _library()
         assert lib is not None
         xr, y, weight32, bias32, mean, invstd = ctx.saved_tensors
@@ -116,7 +126,7 @@ class _BatchNormReLU(torch.autograd.Function):
         if status != 0:
             raise MemoryError("batchnorm_relu: the kernel could not allocate its work buffers")
         grad_residual = None if g is None else _image(g, ctx.shape)
-        return _image(dx, ctx.shape), grad_residual, dweight.to(ctx.dtypes[0]), dbias.to(ctx.dtypes[1]), None
+        return _image(dx, ctx.shape), grad_residual, dweight.to(ctx.dtypes[0]), dbias.to(ctx.dtypes[1]), None, None
 
 
 def _fusable(bn: nn.BatchNorm2d, x: Tensor, residual: Tensor | None) -> bool:
@@ -131,6 +141,9 @@ def _fusable(bn: nn.BatchNorm2d, x: Tensor, residual: Tensor | None) -> bool:
         and x.shape[0] * x.shape[2] * x.shape[3] > 1
         and x.is_contiguous(memory_format=torch.channels_last)
         and (residual is None or (residual.shape == x.shape and residual.dtype == x.dtype))
+        and all(
+            b is None or (b.dtype == torch.float32 and b.is_contiguous()) for b in (bn.running_mean, bn.running_var)
+        )
         and not torch.compiler.is_compiling()
     )
 
@@ -142,12 +155,9 @@ def batchnorm_relu(bn: nn.BatchNorm2d, x: Tensor, residual: Tensor | None = None
         out = bn(x)
         return F.relu(out if residual is None else out + residual)
     assert bn.weight is not None and bn.bias is not None and bn.momentum is not None
-    y, mean, var = _BatchNormReLU.apply(x, residual, bn.weight, bn.bias, bn.eps)
+    running = None
     if bn.track_running_stats:
         assert bn.running_mean is not None and bn.running_var is not None and bn.num_batches_tracked is not None
-        rows = x.shape[0] * x.shape[2] * x.shape[3]
-        with torch.no_grad():
-            bn.num_batches_tracked.add_(1)
-            bn.running_mean.mul_(1 - bn.momentum).add_(mean, alpha=bn.momentum)
-            bn.running_var.mul_(1 - bn.momentum).add_(var * (rows / (rows - 1)), alpha=bn.momentum)
-    return y
+        running = (bn.running_mean, bn.running_var, float(bn.momentum))
+        bn.num_batches_tracked.add_(1)
+    return _BatchNormReLU.apply(x, residual, bn.weight, bn.bias, bn.eps, running)
