@@ -419,9 +419,9 @@ class EngineConfig(_Strict):
     )
     fused_bn_relu: bool = setting(
         True,
-        "On a CPU, training-mode BatchNorm + residual addition + ReLU of the ResNets and WRNs in channels_last as "
-        "one C kernel (built by the system's C compiler at first use and cached; torch's operators where it cannot "
-        "be built); false: torch's operators.",
+        "On a CPU, training-mode BatchNorm + residual addition + ReLU in channels_last as one C kernel (ResNets, "
+        "WRNs, VGGs, small CNNs; built by the system's C compiler at first use and cached; torch's operators where "
+        "it cannot be built); false: torch's operators.",
         affects_result=False,
         resumable=True,
     )

@@ -116,7 +116,7 @@ def test_non_finite_input_gives_non_finite_output():
 
 
 @needs_kernel
-@pytest.mark.parametrize("name", ["resnet8", "wrn_16_1"])
+@pytest.mark.parametrize("name", ["resnet8", "wrn_16_1", "vgg8", "cnn_w4"])
 def test_a_model_trains_the_same_with_and_without_the_kernel(name):
     torch.manual_seed(0)
     plain = build_model(name, 10, 3).to(memory_format=torch.channels_last)
@@ -148,3 +148,22 @@ def test_use_kernel_warns_and_stays_off_where_it_cannot_be_built(monkeypatch, tm
         assert use_kernel(model, True) is False
     assert not any(getattr(m, kernel._SWITCH, False) for m in model.modules())
     assert list(tmp_path.iterdir()) == []
+
+
+@needs_kernel
+def test_run_sequential_fuses_only_batchnorm_followed_by_relu():
+    torch.manual_seed(0)
+    layers = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),  # fused
+        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.MaxPool2d(2),  # BN not followed by ReLU: torch's
+        nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8),  # last BN, fused when final_relu
+    )  # fmt: skip
+    fused = copy.deepcopy(layers)
+    use_kernel(fused, True)
+    x = torch.randn(4, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    for final_relu in (False, True):
+        expected = layers(x)
+        expected = F.relu(expected) if final_relu else expected
+        got = kernel.run_sequential(fused, x, final_relu=final_relu)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        assert (got.grad_fn.name().endswith("_BatchNormReLUBackward")) == final_relu

@@ -31,6 +31,7 @@ from darkknowledge.models.base import (
     register_model,
     register_pattern,
 )
+from darkknowledge.native.batchnorm_relu import run_sequential
 
 MLP_INPUT_SIZE = 8  # inputs are average-pooled to MLP_INPUT_SIZE x MLP_INPUT_SIZE
 
@@ -64,7 +65,7 @@ class SmallCNN(ClassifierModel):
         init_weights(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        return torch.flatten(self.features(x), 1)
+        return torch.flatten(run_sequential(self.features, x), 1)
 
 
 class MLP(ClassifierModel):

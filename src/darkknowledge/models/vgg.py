@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from darkknowledge.models.base import ClassifierModel, init_weights, register_model
+from darkknowledge.native.batchnorm_relu import run_sequential
 
 WIDTHS = (64, 128, 256, 512, 512)
 LAYERS_PER_BLOCK = {
@@ -62,13 +63,13 @@ class CifarVGG(ClassifierModel):
         init_weights(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        x = F.max_pool2d(F.relu(self.block0(x)), 2)
-        x = F.max_pool2d(F.relu(self.block1(x)), 2)
-        x = F.max_pool2d(F.relu(self.block2(x)), 2)
-        x = F.relu(self.block3(x))
+        x = F.max_pool2d(run_sequential(self.block0, x, final_relu=True), 2)
+        x = F.max_pool2d(run_sequential(self.block1, x, final_relu=True), 2)
+        x = F.max_pool2d(run_sequential(self.block2, x, final_relu=True), 2)
+        x = run_sequential(self.block3, x, final_relu=True)
         if x.shape[-1] > 4 and x.shape[-2] > 4:
             x = F.max_pool2d(x, 2)
-        x = F.relu(self.block4(x))
+        x = run_sequential(self.block4, x, final_relu=True)
         return torch.flatten(self.pool(x), 1)
 
 

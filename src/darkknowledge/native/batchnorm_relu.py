@@ -161,3 +161,23 @@ def batchnorm_relu(bn: nn.BatchNorm2d, x: Tensor, residual: Tensor | None = None
         running = (bn.running_mean, bn.running_var, float(bn.momentum))
         bn.num_batches_tracked.add_(1)
     return _BatchNormReLU.apply(x, residual, bn.weight, bn.bias, bn.eps, running)
+
+
+def run_sequential(layers: nn.Sequential, x: Tensor, *, final_relu: bool = False) -> Tensor:
+    """``layers(x)`` (then ReLU when ``final_relu``), with every BatchNorm2d that a ReLU follows — the
+    next layer, or ``final_relu`` after the last — computed by :func:`batchnorm_relu`."""
+    modules = list(layers)
+    i = 0
+    while i < len(modules):
+        module = modules[i]
+        last = i == len(modules) - 1
+        if isinstance(module, nn.BatchNorm2d) and (
+            (last and final_relu) or (not last and isinstance(modules[i + 1], nn.ReLU))
+        ):
+            x = batchnorm_relu(module, x)
+            i += 1 if last else 2
+            final_relu = final_relu and not last
+            continue
+        x = module(x)
+        i += 1
+    return F.relu(x) if final_relu else x
