@@ -179,6 +179,17 @@ static void scale_shift(int64_t C, const float* weight, const float* bias, const
   }
 }
 
+/* Work buffers of one call: per thread 2 C double sums, then 2 C for their total; per thread a
+ * padded block of float accumulators, then `arrays` float arrays of length L. 0, or -1 (nothing held). */
+static int work_buffers(int threads, int64_t C, int64_t L, int arrays, double** part, float** work) {
+  *part = calloc((size_t)threads * 2 * C + 2 * C, sizeof(double));
+  *work = alloc_floats((size_t)threads * padded(L) + (size_t)arrays * L);
+  if (*part && *work) return 0;
+  free(*part);
+  free(*work);
+  return -1;
+}
+
 /* Entry points; each returns 0, or -1 when its work buffers could not be allocated.
  * forward: y = relu(bn(x) [+ r]); mean, var (biased) and invstd of the batch are written, and the
  * running statistics updated as torch does (unbiased variance) unless running_mean is NULL.
@@ -189,13 +200,9 @@ static void scale_shift(int64_t C, const float* weight, const float* bias, const
                                   const float* bias, double eps, float* mean, float* var, float* invstd,              \
                                   float* running_mean, float* running_var, double momentum, int threads) {            \
     const int64_t L = group_rows(C) * C;                                                                              \
-    double* part = calloc((size_t)threads * 2 * C + 2 * C, sizeof(double));                                          \
-    float* work = alloc_floats((size_t)threads * padded(L) + 3 * L);                                                  \
-    if (!part || !work) {                                                                                             \
-      free(part);                                                                                                     \
-      free(work);                                                                                                     \
-      return -1;                                                                                                      \
-    }                                                                                                                 \
+    double* part;                                                                                                     \
+    float* work;                                                                                                      \
+    if (work_buffers(threads, C, L, 3, &part, &work) != 0) return -1;                                             \
     double* total = part + (size_t)threads * 2 * C;                                                                   \
     float *pivot = work + (size_t)threads * padded(L), *scale = pivot + L, *shift = scale + L;                        \
     for (int64_t c = 0; c < C; ++c) pivot[c] = load(x, c, BF16);                                                     \
@@ -234,13 +241,9 @@ static void scale_shift(int64_t C, const float* weight, const float* bias, const
                                    int64_t C, const float* weight, const float* bias, const float* mean,              \
                                    const float* invstd, float* dweight, float* dbias, int threads) {                  \
     const int64_t L = group_rows(C) * C;                                                                              \
-    double* part = calloc((size_t)threads * 2 * C + 2 * C, sizeof(double));                                          \
-    float* work = alloc_floats((size_t)threads * padded(L) + 6 * L);                                                  \
-    if (!part || !work) {                                                                                             \
-      free(part);                                                                                                     \
-      free(work);                                                                                                     \
-      return -1;                                                                                                      \
-    }                                                                                                                 \
+    double* part;                                                                                                     \
+    float* work;                                                                                                      \
+    if (work_buffers(threads, C, L, 6, &part, &work) != 0) return -1;                                             \
     double* total = part + (size_t)threads * 2 * C;                                                                   \
     float *scale = work + (size_t)threads * padded(L), *shift = scale + L, *mean_t = shift + L;                       \
     float *kg = mean_t + L, *kx = kg + L, *k0 = kx + L;                                                               \
