@@ -54,6 +54,7 @@ from darkknowledge.errors import UserError
 from darkknowledge.fileio import DIR_MODE, atomic_write_json, staging_dir
 from darkknowledge.methods.base import TeacherStatistics
 from darkknowledge.methods.functional import as_float
+from darkknowledge.methods.topk import TopKRows
 from darkknowledge.nontarget import TAU_MAX, TAU_MIN, isats_search, nontarget_variance
 
 LM_CACHE_FORMAT = "darkknowledge-lm-teacher-cache"
@@ -392,6 +393,19 @@ class TopKTeacher:
             self._lse.index_select(0, index),
             self.vocab_size,
             self.missing_mass,
+        )
+
+    def topk_rows(self, index: Tensor) -> TopKRows | None:
+        """The flattened positions ``index`` as top-k rows (None unless the tail is ``"uniform"``,
+        the one policy :class:`~darkknowledge.methods.topk.TopKRows` describes)."""
+        if self.missing_mass != "uniform":
+            return None
+        index = index.to(self._ids.device)
+        return TopKRows(
+            self._ids.index_select(0, index).long(),
+            self._values.index_select(0, index),
+            self._lse.index_select(0, index),
+            self.vocab_size,
         )
 
     def dense(self) -> Tensor:

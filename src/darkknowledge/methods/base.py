@@ -135,6 +135,9 @@ class DistillMethod(nn.Module):
     # the plain loss function (as ``staticmethod``); the default forward calls it with
     # :meth:`loss_kwargs`, i.e. the validated parameters
     loss_fn: ClassVar[Callable[..., dict[str, Tensor]]]
+    # optional: the same loss against a top-k teacher (``methods.topk.TopKRows``) without its
+    # full-vocabulary rows; returns None where it does not apply (then the rows are expanded)
+    topk_loss_fn: ClassVar[Callable[..., dict[str, Tensor] | None] | None] = None
 
     def __init__(self, params: MethodParams | None = None, num_classes: int | None = None):
         super().__init__()
@@ -162,6 +165,15 @@ class DistillMethod(nn.Module):
         if not self.needs_teacher:
             return self.loss_fn(student_logits, targets, **kwargs)
         return self.loss_fn(student_logits, teacher_logits, targets, **kwargs)
+
+    def forward_topk(
+        self, student_logits: Tensor, teacher: Any, targets: Tensor, ctx: StepContext
+    ) -> dict[str, Tensor] | None:
+        """The terms of :meth:`forward` against a top-k teacher (``methods.topk.TopKRows``), or
+        None where the method has no such path (``topk_loss_fn``) or it does not apply."""
+        if self.topk_loss_fn is None:
+            return None
+        return self.topk_loss_fn(student_logits, teacher, targets, **self.loss_kwargs(ctx))
 
     # -- per-epoch statistics ------------------------------------------------------------
     def record(self, name: str, values: Tensor) -> None:

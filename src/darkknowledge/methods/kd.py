@@ -19,6 +19,7 @@ from darkknowledge.methods.functional import (
     tempered_kl,
     weighted_cross_entropy,
 )
+from darkknowledge.methods.topk import TopKRows, topk_tempered_kl
 
 
 class KDParams(MethodParams):
@@ -50,9 +51,30 @@ def kd_loss(
     return {"ce": ce, "kd": kd_weight * temperature**2 * kl}
 
 
+@param_defaults(KDParams)
+def kd_topk_loss(
+    student_logits: Tensor,
+    teacher: TopKRows,
+    targets: Tensor,
+    *,
+    ce_weight: float,
+    kd_weight: float,
+    temperature: float | Tensor,
+    logit_standardization: bool,
+) -> dict[str, Tensor] | None:
+    """:func:`kd_loss` against a top-k teacher with a uniform tail, without its full rows (None
+    with ``logit_standardization``, which needs them, or a learnable temperature)."""
+    if logit_standardization or isinstance(temperature, Tensor):
+        return None
+    ce = weighted_cross_entropy(student_logits, targets, ce_weight)
+    kl = topk_tempered_kl(student_logits, teacher, temperature).mean()
+    return {"ce": ce, "kd": kd_weight * temperature**2 * kl}
+
+
 @register_method
 class KD(DistillMethod):
     name = "kd"
     summary = "Hinton KD: CE + T^2 * KL(teacher || student) at temperature T."
     Params = KDParams
     loss_fn = staticmethod(kd_loss)
+    topk_loss_fn = staticmethod(kd_topk_loss)

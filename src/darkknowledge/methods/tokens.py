@@ -49,7 +49,9 @@ class TokenTeacher(Protocol):
         ...
 
     # optional: ``statistics(index) -> TeacherStatistics | None``, the full distribution's
-    # statistics of those tokens where the signal recorded them (a top-k cache)
+    # statistics of those tokens where the signal recorded them (a top-k cache); and
+    # ``topk_rows(index) -> TopKRows | None``, the same rows as top-k logits, which methods with
+    # a ``topk_loss_fn`` (KD) use instead of the full rows
 
 
 class DenseTeacher:
@@ -121,13 +123,19 @@ class _GroupRunner:
         self.names: list[str] = []
         # the statistics the signal recorded from the full distribution (a top-k cache), if any
         self.statistics = getattr(teacher, "statistics", None)
+        self.topk_rows = getattr(teacher, "topk_rows", None)
 
     def call(self, student_rows: Tensor, index: Tensor) -> dict[str, Tensor]:
-        teacher_rows = None if self.teacher is None else self.teacher.rows(index)
         ctx = self.ctx
         if self.statistics is not None and (found := self.statistics(index)) is not None:
             ctx = dataclasses.replace(ctx, teacher_statistics=found)
-        return self.method(student_rows, teacher_rows, self.targets.index_select(0, index), ctx)
+        targets = self.targets.index_select(0, index)
+        if self.topk_rows is not None and (rows := self.topk_rows(index)) is not None:
+            terms = self.method.forward_topk(student_rows, rows, targets, ctx)
+            if terms is not None:
+                return terms
+        teacher_rows = None if self.teacher is None else self.teacher.rows(index)
+        return self.method(student_rows, teacher_rows, targets, ctx)
 
     def stack(self, terms: dict[str, Tensor]) -> Tensor:
         if not self.names:

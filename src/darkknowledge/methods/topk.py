@@ -1,0 +1,91 @@
+"""Teacher rows known by their top-k logits, and KL against them without the full vocabulary.
+
+A top-k teacher cache keeps, per token, the k largest logits, their ids and the log-partition
+``lse`` of the full vocabulary (V tokens). Under its ``"uniform"`` missing-mass policy the tail
+mass ``m = 1 - sum of the top-k probabilities`` is spread evenly over the other V - k tokens: the
+teacher is the top-k logits plus one tail logit ``log(m / (V - k)) + lse`` repeated V - k times.
+
+:func:`topk_tempered_kl` computes ``KL(softmax(z_t / T) || softmax(z_s / T))`` for such a teacher
+exactly, without building the teacher's ``(N, V)`` rows: the tail's part needs only the sum of the
+student's log-probabilities over all tokens less the top-k's; the gradient is ``(q - p_t) / T``,
+the student's softmax minus the tail probability, corrected at the k ids. About half the passes over
+``(N, V)`` of expanding the rows and running the dense KL (docs/methods.md, "Language models").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from darkknowledge.methods.functional import as_float
+
+
+@dataclass(frozen=True)
+class TopKRows:
+    """``(N, k)`` top-k ``ids`` (distinct per row) and logit ``values``, ``(N,)`` full-vocabulary
+    log-partition ``lse``, of a teacher over ``vocab_size`` tokens with a uniform tail."""
+
+    ids: Tensor
+    values: Tensor
+    lse: Tensor
+    vocab_size: int
+
+    def log_probs(self, temperature: float) -> tuple[Tensor, Tensor]:
+        """The teacher at ``temperature``: log-probabilities ``(N, k)`` of the top-k ids and
+        ``(N,)`` of each tail token."""
+        values, lse = as_float(self.values), as_float(self.lse).to(as_float(self.values).dtype)
+        tail = self.vocab_size - values.shape[-1]
+        top = values / temperature
+        if tail == 0:
+            log_z = top.logsumexp(-1)
+            return top - log_z[:, None], torch.full_like(log_z, -math.inf)
+        tail_mass = (-torch.expm1((values - lse[:, None]).logsumexp(-1))).clamp_min(1e-12)
+        tail_logit = (torch.log(tail_mass / tail) + lse) / temperature
+        log_z = torch.logaddexp(top.logsumexp(-1), tail_logit + math.log(tail))
+        return top - log_z[:, None], tail_logit - log_z
+
+
+class _TopKTemperedKL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, student: Tensor, rows: TopKRows, temperature: float) -> Tensor:
+        z = as_float(student)
+        log_q = F.log_softmax(z if temperature == 1.0 else z / temperature, dim=-1)
+        ids = rows.ids.long()
+        log_q_top = log_q.gather(1, ids)
+        log_p_top, log_p_tail = rows.log_probs(temperature)
+        p_top, p_tail = log_p_top.exp(), log_p_tail.exp()
+        kl = (p_top * (log_p_top - log_q_top)).sum(-1)
+        tail = rows.vocab_size - ids.shape[-1]
+        if tail:  # the tail tokens: each p_tail, sum of their log q = all minus the top-k's
+            kl = kl + tail * p_tail * log_p_tail - p_tail * (log_q.sum(-1) - log_q_top.sum(-1))
+        ctx.save_for_backward(log_q, ids, p_top, p_tail)
+        ctx.temperature, ctx.dtype = temperature, student.dtype
+        return kl
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        log_q, ids, p_top, p_tail = ctx.saved_tensors
+        scale = (grad / ctx.temperature)[:, None]
+        dz = log_q.exp().sub_(p_tail[:, None])  # q - p, with p the tail's everywhere ...
+        dz.scatter_add_(1, ids, -(p_top - p_tail[:, None]))  # ... and the top-k's at their ids
+        return dz.mul_(scale).to(ctx.dtype), None, None
+
+
+def topk_tempered_kl(student_logits: Tensor, teacher: TopKRows, temperature: float) -> Tensor:
+    """Per-row ``KL(softmax(z_t / T) || softmax(z_s / T))`` (no T^2 factor) of ``(N, V)`` student
+    logits against a top-k teacher with a uniform tail; equal to
+    :func:`~darkknowledge.methods.functional.tempered_kl` of the expanded teacher rows."""
+    if student_logits.shape[-1] != teacher.vocab_size or student_logits.shape[0] != teacher.ids.shape[0]:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} do not match top-k teacher rows "
+            f"({teacher.ids.shape[0]}, {teacher.vocab_size})"
+        )
+    result: Tensor = _TopKTemperedKL.apply(student_logits, teacher, float(temperature))
+    return result
