@@ -1,6 +1,6 @@
 """The distillation loss of a language-model step from a top-k teacher cache: CE alone, and KD
-(T = 1 without CE; T = 4 with CE 0.1) computed from the top-k rows (``methods/topk.py``, the
-default) or from the full-vocabulary rows rebuilt from them; forward + backward of
+(T = 1 without CE; T = 4 with CE 0.1) and reverse KL computed from the top-k rows
+(``methods/topk.py``, the default) or from the full-vocabulary rows rebuilt from them; forward + backward of
 ``token_terms`` over one batch, chunked as in training (docs/methods.md, "Language models").
 
     .venv/bin/python benchmarks/lm_cached_kd_loss.py --threads 1
@@ -54,11 +54,12 @@ def main() -> None:
     print("|---|---:|---:|")
     print(f"| CE alone | {seconds(build_method('ce', {}), None):.2f} | — |", flush=True)
     topk_rows = cache.topk_rows
-    for label, params in (
-        ("KD, T = 1, no CE", {"temperature": 1.0, "ce_weight": 0.0, "kd_weight": 1.0}),
-        ("KD, T = 4, CE 0.1 (defaults)", {}),
+    for label, name, params in (
+        ("KD, T = 1, no CE", "kd", {"temperature": 1.0, "ce_weight": 0.0, "kd_weight": 1.0}),
+        ("KD, T = 4, CE 0.1 (defaults)", "kd", {}),
+        ("reverse KL, T = 1, no CE (defaults)", "reverse_kl", {}),
     ):
-        method = build_method("kd", params)
+        method = build_method(name, params)
         sparse = seconds(method, cache)
         cache.topk_rows = lambda index: None  # type: ignore[method-assign]
         dense = seconds(method, cache)

@@ -30,6 +30,7 @@ from torch.autograd.function import once_differentiable
 
 from darkknowledge.methods.base import DistillMethod, MethodParams, param_defaults, register_method
 from darkknowledge.methods.functional import as_float, check_logits, kl_from_log_probs, kl_terms, weighted_cross_entropy
+from darkknowledge.methods.topk import TopKRows, topk_tempered_reverse_kl
 
 
 class LMDivergenceParams(MethodParams):
@@ -144,6 +145,21 @@ def reverse_kl_loss(
     return _terms(student_logits, targets, div, ce_weight=ce_weight, kd_weight=kd_weight, temperature=temperature)
 
 
+@param_defaults(LMDivergenceParams)
+def reverse_kl_topk_loss(
+    student_logits: Tensor,
+    teacher: TopKRows,
+    targets: Tensor,
+    *,
+    ce_weight: float,
+    kd_weight: float,
+    temperature: float,
+) -> dict[str, Tensor]:
+    """:func:`reverse_kl_loss` against a top-k teacher with a uniform tail, without its full rows."""
+    div = topk_tempered_reverse_kl(student_logits, teacher, temperature)
+    return _terms(student_logits, targets, div, ce_weight=ce_weight, kd_weight=kd_weight, temperature=temperature)
+
+
 @param_defaults(JSDParams)
 def jsd_loss(
     student_logits: Tensor,
@@ -221,6 +237,7 @@ class ReverseKL(DistillMethod):
     summary = "Reverse KL(student || teacher), mode-seeking (MiniLLM, Gu et al. 2024)."
     Params = LMDivergenceParams
     loss_fn = staticmethod(reverse_kl_loss)
+    topk_loss_fn = staticmethod(reverse_kl_topk_loss)
 
 
 @register_method

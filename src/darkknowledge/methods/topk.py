@@ -1,4 +1,5 @@
-"""Teacher rows known by their top-k logits, and KL against them without the full vocabulary.
+"""Teacher rows known by their top-k logits, and KL against them without the full vocabulary
+(forward KL for KD, reverse KL for ``reverse_kl``).
 
 A top-k teacher cache keeps, per token, the k largest logits, their ids and the log-partition
 ``lse`` of the full vocabulary (V tokens). Under its ``"uniform"`` missing-mass policy the tail
@@ -78,14 +79,56 @@ class _TopKTemperedKL(torch.autograd.Function):
         return dz.mul_(scale).to(ctx.dtype), None, None
 
 
-def topk_tempered_kl(student_logits: Tensor, teacher: TopKRows, temperature: float) -> Tensor:
-    """Per-row ``KL(softmax(z_t / T) || softmax(z_s / T))`` (no T^2 factor) of ``(N, V)`` student
-    logits against a top-k teacher with a uniform tail; equal to
-    :func:`~darkknowledge.methods.functional.tempered_kl` of the expanded teacher rows."""
+class _TopKTemperedReverseKL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, student: Tensor, rows: TopKRows, temperature: float) -> Tensor:
+        z = as_float(student)
+        log_q = F.log_softmax(z if temperature == 1.0 else z / temperature, dim=-1)
+        q = log_q.exp()
+        ids = rows.ids.long()
+        q_top = q.gather(1, ids)
+        log_p_top, log_p_tail = rows.log_probs(temperature)
+        tail = rows.vocab_size - ids.shape[-1]
+        # sum_i q_i (log q_i - log p_i): log p is the top-k's at their ids, the tail's elsewhere
+        rkl = (q * log_q).sum(-1) - (q_top * log_p_top).sum(-1)
+        base = torch.zeros_like(log_p_tail)
+        if tail:
+            rkl = rkl - log_p_tail * (1 - q_top.sum(-1))
+            base = log_p_tail
+        ctx.save_for_backward(q, log_q, ids, log_p_top, base, rkl)
+        ctx.temperature, ctx.dtype = temperature, student.dtype
+        return rkl
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        q, log_q, ids, log_p_top, base, rkl = ctx.saved_tensors
+        # d/ds_j = q_j * (log q_j - log p_j - RKL)
+        dz = log_q - (base + rkl)[:, None]
+        dz.scatter_add_(1, ids, -(log_p_top - base[:, None]))
+        return dz.mul_(q).mul_((grad / ctx.temperature)[:, None]).to(ctx.dtype), None, None
+
+
+def topk_tempered_reverse_kl(student_logits: Tensor, teacher: TopKRows, temperature: float) -> Tensor:
+    """Per-row ``KL(softmax(z_s / T) || softmax(z_t / T))`` against a top-k teacher with a uniform
+    tail (no T^2 factor); equal to the reverse KL of the expanded teacher rows."""
+    _check_rows(student_logits, teacher)
+    result: Tensor = _TopKTemperedReverseKL.apply(student_logits, teacher, float(temperature))
+    return result
+
+
+def _check_rows(student_logits: Tensor, teacher: TopKRows) -> None:
     if student_logits.shape[-1] != teacher.vocab_size or student_logits.shape[0] != teacher.ids.shape[0]:
         raise ValueError(
             f"student logits {tuple(student_logits.shape)} do not match top-k teacher rows "
             f"({teacher.ids.shape[0]}, {teacher.vocab_size})"
         )
+
+
+def topk_tempered_kl(student_logits: Tensor, teacher: TopKRows, temperature: float) -> Tensor:
+    """Per-row ``KL(softmax(z_t / T) || softmax(z_s / T))`` (no T^2 factor) of ``(N, V)`` student
+    logits against a top-k teacher with a uniform tail; equal to
+    :func:`~darkknowledge.methods.functional.tempered_kl` of the expanded teacher rows."""
+    _check_rows(student_logits, teacher)
     result: Tensor = _TopKTemperedKL.apply(student_logits, teacher, float(temperature))
     return result
