@@ -50,6 +50,7 @@ from darkknowledge.engine.precision import autocast, resolve_precision
 from darkknowledge.engine.teacher import TeacherSignal, check_logits_width, prepare_for_inference
 from darkknowledge.errors import UserError
 from darkknowledge.fileio import DIR_MODE, staging_dir
+from darkknowledge.methods.topk import uniform_tail_logit
 
 CACHE_FORMAT = "darkknowledge-teacher-cache"
 CACHE_VERSION = 1
@@ -383,11 +384,8 @@ def expand_topk(values: Tensor, indices: Tensor, lse: Tensor, num_classes: int) 
     """Full logits from top-k logits + the log-partition: the tail's probability mass
     (1 - sum of top-k probabilities) is spread uniformly over the other classes, so the
     T=1 distribution is exact on the top-k classes and preserves total mass."""
-    b, k = values.shape
-    log_p_top = values - lse[:, None]
-    tail_mass = (-torch.expm1(torch.logsumexp(log_p_top, dim=1))).clamp_min(1e-12)
-    tail_logit = torch.log(tail_mass / max(num_classes - k, 1)) + lse
-    out = tail_logit[:, None].expand(b, num_classes).clone()
+    tail_logit = uniform_tail_logit(values, lse, num_classes)
+    out = tail_logit[:, None].expand(values.shape[0], num_classes).clone()
     out.scatter_(1, indices, values)
     return out
 

@@ -9,8 +9,9 @@ teacher is the top-k logits plus one tail logit ``log(m / (V - k)) + lse`` repea
 :func:`topk_tempered_kl` computes ``KL(softmax(z_t / T) || softmax(z_s / T))`` for such a teacher
 exactly, without building the teacher's ``(N, V)`` rows: the tail's part needs only the sum of the
 student's log-probabilities over all tokens less the top-k's; the gradient is ``(q - p_t) / T``,
-the student's softmax minus the tail probability, corrected at the k ids. About half the passes over
-``(N, V)`` of expanding the rows and running the dense KL (docs/methods.md, "Language models").
+the student's softmax minus the tail probability, corrected at the k ids. Fewer passes over
+``(N, V)`` than expanding the rows and running the dense KL (timings: docs/methods.md, "Language
+models").
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from darkknowledge.methods.functional import as_float
+
+
+def uniform_tail_logit(values: Tensor, lse: Tensor, vocab_size: int) -> Tensor:
+    """``(N,)`` logit of each of the V - k tail tokens under the uniform policy: the tail mass
+    ``1 - sum of the top-k probabilities`` (at least 1e-12) split evenly among them."""
+    tail_mass = (-torch.expm1((values - lse[:, None]).logsumexp(-1))).clamp_min(1e-12)
+    return torch.log(tail_mass / max(vocab_size - values.shape[-1], 1)) + lse
 
 
 @dataclass(frozen=True)
@@ -46,8 +54,7 @@ class TopKRows:
         if tail == 0:
             log_z = top.logsumexp(-1)
             return top - log_z[:, None], torch.full_like(log_z, -math.inf)
-        tail_mass = (-torch.expm1((values - lse[:, None]).logsumexp(-1))).clamp_min(1e-12)
-        tail_logit = (torch.log(tail_mass / tail) + lse) / temperature
+        tail_logit = uniform_tail_logit(values, lse, self.vocab_size) / temperature
         log_z = torch.logaddexp(top.logsumexp(-1), tail_logit + math.log(tail))
         return top - log_z[:, None], tail_logit - log_z
 
