@@ -385,28 +385,20 @@ class TopKTeacher:
             return None
         return TeacherStatistics(self._tau_star.index_select(0, index.to(self._tau_star.device)), self._tau_search)
 
-    def rows(self, index: Tensor) -> Tensor:
+    def _select(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Top-k ids, values and log-partitions of the flattened positions ``index``."""
         index = index.to(self._ids.device)
-        return expand_topk_rows(
-            self._ids.index_select(0, index),
-            self._values.index_select(0, index),
-            self._lse.index_select(0, index),
-            self.vocab_size,
-            self.missing_mass,
-        )
+        return self._ids.index_select(0, index), self._values.index_select(0, index), self._lse.index_select(0, index)
+
+    def rows(self, index: Tensor) -> Tensor:
+        return expand_topk_rows(*self._select(index), self.vocab_size, self.missing_mass)
 
     def topk_rows(self, index: Tensor) -> TopKRows | None:
         """The flattened positions ``index`` as top-k rows (None unless the tail is ``"uniform"``,
         the one policy :class:`~darkknowledge.methods.topk.TopKRows` describes)."""
         if self.missing_mass != "uniform":
             return None
-        index = index.to(self._ids.device)
-        return TopKRows(
-            self._ids.index_select(0, index).long(),
-            self._values.index_select(0, index),
-            self._lse.index_select(0, index),
-            self.vocab_size,
-        )
+        return TopKRows(*self._select(index), self.vocab_size)
 
     def dense(self) -> Tensor:
         """All rows, ``(B, L, V)`` (small inputs and tests)."""

@@ -51,7 +51,7 @@ class TokenTeacher(Protocol):
     # optional: ``statistics(index) -> TeacherStatistics | None``, the full distribution's
     # statistics of those tokens where the signal recorded them (a top-k cache); and
     # ``topk_rows(index) -> TopKRows | None``, the same rows as top-k logits, which methods with
-    # a ``topk_loss_fn`` (KD) use instead of the full rows
+    # a ``topk_loss_fn`` (KD, reverse KL) use instead of the full rows
 
 
 class DenseTeacher:
@@ -123,7 +123,8 @@ class _GroupRunner:
         self.names: list[str] = []
         # the statistics the signal recorded from the full distribution (a top-k cache), if any
         self.statistics = getattr(teacher, "statistics", None)
-        self.topk_rows = getattr(teacher, "topk_rows", None)
+        # top-k rows only for a method that can use them (else each group would select them for nothing)
+        self.topk_rows = getattr(teacher, "topk_rows", None) if method.topk_loss_fn is not None else None
 
     def call(self, student_rows: Tensor, index: Tensor) -> dict[str, Tensor]:
         ctx = self.ctx

@@ -59,11 +59,16 @@ class TopKRows:
         return top - log_z[:, None], tail_logit - log_z
 
 
+def _student_log_probs(student: Tensor, temperature: float) -> Tensor:
+    """log softmax(z_s / T) in float32 (no division at T = 1)."""
+    z = as_float(student)
+    return F.log_softmax(z if temperature == 1.0 else z / temperature, dim=-1)
+
+
 class _TopKTemperedKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, student: Tensor, rows: TopKRows, temperature: float) -> Tensor:
-        z = as_float(student)
-        log_q = F.log_softmax(z if temperature == 1.0 else z / temperature, dim=-1)
+        log_q = _student_log_probs(student, temperature)
         ids = rows.ids.long()
         log_q_top = log_q.gather(1, ids)
         log_p_top, log_p_tail = rows.log_probs(temperature)
@@ -89,8 +94,7 @@ class _TopKTemperedKL(torch.autograd.Function):
 class _TopKTemperedReverseKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, student: Tensor, rows: TopKRows, temperature: float) -> Tensor:
-        z = as_float(student)
-        log_q = F.log_softmax(z if temperature == 1.0 else z / temperature, dim=-1)
+        log_q = _student_log_probs(student, temperature)
         q = log_q.exp()
         ids = rows.ids.long()
         q_top = q.gather(1, ids)

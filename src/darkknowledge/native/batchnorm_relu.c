@@ -47,6 +47,14 @@ static void rows_of(int64_t M, int t, int n, int64_t* lo, int64_t* hi) {
  * time on the first C entries of the same arrays. Reductions fold the L partial sums into C. */
 static int64_t group_rows(int64_t C) { return C >= 128 ? 1 : (128 + C - 1) / C; }
 
+/* acc[c] and acc[C + c] += the two block sums of every position j of channel c = j % C. */
+INLINE void fold(const float* blk, double* acc, int64_t C, int64_t L) {
+  for (int64_t j = 0; j < L; ++j) {
+    acc[j % C] += blk[j];
+    acc[C + j % C] += blk[L + j];
+  }
+}
+
 /* Sums over rows [lo, hi): acc[c] += sum (x - pivot), acc[C + c] += sum (x - pivot)^2. */
 INLINE void moments_rows(const void* x, int64_t lo, int64_t hi, int64_t C, const float* pivot, float* blk,
                          double* acc, const int bf16) {
@@ -64,10 +72,7 @@ INLINE void moments_rows(const void* x, int64_t lo, int64_t hi, int64_t C, const
       }
       m += n / C;
     }
-    for (int64_t j = 0; j < L; ++j) {
-      acc[j % C] += blk[j];
-      acc[C + j % C] += blk[L + j];
-    }
+    fold(blk, acc, C, L);
   }
 }
 
@@ -120,10 +125,7 @@ INLINE void grad_moments_rows(const void* dy, const void* x, const void* y, void
       }
       m += n / C;
     }
-    for (int64_t j = 0; j < L; ++j) {
-      acc[j % C] += blk[j];
-      acc[C + j % C] += blk[L + j];
-    }
+    fold(blk, acc, C, L);
   }
 }
 
